@@ -77,3 +77,6 @@ fn drop_nullable(schema: &mut JSONSchemaProps) {
         drop_nullable(child);
     }
 }
+
+#[cfg(test)]
+mod tests;
