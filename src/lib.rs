@@ -2,3 +2,5 @@
 
 pub mod api;
 pub mod crdgen;
+#[cfg(feature = "testbed")]
+pub mod testbed;

@@ -1,0 +1,50 @@
+//! Runs the local test control plane in the foreground (used by `make run`): etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok with fake nodes, plus the CRDs, RBAC and the
+//! MPI runtimes from `config/`. Kubeconfigs for each identity are written into `--dir`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use trainjob_operator::testbed::{Bed, BedConfig, FakeNode, Identity, repo_root};
+
+#[derive(Parser)]
+#[command(about = "Run the local test control plane until interrupted")]
+struct Args {
+    /// Directory for data, logs and kubeconfigs (wiped at start).
+    #[arg(long, default_value = ".bed")]
+    dir: PathBuf,
+    /// Number of fake nodes (32 CPUs, 256Gi, 8 GPUs each).
+    #[arg(long, default_value_t = 4)]
+    nodes: u32,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info,kube_client::client::builder=off").with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let dir = std::path::absolute(&args.dir).context("resolving --dir")?;
+    let started = Instant::now();
+    let bed = Bed::start(BedConfig {
+        work_dir: Some(dir),
+        nodes: (0..args.nodes).map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8)).collect(),
+        ..Default::default()
+    })
+    .await?;
+    let runtimes = repo_root().join("config/runtimes");
+    bed.kubectl(&["apply", "--server-side", "-k", &runtimes.display().to_string()])?;
+    eprintln!(
+        "test bed up in {:.1}s at {}\n  admin:    {}\n  operator: {}",
+        started.elapsed().as_secs_f64(),
+        bed.server(),
+        bed.kubeconfig_path(Identity::Admin).display(),
+        bed.kubeconfig_path(Identity::Operator).display(),
+    );
+    // Readiness marker for scripts waiting on the bed.
+    std::fs::write(bed.dir().join("ready"), bed.server()).context("writing the ready marker")?;
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("stopping the test bed");
+    Ok(())
+}

@@ -1,0 +1,574 @@
+//! A real, local Kubernetes control plane for the integration tests and `make run`: etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler and kwok with fake nodes, built from the
+//! Go modules pinned in `hack/controlplane` (see `hack/controlplane.sh`).
+//!
+//! Everything listens on free loopback ports and lives in a temporary directory. Child processes
+//! die with the process that started them (`PR_SET_PDEATHSIG`), so a panicking or killed test never
+//! leaves a control plane behind.
+
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, PostParams};
+use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
+use kube::{Client, Config};
+
+pub use process::Component;
+use process::Process;
+
+/// What went wrong while starting or using the bed.
+#[derive(Debug, thiserror::Error)]
+pub enum BedError {
+    #[error(
+        "control-plane binaries not found in {0}: run `hack/controlplane.sh` (or `make bed`) to build them"
+    )]
+    MissingBinaries(PathBuf),
+    #[error("running {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{component} exited during start-up ({status}); last log lines:\n{tail}")]
+    Exited { component: Component, status: String, tail: String },
+    #[error("timed out after {seconds}s waiting for {what}; component logs:\n{logs}")]
+    Timeout { what: String, seconds: u64, logs: String },
+    #[error("generating the service-account signing key: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("building a client for {identity:?}: {source}")]
+    Client {
+        identity: Identity,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("Kubernetes API call during set-up ({what}): {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Command(String),
+}
+
+/// Who talks to the API server. Each identity authenticates with its own bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// `system:masters`: sets the bed up and plays the cluster admin.
+    Admin,
+    /// The operator's service account, bound only to the ClusterRole shipped in `config/rbac`.
+    Operator,
+    /// A platform user with no permissions beyond those a test grants.
+    TenantA,
+    /// A second platform user.
+    TenantB,
+}
+
+impl Identity {
+    const ALL: [Identity; 4] = [Identity::Admin, Identity::Operator, Identity::TenantA, Identity::TenantB];
+
+    /// The user name the API server sees.
+    pub fn user(self) -> &'static str {
+        match self {
+            Identity::Admin => "admin",
+            Identity::Operator => "system:serviceaccount:trainjob-system:trainjob-operator",
+            Identity::TenantA => "tenant-a",
+            Identity::TenantB => "tenant-b",
+        }
+    }
+
+    fn groups(self) -> &'static str {
+        match self {
+            Identity::Admin => "system:masters",
+            Identity::Operator => "system:serviceaccounts,system:serviceaccounts:trainjob-system",
+            Identity::TenantA | Identity::TenantB => "tenants",
+        }
+    }
+
+    fn token(self) -> String {
+        format!("{}-token", self.name())
+    }
+
+    /// Short name, used for kubeconfig contexts and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Identity::Admin => "admin",
+            Identity::Operator => "operator",
+            Identity::TenantA => "tenant-a",
+            Identity::TenantB => "tenant-b",
+        }
+    }
+}
+
+/// A fake node that kwok keeps Ready.
+#[derive(Clone, Debug)]
+pub struct FakeNode {
+    /// Node name.
+    pub name: String,
+    /// Allocatable CPU, e.g. `"32"`.
+    pub cpu: String,
+    /// Allocatable memory, e.g. `"256Gi"`.
+    pub memory: String,
+    /// Allocatable `nvidia.com/gpu`; 0 leaves the resource out.
+    pub gpus: u32,
+    /// Extra labels, for tests that steer pods with node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl FakeNode {
+    /// A node with `cpu` cores, 256 GiB memory and `gpus` GPUs.
+    pub fn new(name: impl Into<String>, cpu: u32, gpus: u32) -> Self {
+        FakeNode { name: name.into(), cpu: cpu.to_string(), memory: "256Gi".into(), gpus, labels: BTreeMap::new() }
+    }
+}
+
+/// Start-up options.
+#[derive(Clone, Debug)]
+pub struct BedConfig {
+    /// Directory holding the binaries; default: what `hack/controlplane.sh --dir` prints.
+    pub bin_dir: Option<PathBuf>,
+    /// Directory for data, certificates, kubeconfigs and logs; default: a fresh temp dir that is
+    /// removed when the bed is dropped.
+    pub work_dir: Option<PathBuf>,
+    /// Fake nodes to create once the control plane is up.
+    pub nodes: Vec<FakeNode>,
+    /// How long each start-up phase may take.
+    pub timeout: Duration,
+}
+
+impl Default for BedConfig {
+    fn default() -> Self {
+        BedConfig {
+            bin_dir: None,
+            work_dir: None,
+            nodes: (0..4).map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8)).collect(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A running control plane. Dropping it stops every component.
+pub struct Bed {
+    server: String,
+    ca_pem: Vec<u8>,
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    procs: Vec<Process>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The repository root (where `Cargo.toml` is), for `config/`, `crds/` and `hack/`.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `hack/controlplane.sh` puts the binaries for the pinned versions.
+pub fn default_bin_dir() -> Result<PathBuf, BedError> {
+    if let Some(dir) = std::env::var_os("TRAINJOB_BED_BIN") {
+        return Ok(dir.into());
+    }
+    let script = repo_root().join("hack/controlplane.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--dir")
+        .output()
+        .map_err(|source| BedError::Io { what: format!("{} --dir", script.display()), source })?;
+    if !out.status.success() {
+        return Err(BedError::Command(format!(
+            "{} --dir failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+impl Bed {
+    /// Starts etcd, the API server, controller manager, scheduler and kwok, waits until each is
+    /// ready, installs the CRDs and `config/rbac`, and creates the fake nodes.
+    pub async fn start(config: BedConfig) -> Result<Bed, BedError> {
+        let started = std::time::Instant::now();
+        let bin_dir = match config.bin_dir.clone() {
+            Some(dir) => dir,
+            None => default_bin_dir()?,
+        };
+        if !process::ALL.iter().all(|b| bin_dir.join(b).is_file()) {
+            return Err(BedError::MissingBinaries(bin_dir));
+        }
+        let (dir, temp) = match &config.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| io(format!("creating {}", dir.display()), source))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("trainjob-bed-")
+                    .tempdir()
+                    .map_err(|source| io("creating a temp dir".into(), source))?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let mut bed = Bed { server: String::new(), ca_pem: Vec::new(), dir, bin_dir, procs: Vec::new(), _temp: temp };
+        bed.boot(&config).await?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %bed.server, "test bed ready");
+        Ok(bed)
+    }
+
+    async fn boot(&mut self, config: &BedConfig) -> Result<(), BedError> {
+        let deadline = config.timeout;
+        let etcd_port = free_port()?;
+        let etcd_peer = free_port()?;
+        let api_port = free_port()?;
+        self.server = format!("https://127.0.0.1:{api_port}");
+        self.write_auth_files()?;
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        self.spawn(
+            Component::Etcd,
+            &[
+                &format!("--data-dir={}", self.path("etcd").display()),
+                &format!("--listen-client-urls={etcd_url}"),
+                &format!("--advertise-client-urls={etcd_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=4294967296",
+            ],
+        )?;
+
+        let gates = "--feature-gates=GenericWorkload=true,GangScheduling=true";
+        self.spawn(
+            Component::ApiServer,
+            &[
+                &format!("--etcd-servers={etcd_url}"),
+                &format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--cert-dir={}", self.path("pki").display()),
+                &format!("--token-auth-file={}", self.path("tokens.csv").display()),
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                &format!("--service-account-key-file={}", self.path("sa.pub").display()),
+                &format!("--service-account-signing-key-file={}", self.path("sa.key").display()),
+                // Without a controller racing to create the `default` service account, pods are
+                // admitted at once in a fresh namespace.
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--runtime-config=scheduling.k8s.io/v1alpha2=true",
+                gates,
+            ],
+        )?;
+        self.wait_for_file("the API server's serving certificate", "pki/apiserver.crt", deadline).await?;
+        self.ca_pem = std::fs::read(self.path("pki/apiserver.crt"))
+            .map_err(|source| io("reading the API server certificate".into(), source))?;
+        for identity in Identity::ALL {
+            let path = self.kubeconfig_path(identity);
+            let yaml = serde_saphyr::to_string(&self.kubeconfig(identity))
+                .map_err(|e| BedError::Command(format!("rendering a kubeconfig: {e}")))?;
+            std::fs::write(&path, yaml).map_err(|source| io(format!("writing {}", path.display()), source))?;
+        }
+        let admin = self.client(Identity::Admin).await?;
+        self.wait_until("the API server to become ready", deadline, || {
+            let admin = admin.clone();
+            async move { admin.apiserver_version().await.is_ok() && readyz(&admin).await }
+        })
+        .await?;
+
+        let admin_kubeconfig = self.kubeconfig_path(Identity::Admin);
+        let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
+        self.spawn(
+            Component::ControllerManager,
+            &[
+                &kc,
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
+                "--use-service-account-credentials=false",
+                &format!("--service-account-private-key-file={}", self.path("sa.key").display()),
+                &format!("--root-ca-file={}", self.path("pki/apiserver.crt").display()),
+                gates,
+            ],
+        )?;
+        self.spawn(Component::Scheduler, &[&kc, "--leader-elect=false", "--secure-port=0", gates])?;
+        let stages = repo_root().join("hack/kwok/stages.yaml");
+        self.spawn(
+            Component::Kwok,
+            &[
+                &kc,
+                &format!("--config={}", stages.display()),
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
+            ],
+        )?;
+
+        // kube-controller-manager's service-account controller creating `default` proves it runs.
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+        self.wait_until("kube-controller-manager (the default service account)", deadline, || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok().flatten().is_some() }
+        })
+        .await?;
+
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("crds"))])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/trainjobs.trainer.kubeflow.org",
+            "crd/trainingruntimes.trainer.kubeflow.org",
+            "crd/clustertrainingruntimes.trainer.kubeflow.org",
+        ])?;
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("config/rbac"))])?;
+
+        for node in &config.nodes {
+            self.add_node(node).await?;
+        }
+        let nodes: Api<Node> = Api::all(admin.clone());
+        let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
+        self.wait_until("kwok to mark the fake nodes Ready", deadline, || {
+            let (nodes, names) = (nodes.clone(), names.clone());
+            async move {
+                let Ok(list) = nodes.list(&Default::default()).await else { return false };
+                names.iter().all(|name| list.items.iter().any(|n| n.metadata.name.as_ref() == Some(name) && node_ready(n)))
+            }
+        })
+        .await
+    }
+
+    /// Creates a fake node (cluster-scoped, shared by all tests of the binary).
+    pub async fn add_node(&self, node: &FakeNode) -> Result<(), BedError> {
+        let mut capacity = BTreeMap::from([
+            ("cpu".to_string(), Quantity(node.cpu.clone())),
+            ("memory".to_string(), Quantity(node.memory.clone())),
+            ("pods".to_string(), Quantity("110".into())),
+        ]);
+        if node.gpus > 0 {
+            capacity.insert("nvidia.com/gpu".into(), Quantity(node.gpus.to_string()));
+        }
+        let mut labels = node.labels.clone();
+        labels.insert("kubernetes.io/hostname".into(), node.name.clone());
+        labels.insert("type".into(), "kwok".into());
+        let object: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": node.name,
+                "labels": labels,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": {},
+            "status": {"allocatable": capacity, "capacity": capacity},
+        }))
+        .map_err(|e| BedError::Command(format!("building node {}: {e}", node.name)))?;
+        let nodes: Api<Node> = Api::all(self.client(Identity::Admin).await?);
+        match nodes.create(&PostParams::default(), &object).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(source) => Err(BedError::Kube { what: format!("creating node {}", node.name), source }),
+        }
+    }
+
+    /// A client authenticated as `identity`. Build one per tokio runtime (per test).
+    pub async fn client(&self, identity: Identity) -> Result<Client, BedError> {
+        let options = kube::config::KubeConfigOptions::default();
+        let config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
+            .await
+            .map_err(|e| BedError::Client { identity, source: Box::new(e) })?;
+        Client::try_from(config).map_err(|e| BedError::Client { identity, source: Box::new(e) })
+    }
+
+    /// A kubeconfig for `identity`.
+    pub fn kubeconfig(&self, identity: Identity) -> Kubeconfig {
+        let name = identity.name().to_string();
+        Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "testbed".into(),
+                cluster: Some(Cluster {
+                    server: Some(self.server.clone()),
+                    certificate_authority_data: Some(base64(&self.ca_pem)),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: name.clone(),
+                auth_info: Some(AuthInfo { token: Some(identity.token().into()), ..Default::default() }),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: name.clone(),
+                context: Some(Context { cluster: "testbed".into(), user: Some(name.clone()), ..Default::default() }),
+                other: Default::default(),
+            }],
+            current_context: Some(name),
+            ..Default::default()
+        }
+    }
+
+    /// Path of the kubeconfig file written for `identity`.
+    pub fn kubeconfig_path(&self, identity: Identity) -> PathBuf {
+        self.path(&format!("{}.kubeconfig", identity.name()))
+    }
+
+    /// URL of the API server.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The bed's working directory (data, logs, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs the pinned kubectl as admin and returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, BedError> {
+        let out = std::process::Command::new(self.bin_dir.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path(Identity::Admin).display()))
+            .args(args)
+            .output()
+            .map_err(|source| io(format!("kubectl {}", args.join(" ")), source))?;
+        if !out.status.success() {
+            return Err(BedError::Command(format!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates a namespace for one test and returns its name (`<prefix>-<random>`).
+    pub async fn namespace(&self, prefix: &str) -> Result<String, BedError> {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let api: Api<Namespace> = Api::all(self.client(Identity::Admin).await?);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .map_err(|e| BedError::Command(e.to_string()))?;
+        api.create(&PostParams::default(), &ns)
+            .await
+            .map_err(|source| BedError::Kube { what: format!("creating namespace {name}"), source })?;
+        Ok(name)
+    }
+
+    /// The last `lines` lines of every component's log, for failure reports.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.procs.iter().map(|p| format!("==> {} <==\n{}\n", p.component, p.tail(lines))).collect()
+    }
+
+    /// The last lines of one component's log.
+    pub fn log_tail(&self, component: Component, lines: usize) -> String {
+        self.procs.iter().find(|p| p.component == component).map(|p| p.tail(lines)).unwrap_or_default()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn spawn(&mut self, component: Component, args: &[&str]) -> Result<(), BedError> {
+        let log = self.path(&format!("{}.log", component));
+        let process = Process::spawn(component, &self.bin_dir.join(component.binary()), args, &log)?;
+        self.procs.push(process);
+        Ok(())
+    }
+
+    fn write_auth_files(&self) -> Result<(), BedError> {
+        std::fs::create_dir_all(self.path("pki")).map_err(|source| io("creating pki dir".into(), source))?;
+        let tokens: String = Identity::ALL
+            .iter()
+            .enumerate()
+            .map(|(uid, id)| format!("{},{},{},\"{}\"\n", id.token(), id.user(), uid + 1, id.groups()))
+            .collect();
+        let key = rcgen::KeyPair::generate()?;
+        for (name, content) in
+            [("tokens.csv", tokens), ("sa.key", key.serialize_pem()), ("sa.pub", key.public_key_pem())]
+        {
+            std::fs::write(self.path(name), content).map_err(|source| io(format!("writing {name}"), source))?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for_file(&self, what: &str, name: &str, timeout: Duration) -> Result<(), BedError> {
+        let path = self.path(name);
+        self.wait_until(what, timeout, || {
+            let path = path.clone();
+            async move { path.is_file() }
+        })
+        .await
+    }
+
+    /// Polls `ready` every 100 ms until it holds, a component dies, or `timeout` passes.
+    async fn wait_until<F, Fut>(&self, what: &str, timeout: Duration, mut ready: F) -> Result<(), BedError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for p in &self.procs {
+                if let Some(status) = p.exited() {
+                    return Err(BedError::Exited { component: p.component, status, tail: p.tail(30) });
+                }
+            }
+            if ready().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BedError::Timeout {
+                    what: what.to_string(),
+                    seconds: timeout.as_secs(),
+                    logs: self.log_tails(20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn readyz(client: &Client) -> bool {
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else { return false };
+    client.request_text(req).await.map(|body| body.trim() == "ok").unwrap_or(false)
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn io(what: String, source: std::io::Error) -> BedError {
+    BedError::Io { what, source }
+}
+
+fn path_str(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn free_port() -> Result<u16, BedError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| io("finding a free port".into(), source))?;
+    listener.local_addr().map(|a| a.port()).map_err(|source| io("finding a free port".into(), source))
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded per process from the OS; good enough for unique namespace names.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() as u32
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}

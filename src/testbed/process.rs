@@ -1,0 +1,97 @@
+//! Child processes of the bed: spawned with their output in a log file, killed with the parent.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use super::BedError;
+
+/// A component of the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Etcd,
+    ApiServer,
+    ControllerManager,
+    Scheduler,
+    Kwok,
+}
+
+/// Every binary the bed needs (kubectl is used for installs).
+pub(super) const ALL: [&str; 6] =
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"];
+
+impl Component {
+    pub(super) fn binary(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+            Component::Kwok => "kwok",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.binary())
+    }
+}
+
+pub(super) struct Process {
+    pub(super) component: Component,
+    child: Mutex<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    pub(super) fn spawn(component: Component, binary: &Path, args: &[&str], log: &Path) -> Result<Process, BedError> {
+        let io = |what: &str, source| BedError::Io { what: format!("{what} for {component}"), source };
+        let out = File::create(log).map_err(|e| io("creating the log file", e))?;
+        let err = out.try_clone().map_err(|e| io("opening the log file", e))?;
+        let mut command = Command::new(binary);
+        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
+        // kernel kill the child when the thread that spawned it exits, so no component outlives
+        // a test binary that panics, is killed, or never drops its bed.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| io(&format!("starting {}", binary.display()), e))?;
+        Ok(Process { component, child: Mutex::new(child), log: log.to_path_buf() })
+    }
+
+    /// `Some(status)` when the process has exited.
+    pub(super) fn exited(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+
+    /// The last `lines` lines of the log (reads at most the last 64 KiB).
+    pub(super) fn tail(&self, lines: usize) -> String {
+        let Ok(mut file) = File::open(&self.log) else { return String::new() };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
