@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
@@ -284,6 +285,26 @@ impl Bed {
         })
         .await?;
 
+        // CRDs first: the garbage collector and quota controllers only discover resource types
+        // at start and then every 30 s, and would ignore TrainJob owners until then.
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("crds"))])?;
+        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+        self.wait_until("the CRDs to be Established", deadline, || {
+            let crds = crds.clone();
+            async move {
+                let Ok(list) = crds.list(&Default::default()).await else { return false };
+                let established = list.items.iter().filter(|crd| {
+                    crd.spec.group == crate::api::GROUP
+                        && crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+                });
+                established.count() == 3
+            }
+        })
+        .await?;
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("config/rbac"))])?;
+
         let admin_kubeconfig = self.kubeconfig_path(Identity::Admin);
         let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
         self.spawn(
@@ -321,17 +342,6 @@ impl Bed {
             async move { sas.get_opt("default").await.ok().flatten().is_some() }
         })
         .await?;
-
-        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("crds"))])?;
-        self.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/trainjobs.trainer.kubeflow.org",
-            "crd/trainingruntimes.trainer.kubeflow.org",
-            "crd/clustertrainingruntimes.trainer.kubeflow.org",
-        ])?;
-        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("config/rbac"))])?;
 
         for node in &config.nodes {
             self.add_node(node).await?;
@@ -433,11 +443,26 @@ impl Bed {
 
     /// Runs the pinned kubectl as admin and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, BedError> {
-        let out = std::process::Command::new(self.bin_dir.join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.kubeconfig_path(Identity::Admin).display()))
+        self.kubectl_as(Identity::Admin, args, "")
+    }
+
+    /// Runs the pinned kubectl as `identity` with `stdin` as input (for `-f -`); returns stdout,
+    /// or the command and its stderr as the error.
+    pub fn kubectl_as(&self, identity: Identity, args: &[&str], stdin: &str) -> Result<String, BedError> {
+        use std::io::Write;
+        let what = || format!("kubectl {}", args.join(" "));
+        let mut child = std::process::Command::new(self.bin_dir.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path(identity).display()))
             .args(args)
-            .output()
-            .map_err(|source| io(format!("kubectl {}", args.join(" ")), source))?;
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| io(what(), source))?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).map_err(|source| io(what(), source))?;
+        }
+        let out = child.wait_with_output().map_err(|source| io(what(), source))?;
         if !out.status.success() {
             return Err(BedError::Command(format!(
                 "kubectl {} failed: {}",

@@ -1,0 +1,108 @@
+//! Shared set-up for the integration tests: one control plane per test binary, one namespace per
+//! test, and polling with a deadline instead of sleeps.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use trainjob_operator::testbed::{Bed, BedConfig};
+pub use trainjob_operator::testbed::Identity;
+
+static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
+
+/// The control plane of this test binary, started on first use.
+///
+/// It is started from a dedicated thread that lives as long as the process: the components are
+/// killed when the thread that spawned them exits, and each `#[tokio::test]` runs (and ends) on a
+/// thread of its own.
+pub fn bed() -> &'static Bed {
+    let result = BED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("testbed".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let bed = match runtime {
+                    Ok(rt) => rt.block_on(Bed::start(BedConfig::default())).map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("building a runtime: {e}")),
+                };
+                let _ = tx.send(bed);
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawning the testbed thread");
+        let bed = rx.recv().unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
+        if let Ok(bed) = &bed {
+            register_cleanup(bed.dir().to_path_buf());
+        }
+        bed
+    });
+    match result {
+        Ok(bed) => bed,
+        Err(e) => panic!("the test control plane did not start: {e}"),
+    }
+}
+
+/// Removes the bed's temp dir at process exit (statics are never dropped).
+fn register_cleanup(dir: std::path::PathBuf) {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    extern "C" fn cleanup() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if DIR.set(dir).is_ok() {
+        // SAFETY: registers a plain `extern "C"` function with no captured state.
+        unsafe { libc::atexit(cleanup) };
+    }
+}
+
+/// A namespace for one test, plus a log dump when the test fails.
+pub struct TestNs {
+    pub name: String,
+}
+
+impl TestNs {
+    /// Creates a fresh namespace named after the test.
+    pub async fn new(prefix: &str) -> TestNs {
+        let name = bed().namespace(prefix).await.expect("creating the test namespace");
+        TestNs { name }
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test in namespace {} failed; control-plane log tails:\n{}", self.name, bed().log_tails(25));
+        }
+    }
+}
+
+/// A client for `identity`, built for the calling test's runtime.
+pub async fn client(identity: Identity) -> kube::Client {
+    bed().client(identity).await.expect("building a client")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing the test after `timeout` with
+/// `what` and the last observation.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Default deadline for state the control plane reaches on its own.
+pub const DEADLINE: Duration = Duration::from_secs(30);
