@@ -53,6 +53,9 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -61,7 +64,34 @@ async fn run() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (set KUBECONFIG or run in a pod)")?;
-    let version = client.apiserver_version().await.context("asking the API server for its version")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("asking the API server for its version")?;
+    let jobs: kube::Api<api::TrainJob> = kube::Api::all(client);
+    jobs.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context("listing TrainJobs failed; are the CRDs installed? (kubectl apply --server-side -k crds)")?;
     tracing::info!(server = %version.git_version, "connected; watching TrainJobs");
+    let mut events = std::pin::pin!(
+        watcher(jobs, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            event = events.next() => match event {
+                Some(Ok(job)) => tracing::info!(
+                    namespace = job.metadata.namespace.as_deref().unwrap_or_default(),
+                    name = job.metadata.name.as_deref().unwrap_or_default(),
+                    "observed TrainJob"
+                ),
+                Some(Err(e)) => tracing::warn!(error = %e, "watch error; retrying"),
+                None => break,
+            },
+        }
+    }
+    tracing::info!("shutting down");
     Ok(())
 }

@@ -34,7 +34,10 @@ where
     match api.create(&PostParams::default(), object).await {
         Ok(created) => panic!("expected the API server to refuse {}", created.name_any()),
         Err(kube::Error::Api(status)) => {
-            assert_eq!(status.code, 422, "refusals of invalid objects are 422 Unprocessable: {status:?}");
+            assert_eq!(
+                status.code, 422,
+                "refusals of invalid objects are 422 Unprocessable: {status:?}"
+            );
             status.message
         }
         Err(other) => panic!("unexpected error: {other}"),
@@ -44,9 +47,11 @@ where
 #[tokio::test]
 async fn crds_are_installed_server_side_and_established() {
     let crds: Api<CustomResourceDefinition> = Api::all(client(Identity::Admin).await);
-    for name in
-        ["trainjobs.trainer.kubeflow.org", "trainingruntimes.trainer.kubeflow.org", "clustertrainingruntimes.trainer.kubeflow.org"]
-    {
+    for name in [
+        "trainjobs.trainer.kubeflow.org",
+        "trainingruntimes.trainer.kubeflow.org",
+        "clustertrainingruntimes.trainer.kubeflow.org",
+    ] {
         let crd = crds.get(name).await.expect("CRD exists");
         let established = crd
             .status
@@ -54,7 +59,10 @@ async fn crds_are_installed_server_side_and_established() {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
         assert!(established, "{name} is not Established");
-        let applied = crd.managed_fields().iter().any(|m| m.operation.as_deref() == Some("Apply"));
+        let applied = crd
+            .managed_fields()
+            .iter()
+            .any(|m| m.operation.as_deref() == Some("Apply"));
         assert!(applied, "{name} was not installed with server-side apply");
     }
 }
@@ -69,23 +77,44 @@ async fn server_cel_rules_refuse_bad_objects_with_our_messages() {
     assert!(msg.contains("numNodes must be at least 1"), "{msg}");
 
     let msg = rejection(&jobs, &trainjob(&ns.name, "dotted.name", json!({}))).await;
-    assert!(msg.contains("metadata.name must match RFC 1035 DNS label format"), "{msg}");
+    assert!(
+        msg.contains("metadata.name must match RFC 1035 DNS label format"),
+        "{msg}"
+    );
 
     let mut foreign = trainjob(&ns.name, "foreign", json!({}));
     foreign.spec.managed_by = Some("example.com/other".into());
     let msg = rejection(&jobs, &foreign).await;
     assert!(msg.contains("spec.managedBy"), "{msg}");
-    assert!(msg.contains("ManagedBy must be trainer.kubeflow.org/trainjob-controller"), "{msg}");
+    assert!(
+        msg.contains("ManagedBy must be trainer.kubeflow.org/trainjob-controller"),
+        "{msg}"
+    );
 
     // Valid objects pass, and immutable fields then stay put.
-    let job = jobs.create(&PostParams::default(), &trainjob(&ns.name, "good", json!({"numNodes": 2}))).await.expect("valid job");
-    assert_eq!(job.spec.runtime_ref.kind.as_deref(), Some("ClusterTrainingRuntime"), "server applies defaults");
+    let job = jobs
+        .create(
+            &PostParams::default(),
+            &trainjob(&ns.name, "good", json!({"numNodes": 2})),
+        )
+        .await
+        .expect("valid job");
+    assert_eq!(
+        job.spec.runtime_ref.kind.as_deref(),
+        Some("ClusterTrainingRuntime"),
+        "server applies defaults"
+    );
     assert_eq!(job.spec.suspend, Some(false));
     let change = Patch::Merge(json!({"spec": {"trainer": {"numNodes": 3}}}));
-    let err = jobs.patch("good", &PatchParams::default(), &change).await.expect_err("trainer is immutable");
+    let err = jobs
+        .patch("good", &PatchParams::default(), &change)
+        .await
+        .expect_err("trainer is immutable");
     assert!(err.to_string().contains("field is immutable"), "{err}");
     let suspend = Patch::Merge(json!({"spec": {"suspend": true}}));
-    jobs.patch("good", &PatchParams::default(), &suspend).await.expect("suspend stays mutable");
+    jobs.patch("good", &PatchParams::default(), &suspend)
+        .await
+        .expect("suspend stays mutable");
 
     let runtimes: Api<TrainingRuntime> = Api::namespaced(client(Identity::Admin).await, &ns.name);
     let two_policies: TrainingRuntime = serde_json::from_value(json!({
@@ -106,16 +135,28 @@ async fn bad_manifests_get_messages_that_name_the_field() {
             "apiVersion: trainer.kubeflow.org/v1alpha1\nkind: TrainJob\nmetadata: {{name: bad, namespace: {}}}\nspec:\n{spec}",
             ns.name
         );
-        bed().kubectl_as(Identity::Admin, &["apply", "-f", "-"], &manifest).expect_err("kubectl must refuse it").to_string()
+        bed()
+            .kubectl_as(Identity::Admin, &["apply", "-f", "-"], &manifest)
+            .expect_err("kubectl must refuse it")
+            .to_string()
     };
     let unknown = apply("  runtimeRef: {name: mpi-openmpi}\n  trainer: {numNodez: 2}\n");
-    assert!(unknown.contains(r#"unknown field "spec.trainer.numNodez""#), "{unknown}");
+    assert!(
+        unknown.contains(r#"unknown field "spec.trainer.numNodez""#),
+        "{unknown}"
+    );
     let wrong_type = apply("  runtimeRef: {name: mpi-openmpi}\n  trainer: {numNodes: two}\n");
     assert!(wrong_type.contains("spec.trainer.numNodes"), "{wrong_type}");
     assert!(wrong_type.contains("integer"), "{wrong_type}");
     let out_of_range = apply("  runtimeRef: {name: mpi-openmpi}\n  activeDeadlineSeconds: 0\n");
-    assert!(out_of_range.contains("spec.activeDeadlineSeconds"), "{out_of_range}");
-    assert!(out_of_range.contains("greater than or equal to 1"), "{out_of_range}");
+    assert!(
+        out_of_range.contains("spec.activeDeadlineSeconds"),
+        "{out_of_range}"
+    );
+    assert!(
+        out_of_range.contains("greater than or equal to 1"),
+        "{out_of_range}"
+    );
     let missing = apply("  trainer: {numNodes: 2}\n");
     assert!(missing.contains("spec.runtimeRef"), "{missing}");
 }
@@ -124,7 +165,10 @@ async fn bad_manifests_get_messages_that_name_the_field() {
 async fn operator_writes_status_through_the_subresource() {
     let ns = TestNs::new("status").await;
     let admin: Api<TrainJob> = Api::namespaced(client(Identity::Admin).await, &ns.name);
-    admin.create(&PostParams::default(), &trainjob(&ns.name, "job", json!({}))).await.expect("create");
+    admin
+        .create(&PostParams::default(), &trainjob(&ns.name, "job", json!({})))
+        .await
+        .expect("create");
 
     let operator: Api<TrainJob> = Api::namespaced(client(Identity::Operator).await, &ns.name);
     let status = json!({
@@ -138,12 +182,19 @@ async fn operator_writes_status_through_the_subresource() {
         "spec": {"suspend": true},
     });
     let params = PatchParams::apply("trainjob-operator").force();
-    operator.patch_status("job", &params, &Patch::Apply(&status)).await.expect("operator may patch status");
+    operator
+        .patch_status("job", &params, &Patch::Apply(&status))
+        .await
+        .expect("operator may patch status");
     let job = admin.get("job").await.expect("get");
     let st = job.status.expect("status written");
     assert_eq!(st.conditions[0].reason, "Resumed");
     assert_eq!(st.jobs_status[0].active, 2);
-    assert_eq!(job.spec.suspend, Some(false), "spec must not change through /status");
+    assert_eq!(
+        job.spec.suspend,
+        Some(false),
+        "spec must not change through /status"
+    );
 }
 
 #[tokio::test]
@@ -159,8 +210,26 @@ async fn kwok_moves_pods_through_running_succeeded_and_failed() {
     };
     let cases = [
         ("worker", pod("worker", json!({}), json!({})), "Running", None),
-        ("launcher", pod("launcher", json!({"trainer.kubeflow.org/job-role": "launcher"}), json!({})), "Succeeded", Some(0)),
-        ("crash", pod("crash", json!({}), json!({"kwok.trainjob.test/exit-code": "3", "kwok.trainjob.test/reason": "OOMKilled"})), "Failed", Some(3)),
+        (
+            "launcher",
+            pod(
+                "launcher",
+                json!({"trainer.kubeflow.org/job-role": "launcher"}),
+                json!({}),
+            ),
+            "Succeeded",
+            Some(0),
+        ),
+        (
+            "crash",
+            pod(
+                "crash",
+                json!({}),
+                json!({"kwok.trainjob.test/exit-code": "3", "kwok.trainjob.test/reason": "OOMKilled"}),
+            ),
+            "Failed",
+            Some(3),
+        ),
     ];
     for (_, p, _, _) in &cases {
         pods.create(&PostParams::default(), p).await.expect("create pod");
@@ -170,14 +239,27 @@ async fn kwok_moves_pods_through_running_succeeded_and_failed() {
             let pods = pods.clone();
             async move {
                 let p = pods.get(name).await.map_err(|e| e.to_string())?;
-                let current = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+                let current = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default();
                 if current == phase { Ok(p) } else { Err(current) }
             }
         })
         .await;
         let status = pod.status.expect("status");
-        assert!(pod.spec.and_then(|s| s.node_name).is_some_and(|n| n.starts_with("kwok-node-")), "scheduled on a fake node");
-        let terminated = status.container_statuses.unwrap_or_default().into_iter().find_map(|c| c.state?.terminated);
+        assert!(
+            pod.spec
+                .and_then(|s| s.node_name)
+                .is_some_and(|n| n.starts_with("kwok-node-")),
+            "scheduled on a fake node"
+        );
+        let terminated = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| c.state?.terminated);
         assert_eq!(terminated.as_ref().map(|t| t.exit_code), exit, "{name}");
         if name == "crash" {
             assert_eq!(terminated.and_then(|t| t.reason).as_deref(), Some("OOMKilled"));
@@ -190,7 +272,10 @@ async fn deleting_an_owner_garbage_collects_its_dependents() {
     let ns = TestNs::new("gc").await;
     let admin = client(Identity::Admin).await;
     let jobs: Api<TrainJob> = Api::namespaced(admin.clone(), &ns.name);
-    let job = jobs.create(&PostParams::default(), &trainjob(&ns.name, "owner", json!({}))).await.expect("create");
+    let job = jobs
+        .create(&PostParams::default(), &trainjob(&ns.name, "owner", json!({})))
+        .await
+        .expect("create");
     let owner = OwnerReference {
         api_version: "trainer.kubeflow.org/v1alpha1".into(),
         kind: "TrainJob".into(),
@@ -201,24 +286,42 @@ async fn deleting_an_owner_garbage_collects_its_dependents() {
     };
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
-    let mut cm = ConfigMap { data: Some(BTreeMap::from([("hostfile".into(), "a slots=1\n".into())])), ..Default::default() };
+    let mut cm = ConfigMap {
+        data: Some(BTreeMap::from([("hostfile".into(), "a slots=1\n".into())])),
+        ..Default::default()
+    };
     cm.metadata.name = Some("owner-mpi-hostfile".into());
     cm.metadata.owner_references = Some(vec![owner.clone()]);
     cms.create(&PostParams::default(), &cm).await.expect("configmap");
     let mut secret = Secret::default();
     secret.metadata.name = Some("owner-mpi-ssh-auth".into());
     secret.metadata.owner_references = Some(vec![owner]);
-    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
 
-    jobs.delete("owner", &DeleteParams::default()).await.expect("delete owner");
+    jobs.delete("owner", &DeleteParams::default())
+        .await
+        .expect("delete owner");
     eventually("the garbage collector to delete the dependents", DEADLINE, || {
         let (cms, secrets) = (cms.clone(), secrets.clone());
         async move {
-            let cm = cms.get_opt("owner-mpi-hostfile").await.map_err(|e| e.to_string())?;
-            let secret = secrets.get_opt("owner-mpi-ssh-auth").await.map_err(|e| e.to_string())?;
+            let cm = cms
+                .get_opt("owner-mpi-hostfile")
+                .await
+                .map_err(|e| e.to_string())?;
+            let secret = secrets
+                .get_opt("owner-mpi-ssh-auth")
+                .await
+                .map_err(|e| e.to_string())?;
             match (cm, secret) {
                 (None, None) => Ok(()),
-                (cm, secret) => Err(format!("configmap left: {}, secret left: {}", cm.is_some(), secret.is_some())),
+                (cm, secret) => Err(format!(
+                    "configmap left: {}, secret left: {}",
+                    cm.is_some(),
+                    secret.is_some()
+                )),
             }
         }
     })
@@ -236,16 +339,33 @@ async fn tenants_cannot_read_each_others_namespaces() {
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
         }))
         .expect("binding");
-        Api::<RoleBinding>::namespaced(admin.clone(), ns).create(&PostParams::default(), &binding).await.expect("bind");
+        Api::<RoleBinding>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("bind");
     }
     let a_own: Api<TrainJob> = Api::namespaced(client(Identity::TenantA).await, &ns_a.name);
     // `edit` gains TrainJob rights through aggregation (config/rbac), which kcm fills in shortly.
     eventually("tenant-a to create a TrainJob in its namespace", DEADLINE, || {
         let (a_own, job) = (a_own.clone(), trainjob(&ns_a.name, "mine", json!({})));
-        async move { a_own.create(&PostParams::default(), &job).await.map(|_| ()).map_err(|e| e.to_string()) }
+        async move {
+            a_own
+                .create(&PostParams::default(), &job)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     })
     .await;
-    assert_eq!(a_own.list(&Default::default()).await.expect("list own").items.len(), 1);
+    assert_eq!(
+        a_own
+            .list(&Default::default())
+            .await
+            .expect("list own")
+            .items
+            .len(),
+        1
+    );
 
     let a_other: Api<TrainJob> = Api::namespaced(client(Identity::TenantA).await, &ns_b.name);
     let b_other: Api<TrainJob> = Api::namespaced(client(Identity::TenantB).await, &ns_a.name);
@@ -256,22 +376,92 @@ async fn tenants_cannot_read_each_others_namespaces() {
         }
     }
     let b_pods: Api<Pod> = Api::namespaced(client(Identity::TenantB).await, &ns_a.name);
-    assert!(b_pods.list(&Default::default()).await.is_err(), "tenant-b cannot list tenant-a's pods");
+    assert!(
+        b_pods.list(&Default::default()).await.is_err(),
+        "tenant-b cannot list tenant-a's pods"
+    );
 }
 
 #[tokio::test]
 async fn operator_identity_has_only_what_config_rbac_grants() {
     let ns = TestNs::new("rbac").await;
     let operator = client(Identity::Operator).await;
-    Api::<Pod>::namespaced(operator.clone(), &ns.name).list(&Default::default()).await.expect("operator lists pods");
-    Api::<TrainJob>::all(operator.clone()).list(&Default::default()).await.expect("operator lists TrainJobs");
+    Api::<Pod>::namespaced(operator.clone(), &ns.name)
+        .list(&Default::default())
+        .await
+        .expect("operator lists pods");
+    Api::<TrainJob>::all(operator.clone())
+        .list(&Default::default())
+        .await
+        .expect("operator lists TrainJobs");
     // It creates SSH Secrets but may not read every Secret in the cluster.
-    match Api::<Secret>::all(operator.clone()).list(&Default::default()).await {
+    match Api::<Secret>::all(operator.clone())
+        .list(&Default::default())
+        .await
+    {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
         other => panic!("listing secrets must be forbidden, got {other:?}"),
     }
-    match Api::<TrainJob>::namespaced(operator, &ns.name).create(&PostParams::default(), &trainjob(&ns.name, "x", json!({}))).await {
+    match Api::<TrainJob>::namespaced(operator, &ns.name)
+        .create(&PostParams::default(), &trainjob(&ns.name, "x", json!({})))
+        .await
+    {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "the operator never creates TrainJobs"),
         other => panic!("creating TrainJobs must be forbidden, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn shipped_manifests_render_and_apply_to_a_real_server() {
+    let root = trainjob_operator::testbed::repo_root();
+    for base in [
+        "config/default",
+        "config/crd",
+        "config/rbac",
+        "config/manager",
+        "config/runtimes",
+        "config/prometheus",
+    ] {
+        let rendered = bed().kubectl(&["kustomize", &root.join(base).display().to_string()]);
+        let rendered = rendered.unwrap_or_else(|e| panic!("kubectl kustomize {base}: {e}"));
+        assert!(rendered.contains("kind:"), "{base} renders to objects");
+    }
+    // Everything except the ServiceMonitor (whose CRD belongs to the Prometheus Operator) must be
+    // accepted by the API server as shipped, with strict field validation.
+    let default = root.join("config/default").display().to_string();
+    let out = bed().kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--validate=strict",
+        "-k",
+        &default,
+    ]);
+    let out = out.unwrap_or_else(|e| panic!("config/default: {e}"));
+    assert!(
+        out.contains("clustertrainingruntime.trainer.kubeflow.org/mpi-openmpi"),
+        "{out}"
+    );
+    assert!(out.contains("deployment.apps/trainjob-operator"), "{out}");
+
+    let ns = TestNs::new("examples").await;
+    let examples = std::fs::read_dir(root.join("examples")).expect("examples dir");
+    let mut checked = 0;
+    for example in examples {
+        let path = example.expect("entry").path().display().to_string();
+        let out = bed().kubectl(&[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--validate=strict",
+            "-n",
+            &ns.name,
+            "-f",
+            &path,
+        ]);
+        let out = out.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(out.contains("trainjob.trainer.kubeflow.org/"), "{path}: {out}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "every example was checked ({checked})");
 }

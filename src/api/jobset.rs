@@ -148,7 +148,11 @@ pub enum DependsOnStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Network {
     /// Make pods reachable by hostname (always on for MPI).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enableDNSHostnames")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "enableDNSHostnames"
+    )]
     pub enable_dns_hostnames: Option<bool>,
     /// Subdomain (headless Service name); defaults to the TrainJob name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -46,10 +46,18 @@ pub const LAUNCHER: &str = "launcher";
 /// All CRDs of this API, in install order, normalised to the shape upstream's controller-gen emits.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    let mut crds = vec![TrainJob::crd(), TrainingRuntime::crd(), ClusterTrainingRuntime::crd()];
+    let mut crds = vec![
+        TrainJob::crd(),
+        TrainingRuntime::crd(),
+        ClusterTrainingRuntime::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
                 drop_nullable(schema);
             }
         }

@@ -74,7 +74,10 @@ pub struct JobSetSpecPatch {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct ReplicatedJobPatch {
     /// Name of the replicated job in the runtime template.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Patch of its Job template.
     #[serde(default, skip_serializing_if = "Option::is_none")]

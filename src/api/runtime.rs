@@ -140,16 +140,25 @@ pub struct FluxMLPolicySource {
 #[serde(rename_all = "camelCase")]
 pub struct MPIMLPolicySource {
     /// MPI slots per node (hostfile `slots=`). Defaults to 1.
-    #[serde(default = "default_num_proc_per_node", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_num_proc_per_node",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[x_kube(validation = Rule::new("self >= 1").message("NumProcPerNode in mpiPolicy must be >= 1"))]
     pub num_proc_per_node: Option<i32>,
 
     /// MPI implementation: `OpenMPI` (4 and 5), `Intel` or `MPICH`. Defaults to OpenMPI.
-    #[serde(default = "default_mpi_implementation", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_mpi_implementation",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mpi_implementation: Option<MPIImplementation>,
 
     /// Directory where the SSH key Secret is mounted. Defaults to `/root/.ssh`.
-    #[serde(default = "default_ssh_auth_mount_path", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_ssh_auth_mount_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message(
         "sshAuthMountPath must be an absolute path, for example /home/mpiuser/.ssh"

@@ -27,9 +27,11 @@ fn missing(sub: &Value, sup: &Value, path: &str) -> Option<String> {
             Some(w) => missing(v, w, &format!("{path}.{k}")),
             None => Some(format!("{path}.{k} was dropped")),
         }),
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            a.iter().zip(b).enumerate().find_map(|(i, (v, w))| missing(v, w, &format!("{path}[{i}]")))
-        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| missing(v, w, &format!("{path}[{i}]"))),
         (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
         // Quantities are strings on the wire; YAML may spell them as numbers (`nvidia.com/gpu: 8`).
         (Value::Number(a), Value::String(b)) if a.to_string() == *b => None,
@@ -48,17 +50,34 @@ fn assert_lossless(original: &Value, back: &Value) {
 fn upstream_runtime_round_trips_with_defaults() {
     let (original, back, rt) = round_trip::<ClusterTrainingRuntime>(&fixture("deepspeed-distributed.yaml"));
     assert_lossless(&original, &back);
-    let mpi = rt.spec.ml_policy.as_ref().and_then(|p| p.mpi.as_ref()).expect("mpi policy");
+    let mpi = rt
+        .spec
+        .ml_policy
+        .as_ref()
+        .and_then(|p| p.mpi.as_ref())
+        .expect("mpi policy");
     assert_eq!(mpi.mpi_implementation, Some(MPIImplementation::OpenMPI));
     assert_eq!(mpi.run_launcher_as_node, Some(true));
-    let jobs = &rt.spec.template.spec.as_ref().expect("template spec").replicated_jobs;
-    assert_eq!(jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), [NODE, LAUNCHER]);
+    let jobs = &rt
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("template spec")
+        .replicated_jobs;
+    assert_eq!(
+        jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        [NODE, LAUNCHER]
+    );
     // Defaults the API server would apply are applied on parse too.
     assert_eq!(jobs[0].replicas, Some(1));
     assert_eq!(jobs[0].group_name.as_deref(), Some("default"));
     assert_eq!(
         jobs[1].depends_on,
-        [DependsOn { name: NODE.into(), status: DependsOnStatus::Ready }]
+        [DependsOn {
+            name: NODE.into(),
+            status: DependsOnStatus::Ready
+        }]
     );
 }
 
@@ -66,20 +85,36 @@ fn upstream_runtime_round_trips_with_defaults() {
 fn intel_runtime_round_trips_with_defaults() {
     let (original, back, rt) = round_trip::<TrainingRuntime>(&fixture("intel-runtime.yaml"));
     assert_lossless(&original, &back);
-    let mpi = rt.spec.ml_policy.as_ref().and_then(|p| p.mpi.as_ref()).expect("mpi policy");
+    let mpi = rt
+        .spec
+        .ml_policy
+        .as_ref()
+        .and_then(|p| p.mpi.as_ref())
+        .expect("mpi policy");
     assert_eq!(mpi.mpi_implementation, Some(MPIImplementation::Intel));
     assert_eq!(mpi.ssh_auth_mount_path.as_deref(), Some("/root/.ssh"));
     assert_eq!(mpi.run_launcher_as_node, Some(false));
     assert_eq!(back["spec"]["mlPolicy"]["mpi"]["mpiImplementation"], "Intel");
-    let failure = rt.spec.template.spec.as_ref().and_then(|s| s.failure_policy.as_ref());
-    assert_eq!(failure.and_then(|f| f.restart_strategy), Some(RestartStrategy::Recreate));
+    let failure = rt
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.failure_policy.as_ref());
+    assert_eq!(
+        failure.and_then(|f| f.restart_strategy),
+        Some(RestartStrategy::Recreate)
+    );
 }
 
 #[test]
 fn sdk_trainjob_round_trips_with_defaults() {
     let (original, back, job) = round_trip::<TrainJob>(&fixture("trainjob-sdk.yaml"));
     assert_lossless(&original, &back);
-    assert_eq!(job.spec.runtime_ref.kind.as_deref(), Some("ClusterTrainingRuntime"));
+    assert_eq!(
+        job.spec.runtime_ref.kind.as_deref(),
+        Some("ClusterTrainingRuntime")
+    );
     assert_eq!(job.spec.runtime_ref.api_group.as_deref(), Some(GROUP));
     assert_eq!(job.spec.suspend, Some(false));
     assert_eq!(job.spec.managed_by.as_deref(), Some(MANAGED_BY_TRAINER));
@@ -90,8 +125,16 @@ fn sdk_trainjob_round_trips_with_defaults() {
 fn kueue_trainjob_with_runtime_patches_round_trips() {
     let (original, back, job) = round_trip::<TrainJob>(&fixture("trainjob-kueue.yaml"));
     assert_lossless(&original, &back);
-    let managers: Vec<_> = job.spec.runtime_patches.iter().map(|p| p.manager.as_str()).collect();
-    assert_eq!(managers, ["trainer.kubeflow.org/kubeflow-sdk", "kueue.x-k8s.io/manager"]);
+    let managers: Vec<_> = job
+        .spec
+        .runtime_patches
+        .iter()
+        .map(|p| p.manager.as_str())
+        .collect();
+    assert_eq!(
+        managers,
+        ["trainer.kubeflow.org/kubeflow-sdk", "kueue.x-k8s.io/manager"]
+    );
     let status = job.status.as_ref().expect("status");
     assert_eq!(status.jobs_status[0].suspended, 1);
     assert!(job.validate_cel().is_ok());
@@ -129,7 +172,10 @@ fn errors(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<String> 
 
 fn assert_rejected(result: Result<(), kube::core::cel::ValidationErrors>, message: &str) {
     let errs = errors(result);
-    assert!(errs.iter().any(|e| e.contains(message)), "expected {message:?}, got {errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains(message)),
+        "expected {message:?}, got {errs:?}"
+    );
 }
 
 fn base_job() -> Value {
@@ -145,9 +191,15 @@ fn good_job_passes_every_rule() {
 fn job_name_must_be_an_rfc1035_label() {
     let mut bad = job(base_job());
     bad.metadata.name = Some("1-starts-with-digit".into());
-    assert_rejected(bad.validate_cel(), "metadata.name must match RFC 1035 DNS label format");
+    assert_rejected(
+        bad.validate_cel(),
+        "metadata.name must match RFC 1035 DNS label format",
+    );
     bad.metadata.name = Some("a".repeat(64));
-    assert_rejected(bad.validate_cel(), "metadata.name must be no more than 63 characters");
+    assert_rejected(
+        bad.validate_cel(),
+        "metadata.name must be no more than 63 characters",
+    );
 }
 
 #[test]
@@ -220,10 +272,16 @@ fn immutable_fields_cannot_change() {
 fn trainer_status_needs_last_updated_time() {
     let mut bad = job(base_job());
     bad.status = Some(TrainJobStatus {
-        trainer_status: Some(TrainerStatus { progress_percentage: Some(50), ..Default::default() }),
+        trainer_status: Some(TrainerStatus {
+            progress_percentage: Some(50),
+            ..Default::default()
+        }),
         ..Default::default()
     });
-    assert_rejected(bad.validate_cel(), "lastUpdatedTime is required when trainerStatus is present");
+    assert_rejected(
+        bad.validate_cel(),
+        "lastUpdatedTime is required when trainerStatus is present",
+    );
 }
 
 fn base_runtime() -> Value {
@@ -239,21 +297,30 @@ fn base_runtime() -> Value {
 
 #[test]
 fn good_runtime_passes_every_rule() {
-    assert_eq!(errors(runtime(base_runtime()).validate_cel()), Vec::<String>::new());
+    assert_eq!(
+        errors(runtime(base_runtime()).validate_cel()),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn only_one_ml_policy() {
     let mut spec = base_runtime();
     spec["mlPolicy"]["torch"] = json!({});
-    assert_rejected(runtime(spec).validate_cel(), "Only one of the policy can be configured");
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "Only one of the policy can be configured",
+    );
 }
 
 #[test]
 fn runtime_numbers_must_be_positive() {
     let mut spec = base_runtime();
     spec["mlPolicy"]["mpi"]["numProcPerNode"] = json!(0);
-    assert_rejected(runtime(spec).validate_cel(), "NumProcPerNode in mpiPolicy must be >= 1");
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "NumProcPerNode in mpiPolicy must be >= 1",
+    );
     let mut spec = base_runtime();
     spec["mlPolicy"]["numNodes"] = json!(0);
     assert_rejected(runtime(spec).validate_cel(), "numNodes must be at least 1");
@@ -263,14 +330,20 @@ fn runtime_numbers_must_be_positive() {
 fn ssh_mount_path_must_be_absolute() {
     let mut spec = base_runtime();
     spec["mlPolicy"]["mpi"]["sshAuthMountPath"] = json!("home/.ssh");
-    assert_rejected(runtime(spec).validate_cel(), "sshAuthMountPath must be an absolute path");
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "sshAuthMountPath must be an absolute path",
+    );
 }
 
 #[test]
 fn startup_policy_excludes_depends_on() {
     let mut spec = base_runtime();
     spec["template"]["spec"]["startupPolicy"] = json!({"startupPolicyOrder": "InOrder"});
-    assert_rejected(runtime(spec).validate_cel(), "StartupPolicy and DependsOn APIs are mutually exclusive");
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "StartupPolicy and DependsOn APIs are mutually exclusive",
+    );
     let mut spec = base_runtime();
     spec["template"]["spec"]["startupPolicy"] = json!({"startupPolicyOrder": "AnyOrder"});
     assert!(runtime(spec).validate_cel().is_ok());
@@ -280,7 +353,10 @@ fn startup_policy_excludes_depends_on() {
 fn only_one_gang_plugin() {
     let mut spec = base_runtime();
     spec["podGroupPolicy"] = json!({"coscheduling": {}, "volcano": {}});
-    assert_rejected(runtime(spec).validate_cel(), "Only one of coscheduling and volcano can be configured");
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "Only one of coscheduling and volcano can be configured",
+    );
 }
 
 #[test]
@@ -289,7 +365,10 @@ fn jobset_policies_are_immutable() {
     with_network["template"]["spec"]["network"] = json!({"publishNotReadyAddresses": true});
     let old = runtime(with_network.clone());
     with_network["template"]["spec"]["network"] = json!({"publishNotReadyAddresses": false});
-    assert_rejected(runtime(with_network).validate_cel_update(&old), "Value is immutable");
+    assert_rejected(
+        runtime(with_network).validate_cel_update(&old),
+        "Value is immutable",
+    );
 }
 
 // === generated CRDs ===
@@ -297,7 +376,10 @@ fn jobset_policies_are_immutable() {
 #[test]
 fn crds_have_the_upstream_shape() {
     let crds = crds();
-    let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+    let names: Vec<_> = crds
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap_or_default())
+        .collect();
     assert_eq!(
         names,
         [
@@ -308,15 +390,23 @@ fn crds_have_the_upstream_shape() {
     );
     assert_eq!(crds[2].spec.scope, "Cluster");
     let json = serde_json::to_string(&crds).expect("CRDs serialise");
-    assert!(!json.contains("\"nullable\""), "upstream schemas are not nullable");
+    assert!(
+        !json.contains("\"nullable\""),
+        "upstream schemas are not nullable"
+    );
     let job = serde_json::to_value(&crds[0]).expect("CRD serialises");
     let version = &job["spec"]["versions"][0];
-    let columns: Vec<_> =
-        version["additionalPrinterColumns"].as_array().into_iter().flatten().map(|c| c["name"].clone()).collect();
+    let columns: Vec<_> = version["additionalPrinterColumns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].clone())
+        .collect();
     assert_eq!(columns, ["State", "Runtime", "Nodes", "Age"]);
     assert_eq!(job["spec"]["names"]["shortNames"], json!(["tj"]));
     assert!(version["subresources"]["status"].is_object());
-    let conditions = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+    let conditions =
+        &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
     assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
 }
@@ -328,6 +418,9 @@ fn checked_in_crds_match_the_code() {
         let name = crate::crdgen::file_name(&crd);
         let want = crate::crdgen::to_yaml(&crd).expect("CRD renders");
         let have = std::fs::read_to_string(format!("{dir}/{name}")).unwrap_or_default();
-        assert!(have == want, "crds/{name} is stale or missing: run `make crds` and commit the result");
+        assert!(
+            have == want,
+            "crds/{name} is stale or missing: run `make crds` and commit the result"
+        );
     }
 }

@@ -12,7 +12,7 @@ use trainjob_operator::testbed::{Bed, BedConfig, FakeNode, Identity, repo_root};
 #[derive(Parser)]
 #[command(about = "Run the local test control plane until interrupted")]
 struct Args {
-    /// Directory for data, logs and kubeconfigs (wiped at start).
+    /// Directory for data, logs and kubeconfigs (state of an earlier run is removed).
     #[arg(long, default_value = ".bed")]
     dir: PathBuf,
     /// Number of fake nodes (32 CPUs, 256Gi, 8 GPUs each).
@@ -22,14 +22,22 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info,kube_client::client::builder=off").with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info,kube_client::client::builder=off")
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let _ = std::fs::remove_dir_all(&args.dir);
+    for stale in ["etcd", "pki", "ready"] {
+        let path = args.dir.join(stale);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
     let dir = std::path::absolute(&args.dir).context("resolving --dir")?;
     let started = Instant::now();
     let bed = Bed::start(BedConfig {
         work_dir: Some(dir),
-        nodes: (0..args.nodes).map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8)).collect(),
+        nodes: (0..args.nodes)
+            .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
+            .collect(),
         ..Default::default()
     })
     .await?;

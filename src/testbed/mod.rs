@@ -36,9 +36,17 @@ pub enum BedError {
         source: std::io::Error,
     },
     #[error("{component} exited during start-up ({status}); last log lines:\n{tail}")]
-    Exited { component: Component, status: String, tail: String },
+    Exited {
+        component: Component,
+        status: String,
+        tail: String,
+    },
     #[error("timed out after {seconds}s waiting for {what}; component logs:\n{logs}")]
-    Timeout { what: String, seconds: u64, logs: String },
+    Timeout {
+        what: String,
+        seconds: u64,
+        logs: String,
+    },
     #[error("generating the service-account signing key: {0}")]
     Key(#[from] rcgen::Error),
     #[error("building a client for {identity:?}: {source}")]
@@ -71,7 +79,12 @@ pub enum Identity {
 }
 
 impl Identity {
-    const ALL: [Identity; 4] = [Identity::Admin, Identity::Operator, Identity::TenantA, Identity::TenantB];
+    const ALL: [Identity; 4] = [
+        Identity::Admin,
+        Identity::Operator,
+        Identity::TenantA,
+        Identity::TenantB,
+    ];
 
     /// The user name the API server sees.
     pub fn user(self) -> &'static str {
@@ -124,7 +137,13 @@ pub struct FakeNode {
 impl FakeNode {
     /// A node with `cpu` cores, 256 GiB memory and `gpus` GPUs.
     pub fn new(name: impl Into<String>, cpu: u32, gpus: u32) -> Self {
-        FakeNode { name: name.into(), cpu: cpu.to_string(), memory: "256Gi".into(), gpus, labels: BTreeMap::new() }
+        FakeNode {
+            name: name.into(),
+            cpu: cpu.to_string(),
+            memory: "256Gi".into(),
+            gpus,
+            labels: BTreeMap::new(),
+        }
     }
 }
 
@@ -147,7 +166,9 @@ impl Default for BedConfig {
         BedConfig {
             bin_dir: None,
             work_dir: None,
-            nodes: (0..4).map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8)).collect(),
+            nodes: (0..4)
+                .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
+                .collect(),
             timeout: Duration::from_secs(120),
         }
     }
@@ -178,7 +199,10 @@ pub fn default_bin_dir() -> Result<PathBuf, BedError> {
         .arg(&script)
         .arg("--dir")
         .output()
-        .map_err(|source| BedError::Io { what: format!("{} --dir", script.display()), source })?;
+        .map_err(|source| BedError::Io {
+            what: format!("{} --dir", script.display()),
+            source,
+        })?;
     if !out.status.success() {
         return Err(BedError::Command(format!(
             "{} --dir failed: {}",
@@ -203,7 +227,8 @@ impl Bed {
         }
         let (dir, temp) = match &config.work_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| io(format!("creating {}", dir.display()), source))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| io(format!("creating {}", dir.display()), source))?;
                 (dir.clone(), None)
             }
             None => {
@@ -214,7 +239,14 @@ impl Bed {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let mut bed = Bed { server: String::new(), ca_pem: Vec::new(), dir, bin_dir, procs: Vec::new(), _temp: temp };
+        let mut bed = Bed {
+            server: String::new(),
+            ca_pem: Vec::new(),
+            dir,
+            bin_dir,
+            procs: Vec::new(),
+            _temp: temp,
+        };
         bed.boot(&config).await?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %bed.server, "test bed ready");
         Ok(bed)
@@ -258,7 +290,10 @@ impl Bed {
                 "--service-cluster-ip-range=10.96.0.0/16",
                 &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
                 &format!("--service-account-key-file={}", self.path("sa.pub").display()),
-                &format!("--service-account-signing-key-file={}", self.path("sa.key").display()),
+                &format!(
+                    "--service-account-signing-key-file={}",
+                    self.path("sa.key").display()
+                ),
                 // Without a controller racing to create the `default` service account, pods are
                 // admitted at once in a fresh namespace.
                 "--disable-admission-plugins=ServiceAccount",
@@ -269,14 +304,20 @@ impl Bed {
                 gates,
             ],
         )?;
-        self.wait_for_file("the API server's serving certificate", "pki/apiserver.crt", deadline).await?;
+        self.wait_for_file(
+            "the API server's serving certificate",
+            "pki/apiserver.crt",
+            deadline,
+        )
+        .await?;
         self.ca_pem = std::fs::read(self.path("pki/apiserver.crt"))
             .map_err(|source| io("reading the API server certificate".into(), source))?;
         for identity in Identity::ALL {
             let path = self.kubeconfig_path(identity);
             let yaml = serde_saphyr::to_string(&self.kubeconfig(identity))
                 .map_err(|e| BedError::Command(format!("rendering a kubeconfig: {e}")))?;
-            std::fs::write(&path, yaml).map_err(|source| io(format!("writing {}", path.display()), source))?;
+            std::fs::write(&path, yaml)
+                .map_err(|source| io(format!("writing {}", path.display()), source))?;
         }
         let admin = self.client(Identity::Admin).await?;
         self.wait_until("the API server to become ready", deadline, || {
@@ -287,23 +328,41 @@ impl Bed {
 
         // CRDs first: the garbage collector and quota controllers only discover resource types
         // at start and then every 30 s, and would ignore TrainJob owners until then.
-        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("crds"))])?;
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &path_str(&repo_root().join("crds")),
+        ])?;
         let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
         self.wait_until("the CRDs to be Established", deadline, || {
             let crds = crds.clone();
             async move {
-                let Ok(list) = crds.list(&Default::default()).await else { return false };
+                let Ok(list) = crds.list(&Default::default()).await else {
+                    return false;
+                };
                 let established = list.items.iter().filter(|crd| {
                     crd.spec.group == crate::api::GROUP
-                        && crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-                        })
+                        && crd
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
+                            })
                 });
                 established.count() == 3
             }
         })
         .await?;
-        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path_str(&repo_root().join("config/rbac"))])?;
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &path_str(&repo_root().join("config/rbac")),
+        ])?;
 
         let admin_kubeconfig = self.kubeconfig_path(Identity::Admin);
         let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
@@ -320,7 +379,10 @@ impl Bed {
                 gates,
             ],
         )?;
-        self.spawn(Component::Scheduler, &[&kc, "--leader-elect=false", "--secure-port=0", gates])?;
+        self.spawn(
+            Component::Scheduler,
+            &[&kc, "--leader-elect=false", "--secure-port=0", gates],
+        )?;
         let stages = repo_root().join("hack/kwok/stages.yaml");
         self.spawn(
             Component::Kwok,
@@ -337,10 +399,14 @@ impl Bed {
 
         // kube-controller-manager's service-account controller creating `default` proves it runs.
         let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
-        self.wait_until("kube-controller-manager (the default service account)", deadline, || {
-            let sas = sas.clone();
-            async move { sas.get_opt("default").await.ok().flatten().is_some() }
-        })
+        self.wait_until(
+            "kube-controller-manager (the default service account)",
+            deadline,
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok().flatten().is_some() }
+            },
+        )
         .await?;
 
         for node in &config.nodes {
@@ -351,8 +417,14 @@ impl Bed {
         self.wait_until("kwok to mark the fake nodes Ready", deadline, || {
             let (nodes, names) = (nodes.clone(), names.clone());
             async move {
-                let Ok(list) = nodes.list(&Default::default()).await else { return false };
-                names.iter().all(|name| list.items.iter().any(|n| n.metadata.name.as_ref() == Some(name) && node_ready(n)))
+                let Ok(list) = nodes.list(&Default::default()).await else {
+                    return false;
+                };
+                names.iter().all(|name| {
+                    list.items
+                        .iter()
+                        .any(|n| n.metadata.name.as_ref() == Some(name) && node_ready(n))
+                })
             }
         })
         .await
@@ -385,7 +457,10 @@ impl Bed {
         match nodes.create(&PostParams::default(), &object).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(source) => Err(BedError::Kube { what: format!("creating node {}", node.name), source }),
+            Err(source) => Err(BedError::Kube {
+                what: format!("creating node {}", node.name),
+                source,
+            }),
         }
     }
 
@@ -394,8 +469,14 @@ impl Bed {
         let options = kube::config::KubeConfigOptions::default();
         let config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
             .await
-            .map_err(|e| BedError::Client { identity, source: Box::new(e) })?;
-        Client::try_from(config).map_err(|e| BedError::Client { identity, source: Box::new(e) })
+            .map_err(|e| BedError::Client {
+                identity,
+                source: Box::new(e),
+            })?;
+        Client::try_from(config).map_err(|e| BedError::Client {
+            identity,
+            source: Box::new(e),
+        })
     }
 
     /// A kubeconfig for `identity`.
@@ -413,12 +494,19 @@ impl Bed {
             }],
             auth_infos: vec![NamedAuthInfo {
                 name: name.clone(),
-                auth_info: Some(AuthInfo { token: Some(identity.token().into()), ..Default::default() }),
+                auth_info: Some(AuthInfo {
+                    token: Some(identity.token().into()),
+                    ..Default::default()
+                }),
                 other: Default::default(),
             }],
             contexts: vec![NamedContext {
                 name: name.clone(),
-                context: Some(Context { cluster: "testbed".into(), user: Some(name.clone()), ..Default::default() }),
+                context: Some(Context {
+                    cluster: "testbed".into(),
+                    user: Some(name.clone()),
+                    ..Default::default()
+                }),
                 other: Default::default(),
             }],
             current_context: Some(name),
@@ -452,7 +540,10 @@ impl Bed {
         use std::io::Write;
         let what = || format!("kubectl {}", args.join(" "));
         let mut child = std::process::Command::new(self.bin_dir.join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.kubeconfig_path(identity).display()))
+            .arg(format!(
+                "--kubeconfig={}",
+                self.kubeconfig_path(identity).display()
+            ))
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -460,7 +551,9 @@ impl Bed {
             .spawn()
             .map_err(|source| io(what(), source))?;
         if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes()).map_err(|source| io(what(), source))?;
+            input
+                .write_all(stdin.as_bytes())
+                .map_err(|source| io(what(), source))?;
         }
         let out = child.wait_with_output().map_err(|source| io(what(), source))?;
         if !out.status.success() {
@@ -481,18 +574,28 @@ impl Bed {
             .map_err(|e| BedError::Command(e.to_string()))?;
         api.create(&PostParams::default(), &ns)
             .await
-            .map_err(|source| BedError::Kube { what: format!("creating namespace {name}"), source })?;
+            .map_err(|source| BedError::Kube {
+                what: format!("creating namespace {name}"),
+                source,
+            })?;
         Ok(name)
     }
 
     /// The last `lines` lines of every component's log, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
-        self.procs.iter().map(|p| format!("==> {} <==\n{}\n", p.component, p.tail(lines))).collect()
+        self.procs
+            .iter()
+            .map(|p| format!("==> {} <==\n{}\n", p.component, p.tail(lines)))
+            .collect()
     }
 
     /// The last lines of one component's log.
     pub fn log_tail(&self, component: Component, lines: usize) -> String {
-        self.procs.iter().find(|p| p.component == component).map(|p| p.tail(lines)).unwrap_or_default()
+        self.procs
+            .iter()
+            .find(|p| p.component == component)
+            .map(|p| p.tail(lines))
+            .unwrap_or_default()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -514,10 +617,13 @@ impl Bed {
             .map(|(uid, id)| format!("{},{},{},\"{}\"\n", id.token(), id.user(), uid + 1, id.groups()))
             .collect();
         let key = rcgen::KeyPair::generate()?;
-        for (name, content) in
-            [("tokens.csv", tokens), ("sa.key", key.serialize_pem()), ("sa.pub", key.public_key_pem())]
-        {
-            std::fs::write(self.path(name), content).map_err(|source| io(format!("writing {name}"), source))?;
+        for (name, content) in [
+            ("tokens.csv", tokens),
+            ("sa.key", key.serialize_pem()),
+            ("sa.pub", key.public_key_pem()),
+        ] {
+            std::fs::write(self.path(name), content)
+                .map_err(|source| io(format!("writing {name}"), source))?;
         }
         Ok(())
     }
@@ -541,7 +647,11 @@ impl Bed {
         loop {
             for p in &self.procs {
                 if let Some(status) = p.exited() {
-                    return Err(BedError::Exited { component: p.component, status, tail: p.tail(30) });
+                    return Err(BedError::Exited {
+                        component: p.component,
+                        status,
+                        tail: p.tail(30),
+                    });
                 }
             }
             if ready().await {
@@ -560,8 +670,14 @@ impl Bed {
 }
 
 async fn readyz(client: &Client) -> bool {
-    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else { return false };
-    client.request_text(req).await.map(|body| body.trim() == "ok").unwrap_or(false)
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    client
+        .request_text(req)
+        .await
+        .map(|body| body.trim() == "ok")
+        .unwrap_or(false)
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -580,16 +696,24 @@ fn path_str(path: &Path) -> String {
 }
 
 fn free_port() -> Result<u16, BedError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| io("finding a free port".into(), source))?;
-    listener.local_addr().map(|a| a.port()).map_err(|source| io("finding a free port".into(), source))
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| io("finding a free port".into(), source))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| io("finding a free port".into(), source))
 }
 
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded per process from the OS; good enough for unique namespace names.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish() as u32
 }
 

@@ -21,8 +21,14 @@ pub enum Component {
 }
 
 /// Every binary the bed needs (kubectl is used for installs).
-pub(super) const ALL: [&str; 6] =
-    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"];
+pub(super) const ALL: [&str; 6] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kubectl",
+];
 
 impl Component {
     pub(super) fn binary(self) -> &'static str {
@@ -49,8 +55,16 @@ pub(super) struct Process {
 }
 
 impl Process {
-    pub(super) fn spawn(component: Component, binary: &Path, args: &[&str], log: &Path) -> Result<Process, BedError> {
-        let io = |what: &str, source| BedError::Io { what: format!("{what} for {component}"), source };
+    pub(super) fn spawn(
+        component: Component,
+        binary: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Process, BedError> {
+        let io = |what: &str, source| BedError::Io {
+            what: format!("{what} for {component}"),
+            source,
+        };
         let out = File::create(log).map_err(|e| io("creating the log file", e))?;
         let err = out.try_clone().map_err(|e| io("opening the log file", e))?;
         let mut command = Command::new(binary);
@@ -66,8 +80,14 @@ impl Process {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| io(&format!("starting {}", binary.display()), e))?;
-        Ok(Process { component, child: Mutex::new(child), log: log.to_path_buf() })
+        let child = command
+            .spawn()
+            .map_err(|e| io(&format!("starting {}", binary.display()), e))?;
+        Ok(Process {
+            component,
+            child: Mutex::new(child),
+            log: log.to_path_buf(),
+        })
     }
 
     /// `Some(status)` when the process has exited.
@@ -78,7 +98,9 @@ impl Process {
 
     /// The last `lines` lines of the log (reads at most the last 64 KiB).
     pub(super) fn tail(&self, lines: usize) -> String {
-        let Ok(mut file) = File::open(&self.log) else { return String::new() };
+        let Ok(mut file) = File::open(&self.log) else {
+            return String::new();
+        };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
         let mut text = String::new();

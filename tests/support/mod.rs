@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use trainjob_operator::testbed::{Bed, BedConfig};
 pub use trainjob_operator::testbed::Identity;
+use trainjob_operator::testbed::{Bed, BedConfig};
 
 static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
 
@@ -24,7 +24,9 @@ pub fn bed() -> &'static Bed {
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 let bed = match runtime {
-                    Ok(rt) => rt.block_on(Bed::start(BedConfig::default())).map_err(|e| e.to_string()),
+                    Ok(rt) => rt
+                        .block_on(Bed::start(BedConfig::default()))
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(format!("building a runtime: {e}")),
                 };
                 let _ = tx.send(bed);
@@ -33,7 +35,9 @@ pub fn bed() -> &'static Bed {
                 }
             })
             .expect("spawning the testbed thread");
-        let bed = rx.recv().unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
+        let bed = rx
+            .recv()
+            .unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
         if let Ok(bed) = &bed {
             register_cleanup(bed.dir().to_path_buf());
         }
@@ -67,7 +71,10 @@ pub struct TestNs {
 impl TestNs {
     /// Creates a fresh namespace named after the test.
     pub async fn new(prefix: &str) -> TestNs {
-        let name = bed().namespace(prefix).await.expect("creating the test namespace");
+        let name = bed()
+            .namespace(prefix)
+            .await
+            .expect("creating the test namespace");
         TestNs { name }
     }
 }
@@ -75,7 +82,11 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("test in namespace {} failed; control-plane log tails:\n{}", self.name, bed().log_tails(25));
+            eprintln!(
+                "test in namespace {} failed; control-plane log tails:\n{}",
+                self.name,
+                bed().log_tails(25)
+            );
         }
     }
 }

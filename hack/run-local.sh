@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make run` without KUBECONFIG: start the local control plane in the background, then run the
+# operator in the foreground with the operator's own RBAC identity. Ctrl-C stops both.
+set -euo pipefail
+
+dir=${1:-.bed}
+root=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}/debug
+kubectl="$("$root/hack/controlplane.sh" --dir)/kubectl"
+
+rm -rf "$dir"
+mkdir -p "$dir"
+"$target/testbed" --dir "$dir" 2>"$dir/testbed.out" &
+bed=$!
+trap 'kill $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
+
+echo ">> starting the local control plane (logs in $dir/)" >&2
+for _ in $(seq 1 600); do
+  [[ -f "$dir/ready" ]] && break
+  if ! kill -0 "$bed" 2>/dev/null; then
+    echo "!! the control plane failed to start:" >&2
+    cat "$dir/testbed.out" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+[[ -f "$dir/ready" ]] || { echo "!! the control plane did not become ready in 120s" >&2; exit 1; }
+cat "$dir/testbed.out" >&2
+
+cat >&2 <<EOF
+
+>> the operator runs below as system:serviceaccount:trainjob-system:trainjob-operator.
+>> In another terminal, as cluster admin:
+     export KUBECONFIG=$(cd "$dir" && pwd)/admin.kubeconfig
+     $kubectl apply --server-side -f examples/openmpi-pi.yaml
+     $kubectl get trainjobs,pods -w
+
+EOF
+KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run
