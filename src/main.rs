@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster from KUBECONFIG or the in-cluster service account.
-    Run,
+    Run(RunArgs),
     /// Print every CRD as YAML, or write one file per CRD into a directory.
     Crd {
         /// Directory to write `<group>_<plural>.yaml` files into, instead of stdout.
@@ -26,10 +26,29 @@ enum Command {
     Version,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "TRAINJOB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// Algorithm of the per-job SSH keys: ecdsa-p256, ecdsa-p384, ecdsa-p521, ed25519, rsa-3072, rsa-4096.
+    #[arg(long, env = "TRAINJOB_SSH_KEY_ALGORITHM", default_value = "ecdsa-p256")]
+    ssh_key_algorithm: trainjob_operator::ssh::KeyAlgorithm,
+    /// Refuse key algorithms FIPS 186-4 does not approve (ed25519).
+    #[arg(long, env = "TRAINJOB_FIPS")]
+    fips: bool,
+    /// TrainJobs reconciled in parallel.
+    #[arg(long, env = "TRAINJOB_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "TRAINJOB_LOG_JSON")]
+    log_json: bool,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run => run().await,
+        Command::Run(args) => run(args).await,
         Command::Crd { out_dir } => print_crds(out_dir),
         Command::Version => {
             println!("trainjob-operator {}", env!("CARGO_PKG_VERSION"));
@@ -52,15 +71,46 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run() -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use trainjob_operator::{controller, metrics::Metrics, server};
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_runtime=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        logs.json().init()
+    } else {
+        logs.init()
+    }
+    if args.fips && !args.ssh_key_algorithm.fips_approved() {
+        anyhow::bail!(
+            "--ssh-key-algorithm {} is not FIPS-approved; use ecdsa-p256, ecdsa-p384, ecdsa-p521 or rsa-3072",
+            args.ssh_key_algorithm
+        );
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    });
+    let health = server::Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let http = tokio::spawn(server::serve(args.http_addr, health, stopped()));
+
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (set KUBECONFIG or run in a pod)")?;
@@ -68,30 +118,38 @@ async fn run() -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("asking the API server for its version")?;
-    let jobs: kube::Api<api::TrainJob> = kube::Api::all(client);
-    jobs.list(&kube::api::ListParams::default().limit(1))
+    kube::Api::<api::TrainJob>::all(client.clone())
+        .list(&kube::api::ListParams::default().limit(1))
         .await
         .context("listing TrainJobs failed; are the CRDs installed? (kubectl apply --server-side -k crds)")?;
-    tracing::info!(server = %version.git_version, "connected; watching TrainJobs");
-    let mut events = std::pin::pin!(
-        watcher(jobs, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-    );
-    loop {
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(server = %version.git_version, ssh_key_algorithm = %args.ssh_key_algorithm, "connected; watching TrainJobs");
+
+    let settings = controller::Settings {
+        ssh_algorithm: args.ssh_key_algorithm,
+        concurrency: args.concurrency,
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into()),
+    };
+    controller::run(client, settings, metrics, stopped()).await;
+    http.await.context("HTTP server task")?.context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or_default(),
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            event = events.next() => match event {
-                Some(Ok(job)) => tracing::info!(
-                    namespace = job.metadata.namespace.as_deref().unwrap_or_default(),
-                    name = job.metadata.name.as_deref().unwrap_or_default(),
-                    "observed TrainJob"
-                ),
-                Some(Err(e)) => tracing::warn!(error = %e, "watch error; retrying"),
-                None => break,
-            },
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
         }
     }
-    tracing::info!("shutting down");
-    Ok(())
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or_default();
 }

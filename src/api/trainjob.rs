@@ -230,6 +230,12 @@ pub struct TrainJobStatus {
     /// Progress reported by the trainer (alpha upstream; kept for schema compatibility).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainer_status: Option<TrainerStatus>,
+
+    /// Whole-gang restarts so far, bounded by the runtime's `failurePolicy.maxRestarts`
+    /// (trainjob-operator extension; upstream keeps this in the JobSet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub restarts: Option<i32>,
 }
 
 /// Pod counts of one replicated job.

@@ -1,0 +1,98 @@
+//! The MPI hostfile: one line per MPI host, in runtime order (Open MPI puts rank 0 on the first).
+//! Hosts are pod DNS names `<pod>.<subdomain>` under the headless Service, as upstream.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::api::{MPIImplementation, TrainJob};
+use crate::names;
+use crate::resolve::Plan;
+
+/// ConfigMap key of the hostfile.
+pub const KEY: &str = "hostfile";
+
+/// The hostfile text: Open MPI `<host> slots=N`, Intel MPI and MPICH (Hydra) `<host>:N`.
+pub fn render(job: &str, plan: &Plan) -> String {
+    let mut out = String::new();
+    for (rjob, job_index, index) in plan.hosts() {
+        let host = format!("{}.{}", names::pod(job, rjob, job_index, index), plan.subdomain);
+        // Writing to a String cannot fail.
+        let _ = match plan.implementation {
+            MPIImplementation::OpenMPI => writeln!(out, "{host} slots={}", plan.slots),
+            MPIImplementation::Intel | MPIImplementation::Mpich => writeln!(out, "{host}:{}", plan.slots),
+        };
+    }
+    out
+}
+
+/// The ConfigMap `<job>-mpi-hostfile`.
+pub fn configmap(job: &TrainJob, plan: &Plan) -> ConfigMap {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    ConfigMap {
+        metadata: names::child_meta(job, &names::hostfile_configmap(name)),
+        data: Some(BTreeMap::from([(KEY.to_string(), render(name, plan))])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{job, plan, shipped_runtime};
+
+    #[test]
+    fn open_mpi_lists_each_worker_with_slots() {
+        let j = job(json!({"trainer": {"numNodes": 4, "numProcPerNode": 2}}));
+        assert_eq!(
+            render("pi", &plan(&j, "mpi-openmpi")),
+            "pi-node-0-0.pi slots=2\npi-node-0-1.pi slots=2\npi-node-0-2.pi slots=2\npi-node-0-3.pi slots=2\n"
+        );
+    }
+
+    #[test]
+    fn hydra_implementations_use_host_colon_slots() {
+        for runtime in ["mpi-intel", "mpi-mpich"] {
+            let j = job(
+                json!({"runtimeRef": {"name": runtime}, "trainer": {"numNodes": 2, "numProcPerNode": 8}}),
+            );
+            assert_eq!(
+                render("pi", &plan(&j, runtime)),
+                "pi-node-0-0.pi:8\npi-node-0-1.pi:8\n",
+                "{runtime}"
+            );
+        }
+    }
+
+    #[test]
+    fn launcher_as_node_is_listed_after_the_workers() {
+        let mut runtime = shipped_runtime("mpi-openmpi");
+        runtime
+            .ml_policy
+            .as_mut()
+            .and_then(|p| p.mpi.as_mut())
+            .expect("mpi")
+            .run_launcher_as_node = Some(true);
+        let j = job(json!({"trainer": {"numNodes": 3}}));
+        let p = crate::resolve::resolve(&j, "rt", &runtime).expect("resolves");
+        assert_eq!(
+            render("pi", &p),
+            "pi-node-0-0.pi slots=1\npi-node-0-1.pi slots=1\npi-launcher-0-0.pi slots=1\n"
+        );
+    }
+
+    #[test]
+    fn configmap_is_named_and_owned() {
+        let j = job(json!({}));
+        let cm = configmap(&j, &plan(&j, "mpi-openmpi"));
+        assert_eq!(cm.metadata.name.as_deref(), Some("pi-mpi-hostfile"));
+        assert_eq!(
+            cm.metadata.owner_references.as_ref().map(|o| o[0].uid.as_str()),
+            Some("uid-1")
+        );
+        assert!(cm.data.expect("data")[KEY].starts_with("pi-node-0-0.pi slots=1\n"));
+    }
+}

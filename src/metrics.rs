@@ -1,0 +1,242 @@
+//! Prometheus metrics, served as OpenMetrics text on `/metrics`. Names are listed in the README.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::Phase;
+
+/// Labels of per-job counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// Namespace of the TrainJob.
+    pub namespace: String,
+    /// Referenced runtime name.
+    pub runtime: String,
+}
+
+/// Labels of the failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Namespace of the TrainJob.
+    pub namespace: String,
+    /// Referenced runtime name.
+    pub runtime: String,
+    /// The `Failed` condition reason.
+    pub reason: String,
+}
+
+/// Labels of the active-jobs gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// Phase name.
+    pub phase: String,
+}
+
+/// Labels of the reconcile error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Error kind.
+    pub error: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// TrainJobs taken on (runtime resolved and frozen).
+    pub jobs_created: Family<JobLabels, Counter>,
+    /// TrainJobs that completed.
+    pub jobs_completed: Family<JobLabels, Counter>,
+    /// TrainJobs that failed.
+    pub jobs_failed: Family<FailureLabels, Counter>,
+    active: Family<PhaseLabels, Gauge>,
+    /// Reconcile durations.
+    pub reconcile_duration: Histogram,
+    /// Reconcile errors by kind.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Seconds from creation until every worker pod was created.
+    pub time_to_pods_created: Histogram,
+    /// Seconds from creation until the launcher was created.
+    pub time_to_launcher_created: Histogram,
+    /// Seconds from creation until `Complete`.
+    pub time_to_complete: Histogram,
+    phases: Mutex<HashMap<(String, String), Phase>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric under the `trainjob` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trainjob");
+        let jobs_created = Family::default();
+        let jobs_completed = Family::default();
+        let jobs_failed = Family::default();
+        let active = Family::default();
+        let reconcile_errors = Family::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let seconds = || Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        let (time_to_pods_created, time_to_launcher_created, time_to_complete) =
+            (seconds(), seconds(), seconds());
+        registry.register(
+            "jobs_created",
+            "TrainJobs the operator took on",
+            jobs_created.clone(),
+        );
+        registry.register(
+            "jobs_completed",
+            "TrainJobs that completed",
+            jobs_completed.clone(),
+        );
+        registry.register(
+            "jobs_failed",
+            "TrainJobs that failed, by reason",
+            jobs_failed.clone(),
+        );
+        registry.register(
+            "jobs_active",
+            "TrainJobs not yet finished, by phase",
+            active.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time spent in one reconcile",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error",
+            reconcile_errors.clone(),
+        );
+        registry.register_with_unit(
+            "pods_created_after",
+            "Time from TrainJob creation until all worker pods were created",
+            Unit::Seconds,
+            time_to_pods_created.clone(),
+        );
+        registry.register_with_unit(
+            "launcher_created_after",
+            "Time from TrainJob creation until the launcher pod was created",
+            Unit::Seconds,
+            time_to_launcher_created.clone(),
+        );
+        registry.register_with_unit(
+            "completed_after",
+            "Time from TrainJob creation until it completed",
+            Unit::Seconds,
+            time_to_complete.clone(),
+        );
+        Metrics {
+            registry,
+            jobs_created,
+            jobs_completed,
+            jobs_failed,
+            active,
+            reconcile_duration,
+            reconcile_errors,
+            time_to_pods_created,
+            time_to_launcher_created,
+            time_to_complete,
+            phases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records the phase of a job (`None` when it is gone), keeping the active gauge exact.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), name.to_string());
+        let phase = phase.filter(|p| !matches!(p, Phase::Complete | Phase::Failed));
+        let old = match phase {
+            Some(p) => phases.insert(key, p),
+            None => phases.remove(&key),
+        };
+        if old != phase {
+            if let Some(old) = old {
+                self.active
+                    .get_or_create(&PhaseLabels {
+                        phase: old.as_str().into(),
+                    })
+                    .dec();
+            }
+            if let Some(new) = phase {
+                self.active
+                    .get_or_create(&PhaseLabels {
+                        phase: new.as_str().into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_gauge_follows_phases() {
+        let m = Metrics::new();
+        m.set_phase("ns", "a", Some(Phase::Starting));
+        m.set_phase("ns", "b", Some(Phase::Starting));
+        m.set_phase("ns", "a", Some(Phase::Running));
+        m.set_phase("ns", "b", Some(Phase::Complete));
+        let text = m.encode();
+        assert!(
+            text.contains("trainjob_jobs_active{phase=\"running\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trainjob_jobs_active{phase=\"starting\"} 0"),
+            "{text}"
+        );
+        m.set_phase("ns", "a", None);
+        assert!(m.encode().contains("trainjob_jobs_active{phase=\"running\"} 0"));
+    }
+
+    #[test]
+    fn counters_are_exposed_with_total_suffix_and_labels() {
+        let m = Metrics::new();
+        let labels = JobLabels {
+            namespace: "ns".into(),
+            runtime: "mpi-openmpi".into(),
+        };
+        m.jobs_created.get_or_create(&labels).inc();
+        m.jobs_failed
+            .get_or_create(&FailureLabels {
+                namespace: "ns".into(),
+                runtime: "mpi-openmpi".into(),
+                reason: "FailedJobs".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains("trainjob_jobs_created_total{namespace=\"ns\",runtime=\"mpi-openmpi\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"FailedJobs\"} 1"), "{text}");
+        assert!(
+            text.contains("# TYPE trainjob_reconcile_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

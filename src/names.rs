@@ -1,0 +1,97 @@
+//! Names and labels of the objects a TrainJob owns. Deterministic, so a restarted operator finds
+//! what exists and creates only what is missing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::api::TrainJob;
+
+/// Field manager of every server-side apply this operator makes.
+pub const FIELD_MANAGER: &str = "trainjob-operator";
+
+/// `app.kubernetes.io/managed-by` value on every child; the pod watch selects on it.
+pub const MANAGED_BY: &str = "trainjob-operator";
+/// Label key of [`MANAGED_BY`].
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Our label: the owning TrainJob.
+pub const TRAINJOB_NAME_LABEL: &str = "trainer.kubeflow.org/trainjob-name";
+/// Our label: the replicated job a pod belongs to.
+pub const REPLICATED_JOB_LABEL: &str = "trainer.kubeflow.org/replicated-job";
+/// Our label: `launcher`, `node`, or the replicated job name for other steps.
+pub const JOB_ROLE_LABEL: &str = "trainer.kubeflow.org/job-role";
+/// Our label: which whole-gang restart created the pod (0 for the first run).
+pub const RESTART_ATTEMPT_LABEL: &str = "trainer.kubeflow.org/restart-attempt";
+
+/// JobSet-compatible labels the Kubeflow SDK selects pods by.
+pub const JOBSET_NAME_LABEL: &str = "jobset.sigs.k8s.io/jobset-name";
+/// JobSet-compatible: the replicated job name.
+pub const JOBSET_REPLICATED_JOB_LABEL: &str = "jobset.sigs.k8s.io/replicatedjob-name";
+/// JobSet-compatible: index of the Job within its replicated job.
+pub const JOBSET_JOB_INDEX_LABEL: &str = "jobset.sigs.k8s.io/job-index";
+/// Indexed-Job compatible: index of the pod within its Job.
+pub const COMPLETION_INDEX_LABEL: &str = "batch.kubernetes.io/job-completion-index";
+
+/// Annotation that keeps Istio from injecting a sidecar (it breaks MPI's SSH and ports).
+pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
+
+/// The SSH key Secret of a job.
+pub fn ssh_secret(job: &str) -> String {
+    format!("{job}-mpi-ssh-auth")
+}
+
+/// The hostfile ConfigMap of a job.
+pub fn hostfile_configmap(job: &str) -> String {
+    format!("{job}-mpi-hostfile")
+}
+
+/// The ConfigMap holding the runtime frozen at the job's first reconcile (upstream v2.3 name).
+pub fn runtime_snapshot(job: &str) -> String {
+    format!("{job}-runtime-snapshot")
+}
+
+/// Pod `index` of Job `job_index` of replicated job `rjob`: `<job>-<rjob>-<jobIndex>-<index>`.
+pub fn pod(job: &str, rjob: &str, job_index: i32, index: i32) -> String {
+    format!("{job}-{rjob}-{job_index}-{index}")
+}
+
+/// Label selector of every pod of a job.
+pub fn pod_selector(job: &str) -> String {
+    format!("{TRAINJOB_NAME_LABEL}={job}")
+}
+
+/// The controller owner reference to `job`: deleting the job garbage-collects the child.
+pub fn owner_ref(job: &TrainJob) -> OwnerReference {
+    OwnerReference {
+        api_version: TrainJob::api_version(&()).into_owned(),
+        kind: TrainJob::kind(&()).into_owned(),
+        name: job.metadata.name.clone().unwrap_or_default(),
+        uid: job.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Labels every child of `job` carries.
+pub fn child_labels(job: &TrainJob) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (
+            TRAINJOB_NAME_LABEL.to_string(),
+            job.metadata.name.clone().unwrap_or_default(),
+        ),
+    ])
+}
+
+/// Metadata of the child `name` of `job`: namespace, labels and owner reference.
+pub fn child_meta(job: &TrainJob, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: job.metadata.namespace.clone(),
+        labels: Some(child_labels(job)),
+        owner_references: Some(vec![owner_ref(job)]),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,217 @@
+use k8s_openapi::api::core::v1::Container;
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::{job, plan};
+
+fn build(role: Role, at: PodIndex) -> Pod {
+    let j = job(json!({"trainer": {"numNodes": 4}}));
+    let p = plan(&j, "mpi-openmpi");
+    let rjob = p.job(role).expect("job").clone();
+    pod(&j, &p, &rjob, at, 0)
+}
+
+fn node(pod: &Pod) -> &Container {
+    pod.spec
+        .as_ref()
+        .expect("spec")
+        .containers
+        .iter()
+        .find(|c| c.name == NODE)
+        .expect("node container")
+}
+
+fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+#[test]
+fn worker_pod_has_stable_dns_identity_and_labels() {
+    let pod = build(
+        Role::Node,
+        PodIndex {
+            job_index: 0,
+            index: 2,
+        },
+    );
+    assert_eq!(pod.metadata.name.as_deref(), Some("pi-node-0-2"));
+    assert_eq!(pod.metadata.namespace.as_deref(), Some("ns"));
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.hostname.as_deref(), Some("pi-node-0-2"));
+    assert_eq!(spec.subdomain.as_deref(), Some("pi"));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    for (key, value) in [
+        ("trainer.kubeflow.org/trainjob-name", "pi"),
+        ("trainer.kubeflow.org/replicated-job", "node"),
+        ("trainer.kubeflow.org/job-role", "node"),
+        ("trainer.kubeflow.org/restart-attempt", "0"),
+        ("jobset.sigs.k8s.io/jobset-name", "pi"),
+        ("jobset.sigs.k8s.io/replicatedjob-name", "node"),
+        ("jobset.sigs.k8s.io/job-index", "0"),
+        ("batch.kubernetes.io/job-completion-index", "2"),
+        ("app.kubernetes.io/managed-by", "trainjob-operator"),
+    ] {
+        assert_eq!(label(&pod, key), Some(value), "{key}");
+    }
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("sidecar.istio.io/inject"))
+            .map(String::as_str),
+        Some("false")
+    );
+    let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("TrainJob", "pi", Some(true))
+    );
+}
+
+#[test]
+fn worker_gets_ssh_keys_but_no_hostfile() {
+    let pod = build(
+        Role::Node,
+        PodIndex {
+            job_index: 0,
+            index: 0,
+        },
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    let volumes = spec.volumes.as_ref().expect("volumes");
+    assert_eq!(
+        volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        [SSH_VOLUME]
+    );
+    let secret = volumes[0].secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("pi-mpi-ssh-auth"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let items = secret.items.as_ref().expect("items");
+    let paths: Vec<_> = items.iter().map(|i| (i.key.as_str(), i.path.as_str())).collect();
+    assert_eq!(
+        paths,
+        [
+            ("ssh-privatekey", "id_rsa"),
+            ("ssh-publickey", "id_rsa.pub"),
+            ("ssh-publickey", "authorized_keys")
+        ]
+    );
+    // The shipped runtime runs as uid 1000: group-readable through fsGroup, never world-readable.
+    assert!(items.iter().all(|i| i.mode == Some(0o640)));
+    assert_eq!(
+        spec.security_context.as_ref().and_then(|s| s.fs_group),
+        Some(1000)
+    );
+    let c = node(&pod);
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(mounts, [(SSH_VOLUME, "/home/mpiuser/.ssh")]);
+    let env: Vec<_> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    assert_eq!(env, [("K_MPI_JOB_ROLE", Some("worker"))]);
+}
+
+#[test]
+fn root_containers_get_owner_only_key_files() {
+    let j = job(json!({}));
+    let mut p = plan(&j, "mpi-openmpi");
+    let rjob = &mut p.jobs[0];
+    let spec = rjob.template.spec.as_mut().expect("spec");
+    spec.security_context = None;
+    spec.containers[0].security_context = None;
+    let rjob = rjob.clone();
+    let pod = pod(
+        &j,
+        &p,
+        &rjob,
+        PodIndex {
+            job_index: 0,
+            index: 0,
+        },
+        0,
+    );
+    let volume = &pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .expect("volumes")[0];
+    assert!(
+        volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.items.clone())
+            .expect("items")
+            .iter()
+            .all(|i| i.mode == Some(0o600))
+    );
+}
+
+#[test]
+fn launcher_gets_hostfile_and_mpi_environment() {
+    let pod = build(
+        Role::Launcher,
+        PodIndex {
+            job_index: 0,
+            index: 0,
+        },
+    );
+    assert_eq!(pod.metadata.name.as_deref(), Some("pi-launcher-0-0"));
+    assert_eq!(label(&pod, "trainer.kubeflow.org/job-role"), Some("launcher"));
+    assert_eq!(
+        label(&pod, "trainer.kubeflow.org/trainjob-ancestor-step"),
+        Some("trainer")
+    );
+    let spec = pod.spec.as_ref().expect("spec");
+    let hostfile = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == HOSTFILE_VOLUME)
+        .expect("hostfile volume");
+    assert_eq!(
+        hostfile.config_map.as_ref().map(|c| c.name.as_str()),
+        Some("pi-mpi-hostfile")
+    );
+    let c = node(&pod);
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [(SSH_VOLUME, "/home/mpiuser/.ssh"), (HOSTFILE_VOLUME, "/etc/mpi")]
+    );
+    let env = c.env.as_ref().expect("env");
+    let get = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.as_deref());
+    assert_eq!(get("OMPI_MCA_orte_default_hostfile"), Some("/etc/mpi/hostfile"));
+    assert_eq!(get("OMPI_MCA_orte_set_default_slots"), Some("1"));
+    assert_eq!(get("PRTE_MCA_prte_default_hostfile"), Some("/etc/mpi/hostfile"));
+    assert_eq!(get("K_MPI_JOB_ROLE"), Some("launcher"));
+}
+
+#[test]
+fn service_is_headless_and_publishes_unready_pods() {
+    let j = job(json!({}));
+    let svc = service(&j, &plan(&j, "mpi-openmpi"));
+    assert_eq!(svc.metadata.name.as_deref(), Some("pi"));
+    let spec = svc.spec.expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        spec.selector
+            .and_then(|s| s.get("trainer.kubeflow.org/trainjob-name").cloned())
+            .as_deref(),
+        Some("pi")
+    );
+}

@@ -1,0 +1,65 @@
+//! HTTP endpoints for Prometheus and the kubelet: `/metrics`, `/healthz`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// What the endpoints report on.
+#[derive(Clone)]
+pub struct Health {
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// Set once the operator reached the API server and found its CRDs.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router, separate from serving so tests can call it directly.
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+/// Serves the router on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, router(health))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.encode(),
+    )
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: still connecting to the API server",
+        )
+    }
+}

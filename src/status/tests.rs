@@ -1,0 +1,400 @@
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use super::*;
+use crate::api::TrainJob;
+use crate::fixtures::{job, observed_pod, plan};
+use crate::pods;
+use crate::resolve::Plan;
+
+fn at(s: &str) -> Time {
+    Time(s.parse().expect("timestamp"))
+}
+
+const T0: &str = "2026-11-25T10:00:05Z";
+
+/// The pods a decision asks for, as the API server would return them right after creation.
+fn created(job: &TrainJob, plan: &Plan, d: &Decision) -> Vec<Pod> {
+    let attempt = d.status.restarts.unwrap_or(0);
+    d.create
+        .iter()
+        .map(|(i, idx)| {
+            observed_pod(
+                &pods::pod(job, plan, &plan.jobs[*i], *idx, attempt),
+                "Pending",
+                false,
+            )
+        })
+        .collect()
+}
+
+fn names(d: &Decision) -> Vec<String> {
+    let mut v: Vec<_> = d
+        .create
+        .iter()
+        .map(|(i, idx)| format!("{i}/{}-{}", idx.job_index, idx.index))
+        .collect();
+    v.sort();
+    v
+}
+
+fn with_status(mut job: TrainJob, d: &Decision) -> TrainJob {
+    job.status = Some(d.status.clone());
+    job
+}
+
+fn set_phase(pods: &mut [Pod], name: &str, phase: &str, ready: bool) {
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .expect("pod exists");
+    *pod = observed_pod(pod, phase, ready);
+}
+
+fn terminate(pods: &mut [Pod], name: &str, exit_code: i32, reason: &str) {
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .expect("pod exists");
+    let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
+    pod.status = Some(
+        serde_json::from_value(json!({
+            "phase": phase,
+            "containerStatuses": [{"name": "node", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}],
+        }))
+        .expect("status"),
+    );
+}
+
+fn condition<'a>(d: &'a Decision, type_: &str) -> Option<&'a Condition> {
+    d.status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Runs a 4-node job until its workers are Ready and the launcher exists.
+fn started(spec: serde_json::Value) -> (TrainJob, Plan, Vec<Pod>) {
+    let j = job(spec);
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods: Vec<Pod> = created(&j, &p, &d)
+        .iter()
+        .map(|pod| observed_pod(pod, "Running", true))
+        .collect();
+    let j = with_status(j, &d);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(d.create.len(), 1, "the launcher");
+    pods.extend(created(&j, &p, &d));
+    set_phase(&mut pods, "pi-launcher-0-0", "Running", true);
+    (with_status(j, &d), p, pods)
+}
+
+#[test]
+fn workers_first_then_the_launcher_once_all_are_ready() {
+    let j = job(json!({"trainer": {"numNodes": 4}}));
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at(T0));
+    assert_eq!(
+        names(&d),
+        ["0/0-0", "0/0-1", "0/0-2", "0/0-3"],
+        "only the four workers"
+    );
+    assert_eq!(d.notes[0].reason, "PodsCreated");
+    assert_eq!(d.phase, Some(Phase::Starting));
+    let mut pods = created(&j, &p, &d);
+    let j = with_status(j, &d);
+
+    // Three of four ready: the launcher waits (no ssh race with a worker whose sshd is not up).
+    for name in ["pi-node-0-0", "pi-node-0-1", "pi-node-0-2"] {
+        set_phase(&mut pods, name, "Running", true);
+    }
+    set_phase(&mut pods, "pi-node-0-3", "Running", false);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(
+        d.create.is_empty(),
+        "launcher must wait for every worker: {:?}",
+        names(&d)
+    );
+    let node = &d.status.jobs_status[0];
+    assert_eq!(
+        (node.active, node.ready),
+        (1, 0),
+        "one Job of 4 pods, not all ready"
+    );
+
+    set_phase(&mut pods, "pi-node-0-3", "Running", true);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(names(&d), ["1/0-0"]);
+    assert_eq!(d.notes[0].reason, "LauncherCreated");
+    assert!(
+        d.notes[0].message.contains("every worker is ready"),
+        "{}",
+        d.notes[0].message
+    );
+    assert_eq!(d.status.jobs_status[0].ready, 1);
+}
+
+#[test]
+fn launcher_success_completes_the_job_and_removes_workers() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(d.phase, Some(Phase::Running));
+    assert!(d.create.is_empty() && d.delete.is_empty());
+
+    terminate(&mut pods, "pi-launcher-0-0", 0, "Completed");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let complete = condition(&d, conditions::COMPLETE).expect("Complete");
+    assert_eq!(
+        (complete.status.as_str(), complete.reason.as_str()),
+        ("True", "AllJobsCompleted")
+    );
+    assert_eq!(
+        d.delete,
+        ["pi-node-0-0", "pi-node-0-1", "pi-node-0-2", "pi-node-0-3"],
+        "launcher stays for logs"
+    );
+    let launcher = &d.status.jobs_status[1];
+    assert_eq!(
+        (launcher.name.as_str(), launcher.succeeded, launcher.active),
+        ("launcher", 1, 0)
+    );
+    assert_eq!(d.phase, Some(Phase::Complete));
+
+    // Once complete, nothing is recreated and the status stays put.
+    let j = with_status(j, &d);
+    pods.retain(|p| p.metadata.name.as_deref() == Some("pi-launcher-0-0"));
+    let again = decide(&j, &p, &pods, &at("2026-11-25T11:00:00Z"));
+    assert!(again.create.is_empty() && again.delete.is_empty());
+    assert_eq!(
+        again.status.conditions, d.status.conditions,
+        "no churn on an unchanged state"
+    );
+}
+
+#[test]
+fn launcher_failure_fails_the_job_with_exit_code_and_hint() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    terminate(&mut pods, "pi-launcher-0-0", 3, "Error");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "FailedJobs");
+    assert_eq!(
+        failed.message,
+        "pod pi-launcher-0-0 failed: container node exited with code 3 (Error); see `kubectl logs pi-launcher-0-0 -c node`"
+    );
+    assert_eq!(d.delete.len(), 4, "the running workers go");
+    assert_eq!(d.status.jobs_status[1].failed, 1);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.severity == Severity::Warning && n.reason == "FailedJobs")
+    );
+}
+
+#[test]
+fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.max_restarts = 1;
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods = created(&j, &p, &d);
+    let j = with_status(j, &d);
+    terminate(&mut pods, "pi-node-0-1", 137, "OOMKilled");
+
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(d.status.restarts, Some(1));
+    assert_eq!(d.delete, ["pi-node-0-0", "pi-node-0-1"]);
+    assert!(
+        d.create.is_empty(),
+        "same names: wait until the old pods are gone"
+    );
+    assert_eq!(d.notes[0].reason, "Restarting");
+    assert!(
+        d.notes[0].message.contains("restart 1 of 1"),
+        "{}",
+        d.notes[0].message
+    );
+    assert!(condition(&d, conditions::FAILED).is_none());
+
+    // Old pods still terminating: counted neither as failures nor as active.
+    let j = with_status(j, &d);
+    for pod in &mut pods {
+        pod.metadata.deletion_timestamp = Some(at(T0));
+    }
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(d.create.is_empty() && condition(&d, conditions::FAILED).is_none());
+    assert_eq!(d.status.jobs_status[0].active, 0);
+
+    // Gone: recreated with the same names under attempt 1.
+    let d = decide(&j, &p, &[], &at(T0));
+    assert_eq!(names(&d), ["0/0-0", "0/0-1"]);
+    let fresh = created(&j, &p, &d);
+    assert_eq!(
+        fresh[0]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("trainer.kubeflow.org/restart-attempt"))
+            .map(String::as_str),
+        Some("1")
+    );
+
+    // A second failure exceeds maxRestarts 1.
+    let mut pods = fresh;
+    terminate(&mut pods, "pi-node-0-0", 1, "Error");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "ReachedMaxRestarts");
+    assert!(
+        failed
+            .message
+            .starts_with("pod pi-node-0-0 failed: container node exited with code 1"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("all 1 allowed restarts are used"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
+fn failure_messages_name_oom_and_eviction() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    terminate(&mut pods, "pi-node-0-2", 137, "OOMKilled");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-2 failed: container node exited with code 137 (OOMKilled)"),
+        "{msg}"
+    );
+    assert!(msg.contains("raise the memory limit"), "{msg}");
+
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    let victim = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-node-0-1"))
+        .expect("pod");
+    victim.status = Some(serde_json::from_value(json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."})).expect("status"));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    assert_eq!(
+        msg,
+        "pod pi-node-0-1 was evicted: The node was low on resource: memory."
+    );
+}
+
+#[test]
+fn a_worker_deleted_by_someone_else_breaks_the_world() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    pods[0].metadata.deletion_timestamp = Some(at(T0));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-0 was deleted while the job ran"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn suspend_deletes_pods_and_resume_recreates_them() {
+    let (j, p, pods) = started(json!({"trainer": {"numNodes": 4}}));
+    let mut suspended = j.clone();
+    suspended.spec.suspend = Some(true);
+    let d = decide(&suspended, &p, &pods, &at(T0));
+    let cond = condition(&d, conditions::SUSPENDED).expect("Suspended");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str(), cond.message.as_str()),
+        ("True", "Suspended", "TrainJob is suspended")
+    );
+    assert_eq!(d.delete.len(), 5);
+    assert!(d.create.is_empty());
+    assert!(
+        d.status
+            .jobs_status
+            .iter()
+            .all(|s| s.suspended == 1 && s.active == 0),
+        "{:?}",
+        d.status.jobs_status
+    );
+    assert_eq!(d.phase, Some(Phase::Suspended));
+
+    let mut resumed = with_status(suspended, &d);
+    resumed.spec.suspend = Some(false);
+    let later = at("2026-11-25T10:30:00Z");
+    let d = decide(&resumed, &p, &[], &later);
+    let cond = condition(&d, conditions::SUSPENDED).expect("Suspended");
+    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", "Resumed"));
+    assert_eq!(cond.last_transition_time, later);
+    assert_eq!(names(&d), ["0/0-0", "0/0-1", "0/0-2", "0/0-3"]);
+}
+
+#[test]
+fn a_job_created_suspended_creates_nothing() {
+    let j = job(json!({"suspend": true}));
+    let d = decide(&j, &plan(&j, "mpi-openmpi"), &[], &at(T0));
+    assert!(d.create.is_empty() && d.delete.is_empty());
+    assert_eq!(
+        condition(&d, conditions::SUSPENDED).map(|c| c.status.as_str()),
+        Some("True")
+    );
+}
+
+#[test]
+fn active_deadline_fails_the_job_and_requeues_before_it() {
+    let j = job(json!({"activeDeadlineSeconds": 60}));
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at("2026-11-25T10:00:20Z"));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(40)));
+    let (j, p, pods) = started(json!({"activeDeadlineSeconds": 60}));
+    let d = decide(&j, &p, &pods, &at("2026-11-25T10:01:01Z"));
+    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "DeadlineExceeded");
+    assert!(
+        failed
+            .message
+            .starts_with("TrainJob exceeded its active deadline"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(d.delete.len(), 3, "every running pod is stopped");
+}
+
+#[test]
+fn unchanged_state_rewrites_nothing() {
+    let (j, p, pods) = started(json!({}));
+    let first = decide(&j, &p, &pods, &at(T0));
+    let j = with_status(j, &first);
+    let second = decide(&j, &p, &pods, &at("2026-11-25T12:00:00Z"));
+    assert_eq!(
+        Some(&second.status),
+        j.status.as_ref(),
+        "same observation, same status"
+    );
+    assert!(second.notes.is_empty());
+}
+
+#[test]
+fn set_condition_keeps_transition_time_unless_status_changes() {
+    let mut conditions = vec![];
+    set_condition(&mut conditions, "Suspended", true, "Suspended", "a", &at(T0));
+    set_condition(
+        &mut conditions,
+        "Suspended",
+        true,
+        "Suspended",
+        "b",
+        &at("2026-11-25T11:00:00Z"),
+    );
+    assert_eq!(conditions[0].last_transition_time, at(T0));
+    assert_eq!(conditions[0].message, "b");
+    set_condition(
+        &mut conditions,
+        "Suspended",
+        false,
+        "Resumed",
+        "c",
+        &at("2026-11-25T12:00:00Z"),
+    );
+    assert_eq!(conditions[0].last_transition_time, at("2026-11-25T12:00:00Z"));
+}
