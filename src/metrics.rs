@@ -186,6 +186,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The Prometheus text format 0.0.4, for scrapers that do not ask for OpenMetrics.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
 }
 
 #[cfg(test)]

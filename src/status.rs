@@ -276,12 +276,17 @@ pub fn decide(job: &TrainJob, plan: &Plan, pods: &[Pod], now: &Time) -> Decision
     let mine: Vec<&Observed> = observed.iter().filter(current).collect();
     // A pod of this attempt that failed, or that someone else is deleting (eviction, drain, node
     // loss), breaks the MPI world: the whole gang restarts or the job fails.
+    let launcher = plan
+        .job(Role::Launcher)
+        .map(|j| j.name.as_str())
+        .unwrap_or(crate::api::LAUNCHER);
     let broken = mine
         .iter()
         .find(|o| o.phase == "Failed")
-        .or_else(|| mine.iter().find(|o| o.deleting && o.phase != "Succeeded"));
-    if let Some(broken) = broken {
-        let what = describe_failure(broken);
+        .or_else(|| mine.iter().find(|o| o.deleting && o.phase != "Succeeded"))
+        .map(|o| describe_failure(o))
+        .or_else(|| missing_worker(job_name, plan, &mine, launcher));
+    if let Some(what) = broken {
         if attempt < plan.max_restarts {
             status.restarts = Some(attempt + 1);
             d.delete
@@ -314,10 +319,6 @@ pub fn decide(job: &TrainJob, plan: &Plan, pods: &[Pod], now: &Time) -> Decision
         return fail(d, status, plan, &observed, attempt, reason, message, now);
     }
 
-    let launcher = plan
-        .job(Role::Launcher)
-        .map(|j| j.name.as_str())
-        .unwrap_or(crate::api::LAUNCHER);
     if let Some(done) = mine.iter().find(|o| o.rjob == launcher && o.phase == "Succeeded") {
         let message = format!(
             "TrainJob completed successfully: launcher pod {} exited 0",
@@ -480,6 +481,21 @@ fn dependency_met(plan: &Plan, mine: &[&Observed], dependency: &str, wanted: Dep
         })
         .count();
     done as i32 >= dep.pods()
+}
+
+/// Once the launcher runs, every worker must exist: one that vanished (deleted, or its node lost
+/// and the pod garbage-collected) has taken its ranks with it.
+fn missing_worker(job: &str, plan: &Plan, mine: &[&Observed], launcher: &str) -> Option<String> {
+    if !mine.iter().any(|o| o.rjob == launcher) {
+        return None;
+    }
+    let node = plan.job(Role::Node)?;
+    let name = indices(node)
+        .map(|at| crate::names::pod(job, &node.name, at.job_index, at.index))
+        .find(|name| !mine.iter().any(|o| o.name == name))?;
+    Some(format!(
+        "pod {name} disappeared while the job ran (deleted, evicted or its node was lost); MPI cannot continue without it"
+    ))
 }
 
 /// One line saying which pod failed, how, and what to do about it.

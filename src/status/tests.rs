@@ -398,3 +398,29 @@ fn set_condition_keeps_transition_time_unless_status_changes() {
     );
     assert_eq!(conditions[0].last_transition_time, at("2026-11-25T12:00:00Z"));
 }
+
+#[test]
+fn a_worker_that_vanished_after_the_launcher_started_breaks_the_world() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    pods.retain(|p| p.metadata.name.as_deref() != Some("pi-node-0-2"));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-2 disappeared while the job ran"),
+        "{msg}"
+    );
+    assert!(d.create.is_empty(), "a lost rank is not silently replaced");
+}
+
+#[test]
+fn a_missing_worker_before_the_launcher_is_simply_created() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods = created(&j, &p, &d);
+    pods.remove(0);
+    let j = with_status(j, &d);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(names(&d), ["0/0-0"]);
+    assert!(condition(&d, conditions::FAILED).is_none());
+}

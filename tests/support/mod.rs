@@ -117,3 +117,106 @@ where
 
 /// Default deadline for state the control plane reaches on its own.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The operator under test: the real controller and HTTP server, running as the operator's
+/// service account (bound only to `config/rbac`), on a thread and runtime of its own.
+pub struct Operator {
+    /// Metrics the controller updates.
+    pub metrics: std::sync::Arc<trainjob_operator::metrics::Metrics>,
+    /// Base URL of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub http: String,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Operator {
+    /// Starts a fresh operator; dropping it stops it gracefully.
+    pub fn start() -> Operator {
+        use trainjob_operator::{controller, metrics::Metrics, server};
+        let bed = bed();
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("operator".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let client = bed.client(Identity::Operator).await.expect("operator client");
+                    let stopped = move || {
+                        let mut rx = stop_rx.clone();
+                        async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        }
+                    };
+                    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let health = server::Health {
+                        metrics: m.clone(),
+                        ready,
+                    };
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let http = tokio::spawn(server::serve(addr, health, stopped()));
+                    let settings = controller::Settings {
+                        instance: "test-operator".into(),
+                        ..Default::default()
+                    };
+                    controller::run(client, settings, m, stopped()).await;
+                    let _ = http.await;
+                });
+            })
+            .expect("operator thread");
+        Operator {
+            metrics,
+            http: format!("http://127.0.0.1:{port}"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the operator and waits until it has shut down.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The operator shared by every test of a binary (started on first use, never stopped).
+pub fn operator() -> &'static Operator {
+    static OPERATOR: OnceLock<Operator> = OnceLock::new();
+    OPERATOR.get_or_init(|| {
+        bed()
+            .kubectl(&["apply", "--server-side", "-k", &repo_path("config/runtimes")])
+            .expect("installing runtimes");
+        Operator::start()
+    })
+}
+
+/// A path in the repository, as a string for kubectl.
+pub fn repo_path(rel: &str) -> String {
+    trainjob_operator::testbed::repo_root()
+        .join(rel)
+        .display()
+        .to_string()
+}
