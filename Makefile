@@ -3,7 +3,7 @@
 CARGO ?= cargo
 BED_DIR ?= .bed
 
-.PHONY: help build bed crds fmt lint test run clean
+.PHONY: help build bed crds fmt lint test bench run clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -25,7 +25,11 @@ lint: ## Check formatting and clippy (warnings are errors)
 	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
 
 test: bed ## Unit tests and integration tests against the local control plane
+	hack/test-deps.sh
 	$(CARGO) test --locked --all-features
+
+bench: bed ## Benchmarks: the pure core, and jobs through the operator on the local control plane
+	$(CARGO) bench --locked --features testbed --bench operator
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity.

@@ -1000,3 +1000,32 @@ async fn http_get(url: &str, accept: &str) -> Result<String, String> {
     }
     Ok(body.to_string())
 }
+
+#[tokio::test]
+async fn active_deadline_fails_a_running_job() {
+    operator();
+    let ns = TestNs::new("deadline").await;
+    let c = client(Identity::Admin).await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |spec| {
+        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    let jobs = create_job(&c, &ns.name, "pi", "held", json!({"activeDeadlineSeconds": 2})).await;
+    wait_pods(
+        &c,
+        &ns.name,
+        "pi",
+        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
+    )
+    .await;
+    let (_, failed) = wait_condition(&jobs, "pi", "Failed").await;
+    assert_eq!(failed.reason, "DeadlineExceeded");
+    assert!(
+        failed
+            .message
+            .contains("of the allowed 2s (spec.activeDeadlineSeconds)"),
+        "{}",
+        failed.message
+    );
+    wait_pods(&c, &ns.name, "pi", &[]).await;
+}

@@ -424,3 +424,13 @@ fn a_missing_worker_before_the_launcher_is_simply_created() {
     assert_eq!(names(&d), ["0/0-0"]);
     assert!(condition(&d, conditions::FAILED).is_none());
 }
+
+#[test]
+fn a_launcher_without_depends_on_starts_with_the_workers() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.jobs[1].depends_on.clear();
+    let d = decide(&j, &p, &[], &at(T0));
+    assert_eq!(names(&d), ["0/0-0", "0/0-1", "1/0-0"]);
+    assert_eq!(d.notes[0].reason, "LauncherCreated");
+}

@@ -126,6 +126,7 @@ pub struct Operator {
     /// Base URL of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub http: String,
     stop: Option<tokio::sync::watch::Sender<bool>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -140,6 +141,7 @@ impl Operator {
             .expect("free port")
             .port();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("operator".into())
@@ -149,7 +151,7 @@ impl Operator {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(async move {
+                let operator = async move {
                     let client = bed.client(Identity::Operator).await.expect("operator client");
                     let stopped = move || {
                         let mut rx = stop_rx.clone();
@@ -170,19 +172,37 @@ impl Operator {
                     };
                     controller::run(client, settings, m, stopped()).await;
                     let _ = http.await;
+                };
+                // A kill drops the operator mid-flight, like a crashed process: in-progress
+                // reconciles stop wherever they are.
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = operator => {}
+                        _ = kill_rx => {}
+                    }
                 });
+                rt.shutdown_background();
             })
             .expect("operator thread");
         Operator {
             metrics,
             http: format!("http://127.0.0.1:{port}"),
             stop: Some(stop),
+            kill: Some(kill),
             thread: Some(thread),
         }
     }
 
-    /// Stops the operator and waits until it has shut down.
+    /// Stops the operator gracefully (SIGTERM) and waits until it has shut down.
     pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Kills the operator at once, abandoning whatever it was doing (a crash).
+    pub fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
         self.shutdown();
     }
 
