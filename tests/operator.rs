@@ -170,6 +170,29 @@ async fn events_for(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The pods of a running 2-node job `pi`.
+const PI_PODS: [&str; 3] = ["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"];
+
+/// A namespace with a 2-node job `pi` whose pods all exist, on an OpenMPI runtime (changed by
+/// `tweak`) whose launcher stays Running until the test releases it.
+async fn running(
+    prefix: &str,
+    tweak: impl FnOnce(&mut Value),
+    spec: Value,
+) -> (TestNs, Client, Api<TrainJob>) {
+    operator();
+    let ns = TestNs::new(prefix).await;
+    let c = client(Identity::Admin).await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+        tweak(rt);
+    })
+    .await;
+    let jobs = create_job(&c, &ns.name, "pi", "held", spec).await;
+    wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
+    (ns, c, jobs)
+}
+
 #[tokio::test]
 async fn four_node_openmpi_job_runs_in_order_and_completes() {
     operator();
@@ -493,34 +516,19 @@ async fn launcher_failure_fails_the_job_with_the_exit_code() {
 
 #[tokio::test]
 async fn worker_failure_restarts_the_gang_once_then_succeeds() {
-    operator();
-    let ns = TestNs::new("restart").await;
-    let c = client(Identity::Admin).await;
-    runtime(&c, &ns.name, "mpi-openmpi", "restartable", |spec| {
-        spec["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": 1});
-        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    let jobs = create_job(&c, &ns.name, "pi", "restartable", json!({})).await;
-    let first = wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
+    let (ns, c, jobs) = running(
+        "restart",
+        |rt| rt["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": 1}),
+        json!({}),
     )
     .await;
+    let first = pods_of(&c, &ns.name, "pi").await;
     let first_uids: Vec<_> = first.iter().map(|p| p.uid()).collect();
     annotate(&c, &ns.name, "pi-node-0-1", EXIT, Some("1")).await;
 
     // Same names, new pods, attempt 1.
     let second = eventually("the gang to be recreated", DEADLINE, || async {
-        let pods = wait_pods(
-            &c,
-            &ns.name,
-            "pi",
-            &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-        )
-        .await;
+        let pods = wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
         let fresh = pods.iter().all(|p| {
             !first_uids.contains(&p.uid())
                 && p.labels()
@@ -566,21 +574,7 @@ async fn worker_failure_restarts_the_gang_once_then_succeeds() {
 
 #[tokio::test]
 async fn worker_failure_without_restarts_fails_naming_the_worker() {
-    operator();
-    let ns = TestNs::new("wfail").await;
-    let c = client(Identity::Admin).await;
-    runtime(&c, &ns.name, "mpi-openmpi", "strict", |spec| {
-        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    let jobs = create_job(&c, &ns.name, "pi", "strict", json!({})).await;
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    let (ns, c, jobs) = running("wfail", |_| {}, json!({})).await;
     annotate(
         &c,
         &ns.name,
@@ -608,21 +602,7 @@ async fn worker_failure_without_restarts_fails_naming_the_worker() {
 
 #[tokio::test]
 async fn suspend_and_resume_mid_run() {
-    operator();
-    let ns = TestNs::new("suspend").await;
-    let c = client(Identity::Admin).await;
-    runtime(&c, &ns.name, "mpi-openmpi", "held", |spec| {
-        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    let jobs = create_job(&c, &ns.name, "pi", "held", json!({})).await;
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    let (ns, c, jobs) = running("suspend", |_| {}, json!({})).await;
     let secret_uid = Api::<Secret>::namespaced(c.clone(), &ns.name)
         .get("pi-mpi-ssh-auth")
         .await
@@ -657,13 +637,7 @@ async fn suspend_and_resume_mid_run() {
     )
     .await
     .expect("resume");
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
     let job = jobs.get("pi").await.expect("job");
     let cond = job
         .status
@@ -680,21 +654,7 @@ async fn suspend_and_resume_mid_run() {
 
 #[tokio::test]
 async fn deleting_the_job_removes_every_child() {
-    operator();
-    let ns = TestNs::new("delete").await;
-    let c = client(Identity::Admin).await;
-    runtime(&c, &ns.name, "mpi-openmpi", "held", |spec| {
-        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    let jobs = create_job(&c, &ns.name, "pi", "held", json!({})).await;
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    let (ns, c, jobs) = running("delete", |_| {}, json!({})).await;
     jobs.delete("pi", &DeleteParams::foreground())
         .await
         .expect("delete");
@@ -1003,21 +963,7 @@ async fn http_get(url: &str, accept: &str) -> Result<String, String> {
 
 #[tokio::test]
 async fn active_deadline_fails_a_running_job() {
-    operator();
-    let ns = TestNs::new("deadline").await;
-    let c = client(Identity::Admin).await;
-    runtime(&c, &ns.name, "mpi-openmpi", "held", |spec| {
-        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    let jobs = create_job(&c, &ns.name, "pi", "held", json!({"activeDeadlineSeconds": 2})).await;
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    let (ns, c, jobs) = running("deadline", |_| {}, json!({"activeDeadlineSeconds": 2})).await;
     let (_, failed) = wait_condition(&jobs, "pi", "Failed").await;
     assert_eq!(failed.reason, "DeadlineExceeded");
     assert!(

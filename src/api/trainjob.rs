@@ -115,44 +115,23 @@ fn default_runtime_kind() -> Option<String> {
 pub struct Initializer {
     /// Dataset initialization and pre-processing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<DatasetInitializer>,
+    pub dataset: Option<StorageInitializer>,
     /// Pre-trained model initialization.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<ModelInitializer>,
+    pub model: Option<StorageInitializer>,
 }
 
-/// Overrides for the `dataset-initializer` step.
+/// Overrides for an initializer step (`dataset-initializer` or `model-initializer`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct DatasetInitializer {
-    /// URI of the dataset, for example `hf://org/name` or `s3://bucket/path`.
+pub struct StorageInitializer {
+    /// URI to download from, for example `hf://org/name` or `s3://bucket/path`; passed to the
+    /// initializer as `STORAGE_URI`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(
         validation = Rule::new("self == '' || self.matches('^[A-Za-z][A-Za-z0-9+.-]*://.+$')")
-            .message("storageUri must be a URI with a scheme, for example s3://bucket/path")
-    )]
-    pub storage_uri: Option<String>,
-    /// Environment of the initializer container, merged into the runtime's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
-    pub env: Vec<EnvVar>,
-    /// Secret in the job's namespace with credentials for the download.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<LocalObjectReference>,
-}
-
-/// Overrides for the `model-initializer` step.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelInitializer {
-    /// URI of the model, for example `hf://org/name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    #[x_kube(
-        validation = Rule::new("self == '' || self.matches('^[A-Za-z][A-Za-z0-9+.-]*://.+$')")
-            .message("storageUri must be a URI with a scheme, for example hf://org/model")
+            .message("storageUri must be a URI with a scheme, for example s3://bucket/path or hf://org/name")
     )]
     pub storage_uri: Option<String>,
     /// Environment of the initializer container, merged into the runtime's.
