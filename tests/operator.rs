@@ -266,7 +266,8 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
             "pi-node-0-0.pi slots=2\npi-node-0-1.pi slots=2\npi-node-0-2.pi slots=2\npi-node-0-3.pi slots=2\n"
         )
     );
-    let cm_names: Vec<_> = cms
+    // The namespace also holds kube-root-ca.crt; ours are the hostfile and the frozen runtime.
+    let mut cm_names: Vec<_> = cms
         .list(&Default::default())
         .await
         .expect("cms")
@@ -274,14 +275,19 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
         .iter()
         .map(|c| c.name_any())
         .collect();
-    assert!(
-        cm_names.contains(&"pi-runtime-snapshot".to_string()),
-        "{cm_names:?}"
+    cm_names.retain(|n| n.starts_with("pi-"));
+    assert_eq!(cm_names, ["pi-mpi-hostfile", "pi-runtime-snapshot"]);
+    let services = Api::<Service>::namespaced(c.clone(), &ns.name);
+    assert_eq!(
+        services
+            .list(&Default::default())
+            .await
+            .expect("services")
+            .items
+            .len(),
+        1
     );
-    let svc = Api::<Service>::namespaced(c.clone(), &ns.name)
-        .get("pi")
-        .await
-        .expect("service");
+    let svc = services.get("pi").await.expect("service");
     assert_eq!(
         svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
         Some("None")
