@@ -193,6 +193,26 @@ async fn running(
     (ns, c, jobs)
 }
 
+/// Waits until an Event on `job` matches `wanted` (Events are recorded after the status they
+/// describe is written) and returns every Event of the job.
+async fn wait_event(
+    c: &Client,
+    ns: &str,
+    job: &str,
+    what: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> Vec<(String, String)> {
+    eventually(&format!("Event {what} on {job}"), DEADLINE, || async {
+        let events = events_for(c, ns, job).await;
+        if events.iter().any(|(r, n)| wanted(r, n)) {
+            Ok(events)
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn four_node_openmpi_job_runs_in_order_and_completes() {
     operator();
@@ -389,7 +409,7 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
         (1, 0, 0)
     );
     wait_pods(&c, &ns.name, "pi", &["pi-launcher-0-0"]).await;
-    let events = events_for(&c, &ns.name, "pi").await;
+    let events = wait_event(&c, &ns.name, "pi", "Completed", |r, _| r == "Completed").await;
     for reason in ["RuntimeFrozen", "PodsCreated", "LauncherCreated", "Completed"] {
         assert!(
             events.iter().any(|(r, _)| r == reason),
@@ -569,13 +589,10 @@ async fn worker_failure_restarts_the_gang_once_then_succeeds() {
             .as_ref()
             .is_some_and(|s| !s.conditions.iter().any(|c| c.type_ == "Failed"))
     );
-    let events = events_for(&c, &ns.name, "pi").await;
-    assert!(
-        events
-            .iter()
-            .any(|(r, n)| r == "Restarting" && n.contains("pod pi-node-0-1 failed")),
-        "{events:?}"
-    );
+    wait_event(&c, &ns.name, "pi", "Restarting", |r, n| {
+        r == "Restarting" && n.contains("pod pi-node-0-1 failed")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -780,15 +797,12 @@ async fn runtime_edits_do_not_reach_running_jobs() {
         recreated.iter().all(|p| image(p) == "mpioperator/mpi-pi:openmpi"),
         "frozen image after restart"
     );
-    let events = events_for(&c, &ns.name, "before").await;
-    let lost = |n: &String| {
-        n.contains("pod before-node-0-0 was deleted while the job ran")
-            || n.contains("pod before-node-0-0 disappeared")
-    };
-    assert!(
-        events.iter().any(|(r, n)| r == "Restarting" && lost(n)),
-        "{events:?}"
-    );
+    wait_event(&c, &ns.name, "before", "Restarting", |r, n| {
+        r == "Restarting"
+            && (n.contains("pod before-node-0-0 was deleted while the job ran")
+                || n.contains("pod before-node-0-0 disappeared"))
+    })
+    .await;
 }
 
 #[tokio::test]
