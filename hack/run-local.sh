@@ -36,4 +36,4 @@ cat >&2 <<EOF
      $kubectl get trainjobs,pods -w
 
 EOF
-KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run
+KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run --http-addr 127.0.0.1:8080

@@ -465,3 +465,22 @@ async fn shipped_manifests_render_and_apply_to_a_real_server() {
     }
     assert!(checked >= 5, "every example was checked ({checked})");
 }
+
+#[tokio::test]
+async fn native_gang_scheduling_api_is_served() {
+    // kube-apiserver runs with the GenericWorkload and GangScheduling gates and
+    // scheduling.k8s.io/v1alpha2, so Workload and PodGroup objects can be created.
+    let out = bed()
+        .kubectl(&["api-resources", "--api-group=scheduling.k8s.io", "-o", "name"])
+        .expect("api-resources");
+    for resource in [
+        "workloads.scheduling.k8s.io",
+        "podgroups.scheduling.k8s.io",
+        "priorityclasses.scheduling.k8s.io",
+    ] {
+        assert!(
+            out.lines().any(|l| l == resource),
+            "{resource} missing from:\n{out}"
+        );
+    }
+}
