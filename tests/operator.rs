@@ -767,7 +767,11 @@ async fn runtime_edits_do_not_reach_running_jobs() {
         "new jobs use the edited runtime"
     );
 
-    // The running job keeps its frozen runtime, even when a lost worker makes it recreate pods.
+    // The running job keeps its frozen runtime, even with the runtime deleted and a lost worker
+    // making it recreate every pod.
+    rts.delete("evolving", &DeleteParams::default())
+        .await
+        .expect("delete runtime");
     Api::<Pod>::namespaced(c.clone(), &ns.name)
         .delete("before-node-0-0", &DeleteParams::default())
         .await
@@ -994,4 +998,36 @@ async fn active_deadline_fails_a_running_job() {
         failed.message
     );
     wait_pods(&c, &ns.name, "pi", &[]).await;
+}
+
+#[tokio::test]
+async fn jobs_on_a_cluster_training_runtime_run() {
+    operator();
+    let ns = TestNs::new("cluster").await;
+    let c = client(Identity::Admin).await;
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
+    // What the Kubeflow SDK sends: only the runtime name (kind defaults to ClusterTrainingRuntime).
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "sdk", "namespace": ns.name},
+        "spec": {"runtimeRef": {"name": "mpi-openmpi"}, "trainer": {"numNodes": 3}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &job).await.expect("create");
+    let (job, _) = wait_condition(&jobs, "sdk", "Complete").await;
+    let status = job.status.expect("status");
+    let node = status
+        .jobs_status
+        .iter()
+        .find(|j| j.name == "node")
+        .expect("node status");
+    assert_eq!(node.failed, 0);
+    let snapshot = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
+        .get("sdk-runtime-snapshot")
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        snapshot.data.unwrap_or_default().get("name").map(String::as_str),
+        Some("ClusterTrainingRuntime/mpi-openmpi")
+    );
 }
