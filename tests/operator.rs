@@ -170,6 +170,21 @@ async fn events_for(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A fresh namespace and an admin client, with the shared operator running.
+async fn setup(prefix: &str) -> (TestNs, Client) {
+    operator();
+    (TestNs::new(prefix).await, client(Identity::Admin).await)
+}
+
+/// The hostfile the operator wrote for `job`.
+async fn hostfile_of(c: &Client, ns: &str, job: &str) -> String {
+    let cm = Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .get(&format!("{job}-mpi-hostfile"))
+        .await
+        .expect("hostfile");
+    cm.data.and_then(|mut d| d.remove("hostfile")).unwrap_or_default()
+}
+
 /// The pods of a running 2-node job `pi`.
 const PI_PODS: [&str; 3] = ["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"];
 
@@ -180,9 +195,7 @@ async fn running(
     tweak: impl FnOnce(&mut Value),
     spec: Value,
 ) -> (TestNs, Client, Api<TrainJob>) {
-    operator();
-    let ns = TestNs::new(prefix).await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup(prefix).await;
     runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
         pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
         tweak(rt);
@@ -215,9 +228,7 @@ async fn wait_event(
 
 #[tokio::test]
 async fn four_node_openmpi_job_runs_in_order_and_completes() {
-    operator();
-    let ns = TestNs::new("openmpi").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("openmpi").await;
     runtime(&c, &ns.name, "mpi-openmpi", "openmpi", held).await;
     let jobs = create_job(
         &c,
@@ -429,9 +440,7 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
 
 #[tokio::test]
 async fn intel_and_mpich_jobs_get_hydra_hostfiles_and_complete() {
-    operator();
-    let ns = TestNs::new("hydra").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("hydra").await;
     for (shipped, env_key) in [
         ("mpi-intel", "I_MPI_HYDRA_HOST_FILE"),
         ("mpi-mpich", "HYDRA_HOST_FILE"),
@@ -447,13 +456,9 @@ async fn intel_and_mpich_jobs_get_hydra_hostfiles_and_complete() {
         .await;
         let (_, complete) = wait_condition(&jobs, shipped, "Complete").await;
         assert_eq!(complete.reason, "AllJobsCompleted");
-        let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
-            .get(&format!("{shipped}-mpi-hostfile"))
-            .await
-            .expect("hostfile");
         assert_eq!(
-            cm.data.and_then(|d| d.get("hostfile").cloned()).as_deref(),
-            Some(format!("{shipped}-node-0-0.{shipped}:4\n{shipped}-node-0-1.{shipped}:4\n").as_str())
+            hostfile_of(&c, &ns.name, shipped).await,
+            format!("{shipped}-node-0-0.{shipped}:4\n{shipped}-node-0-1.{shipped}:4\n")
         );
         let launcher = wait_pods(&c, &ns.name, shipped, &[&format!("{shipped}-launcher-0-0")]).await;
         assert_eq!(
@@ -466,9 +471,7 @@ async fn intel_and_mpich_jobs_get_hydra_hostfiles_and_complete() {
 
 #[tokio::test]
 async fn launcher_as_node_makes_exactly_num_nodes_pods() {
-    operator();
-    let ns = TestNs::new("asnode").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("asnode").await;
     runtime(&c, &ns.name, "mpi-openmpi", "asnode", |spec| {
         spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true);
         pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
@@ -476,16 +479,9 @@ async fn launcher_as_node_makes_exactly_num_nodes_pods() {
     .await;
     create_job(&c, &ns.name, "one", "asnode", json!({"trainer": {"numNodes": 1}})).await;
     wait_pods(&c, &ns.name, "one", &["one-launcher-0-0"]).await;
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
-    let hostfile = cms
-        .get("one-mpi-hostfile")
-        .await
-        .expect("hostfile")
-        .data
-        .unwrap_or_default();
     assert_eq!(
-        hostfile.get("hostfile").map(String::as_str),
-        Some("one-launcher-0-0.one slots=1\n")
+        hostfile_of(&c, &ns.name, "one").await,
+        "one-launcher-0-0.one slots=1\n"
     );
 
     create_job(
@@ -503,25 +499,15 @@ async fn launcher_as_node_makes_exactly_num_nodes_pods() {
         &["three-launcher-0-0", "three-node-0-0", "three-node-0-1"],
     )
     .await;
-    let hostfile = cms
-        .get("three-mpi-hostfile")
-        .await
-        .expect("hostfile")
-        .data
-        .unwrap_or_default();
     assert_eq!(
-        hostfile.get("hostfile").map(String::as_str),
-        Some(
-            "three-node-0-0.three slots=1\nthree-node-0-1.three slots=1\nthree-launcher-0-0.three slots=1\n"
-        )
+        hostfile_of(&c, &ns.name, "three").await,
+        "three-node-0-0.three slots=1\nthree-node-0-1.three slots=1\nthree-launcher-0-0.three slots=1\n"
     );
 }
 
 #[tokio::test]
 async fn launcher_failure_fails_the_job_with_the_exit_code() {
-    operator();
-    let ns = TestNs::new("lfail").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("lfail").await;
     runtime(&c, &ns.name, "mpi-openmpi", "failing", |spec| {
         pod_meta(spec, "launcher")["annotations"][EXIT] = json!("3");
     })
@@ -717,9 +703,7 @@ async fn deleting_the_job_removes_every_child() {
 
 #[tokio::test]
 async fn runtime_edits_do_not_reach_running_jobs() {
-    operator();
-    let ns = TestNs::new("frozen").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("frozen").await;
     runtime(&c, &ns.name, "mpi-openmpi", "evolving", |spec| {
         spec["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": 1});
         pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
@@ -811,9 +795,7 @@ async fn runtime_edits_do_not_reach_running_jobs() {
 
 #[tokio::test]
 async fn missing_runtime_and_reserved_env_fail_with_actionable_messages() {
-    operator();
-    let ns = TestNs::new("invalid").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("invalid").await;
     let jobs = create_job(&c, &ns.name, "ghost", "does-not-exist", json!({})).await;
     let (_, failed) = wait_condition(&jobs, "ghost", "Failed").await;
     assert_eq!(failed.reason, "RuntimeNotFound");
@@ -1002,9 +984,7 @@ async fn active_deadline_fails_a_running_job() {
 
 #[tokio::test]
 async fn jobs_on_a_cluster_training_runtime_run() {
-    operator();
-    let ns = TestNs::new("cluster").await;
-    let c = client(Identity::Admin).await;
+    let (ns, c) = setup("cluster").await;
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
     // What the Kubeflow SDK sends: only the runtime name (kind defaults to ClusterTrainingRuntime).
     let job: TrainJob = serde_json::from_value(json!({
