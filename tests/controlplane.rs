@@ -484,3 +484,58 @@ async fn native_gang_scheduling_api_is_served() {
         );
     }
 }
+
+#[tokio::test]
+async fn fake_node_capacity_is_configurable_and_enforced_by_the_scheduler() {
+    use trainjob_operator::testbed::FakeNode;
+    let ns = TestNs::new("capacity").await;
+    let mut node = FakeNode::new("kwok-node-small-gpu", 4, 2);
+    node.labels.insert("pool".into(), "small-gpu".into());
+    bed().add_node(&node).await.expect("add node");
+
+    let pods: Api<Pod> = Api::namespaced(client(Identity::Admin).await, &ns.name);
+    let pod = |name: &str, gpus: u32| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": {"pool": "small-gpu"},
+                "containers": [{"name": "node", "image": "busybox",
+                    "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}],
+            },
+        }))
+        .expect("pod")
+    };
+    pods.create(&PostParams::default(), &pod("fits", 2))
+        .await
+        .expect("create");
+    pods.create(&PostParams::default(), &pod("too-big", 4))
+        .await
+        .expect("create");
+    eventually("the 2-GPU pod to run on the 2-GPU node", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("fits").await.map_err(|e| e.to_string())?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            if phase == "Running" { Ok(()) } else { Err(phase) }
+        }
+    })
+    .await;
+    let reason = eventually("the 4-GPU pod to be unschedulable", DEADLINE, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("too-big").await.map_err(|e| e.to_string())?;
+            let cond = p
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled");
+            match cond {
+                Some(c) if c.status == "False" => Ok(c.message.unwrap_or_default()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(reason.contains("Insufficient nvidia.com/gpu"), "{reason}");
+}
