@@ -574,7 +574,14 @@ async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) ->
     Ok(())
 }
 
+/// Records an Event on the job and logs the same line, so operators see every phase change in
+/// the operator's log too.
 async fn record(ctx: &Context, job: &TrainJob, severity: Severity, reason: &str, message: &str) {
+    let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
+    match severity {
+        Severity::Normal => tracing::info!(namespace = %ns, job = %name, reason, "{message}"),
+        Severity::Warning => tracing::warn!(namespace = %ns, job = %name, reason, "{message}"),
+    }
     let event = Event {
         type_: match severity {
             Severity::Normal => EventType::Normal,
