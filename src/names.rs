@@ -57,11 +57,6 @@ pub fn pod(job: &str, rjob: &str, job_index: i32, index: i32) -> String {
     format!("{job}-{rjob}-{job_index}-{index}")
 }
 
-/// Label selector of every pod of a job.
-pub fn pod_selector(job: &str) -> String {
-    format!("{TRAINJOB_NAME_LABEL}={job}")
-}
-
 /// The controller owner reference to `job`: deleting the job garbage-collects the child.
 pub fn owner_ref(job: &TrainJob) -> OwnerReference {
     OwnerReference {

@@ -589,15 +589,6 @@ impl Bed {
             .collect()
     }
 
-    /// The last lines of one component's log.
-    pub fn log_tail(&self, component: Component, lines: usize) -> String {
-        self.procs
-            .iter()
-            .find(|p| p.component == component)
-            .map(|p| p.tail(lines))
-            .unwrap_or_default()
-    }
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
