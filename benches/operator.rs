@@ -96,14 +96,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn macro_bench(jobs: usize, nodes: i32) {
-    bed()
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "-k",
-            &support::repo_path("config/runtimes"),
-        ])
-        .expect("runtimes");
+    bed().apply_kustomization("config/runtimes").expect("runtimes");
     let operator = Operator::start();
     let ns = bed().namespace("bench").await.expect("namespace");
     let c = client(Identity::Admin).await;

@@ -475,21 +475,21 @@ async fn apply(
     for note in &decision.notes {
         record(ctx, job, note.severity, note.reason, &note.message).await;
     }
-    observe_milestones(job, ctx, ns, plan, observed, decision, &old, now);
+    observe_milestones(job, ctx, plan, observed, decision, &old, now);
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn observe_milestones(
     job: &TrainJob,
     ctx: &Context,
-    ns: &str,
     plan: &Plan,
     observed: &[Pod],
     decision: &Decision,
     old: &TrainJobStatus,
     now: &Time,
 ) {
+    let ns = job.namespace().unwrap_or_default();
+    let ns = ns.as_str();
     let runtime = job.spec.runtime_ref.name.clone();
     let since_creation = || {
         job.metadata

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually, repo_path};
+use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually};
 use trainjob_operator::api::{TrainJob, TrainingRuntime};
 
 async fn live_pods(c: &kube::Client, ns: &str) -> Vec<Pod> {
@@ -23,9 +23,7 @@ async fn live_pods(c: &kube::Client, ns: &str) -> Vec<Pod> {
 
 #[tokio::test]
 async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
-    bed()
-        .kubectl(&["apply", "--server-side", "-k", &repo_path("config/runtimes")])
-        .expect("runtimes");
+    bed().apply_kustomization("config/runtimes").expect("runtimes");
     let ns = TestNs::new("restart").await;
     let c = client(Identity::Admin).await;
 

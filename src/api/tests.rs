@@ -46,16 +46,18 @@ fn assert_lossless(original: &Value, back: &Value) {
     }
 }
 
+fn mpi_policy(spec: &TrainingRuntimeSpec) -> &MPIMLPolicySource {
+    spec.ml_policy
+        .as_ref()
+        .and_then(|p| p.mpi.as_ref())
+        .expect("mpi policy")
+}
+
 #[test]
 fn upstream_runtime_round_trips_with_defaults() {
     let (original, back, rt) = round_trip::<ClusterTrainingRuntime>(&fixture("deepspeed-distributed.yaml"));
     assert_lossless(&original, &back);
-    let mpi = rt
-        .spec
-        .ml_policy
-        .as_ref()
-        .and_then(|p| p.mpi.as_ref())
-        .expect("mpi policy");
+    let mpi = mpi_policy(&rt.spec);
     assert_eq!(mpi.mpi_implementation, Some(MPIImplementation::OpenMPI));
     assert_eq!(mpi.run_launcher_as_node, Some(true));
     let jobs = &rt
@@ -85,12 +87,7 @@ fn upstream_runtime_round_trips_with_defaults() {
 fn intel_runtime_round_trips_with_defaults() {
     let (original, back, rt) = round_trip::<TrainingRuntime>(&fixture("intel-runtime.yaml"));
     assert_lossless(&original, &back);
-    let mpi = rt
-        .spec
-        .ml_policy
-        .as_ref()
-        .and_then(|p| p.mpi.as_ref())
-        .expect("mpi policy");
+    let mpi = mpi_policy(&rt.spec);
     assert_eq!(mpi.mpi_implementation, Some(MPIImplementation::Intel));
     assert_eq!(mpi.ssh_auth_mount_path.as_deref(), Some("/root/.ssh"));
     assert_eq!(mpi.run_launcher_as_node, Some(false));

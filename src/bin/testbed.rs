@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use trainjob_operator::testbed::{Bed, BedConfig, FakeNode, Identity, repo_root};
+use trainjob_operator::testbed::{Bed, BedConfig, FakeNode, Identity};
 
 #[derive(Parser)]
 #[command(about = "Run the local test control plane until interrupted")]
@@ -41,8 +41,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let runtimes = repo_root().join("config/runtimes");
-    bed.kubectl(&["apply", "--server-side", "-k", &runtimes.display().to_string()])?;
+    bed.apply_kustomization("config/runtimes")?;
     eprintln!(
         "test bed up in {:.1}s at {}\n  admin:    {}\n  operator: {}",
         started.elapsed().as_secs_f64(),

@@ -328,13 +328,7 @@ impl Bed {
 
         // CRDs first: the garbage collector and quota controllers only discover resource types
         // at start and then every 30 s, and would ignore TrainJob owners until then.
-        self.kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-k",
-            &path_str(&repo_root().join("crds")),
-        ])?;
+        self.apply_kustomization("crds")?;
         let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
         self.wait_until("the CRDs to be Established", deadline, || {
             let crds = crds.clone();
@@ -356,13 +350,7 @@ impl Bed {
             }
         })
         .await?;
-        self.kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-k",
-            &path_str(&repo_root().join("config/rbac")),
-        ])?;
+        self.apply_kustomization("config/rbac")?;
 
         let admin_kubeconfig = self.kubeconfig_path(Identity::Admin);
         let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
@@ -527,6 +515,13 @@ impl Bed {
     /// The bed's working directory (data, logs, kubeconfigs).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Applies the kustomization at `dir` (relative to the repository) server-side as admin, the
+    /// way the README tells users to install: the CRDs are too large for client-side apply.
+    pub fn apply_kustomization(&self, dir: &str) -> Result<String, BedError> {
+        let path = path_str(&repo_root().join(dir));
+        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &path])
     }
 
     /// Runs the pinned kubectl as admin and returns its stdout.

@@ -227,16 +227,8 @@ pub fn operator() -> &'static Operator {
     static OPERATOR: OnceLock<Operator> = OnceLock::new();
     OPERATOR.get_or_init(|| {
         bed()
-            .kubectl(&["apply", "--server-side", "-k", &repo_path("config/runtimes")])
+            .apply_kustomization("config/runtimes")
             .expect("installing runtimes");
         Operator::start()
     })
-}
-
-/// A path in the repository, as a string for kubectl.
-pub fn repo_path(rel: &str) -> String {
-    trainjob_operator::testbed::repo_root()
-        .join(rel)
-        .display()
-        .to_string()
 }
