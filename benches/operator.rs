@@ -10,10 +10,10 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::{Identity, Operator, bed, client};
 use trainjob_operator::api::{ClusterTrainingRuntime, TrainJob};
-use trainjob_operator::pods::{self, indices};
+use trainjob_operator::lifecycle::{decide, now};
+use trainjob_operator::pods;
 use trainjob_operator::resolve::resolve;
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
-use trainjob_operator::status::{decide, now};
 
 fn time<T>(label: &str, iterations: u32, mut f: impl FnMut() -> T) {
     let start = Instant::now();
@@ -50,7 +50,7 @@ fn micro() {
         let pods: Vec<_> = plan
             .jobs
             .iter()
-            .flat_map(|rjob| indices(rjob).map(move |at| (rjob, at)))
+            .flat_map(|rjob| rjob.indices().map(move |at| (rjob, at)))
             .map(|(rjob, at)| pods::pod(&j, &plan, rjob, at, 0))
             .collect();
         (
@@ -62,7 +62,7 @@ fn micro() {
     let running: Vec<_> = plan
         .jobs
         .iter()
-        .flat_map(|rjob| indices(rjob).map(move |at| (rjob, at)))
+        .flat_map(|rjob| rjob.indices().map(move |at| (rjob, at)))
         .map(|(rjob, at)| {
             let mut pod = pods::pod(&j, &plan, rjob, at, 0);
             pod.status = Some(

@@ -4,7 +4,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use crate::api::{ClusterTrainingRuntime, TrainJob, TrainingRuntimeSpec};
-use crate::resolve::{Plan, resolve};
+use crate::plan::Plan;
+use crate::resolve::resolve;
 
 /// A shipped runtime from `config/runtimes` (`mpi-openmpi`, `mpi-intel`, `mpi-mpich`).
 pub fn shipped_runtime(name: &str) -> TrainingRuntimeSpec {

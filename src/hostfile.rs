@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::api::{MPIImplementation, TrainJob};
 use crate::names;
-use crate::resolve::Plan;
+use crate::plan::Plan;
 
 /// ConfigMap key of the hostfile.
 pub const KEY: &str = "hostfile";

@@ -1,7 +1,9 @@
 //! trainjob-operator: runs Kubeflow Trainer v2.3 compatible MPI `TrainJob`s on Kubernetes.
 //!
-//! Functional core (`resolve`, `hostfile`, `ssh`, `env`, `pods`, `status`) and imperative shell
-//! (`controller`, `server`).
+//! Functional core: `resolve` turns a job and its runtime into a [`plan::Plan`], `validate`
+//! checks it, the builders (`pods`, `hostfile`, `ssh`, `env`) turn it into objects and
+//! `lifecycle` decides what to do from what is observed. Imperative shell: `controller` (the
+//! reconcile pipeline), `server` (metrics and health) and `logging`. See ARCHITECTURE.md.
 
 pub mod api;
 pub mod controller;
@@ -10,12 +12,17 @@ pub mod env;
 #[cfg(test)]
 mod fixtures;
 pub mod hostfile;
+pub mod lifecycle;
+pub mod logging;
+pub mod merge;
 pub mod metrics;
 pub mod names;
+pub mod plan;
 pub mod pods;
+pub mod reasons;
 pub mod resolve;
 pub mod server;
 pub mod ssh;
-pub mod status;
 #[cfg(feature = "testbed")]
 pub mod testbed;
+pub mod validate;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use trainjob_operator::logging::{self, LogFormat};
 use trainjob_operator::{api, crdgen};
 
 /// Kubernetes operator for MPI TrainJobs (Kubeflow Trainer v2.3 compatible).
@@ -40,9 +41,12 @@ struct RunArgs {
     /// TrainJobs reconciled in parallel.
     #[arg(long, env = "TRAINJOB_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "TRAINJOB_LOG_JSON")]
-    log_json: bool,
+    /// Most pods one TrainJob may have; larger jobs fail at once with TooManyPods.
+    #[arg(long, env = "TRAINJOB_MAX_PODS_PER_JOB", default_value_t = trainjob_operator::validate::DEFAULT_MAX_PODS_PER_JOB, value_parser = clap::value_parser!(u32).range(1..))]
+    max_pods_per_job: u32,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
@@ -76,14 +80,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use trainjob_operator::{controller, metrics::Metrics, server};
 
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube_runtime=warn".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if args.log_json {
-        logs.json().init()
-    } else {
-        logs.init()
-    }
+    logging::init(args.log_format);
     if args.fips && !args.ssh_key_algorithm.fips_approved() {
         anyhow::bail!(
             "--ssh-key-algorithm {} is not FIPS-approved; use ecdsa-p256, ecdsa-p384, ecdsa-p521 or rsa-3072",
@@ -129,6 +126,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ssh_algorithm: args.ssh_key_algorithm,
         concurrency: args.concurrency,
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into()),
+        limits: trainjob_operator::validate::Limits {
+            max_pods_per_job: args.max_pods_per_job,
+        },
     };
     controller::run(client, settings, metrics, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;

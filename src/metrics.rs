@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::status::Phase;
+use crate::lifecycle::Phase;
 
 /// Labels of per-job counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

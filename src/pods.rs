@@ -9,8 +9,9 @@ use k8s_openapi::api::core::v1::{
 
 use crate::api::{NODE, TrainJob};
 use crate::env::{self, HOSTFILE_DIR};
+use crate::merge::upsert_env;
 use crate::names::{self, *};
-use crate::resolve::{JobPlan, Plan, Role, upsert_env};
+use crate::plan::{JobPlan, Plan, PodIndex, Role};
 use crate::{hostfile, ssh};
 
 /// Name of the SSH Secret volume.
@@ -18,28 +19,13 @@ pub const SSH_VOLUME: &str = "mpi-ssh-auth";
 /// Name of the hostfile ConfigMap volume.
 pub const HOSTFILE_VOLUME: &str = "mpi-hostfile";
 
-/// Identifies one pod of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PodIndex {
-    /// Index of the Job within the replicated job.
-    pub job_index: i32,
-    /// Index of the pod within its Job (the completion index).
-    pub index: i32,
-}
-
-/// Every pod index of a replicated job.
-pub fn indices(job: &JobPlan) -> impl Iterator<Item = PodIndex> + '_ {
-    (0..job.replicas)
-        .flat_map(move |job_index| (0..job.parallelism).map(move |index| PodIndex { job_index, index }))
-}
-
 /// The pod `at` of replicated job `rjob`, for whole-gang restart `attempt`.
 pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i32) -> Pod {
     let job_name = job.metadata.name.as_deref().unwrap_or_default();
     let name = names::pod(job_name, &rjob.name, at.job_index, at.index);
     let template = rjob.template.clone();
     let role = match rjob.role {
-        Role::Launcher => super::api::LAUNCHER,
+        Role::Launcher => crate::api::LAUNCHER,
         Role::Node => NODE,
         Role::Other => rjob.name.as_str(),
     };

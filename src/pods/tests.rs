@@ -3,6 +3,7 @@ use serde_json::json;
 
 use super::*;
 use crate::fixtures::{job, plan};
+use crate::plan::{PodIndex, Role};
 
 fn build(role: Role, at: PodIndex) -> Pod {
     let j = job(json!({"trainer": {"numNodes": 4}}));

@@ -2,7 +2,9 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::json;
 
 use super::*;
+use crate::api::MPIImplementation;
 use crate::fixtures::{job, plan, shipped_runtime};
+use crate::plan::{Plan, Role};
 
 fn node_container(plan: &Plan, role: Role) -> Container {
     let job = plan.job(role).expect("job with role");

@@ -4,8 +4,9 @@ use serde_json::json;
 use super::*;
 use crate::api::TrainJob;
 use crate::fixtures::{job, observed_pod, plan};
+use crate::plan::Plan;
 use crate::pods;
-use crate::resolve::Plan;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 fn at(s: &str) -> Time {
     Time(s.parse().expect("timestamp"))
@@ -36,6 +37,11 @@ fn names(d: &Decision) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The Events of decision `d` taken on `j` (the job as it was before it).
+fn notes(j: &TrainJob, p: &Plan, d: &Decision) -> Vec<Note> {
+    events("pi", p, j.status.as_ref(), d)
 }
 
 fn with_status(mut job: TrainJob, d: &Decision) -> TrainJob {
@@ -98,7 +104,7 @@ fn workers_first_then_the_launcher_once_all_are_ready() {
         ["0/0-0", "0/0-1", "0/0-2", "0/0-3"],
         "only the four workers"
     );
-    assert_eq!(d.notes[0].reason, "PodsCreated");
+    assert_eq!(notes(&j, &p, &d)[0].reason, "PodsCreated");
     assert_eq!(d.phase, Some(Phase::Starting));
     let mut pods = created(&j, &p, &d);
     let j = with_status(j, &d);
@@ -124,11 +130,11 @@ fn workers_first_then_the_launcher_once_all_are_ready() {
     set_phase(&mut pods, "pi-node-0-3", "Running", true);
     let d = decide(&j, &p, &pods, &at(T0));
     assert_eq!(names(&d), ["1/0-0"]);
-    assert_eq!(d.notes[0].reason, "LauncherCreated");
+    assert_eq!(notes(&j, &p, &d)[0].reason, "LauncherCreated");
     assert!(
-        d.notes[0].message.contains("every worker is ready"),
+        notes(&j, &p, &d)[0].message.contains("every worker is ready"),
         "{}",
-        d.notes[0].message
+        notes(&j, &p, &d)[0].message
     );
     assert_eq!(d.status.jobs_status[0].ready, 1);
 }
@@ -142,7 +148,7 @@ fn launcher_success_completes_the_job_and_removes_workers() {
 
     terminate(&mut pods, "pi-launcher-0-0", 0, "Completed");
     let d = decide(&j, &p, &pods, &at(T0));
-    let complete = condition(&d, conditions::COMPLETE).expect("Complete");
+    let complete = condition(&d, condition::COMPLETE).expect("Complete");
     assert_eq!(
         (complete.status.as_str(), complete.reason.as_str()),
         ("True", "AllJobsCompleted")
@@ -175,7 +181,7 @@ fn launcher_failure_fails_the_job_with_exit_code_and_hint() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     terminate(&mut pods, "pi-launcher-0-0", 3, "Error");
     let d = decide(&j, &p, &pods, &at(T0));
-    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    let failed = condition(&d, condition::FAILED).expect("Failed");
     assert_eq!(failed.reason, "FailedJobs");
     assert_eq!(
         failed.message,
@@ -184,7 +190,7 @@ fn launcher_failure_fails_the_job_with_exit_code_and_hint() {
     assert_eq!(d.delete.len(), 4, "the running workers go");
     assert_eq!(d.status.jobs_status[1].failed, 1);
     assert!(
-        d.notes
+        notes(&j, &p, &d)
             .iter()
             .any(|n| n.severity == Severity::Warning && n.reason == "FailedJobs")
     );
@@ -207,13 +213,13 @@ fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
         d.create.is_empty(),
         "same names: wait until the old pods are gone"
     );
-    assert_eq!(d.notes[0].reason, "Restarting");
+    assert_eq!(notes(&j, &p, &d)[0].reason, "Restarting");
     assert!(
-        d.notes[0].message.contains("restart 1 of 1"),
+        notes(&j, &p, &d)[0].message.contains("restart 1 of 1"),
         "{}",
-        d.notes[0].message
+        notes(&j, &p, &d)[0].message
     );
-    assert!(condition(&d, conditions::FAILED).is_none());
+    assert!(condition(&d, condition::FAILED).is_none());
 
     // Old pods still terminating: counted neither as failures nor as active.
     let j = with_status(j, &d);
@@ -221,7 +227,7 @@ fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
         pod.metadata.deletion_timestamp = Some(at(T0));
     }
     let d = decide(&j, &p, &pods, &at(T0));
-    assert!(d.create.is_empty() && condition(&d, conditions::FAILED).is_none());
+    assert!(d.create.is_empty() && condition(&d, condition::FAILED).is_none());
     assert_eq!(d.status.jobs_status[0].active, 0);
 
     // Gone: recreated with the same names under attempt 1.
@@ -242,7 +248,7 @@ fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
     let mut pods = fresh;
     terminate(&mut pods, "pi-node-0-0", 1, "Error");
     let d = decide(&j, &p, &pods, &at(T0));
-    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    let failed = condition(&d, condition::FAILED).expect("Failed");
     assert_eq!(failed.reason, "ReachedMaxRestarts");
     assert!(
         failed
@@ -263,7 +269,7 @@ fn failure_messages_name_oom_and_eviction() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     terminate(&mut pods, "pi-node-0-2", 137, "OOMKilled");
     let d = decide(&j, &p, &pods, &at(T0));
-    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
     assert!(
         msg.contains("pod pi-node-0-2 failed: container node exited with code 137 (OOMKilled)"),
         "{msg}"
@@ -277,7 +283,7 @@ fn failure_messages_name_oom_and_eviction() {
         .expect("pod");
     victim.status = Some(serde_json::from_value(json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."})).expect("status"));
     let d = decide(&j, &p, &pods, &at(T0));
-    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
     assert_eq!(
         msg,
         "pod pi-node-0-1 was evicted: The node was low on resource: memory."
@@ -289,7 +295,7 @@ fn a_worker_deleted_by_someone_else_breaks_the_world() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     pods[0].metadata.deletion_timestamp = Some(at(T0));
     let d = decide(&j, &p, &pods, &at(T0));
-    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
     assert!(
         msg.contains("pod pi-node-0-0 was deleted while the job ran"),
         "{msg}"
@@ -302,7 +308,7 @@ fn suspend_deletes_pods_and_resume_recreates_them() {
     let mut suspended = j.clone();
     suspended.spec.suspend = Some(true);
     let d = decide(&suspended, &p, &pods, &at(T0));
-    let cond = condition(&d, conditions::SUSPENDED).expect("Suspended");
+    let cond = condition(&d, condition::SUSPENDED).expect("Suspended");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str(), cond.message.as_str()),
         ("True", "Suspended", "TrainJob is suspended")
@@ -323,7 +329,7 @@ fn suspend_deletes_pods_and_resume_recreates_them() {
     resumed.spec.suspend = Some(false);
     let later = at("2026-11-25T10:30:00Z");
     let d = decide(&resumed, &p, &[], &later);
-    let cond = condition(&d, conditions::SUSPENDED).expect("Suspended");
+    let cond = condition(&d, condition::SUSPENDED).expect("Suspended");
     assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", "Resumed"));
     assert_eq!(cond.last_transition_time, later);
     assert_eq!(names(&d), ["0/0-0", "0/0-1", "0/0-2", "0/0-3"]);
@@ -335,7 +341,7 @@ fn a_job_created_suspended_creates_nothing() {
     let d = decide(&j, &plan(&j, "mpi-openmpi"), &[], &at(T0));
     assert!(d.create.is_empty() && d.delete.is_empty());
     assert_eq!(
-        condition(&d, conditions::SUSPENDED).map(|c| c.status.as_str()),
+        condition(&d, condition::SUSPENDED).map(|c| c.status.as_str()),
         Some("True")
     );
 }
@@ -348,7 +354,7 @@ fn active_deadline_fails_the_job_and_requeues_before_it() {
     assert_eq!(d.requeue_after, Some(Duration::from_secs(40)));
     let (j, p, pods) = started(json!({"activeDeadlineSeconds": 60}));
     let d = decide(&j, &p, &pods, &at("2026-11-25T10:01:01Z"));
-    let failed = condition(&d, conditions::FAILED).expect("Failed");
+    let failed = condition(&d, condition::FAILED).expect("Failed");
     assert_eq!(failed.reason, "DeadlineExceeded");
     assert!(
         failed
@@ -371,32 +377,7 @@ fn unchanged_state_rewrites_nothing() {
         j.status.as_ref(),
         "same observation, same status"
     );
-    assert!(second.notes.is_empty());
-}
-
-#[test]
-fn set_condition_keeps_transition_time_unless_status_changes() {
-    let mut conditions = vec![];
-    set_condition(&mut conditions, "Suspended", true, "Suspended", "a", &at(T0));
-    set_condition(
-        &mut conditions,
-        "Suspended",
-        true,
-        "Suspended",
-        "b",
-        &at("2026-11-25T11:00:00Z"),
-    );
-    assert_eq!(conditions[0].last_transition_time, at(T0));
-    assert_eq!(conditions[0].message, "b");
-    set_condition(
-        &mut conditions,
-        "Suspended",
-        false,
-        "Resumed",
-        "c",
-        &at("2026-11-25T12:00:00Z"),
-    );
-    assert_eq!(conditions[0].last_transition_time, at("2026-11-25T12:00:00Z"));
+    assert!(notes(&j, &p, &second).is_empty());
 }
 
 #[test]
@@ -404,7 +385,7 @@ fn a_worker_that_vanished_after_the_launcher_started_breaks_the_world() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     pods.retain(|p| p.metadata.name.as_deref() != Some("pi-node-0-2"));
     let d = decide(&j, &p, &pods, &at(T0));
-    let msg = &condition(&d, conditions::FAILED).expect("Failed").message;
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
     assert!(
         msg.contains("pod pi-node-0-2 disappeared while the job ran"),
         "{msg}"
@@ -422,7 +403,7 @@ fn a_missing_worker_before_the_launcher_is_simply_created() {
     let j = with_status(j, &d);
     let d = decide(&j, &p, &pods, &at(T0));
     assert_eq!(names(&d), ["0/0-0"]);
-    assert!(condition(&d, conditions::FAILED).is_none());
+    assert!(condition(&d, condition::FAILED).is_none());
 }
 
 #[test]
@@ -432,5 +413,35 @@ fn a_launcher_without_depends_on_starts_with_the_workers() {
     p.jobs[1].depends_on.clear();
     let d = decide(&j, &p, &[], &at(T0));
     assert_eq!(names(&d), ["0/0-0", "0/0-1", "1/0-0"]);
-    assert_eq!(d.notes[0].reason, "LauncherCreated");
+    assert_eq!(notes(&j, &p, &d)[0].reason, "LauncherCreated");
+}
+
+#[test]
+fn a_finished_launcher_is_counted_succeeded_not_ready() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let launcher = &d.status.jobs_status[1];
+    assert_eq!((launcher.active, launcher.ready), (1, 1), "running and ready");
+    terminate(&mut pods, "pi-launcher-0-0", 0, "Completed");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let launcher = &d.status.jobs_status[1];
+    assert_eq!(
+        (launcher.active, launcher.ready, launcher.succeeded),
+        (0, 0, 1),
+        "a finished pod is not ready"
+    );
+}
+
+#[test]
+fn job_indices_come_from_labels_not_names() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    // A pod name that would fool a substring match; its labels say node index 1.
+    for pod in &mut pods {
+        if pod.metadata.name.as_deref() == Some("pi-node-0-1") {
+            pod.metadata.name = Some("renamed".into());
+        }
+    }
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(d.create.is_empty(), "index 1 exists: {:?}", names(&d));
+    assert_eq!(d.status.jobs_status[0].ready, 1);
 }

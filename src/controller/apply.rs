@@ -1,0 +1,258 @@
+//! Apply: carries out a [`Decision`]. In order: freeze a freshly fetched runtime, create the SSH
+//! Secret once, keep the hostfile and Service as built (written only when the cache shows
+//! drift), write the status (so a restart is counted before its pods go), delete, then create
+//! pods. Every write is server-side apply under one field manager, or a create that tolerates
+//! "already exists".
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::dereference::Inputs;
+use crate::api::{TrainJob, TrainJobStatus};
+use crate::lifecycle::{Decision, Phase};
+use crate::plan::Plan;
+use crate::ssh::{KeyPair, SshError};
+use crate::{hostfile, names, pods, reasons};
+
+/// Why a decision could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error while {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the API server rejected {kind} {name}: {message}; fix the runtime's pod template or the TrainJob fields it comes from, then re-create the TrainJob"
+    )]
+    Rejected {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("SSH key generation task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// The `Failed` reason when the error cannot heal without the user.
+    pub fn permanent(&self) -> Option<&'static str> {
+        match self {
+            Error::Rejected { .. } => Some(reasons::OBJECT_REJECTED),
+            Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) => None,
+        }
+    }
+
+    /// Stable label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "write_kube",
+            Error::Rejected { .. } => "object_rejected",
+            Error::Ssh(_) | Error::Join(_) => "ssh_keygen",
+        }
+    }
+}
+
+/// Classifies a failed write: the API server calling the object invalid (422) or malformed
+/// (400) will say the same next time; anything else may heal.
+fn write_err(kind: &'static str, name: &str, action: String) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_string();
+    move |source| match source {
+        kube::Error::Api(status) if matches!(status.code, 400 | 422) => Error::Rejected {
+            kind,
+            name,
+            message: status.message.clone(),
+        },
+        source => Error::Kube { action, source },
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(names::FIELD_MANAGER).force()
+}
+
+fn create_params() -> PostParams {
+    PostParams {
+        field_manager: Some(names::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Carries out `decision` for `job`.
+pub async fn decision(
+    job: &TrainJob,
+    ctx: &Context,
+    plan: &Plan,
+    inputs: &Inputs,
+    decision: &Decision,
+) -> Result<(), Error> {
+    let ns = job.namespace().unwrap_or_default();
+    if inputs.runtime.fresh {
+        freeze(job, ctx, &ns, inputs).await?;
+    }
+    if decision.phase.is_some_and(Phase::needs_children) {
+        if !inputs.secret_exists {
+            create_secret(job, ctx, &ns).await?;
+        }
+        let cm = hostfile::configmap(job, plan);
+        if inputs
+            .hostfile
+            .as_ref()
+            .is_none_or(|cached| cached.data != cm.data)
+        {
+            let name = names::hostfile_configmap(&job.name_any());
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+                .patch(&name, &apply_params(), &Patch::Apply(&cm))
+                .await
+                .map_err(write_err(
+                    "ConfigMap",
+                    &name,
+                    "applying the hostfile ConfigMap".into(),
+                ))?;
+        }
+        let svc = pods::service(job, plan);
+        if inputs
+            .service
+            .as_ref()
+            .is_none_or(|cached| !service_matches(cached, &svc))
+        {
+            Api::<Service>::namespaced(ctx.client.clone(), &ns)
+                .patch(&plan.subdomain, &apply_params(), &Patch::Apply(&svc))
+                .await
+                .map_err(write_err(
+                    "Service",
+                    &plan.subdomain,
+                    "applying the headless Service".into(),
+                ))?;
+        }
+    }
+    if job.status.as_ref() != Some(&decision.status) {
+        write_status(job, ctx, &decision.status).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &decision.delete {
+        match pods.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(source) => {
+                let action = format!("deleting pod {name}");
+                return Err(Error::Kube { action, source });
+            }
+        }
+    }
+    let attempt = decision.status.restarts.unwrap_or(0);
+    for (i, at) in &decision.create {
+        let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pods.patch(&name, &apply_params(), &Patch::Apply(&pod))
+            .await
+            .map_err(write_err("pod", &name, format!("creating pod {name}")))?;
+    }
+    Ok(())
+}
+
+/// The fields of the Service this operator sets, compared with what the cache holds.
+fn service_matches(cached: &Service, desired: &Service) -> bool {
+    let (Some(have), Some(want)) = (&cached.spec, &desired.spec) else {
+        return false;
+    };
+    have.selector == want.selector
+        && have.publish_not_ready_addresses == want.publish_not_ready_addresses
+        && have.cluster_ip == want.cluster_ip
+}
+
+/// Freezes the runtime in `<job>-runtime-snapshot`, so later edits or deletion of the runtime
+/// never change this job.
+async fn freeze(job: &TrainJob, ctx: &Context, ns: &str, inputs: &Inputs) -> Result<(), Error> {
+    let name = names::runtime_snapshot(&job.name_any());
+    let runtime = serde_json::to_string(&inputs.runtime.spec).unwrap_or_default();
+    let cm = ConfigMap {
+        metadata: names::child_meta(job, &name),
+        data: Some(
+            [
+                ("runtime".to_string(), runtime),
+                ("name".to_string(), inputs.runtime.label.clone()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+        .create(&create_params(), &cm)
+        .await
+        .map_err(write_err("ConfigMap", &name, "freezing the runtime".into()))?;
+    Ok(())
+}
+
+/// Generates the job's key pair (RSA off the async executor) and stores it in an immutable
+/// Secret. A Secret created meanwhile by another reconcile is left as it is.
+async fn create_secret(job: &TrainJob, ctx: &Context, ns: &str) -> Result<(), Error> {
+    let algorithm = ctx.settings.ssh_algorithm;
+    let comment = format!("trainjob/{ns}/{}", job.name_any());
+    let keys = if algorithm.is_slow() {
+        tokio::task::spawn_blocking(move || KeyPair::generate(algorithm, &comment)).await??
+    } else {
+        KeyPair::generate(algorithm, &comment)?
+    };
+    let secret = keys.secret(job)?;
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .create(&create_params(), &secret)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(job = %job.name_any(), namespace = %ns, %algorithm, "created SSH Secret");
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(write_err("Secret", &name, "creating the SSH Secret".into())(e)),
+    }
+}
+
+/// Writes `status` with server-side apply on the status subresource.
+pub async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) -> Result<(), Error> {
+    let api: Api<TrainJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": TrainJob::api_version(&()), "kind": TrainJob::kind(&()), "status": status});
+    api.patch_status(&job.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Kube {
+            action: "writing status".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Deletes every pod of the job that still runs (a job that failed for good).
+pub async fn stop_pods(job: &TrainJob, ctx: &Context, pods: &[std::sync::Arc<Pod>]) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let running = |p: &&std::sync::Arc<Pod>| {
+        p.metadata.deletion_timestamp.is_none()
+            && matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                None | Some("Pending" | "Running")
+            )
+    };
+    for pod in pods.iter().filter(running) {
+        let name = pod.name_any();
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(source) => {
+                let action = format!("deleting pod {name}");
+                return Err(Error::Kube { action, source });
+            }
+        }
+    }
+    Ok(())
+}

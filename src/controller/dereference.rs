@@ -1,0 +1,237 @@
+//! Dereference: everything a reconcile reads before it decides. The runtime (frozen in the job's
+//! snapshot, or fetched on the first reconcile), the SSH Secret, and the job's pods, hostfile
+//! ConfigMap and Service from the watch caches. Reads only; `apply` does every write.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use super::Context;
+use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
+use crate::{names, reasons, resolve};
+
+/// Why the inputs of a reconcile could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error while reading {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "{kind} \"{name}\" not found{}: create it, or point spec.runtimeRef at an existing one (kubectl get {}s)",
+        .namespace.as_ref().map(|ns| format!(" in namespace {ns}")).unwrap_or_default(),
+        .kind.to_lowercase()
+    )]
+    RuntimeNotFound {
+        kind: String,
+        name: String,
+        namespace: Option<String>,
+    },
+    #[error(
+        "unsupported runtime: {kind}.{group}; spec.runtimeRef must name a TrainingRuntime or ClusterTrainingRuntime in {GROUP}"
+    )]
+    UnsupportedRuntime { kind: String, group: String },
+    #[error(
+        "{kind} {name} already exists and belongs to {owner}, not to this TrainJob: delete that {kind} and re-create the TrainJob, or give the TrainJob another name"
+    )]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
+    #[error(
+        "{kind} {name} still belongs to an earlier TrainJob of the same name; waiting for the garbage collector to remove it"
+    )]
+    Leftover { kind: &'static str, name: String },
+    #[error(
+        "the frozen runtime in ConfigMap {name} cannot be read ({reason}); it was edited by hand: re-create the TrainJob"
+    )]
+    SnapshotUnreadable { name: String, reason: String },
+}
+
+impl Error {
+    /// The `Failed` reason when the error cannot heal without the user; `None` when it is
+    /// transient and worth retrying.
+    pub fn permanent(&self) -> Option<&'static str> {
+        match self {
+            Error::Kube { .. } | Error::Leftover { .. } => None,
+            Error::RuntimeNotFound { .. } | Error::UnsupportedRuntime { .. } => {
+                Some(reasons::RUNTIME_NOT_FOUND)
+            }
+            Error::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
+            Error::SnapshotUnreadable { .. } => Some(reasons::SNAPSHOT_UNREADABLE),
+        }
+    }
+
+    /// Stable label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "read_kube",
+            Error::RuntimeNotFound { .. } => "runtime_not_found",
+            Error::UnsupportedRuntime { .. } => "unsupported_runtime",
+            Error::Conflict { .. } => "object_conflict",
+            Error::Leftover { .. } => "leftover_object",
+            Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
+        }
+    }
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+/// The runtime a job runs on.
+pub struct Runtime {
+    /// `Kind/name`, as messages and the snapshot name it.
+    pub label: String,
+    /// Its spec as frozen (or as fetched, when `fresh`).
+    pub spec: TrainingRuntimeSpec,
+    /// Fetched just now: `apply` freezes it before anything else.
+    pub fresh: bool,
+}
+
+/// What one reconcile works from.
+pub struct Inputs {
+    /// The runtime.
+    pub runtime: Runtime,
+    /// The job's pods, from the pod index.
+    pub pods: Vec<Arc<Pod>>,
+    /// Whether the SSH Secret exists (read only for a job that is neither finished nor suspended).
+    pub secret_exists: bool,
+    /// The hostfile ConfigMap and the Service as last seen by the watches.
+    pub hostfile: Option<Arc<ConfigMap>>,
+    /// See `hostfile`.
+    pub service: Option<Arc<Service>>,
+}
+
+/// Reads the inputs of `job`. `active`: the job is neither finished nor suspended, so its Secret,
+/// hostfile and Service matter.
+pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Inputs, Error> {
+    let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
+    let runtime = runtime(job, ctx, &ns, &name).await?;
+    let hostfile = cached(&ctx.configmaps, &ns, &names::hostfile_configmap(&name));
+    let service = cached(&ctx.services, &ns, &resolve::subdomain(job, &runtime.spec));
+    let mut secret_exists = false;
+    if active {
+        if let Some(cm) = &hostfile {
+            check_owner(job, "ConfigMap", &cm.metadata)?;
+        }
+        if let Some(svc) = &service {
+            check_owner(job, "Service", &svc.metadata)?;
+        }
+        // Secrets are not watched: the operator may only get the ones it names.
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&names::ssh_secret(&name))
+            .await
+            .map_err(kube_err("the SSH Secret"))?;
+        if let Some(secret) = secret {
+            check_owner(job, "Secret", &secret.metadata)?;
+            secret_exists = true;
+        }
+    }
+    Ok(Inputs {
+        runtime,
+        pods: ctx.pods.of(&ns, &name),
+        secret_exists,
+        hostfile,
+        service,
+    })
+}
+
+fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(ns))
+}
+
+/// Who owns an object named after the job.
+fn check_owner(job: &TrainJob, kind: &'static str, meta: &ObjectMeta) -> Result<(), Error> {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    if refs.iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    let name = meta.name.clone().unwrap_or_default();
+    let earlier = |o: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
+        o.kind == TrainJob::kind(&())
+            && o.api_version.starts_with(GROUP)
+            && Some(&o.name) == job.metadata.name.as_ref()
+    };
+    if refs.iter().any(|o| earlier(&o)) {
+        return Err(Error::Leftover { kind, name });
+    }
+    let owner = refs
+        .first()
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .unwrap_or_else(|| "no TrainJob (it has no owner)".into());
+    Err(Error::Conflict { kind, name, owner })
+}
+
+/// The frozen runtime from `<job>-runtime-snapshot` (watch cache first, then the API server, so
+/// a snapshot the cache has not seen yet is never frozen twice), else the referenced runtime.
+async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<Runtime, Error> {
+    let snapshot_name = names::runtime_snapshot(name);
+    let snapshot = match ctx.configmaps.get(&ObjectRef::new(&snapshot_name).within(ns)) {
+        Some(cm) => Some((*cm).clone()),
+        None => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&snapshot_name)
+            .await
+            .map_err(kube_err("the runtime snapshot"))?,
+    };
+    if let Some(cm) = snapshot {
+        check_owner(job, "ConfigMap", &cm.metadata)?;
+        let unreadable = |reason: String| Error::SnapshotUnreadable {
+            name: snapshot_name.clone(),
+            reason,
+        };
+        let data = cm.data.unwrap_or_default();
+        let (Some(spec), Some(label)) = (data.get("runtime"), data.get("name")) else {
+            return Err(unreadable("keys runtime and name are required".into()));
+        };
+        let spec = serde_json::from_str(spec).map_err(|e| unreadable(e.to_string()))?;
+        return Ok(Runtime {
+            label: label.clone(),
+            spec,
+            fresh: false,
+        });
+    }
+
+    let r = &job.spec.runtime_ref;
+    let kind = r.kind.as_deref().unwrap_or("ClusterTrainingRuntime");
+    let group = r.api_group.as_deref().unwrap_or(GROUP);
+    let fetched = match (group, kind) {
+        (GROUP, "ClusterTrainingRuntime") => Api::<ClusterTrainingRuntime>::all(ctx.client.clone())
+            .get_opt(&r.name)
+            .await
+            .map(|o| o.map(|rt| rt.spec.0)),
+        (GROUP, "TrainingRuntime") => Api::<TrainingRuntime>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&r.name)
+            .await
+            .map(|o| o.map(|rt| rt.spec)),
+        _ => {
+            return Err(Error::UnsupportedRuntime {
+                kind: kind.into(),
+                group: group.into(),
+            });
+        }
+    }
+    .map_err(kube_err(format!("{kind} {}", r.name)))?;
+    let spec = fetched.ok_or_else(|| Error::RuntimeNotFound {
+        kind: kind.into(),
+        name: r.name.clone(),
+        namespace: (kind == "TrainingRuntime").then(|| ns.to_string()),
+    })?;
+    Ok(Runtime {
+        label: format!("{kind}/{}", r.name),
+        spec,
+        fresh: true,
+    })
+}

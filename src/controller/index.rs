@@ -1,0 +1,128 @@
+//! Pods by TrainJob: an index keyed by namespace and job, kept current from the pod watch, so a
+//! reconcile reads its own pods without scanning every pod the operator manages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::Event;
+
+use crate::names::TRAINJOB_NAME_LABEL;
+
+type Key = (String, String);
+type Pods = HashMap<Key, HashMap<String, Arc<Pod>>>;
+
+/// The pods of every job, as last seen by the watch.
+#[derive(Default)]
+pub struct JobPods {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: Pods,
+    /// A relist in progress: replaces `pods` whole once complete, so a pod deleted while the
+    /// watch was down does not linger.
+    relist: Option<Pods>,
+}
+
+fn key(pod: &Pod) -> Option<(Key, String)> {
+    let ns = pod.metadata.namespace.clone()?;
+    let job = pod.metadata.labels.as_ref()?.get(TRAINJOB_NAME_LABEL)?.clone();
+    Some(((ns, job), pod.metadata.name.clone()?))
+}
+
+fn insert(pods: &mut Pods, pod: &Pod) {
+    if let Some((job, name)) = key(pod) {
+        pods.entry(job).or_default().insert(name, Arc::new(pod.clone()));
+    }
+}
+
+impl JobPods {
+    /// Applies one watch event, with the same relist semantics as kube's reflector store.
+    pub fn apply(&self, event: &Event<Pod>) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Apply(pod) => insert(&mut state.pods, pod),
+            Event::Delete(pod) => {
+                if let Some((job, name)) = key(pod)
+                    && let Some(pods) = state.pods.get_mut(&job)
+                {
+                    pods.remove(&name);
+                    if pods.is_empty() {
+                        state.pods.remove(&job);
+                    }
+                }
+            }
+            Event::Init => state.relist = Some(Pods::new()),
+            Event::InitApply(pod) => insert(state.relist.get_or_insert_default(), pod),
+            Event::InitDone => {
+                if let Some(pods) = state.relist.take() {
+                    state.pods = pods;
+                }
+            }
+        }
+    }
+
+    /// The pods of job `job` in namespace `ns`.
+    pub fn of(&self, ns: &str, job: &str) -> Vec<Arc<Pod>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .pods
+            .get(&(ns.to_string(), job.to_string()))
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(ns: &str, job: &str, name: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {TRAINJOB_NAME_LABEL: job}},
+        }))
+        .expect("pod")
+    }
+
+    fn names(index: &JobPods, ns: &str, job: &str) -> Vec<String> {
+        let mut v: Vec<String> = index
+            .of(ns, job)
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn pods_are_found_by_namespace_and_job_only() {
+        let index = JobPods::default();
+        index.apply(&Event::Apply(pod("a", "pi", "pi-node-0-0")));
+        index.apply(&Event::Apply(pod("a", "pi", "pi-node-0-1")));
+        index.apply(&Event::Apply(pod("b", "pi", "pi-node-0-0")));
+        index.apply(&Event::Apply(pod("a", "other", "other-node-0-0")));
+        assert_eq!(names(&index, "a", "pi"), ["pi-node-0-0", "pi-node-0-1"]);
+        assert_eq!(names(&index, "b", "pi"), ["pi-node-0-0"]);
+        index.apply(&Event::Delete(pod("a", "pi", "pi-node-0-0")));
+        assert_eq!(names(&index, "a", "pi"), ["pi-node-0-1"]);
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_once_done() {
+        let index = JobPods::default();
+        index.apply(&Event::Apply(pod("a", "pi", "gone")));
+        index.apply(&Event::Init);
+        index.apply(&Event::InitApply(pod("a", "pi", "kept")));
+        assert_eq!(
+            names(&index, "a", "pi"),
+            ["gone"],
+            "old view until the relist is complete"
+        );
+        index.apply(&Event::InitDone);
+        assert_eq!(names(&index, "a", "pi"), ["kept"]);
+    }
+}

@@ -1,0 +1,283 @@
+//! The imperative shell: one reconcile is `dereference → resolve → validate → decide → apply →
+//! observe`. Reading and writing live in `dereference` and `apply`, Events and metrics in
+//! `observe`; everything between is pure. Errors that cannot heal (a name that cannot fit, an
+//! object owned by someone else, a pod the API server refuses) fail the job with a condition
+//! instead of being retried; the others back off per job.
+
+mod apply;
+mod backoff;
+mod dereference;
+mod index;
+mod observe;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::api::{ClusterTrainingRuntime, MANAGED_BY_TRAINER, TrainJob, TrainingRuntime};
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::resolve::{ResolveError, resolve};
+use crate::ssh::KeyAlgorithm;
+use crate::validate::{Limits, ValidateError, validate};
+use crate::{lifecycle, names};
+use backoff::Backoff;
+use index::JobPods;
+
+/// Operator settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Algorithm of new SSH keys.
+    pub ssh_algorithm: KeyAlgorithm,
+    /// Jobs reconciled in parallel.
+    pub concurrency: u16,
+    /// Name of this instance in Events.
+    pub instance: String,
+    /// Limits on a single job.
+    pub limits: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ssh_algorithm: KeyAlgorithm::default(),
+            concurrency: 8,
+            instance: "trainjob-operator".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A failed reconcile, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Dereference(#[from] dereference::Error),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+}
+
+impl Error {
+    /// The `Failed` reason when the error cannot heal without the user changing something.
+    pub fn permanent(&self) -> Option<&'static str> {
+        match self {
+            Error::Dereference(e) => e.permanent(),
+            Error::Resolve(e) => Some(e.reason()),
+            Error::Validate(e) => Some(e.reason()),
+            Error::Apply(e) => e.permanent(),
+        }
+    }
+
+    /// Stable label for the `trainjob_reconcile_errors` metric: one per variant.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Dereference(e) => e.label(),
+            Error::Resolve(e) => e.label(),
+            Error::Validate(e) => e.label(),
+            Error::Apply(e) => e.label(),
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// API client (the operator's identity).
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    pods: Arc<JobPods>,
+    configmaps: Store<ConfigMap>,
+    services: Store<Service>,
+    recorder: Recorder,
+    backoff: Backoff,
+}
+
+/// Watches jobs changes only repair drift this often.
+const DRIFT_CHECK: Duration = Duration::from_secs(300);
+
+/// Reconciles one TrainJob.
+pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = if job.metadata.deletion_timestamp.is_some() {
+        // Owner references remove the children; only the phase gauge needs forgetting.
+        ctx.metrics.set_phase(&key(&job).0, &key(&job).1, None);
+        Ok(Action::await_change())
+    } else if !managed_here(&job) {
+        Ok(Action::await_change())
+    } else {
+        match pipeline(&job, &ctx).await {
+            Err(e) if e.permanent().is_some() => fail_permanently(&job, &ctx, &e).await,
+            result => result,
+        }
+    };
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key(&job));
+    }
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Whether `spec.managedBy` leaves the job to this operator (Kueue's MultiKueue sets another).
+fn managed_here(job: &TrainJob) -> bool {
+    job.spec
+        .managed_by
+        .as_deref()
+        .is_none_or(|m| m == MANAGED_BY_TRAINER)
+}
+
+async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
+    let now = lifecycle::now();
+    let active = !lifecycle::finished(job.status.as_ref()) && !job.spec.suspend.unwrap_or(false);
+    let inputs = dereference::inputs(job, ctx, active).await?;
+    let plan = resolve(job, &inputs.runtime.label, &inputs.runtime.spec)?;
+    validate(job, &inputs.runtime.label, &plan, &ctx.settings.limits)?;
+    let decision = lifecycle::decide(job, &plan, inputs.pods.iter().map(AsRef::as_ref), &now);
+    apply::decision(job, ctx, &plan, &inputs, &decision).await?;
+    observe::decision(job, ctx, &plan, &inputs, &decision, &now).await;
+    Ok(Action::requeue(decision.requeue_after.unwrap_or(DRIFT_CHECK)))
+}
+
+/// A permanent error: `Failed` with the error's reason and message, its running pods stopped,
+/// and no retry until the job changes. A job that already finished only has its pods stopped.
+async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Result<Action, Error> {
+    let pods = ctx.pods.of(&job.namespace().unwrap_or_default(), &job.name_any());
+    if !lifecycle::finished(job.status.as_ref()) {
+        count_error(ctx, error);
+        let now = lifecycle::now();
+        let reason = error.permanent().unwrap_or_default();
+        let status = lifecycle::failed_status(job.status.as_ref(), reason, &error.to_string(), &now);
+        apply::write_status(job, ctx, &status).await?;
+        observe::failure(job, ctx, &status, &now).await;
+    }
+    apply::stop_pods(job, ctx, &pods).await?;
+    Ok(Action::await_change())
+}
+
+fn key(job: &TrainJob) -> (String, String) {
+    (job.namespace().unwrap_or_default(), job.name_any())
+}
+
+fn count_error(ctx: &Context, error: &Error) {
+    let labels = ErrorLabels {
+        error: error.label().into(),
+    };
+    ctx.metrics.reconcile_errors.get_or_create(&labels).inc();
+}
+
+/// A transient error: counted, logged, and retried after the job's own backoff.
+pub fn error_policy(job: Arc<TrainJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let retry = ctx.backoff.failed(key(&job));
+    tracing::warn!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), %error, retry_in = ?retry, "reconcile failed");
+    count_error(&ctx, error);
+    Action::requeue(retry)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed =
+        watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+    let pods = Arc::new(JobPods::default());
+    let index = pods.clone();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .inspect_ok(move |event| index.apply(event))
+        .touched_objects();
+    let (configmaps, writer) = reflector::store();
+    let configmap_events = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .default_backoff()
+        .modify(|c| c.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    let (services, writer) = reflector::store();
+    let service_events = watcher(Api::<Service>::all(client.clone()), managed)
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    let reporter = Reporter {
+        controller: names::FIELD_MANAGER.into(),
+        instance: Some(settings.instance.clone()),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics,
+        pods,
+        configmaps,
+        services,
+        backoff: Backoff::default(),
+    });
+
+    let controller = Controller::new(
+        Api::<TrainJob>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let jobs = controller.store();
+    let by_namespaced = jobs.clone();
+    controller
+        .owns_stream(pod_events)
+        .owns_stream(configmap_events)
+        .owns_stream(service_events)
+        .watches(
+            Api::<TrainingRuntime>::all(client.clone()),
+            watcher::Config::default(),
+            move |rt| referencing(&by_namespaced, "TrainingRuntime", rt.namespace(), &rt.name_any()),
+        )
+        .watches(
+            Api::<ClusterTrainingRuntime>::all(client),
+            watcher::Config::default(),
+            move |rt| referencing(&jobs, "ClusterTrainingRuntime", None, &rt.name_any()),
+        )
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Unfinished jobs that reference a runtime. Only jobs that have not frozen their runtime yet
+/// care, and reconciling a frozen one is a cheap no-op, so this need not tell them apart.
+fn referencing(
+    jobs: &Store<TrainJob>,
+    kind: &str,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<TrainJob>> {
+    jobs.state()
+        .into_iter()
+        .filter(|j| {
+            let r = &j.spec.runtime_ref;
+            r.name == name
+                && r.kind.as_deref().unwrap_or("ClusterTrainingRuntime") == kind
+                && (namespace.is_none() || j.metadata.namespace == namespace)
+                && !lifecycle::finished(j.status.as_ref())
+        })
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! Observe: the Events and metrics a reconcile produced, derived from the status before it and
+//! the decision (or permanent failure) after it. Recorded after the status is written, so an
+//! Event never describes a state the API server does not have yet.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+
+use super::Context;
+use super::dereference::Inputs;
+use crate::api::TrainJob;
+use crate::api::TrainJobStatus;
+use crate::lifecycle::{self, Decision, Note, Severity};
+use crate::metrics::{FailureLabels, JobLabels};
+use crate::plan::{Plan, Role};
+use crate::reasons::{condition, event};
+
+/// After a decision was applied.
+pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision, now: &Time) {
+    if inputs.runtime.fresh {
+        ctx.metrics.jobs_created.get_or_create(&job_labels(job)).inc();
+        let message = format!(
+            "using {}; later edits to it do not affect this job",
+            inputs.runtime.label
+        );
+        record(
+            ctx,
+            job,
+            &Note {
+                severity: Severity::Normal,
+                reason: event::RUNTIME_FROZEN.into(),
+                message,
+            },
+        )
+        .await;
+    }
+    for note in lifecycle::events(&job.name_any(), plan, job.status.as_ref(), d) {
+        record(ctx, job, &note).await;
+    }
+    milestones(job, ctx, plan, inputs, d, now);
+    outcome(job, ctx, &d.status, now);
+    ctx.metrics
+        .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), d.phase);
+}
+
+/// After a permanent error failed the job with `status`.
+pub async fn failure(job: &TrainJob, ctx: &Context, status: &TrainJobStatus, now: &Time) {
+    for note in lifecycle::transitions(job.status.as_ref(), status) {
+        record(ctx, job, &note).await;
+    }
+    outcome(job, ctx, status, now);
+    ctx.metrics
+        .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), None);
+}
+
+fn job_labels(job: &TrainJob) -> JobLabels {
+    JobLabels {
+        namespace: job.namespace().unwrap_or_default(),
+        runtime: job.spec.runtime_ref.name.clone(),
+    }
+}
+
+fn since_creation(job: &TrainJob, now: &Time) -> f64 {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|c| now.0.duration_since(c.0).as_secs_f64().max(0.0))
+        .unwrap_or(0.0)
+}
+
+/// Time to the first launcher and to the full set of workers, on the first attempt only.
+fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision, now: &Time) {
+    if d.status.restarts.unwrap_or(0) != 0 {
+        return;
+    }
+    let created = |role: Role| {
+        d.create
+            .iter()
+            .filter(|(i, _)| plan.jobs[*i].role == role)
+            .count()
+    };
+    if created(Role::Launcher) > 0 {
+        ctx.metrics
+            .time_to_launcher_created
+            .observe(since_creation(job, now));
+    }
+    if created(Role::Node) > 0 {
+        let workers = plan.job(Role::Node).map(|j| j.pods()).unwrap_or(0);
+        let existing = inputs
+            .pods
+            .iter()
+            .filter(|p| p.labels().get(crate::names::JOB_ROLE_LABEL).map(String::as_str) == Some("node"))
+            .count();
+        if (existing + created(Role::Node)) as i64 >= workers {
+            ctx.metrics.time_to_pods_created.observe(since_creation(job, now));
+        }
+    }
+}
+
+/// Completion and failure counters, once per transition.
+fn outcome(job: &TrainJob, ctx: &Context, new: &TrainJobStatus, now: &Time) {
+    let became = |type_: &str| {
+        lifecycle::is_true(&new.conditions, type_)
+            && !job
+                .status
+                .as_ref()
+                .is_some_and(|s| lifecycle::is_true(&s.conditions, type_))
+    };
+    if became(condition::COMPLETE) {
+        ctx.metrics.jobs_completed.get_or_create(&job_labels(job)).inc();
+        ctx.metrics.time_to_complete.observe(since_creation(job, now));
+    }
+    if became(condition::FAILED) {
+        let reason = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::FAILED)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default();
+        let JobLabels { namespace, runtime } = job_labels(job);
+        ctx.metrics
+            .jobs_failed
+            .get_or_create(&FailureLabels {
+                namespace,
+                runtime,
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Records an Event on the job and logs the same line, so every phase change shows in the
+/// operator's log too.
+async fn record(ctx: &Context, job: &TrainJob, note: &Note) {
+    let (ns, name, reason) = (
+        job.namespace().unwrap_or_default(),
+        job.name_any(),
+        note.reason.as_str(),
+    );
+    match note.severity {
+        Severity::Normal => tracing::info!(namespace = %ns, job = %name, reason, "{}", note.message),
+        Severity::Warning => tracing::warn!(namespace = %ns, job = %name, reason, "{}", note.message),
+    }
+    let event = Event {
+        type_: match note.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: note.reason.clone(),
+        // Event notes are capped at 1 KiB by the API server.
+        note: Some(note.message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not record an Event");
+    }
+}

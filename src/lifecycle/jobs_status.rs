@@ -1,0 +1,46 @@
+//! `status.jobsStatus` with JobSet's meaning: counts of child Jobs (`replicas` per replicated
+//! job), not of pods.
+
+use crate::api::JobStatus;
+use crate::plan::Plan;
+
+use super::observed::Observed;
+
+/// Counts for every replicated job of `plan`, from the pods of restart `attempt` that are not
+/// being deleted (`deleting` lists the pods this decision deletes).
+pub(super) fn jobs_status(
+    plan: &Plan,
+    observed: &[Observed],
+    attempt: i32,
+    suspended: bool,
+    deleting: &[String],
+) -> Vec<JobStatus> {
+    plan.jobs
+        .iter()
+        .map(|rjob| {
+            let mut s = JobStatus {
+                name: rjob.name.clone(),
+                ..Default::default()
+            };
+            for job_index in 0..rjob.replicas {
+                let pods: Vec<&Observed> = observed
+                    .iter()
+                    .filter(|o| o.rjob == rjob.name && o.at.job_index == job_index)
+                    .filter(|o| o.attempt == Some(attempt) && !o.deleting)
+                    .filter(|o| !deleting.iter().any(|d| d == o.name))
+                    .collect();
+                let count = |f: &dyn Fn(&Observed) -> bool| pods.iter().filter(|o| f(o)).count() as i32;
+                let complete = |n: i32| rjob.parallelism > 0 && n >= rjob.parallelism;
+                s.active += i32::from(pods.iter().any(|o| o.active()));
+                s.failed += i32::from(pods.iter().any(|o| o.failed()));
+                s.succeeded += i32::from(complete(count(&|o| o.succeeded())));
+                // Ready means running and ready now: a Job whose pods finished is not ready.
+                s.ready += i32::from(complete(count(&|o| o.running_ready())));
+            }
+            if suspended {
+                s.suspended = rjob.replicas;
+            }
+            s
+        })
+        .collect()
+}

@@ -1,0 +1,337 @@
+//! The job lifecycle: from a job, its plan and the pods observed, decide the status to write and
+//! the pods to create and delete. Pure, so ordering, restarts, failure messages, suspension and
+//! deadlines are unit-tested without a server. One function per state, tried in order:
+//! finished → suspended → deadline → failed (restart or fail) → complete → create.
+
+mod conditions;
+mod events;
+mod failure;
+mod jobs_status;
+mod observed;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{DependsOnStatus, TrainJob, TrainJobStatus};
+use crate::plan::{Plan, PodIndex};
+use crate::reasons::{self, condition};
+pub use conditions::{failed_status, finished, is_true, now, set_condition};
+pub use events::{Note, Severity, events, transitions};
+use observed::Observed;
+
+/// Coarse phase, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// Suspended.
+    Suspended,
+    /// Pods are being created or are not all running yet.
+    Starting,
+    /// The launcher is running.
+    Running,
+    /// Restarting the gang.
+    Restarting,
+    /// Finished successfully.
+    Complete,
+    /// Failed.
+    Failed,
+}
+
+impl Phase {
+    /// Lower-case name used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Suspended => "suspended",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Restarting => "restarting",
+            Phase::Complete => "complete",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Whether the job's Secret, hostfile and Service must exist in this phase.
+    pub fn needs_children(self) -> bool {
+        matches!(self, Phase::Starting | Phase::Running | Phase::Restarting)
+    }
+}
+
+/// What the reconciler should do.
+#[derive(Clone, Debug, Default)]
+pub struct Decision {
+    /// Status to write (written only when it differs from the current one).
+    pub status: TrainJobStatus,
+    /// Pods to create: `(index into plan.jobs, pod index)`.
+    pub create: Vec<(usize, PodIndex)>,
+    /// Names of pods to delete.
+    pub delete: Vec<String>,
+    /// Why the whole gang restarts, when it does.
+    pub restart: Option<String>,
+    /// When to look again even if nothing changes (the active deadline).
+    pub requeue_after: Option<Duration>,
+    /// Phase after this decision.
+    pub phase: Option<Phase>,
+}
+
+/// Decides what to do for `job` with `plan`, given the pods that currently exist.
+pub fn decide<'a>(
+    job: &'a TrainJob,
+    plan: &'a Plan,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    now: &'a Time,
+) -> Decision {
+    let mut pass = Pass::new(job, plan, pods, now);
+    pass.delete_earlier_attempts();
+    if finished(Some(&pass.status)) {
+        return pass.finished();
+    }
+    if job.spec.suspend.unwrap_or(false) {
+        return pass.suspended();
+    }
+    pass.resume();
+    if let Some(message) = pass.deadline_passed() {
+        return pass.fail(reasons::DEADLINE_EXCEEDED, message);
+    }
+    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine()) {
+        return pass.restart_or_fail(what);
+    }
+    if let Some(launcher) = pass.launcher_succeeded() {
+        return pass.complete(launcher);
+    }
+    pass.create_missing()
+}
+
+/// One decision in the making.
+struct Pass<'a> {
+    job: &'a TrainJob,
+    plan: &'a Plan,
+    now: &'a Time,
+    observed: Vec<Observed<'a>>,
+    status: TrainJobStatus,
+    attempt: i32,
+    d: Decision,
+}
+
+impl<'a> Pass<'a> {
+    fn new(
+        job: &'a TrainJob,
+        plan: &'a Plan,
+        pods: impl IntoIterator<Item = &'a Pod>,
+        now: &'a Time,
+    ) -> Self {
+        let status = job.status.clone().unwrap_or_default();
+        Pass {
+            job,
+            plan,
+            now,
+            observed: pods.into_iter().filter_map(Observed::new).collect(),
+            attempt: status.restarts.unwrap_or(0),
+            status,
+            d: Decision::default(),
+        }
+    }
+
+    fn job_name(&self) -> &'a str {
+        self.job.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Pods of the current restart attempt.
+    fn mine(&self) -> Vec<&Observed<'a>> {
+        self.observed
+            .iter()
+            .filter(|o| o.attempt == Some(self.attempt))
+            .collect()
+    }
+
+    fn delete_where(&mut self, keep: impl Fn(&Observed) -> bool) {
+        let names = self
+            .observed
+            .iter()
+            .filter(|o| !keep(o))
+            .map(|o| o.name.to_string());
+        self.d.delete.extend(names);
+    }
+
+    /// Pods of an earlier attempt go, whatever else happens.
+    fn delete_earlier_attempts(&mut self) {
+        let attempt = self.attempt;
+        self.delete_where(|o| o.attempt == Some(attempt) || o.deleting);
+    }
+
+    /// Complete or Failed: stop what still runs. Workers run sshd forever; the launcher of a
+    /// complete job (and any failed pod) stays for `kubectl logs`.
+    fn finished(mut self) -> Decision {
+        let complete = is_true(&self.status.conditions, condition::COMPLETE);
+        let launcher = self.plan.launcher().to_string();
+        self.delete_where(|o| !o.active() || (complete && o.rjob == launcher));
+        self.d.phase = Some(if complete { Phase::Complete } else { Phase::Failed });
+        self.finish(false)
+    }
+
+    /// Suspended (Kueue, or the user): no pods, the Secret stays.
+    fn suspended(mut self) -> Decision {
+        set_condition(
+            &mut self.status.conditions,
+            condition::SUSPENDED,
+            true,
+            reasons::SUSPENDED,
+            "TrainJob is suspended",
+            self.now,
+        );
+        self.delete_where(|o| o.deleting);
+        self.d.phase = Some(Phase::Suspended);
+        self.finish(true)
+    }
+
+    fn resume(&mut self) {
+        if is_true(&self.status.conditions, condition::SUSPENDED) {
+            let conditions = &mut self.status.conditions;
+            set_condition(
+                conditions,
+                condition::SUSPENDED,
+                false,
+                reasons::RESUMED,
+                "TrainJob is resumed",
+                self.now,
+            );
+        }
+    }
+
+    /// The failure message once `activeDeadlineSeconds` passed (counted from the last resume,
+    /// else from creation); until then, asks to be woken when it will.
+    fn deadline_passed(&mut self) -> Option<String> {
+        let seconds = self.job.spec.active_deadline_seconds?;
+        let started = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::SUSPENDED && c.status == "False")
+            .map(|c| c.last_transition_time.0)
+            .or(self.job.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or(self.now.0);
+        let elapsed = self.now.0.duration_since(started).as_secs();
+        if elapsed >= seconds {
+            return Some(format!(
+                "TrainJob exceeded its active deadline: it ran {elapsed}s of the allowed {seconds}s (spec.activeDeadlineSeconds)"
+            ));
+        }
+        self.d.requeue_after = Some(Duration::from_secs((seconds - elapsed).max(1) as u64));
+        None
+    }
+
+    /// A broken MPI world restarts as a whole while `maxRestarts` allows, else the job fails.
+    fn restart_or_fail(mut self, what: String) -> Decision {
+        let max = self.plan.max_restarts;
+        if self.attempt < max {
+            self.attempt += 1;
+            self.status.restarts = Some(self.attempt);
+            self.delete_where(|o| o.deleting);
+            self.d.restart = Some(format!(
+                "{what}; restarting all pods (restart {} of {max})",
+                self.attempt
+            ));
+            self.d.phase = Some(Phase::Restarting);
+            return self.finish(false);
+        }
+        if max > 0 {
+            let message = format!("{what}; all {max} allowed restarts are used (failurePolicy.maxRestarts)");
+            self.fail(reasons::REACHED_MAX_RESTARTS, message)
+        } else {
+            self.fail(reasons::FAILED_JOBS, what)
+        }
+    }
+
+    fn fail(mut self, reason: &str, message: String) -> Decision {
+        set_condition(
+            &mut self.status.conditions,
+            condition::FAILED,
+            true,
+            reason,
+            &message,
+            self.now,
+        );
+        self.delete_where(|o| !o.active());
+        self.d.create.clear();
+        self.d.requeue_after = None;
+        self.d.phase = Some(Phase::Failed);
+        self.finish(false)
+    }
+
+    /// The launcher pod of this attempt that exited 0, if any.
+    fn launcher_succeeded(&self) -> Option<String> {
+        let launcher = self.plan.launcher();
+        self.mine()
+            .iter()
+            .find(|o| o.rjob == launcher && o.succeeded())
+            .map(|o| o.name.to_string())
+    }
+
+    /// The launcher exited 0: Complete, and the workers (sshd forever) go.
+    fn complete(mut self, launcher_pod: String) -> Decision {
+        let message = format!("TrainJob completed successfully: launcher pod {launcher_pod} exited 0");
+        set_condition(
+            &mut self.status.conditions,
+            condition::COMPLETE,
+            true,
+            reasons::ALL_JOBS_COMPLETED,
+            &message,
+            self.now,
+        );
+        let (attempt, launcher) = (self.attempt, self.plan.launcher().to_string());
+        self.delete_where(|o| !(o.attempt == Some(attempt) && o.active() && o.rjob != launcher));
+        self.d.phase = Some(Phase::Complete);
+        self.d.requeue_after = None;
+        self.finish(false)
+    }
+
+    /// Creates what is missing, in runtime order, once each replicated job's dependencies are
+    /// met. An index still held by a pod of an earlier attempt waits until that pod is gone.
+    fn create_missing(mut self) -> Decision {
+        let mine = self.mine();
+        let mut create = Vec::new();
+        for (i, rjob) in self.plan.jobs.iter().enumerate() {
+            let ready = rjob
+                .depends_on
+                .iter()
+                .all(|dep| dependency_met(self.plan, &mine, &dep.name, dep.status));
+            if !ready {
+                continue;
+            }
+            let taken = |at: &PodIndex| self.observed.iter().any(|o| o.rjob == rjob.name && o.at == *at);
+            create.extend(rjob.indices().filter(|at| !taken(at)).map(|at| (i, at)));
+        }
+        let launcher = self.plan.launcher();
+        let running = mine.iter().any(|o| o.rjob == launcher && o.phase == "Running");
+        self.d.create = create;
+        self.d.phase = Some(if running { Phase::Running } else { Phase::Starting });
+        self.finish(false)
+    }
+
+    fn finish(mut self, suspended: bool) -> Decision {
+        self.status.jobs_status =
+            jobs_status::jobs_status(self.plan, &self.observed, self.attempt, suspended, &self.d.delete);
+        self.d.delete.sort();
+        self.d.delete.dedup();
+        self.d.status = self.status;
+        self.d
+    }
+}
+
+fn dependency_met(plan: &Plan, mine: &[&Observed], dependency: &str, wanted: DependsOnStatus) -> bool {
+    let Some(dep) = plan.job_named(dependency) else {
+        return false;
+    };
+    let done = mine
+        .iter()
+        .filter(|o| o.rjob == dependency && !o.deleting)
+        .filter(|o| match wanted {
+            DependsOnStatus::Ready => o.succeeded() || o.running_ready(),
+            DependsOnStatus::Complete => o.succeeded(),
+        })
+        .count();
+    done as i64 >= dep.pods()
+}
+
+#[cfg(test)]
+mod tests;

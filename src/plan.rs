@@ -1,0 +1,127 @@
+//! The bottom layer: a resolved job as plain data. `resolve` produces a [`Plan`]; the builders
+//! (`pods`, `hostfile`) and the `lifecycle` read it, and nothing here depends on them.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use crate::api::{DependsOn, LAUNCHER, MPIImplementation, NODE, PodGroupPolicy};
+
+/// What a replicated job is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs `mpirun`.
+    Launcher,
+    /// MPI workers running sshd.
+    Node,
+    /// Any other step (initializers), run as plain pods.
+    Other,
+}
+
+impl Role {
+    /// The role of the replicated job called `name`.
+    pub fn of(name: &str) -> Role {
+        match name {
+            LAUNCHER => Role::Launcher,
+            NODE => Role::Node,
+            _ => Role::Other,
+        }
+    }
+}
+
+/// Identifies one pod of a replicated job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodIndex {
+    /// Index of the Job within the replicated job (label `jobset.sigs.k8s.io/job-index`).
+    pub job_index: i32,
+    /// Index of the pod within its Job (label `batch.kubernetes.io/job-completion-index`).
+    pub index: i32,
+}
+
+/// One replicated job, realised as `replicas × parallelism` pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPlan {
+    /// Replicated job name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Number of Jobs (JobSet semantics).
+    pub replicas: i32,
+    /// Pods per Job.
+    pub parallelism: i32,
+    /// The pod template after overrides and patches.
+    pub template: PodTemplateSpec,
+    /// Earlier replicated jobs that must reach a status first.
+    pub depends_on: Vec<DependsOn>,
+}
+
+impl JobPlan {
+    /// Total pods of this replicated job. Widened so that no user-supplied size can overflow.
+    pub fn pods(&self) -> i64 {
+        i64::from(self.replicas.max(0)) * i64::from(self.parallelism.max(0))
+    }
+
+    /// Every pod index, Job by Job.
+    pub fn indices(&self) -> impl Iterator<Item = PodIndex> + '_ {
+        (0..self.replicas)
+            .flat_map(move |job_index| (0..self.parallelism).map(move |index| PodIndex { job_index, index }))
+    }
+}
+
+/// Everything needed to build a job's objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// MPI implementation (decides hostfile format and environment).
+    pub implementation: MPIImplementation,
+    /// MPI slots per node.
+    pub slots: i32,
+    /// Number of MPI hosts (workers, plus the launcher when it runs ranks).
+    pub num_nodes: i32,
+    /// Where the SSH Secret is mounted.
+    pub ssh_mount_path: String,
+    /// Whether the launcher is also an MPI host.
+    pub launcher_as_node: bool,
+    /// Subdomain of the pods (the headless Service name).
+    pub subdomain: String,
+    /// Whether DNS records exist before pods are ready.
+    pub publish_not_ready: bool,
+    /// Whole-gang restarts allowed before the job fails.
+    pub max_restarts: i32,
+    /// Replicated jobs in runtime order.
+    pub jobs: Vec<JobPlan>,
+    /// Gang scheduling policy of the runtime.
+    pub gang: Option<PodGroupPolicy>,
+}
+
+impl Plan {
+    /// The MPI hosts in hostfile order: `(replicated job, job index, pod index)`.
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, i32, i32)> {
+        self.jobs
+            .iter()
+            .filter(|j| j.role == Role::Node || (j.role == Role::Launcher && self.launcher_as_node))
+            .flat_map(|j| {
+                j.indices()
+                    .map(move |at| (j.name.as_str(), at.job_index, at.index))
+            })
+    }
+
+    /// The replicated job with `role`.
+    pub fn job(&self, role: Role) -> Option<&JobPlan> {
+        self.jobs.iter().find(|j| j.role == role)
+    }
+
+    /// The replicated job called `name`.
+    pub fn job_named(&self, name: &str) -> Option<&JobPlan> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// Name of the launcher's replicated job.
+    pub fn launcher(&self) -> &str {
+        self.job(Role::Launcher)
+            .map(|j| j.name.as_str())
+            .unwrap_or(LAUNCHER)
+    }
+
+    /// Total pods of the job, saturating rather than overflowing.
+    pub fn total_pods(&self) -> i64 {
+        self.jobs.iter().map(JobPlan::pods).fold(0, i64::saturating_add)
+    }
+}

@@ -1,0 +1,58 @@
+//! Every condition type, condition reason and Event reason the operator writes, in one place, so
+//! that users, alerts and tests can rely on a fixed vocabulary. Names follow Kubeflow Trainer
+//! where it has one.
+
+/// Condition types on `status.conditions` (as upstream).
+pub mod condition {
+    /// The job is suspended (True) or was resumed (False).
+    pub const SUSPENDED: &str = "Suspended";
+    /// The job finished successfully.
+    pub const COMPLETE: &str = "Complete";
+    /// The job failed; terminal.
+    pub const FAILED: &str = "Failed";
+}
+
+/// Reason of `Suspended=True`; also its Event.
+pub const SUSPENDED: &str = "Suspended";
+/// Reason of `Suspended=False`; also its Event.
+pub const RESUMED: &str = "Resumed";
+/// Reason of `Complete=True`.
+pub const ALL_JOBS_COMPLETED: &str = "AllJobsCompleted";
+/// `Failed`: a pod failed and no restarts were allowed.
+pub const FAILED_JOBS: &str = "FailedJobs";
+/// `Failed`: a pod failed after every allowed restart was used.
+pub const REACHED_MAX_RESTARTS: &str = "ReachedMaxRestarts";
+/// `Failed`: `activeDeadlineSeconds` passed.
+pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+/// `Failed`: the referenced runtime does not exist (or is of an unsupported kind).
+pub const RUNTIME_NOT_FOUND: &str = "RuntimeNotFound";
+/// `Failed`: the runtime is not an MPI runtime.
+pub const RUNTIME_NOT_SUPPORTED: &str = "TrainingRuntimeNotSupported";
+/// `Failed`: the runtime lacks what MPI needs (launcher, node job, containers, dependencies).
+pub const INVALID_RUNTIME: &str = "InvalidRuntime";
+/// `Failed`: the TrainJob's own fields are wrong (reserved env, bad runtime patches).
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// `Failed`: the job needs more pods than the operator allows per job.
+pub const TOO_MANY_PODS: &str = "TooManyPods";
+/// `Failed`: a pod name (and so its hostname) would exceed 63 characters.
+pub const NAME_TOO_LONG: &str = "NameTooLong";
+/// `Failed`: an object the job needs exists but belongs to someone else.
+pub const OBJECT_CONFLICT: &str = "ObjectConflict";
+/// `Failed`: the API server refused an object the job needs as invalid.
+pub const OBJECT_REJECTED: &str = "ObjectRejected";
+/// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
+pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
+
+/// Reasons of Events that are not condition reasons.
+pub mod event {
+    /// The runtime was frozen into the job's snapshot.
+    pub const RUNTIME_FROZEN: &str = "RuntimeFrozen";
+    /// Pods other than the launcher were created.
+    pub const PODS_CREATED: &str = "PodsCreated";
+    /// The launcher was created (with or after the workers).
+    pub const LAUNCHER_CREATED: &str = "LauncherCreated";
+    /// A pod failed and the whole gang restarts.
+    pub const RESTARTING: &str = "Restarting";
+    /// The job completed.
+    pub const COMPLETED: &str = "Completed";
+}

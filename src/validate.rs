@@ -1,0 +1,182 @@
+//! Limits checked on a resolved [`Plan`] before anything is built: how many pods one job may
+//! have and whether every pod name fits a hostname. Pure, and checked with widened arithmetic,
+//! so one oversized or oddly named job fails on its own instead of wedging the operator.
+
+use crate::api::TrainJob;
+use crate::names;
+use crate::plan::Plan;
+use crate::reasons;
+
+/// Longest pod name: pods use their name as `spec.hostname`, an RFC 1123 label.
+pub const MAX_POD_NAME: usize = 63;
+
+/// Default of `--max-pods-per-job`: above the largest real MPI jobs, far below what would make
+/// one job's pod list a burden on the operator and the API server.
+pub const DEFAULT_MAX_PODS_PER_JOB: u32 = 4096;
+
+/// Operator-wide limits on a single job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most pods one TrainJob may have (all replicated jobs together).
+    pub max_pods_per_job: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pods_per_job: DEFAULT_MAX_PODS_PER_JOB,
+        }
+    }
+}
+
+/// Why a resolved job cannot run here. Each message names the field, the limit and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidateError {
+    #[error(
+        "the job needs {pods} pods (spec.trainer.numNodes {num_nodes} plus the launcher and other steps), but this operator allows at most {max} per job: lower spec.trainer.numNodes, or ask the cluster admin to raise --max-pods-per-job"
+    )]
+    TooManyPods { pods: i64, num_nodes: i32, max: u32 },
+    #[error(
+        "metadata.name \"{job}\" is too long for runtime {runtime}: its pod \"{pod}\" would be {length} characters, but pod hostnames are limited to {MAX_POD_NAME}; rename the TrainJob to at most {fits} characters"
+    )]
+    NameTooLong {
+        job: String,
+        runtime: String,
+        pod: String,
+        length: usize,
+        fits: usize,
+    },
+}
+
+impl ValidateError {
+    /// Stable label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ValidateError::TooManyPods { .. } => "too_many_pods",
+            ValidateError::NameTooLong { .. } => "name_too_long",
+        }
+    }
+
+    /// The `Failed` condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidateError::TooManyPods { .. } => reasons::TOO_MANY_PODS,
+            ValidateError::NameTooLong { .. } => reasons::NAME_TOO_LONG,
+        }
+    }
+}
+
+/// Checks `plan` of `job` (on `runtime`, as named in messages) against `limits`.
+pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> Result<(), ValidateError> {
+    let pods = plan.total_pods();
+    if pods > i64::from(limits.max_pods_per_job) {
+        return Err(ValidateError::TooManyPods {
+            pods,
+            num_nodes: plan.num_nodes,
+            max: limits.max_pods_per_job,
+        });
+    }
+    let job_name = job.metadata.name.as_deref().unwrap_or_default();
+    // The last index has the most digits, so the last pod of each replicated job is its longest.
+    let longest = plan
+        .jobs
+        .iter()
+        .filter(|j| j.pods() > 0)
+        .map(|j| names::pod(job_name, &j.name, j.replicas - 1, j.parallelism - 1))
+        .max_by_key(String::len);
+    match longest {
+        Some(pod) if pod.len() > MAX_POD_NAME => Err(ValidateError::NameTooLong {
+            job: job_name.into(),
+            runtime: runtime.into(),
+            length: pod.len(),
+            fits: MAX_POD_NAME.saturating_sub(pod.len() - job_name.len()),
+            pod,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{job, plan};
+
+    fn named(name: &str, spec: serde_json::Value) -> TrainJob {
+        let mut j = job(spec);
+        j.metadata.name = Some(name.into());
+        j
+    }
+
+    #[test]
+    fn a_name_whose_launcher_pod_exceeds_63_characters_is_refused_with_the_limit() {
+        let name = "a".repeat(55);
+        let j = named(&name, json!({"trainer": {"numNodes": 2}}));
+        let err = validate(
+            &j,
+            "ClusterTrainingRuntime/mpi-openmpi",
+            &plan(&j, "mpi-openmpi"),
+            &Limits::default(),
+        )
+        .expect_err("too long");
+        assert_eq!(err.reason(), "NameTooLong");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "metadata.name \"{name}\" is too long for runtime ClusterTrainingRuntime/mpi-openmpi: its pod \"{name}-launcher-0-0\" would be 68 characters, but pod hostnames are limited to 63; rename the TrainJob to at most 50 characters"
+            )
+        );
+        let fits = named(&"a".repeat(50), json!({"trainer": {"numNodes": 2}}));
+        assert_eq!(
+            validate(&fits, "rt", &plan(&fits, "mpi-openmpi"), &Limits::default()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_longest_pod_name_decides_the_limit() {
+        // `-node-0-100000` (14 characters) outgrows `-launcher-0-0` (13).
+        let limits = Limits {
+            max_pods_per_job: 200_000,
+        };
+        let j = named(&"b".repeat(50), json!({"trainer": {"numNodes": 100_001}}));
+        let err = validate(&j, "rt", &plan(&j, "mpi-openmpi"), &limits).expect_err("too long");
+        assert!(
+            err.to_string()
+                .contains("-node-0-100000\" would be 64 characters"),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("at most 49 characters"), "{err}");
+    }
+
+    #[test]
+    fn too_many_pods_is_refused_before_anything_is_built_and_without_overflow() {
+        let j = job(json!({"trainer": {"numNodes": 2_000_000_000}}));
+        let p = plan(&j, "mpi-openmpi");
+        assert_eq!(p.total_pods(), 2_000_000_001);
+        let err = validate(&j, "rt", &p, &Limits::default()).expect_err("too big");
+        assert_eq!(err.reason(), "TooManyPods");
+        assert!(
+            err.to_string().starts_with(
+                "the job needs 2000000001 pods (spec.trainer.numNodes 2000000000 plus the launcher and other steps), but this operator allows at most 4096 per job"
+            ),
+            "{err}"
+        );
+        let mut huge = p.clone();
+        huge.jobs[0].replicas = i32::MAX;
+        huge.jobs[0].parallelism = i32::MAX;
+        huge.jobs[1].replicas = i32::MAX;
+        assert!(huge.total_pods() > i64::from(i32::MAX), "widened, not wrapped");
+        let limits = Limits {
+            max_pods_per_job: 4096,
+        };
+        let small = job(json!({"trainer": {"numNodes": 4095}}));
+        assert_eq!(
+            validate(&small, "rt", &plan(&small, "mpi-openmpi"), &limits),
+            Ok(())
+        );
+        let over = job(json!({"trainer": {"numNodes": 4096}}));
+        assert!(validate(&over, "rt", &plan(&over, "mpi-openmpi"), &limits).is_err());
+    }
+}
