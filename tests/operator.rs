@@ -6,46 +6,18 @@ mod support;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::jobs::{
+    annotate, create_job, pod_meta, pods_of, runtime, setup, ungate, wait_condition, wait_event, wait_pods,
+};
 use support::{DEADLINE, Identity, TestNs, client, eventually, operator};
 use trainjob_operator::api::{TrainJob, TrainingRuntime};
 
 const HOLD: &str = "kwok.trainjob.test/hold";
 const EXIT: &str = "kwok.trainjob.test/exit-code";
 const GATE: &str = "trainjob.test/hold";
-
-/// A namespaced copy of a shipped runtime (`config/runtimes/<shipped>.yaml`), changed by `tweak`.
-async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: impl FnOnce(&mut Value)) {
-    let path = trainjob_operator::testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
-    let mut rt: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime file")).expect("yaml");
-    rt["kind"] = json!("TrainingRuntime");
-    rt["metadata"] = json!({"name": name, "namespace": ns});
-    tweak(&mut rt["spec"]);
-    let rt: TrainingRuntime = serde_json::from_value(rt).expect("runtime");
-    Api::<TrainingRuntime>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &rt)
-        .await
-        .expect("create runtime");
-}
-
-/// Pod template metadata of replicated job `rjob` in a runtime spec.
-fn pod_meta<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
-    let jobs = spec["template"]["spec"]["replicatedJobs"]
-        .as_array_mut()
-        .expect("replicatedJobs");
-    let job = jobs
-        .iter_mut()
-        .find(|j| j["name"] == rjob)
-        .expect("replicated job");
-    let template = &mut job["template"]["spec"]["template"];
-    if template.get("metadata").is_none() {
-        template["metadata"] = json!({"annotations": {}});
-    }
-    &mut template["metadata"]
-}
 
 /// Launcher stays Running until released; workers stay unscheduled until ungated.
 fn held(spec: &mut Value) {
@@ -55,96 +27,6 @@ fn held(spec: &mut Value) {
         .expect("replicatedJobs");
     let node = jobs.iter_mut().find(|j| j["name"] == "node").expect("node");
     node["template"]["spec"]["template"]["spec"]["schedulingGates"] = json!([{"name": GATE}]);
-}
-
-async fn create_job(c: &Client, ns: &str, name: &str, runtime: &str, spec: Value) -> Api<TrainJob> {
-    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
-    let mut spec = spec;
-    spec["runtimeRef"] = json!({"kind": "TrainingRuntime", "name": runtime});
-    let job: TrainJob = serde_json::from_value(json!({
-        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec,
-    }))
-    .expect("job");
-    jobs.create(&PostParams::default(), &job)
-        .await
-        .expect("create job");
-    jobs
-}
-
-async fn pods_of(c: &Client, ns: &str, job: &str) -> Vec<Pod> {
-    let lp = ListParams::default().labels(&format!("trainer.kubeflow.org/trainjob-name={job}"));
-    let mut pods = Api::<Pod>::namespaced(c.clone(), ns)
-        .list(&lp)
-        .await
-        .expect("list pods")
-        .items;
-    pods.sort_by_key(|p| p.name_any());
-    pods
-}
-
-fn names(pods: &[Pod]) -> Vec<String> {
-    pods.iter().map(|p| p.name_any()).collect()
-}
-
-/// Waits until the job's pods (not being deleted) have exactly `want` names.
-async fn wait_pods(c: &Client, ns: &str, job: &str, want: &[&str]) -> Vec<Pod> {
-    eventually(&format!("pods {want:?}"), DEADLINE, || async {
-        let pods: Vec<Pod> = pods_of(c, ns, job)
-            .await
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect();
-        if names(&pods) == want {
-            Ok(pods)
-        } else {
-            Err(format!("{:?}", names(&pods)))
-        }
-    })
-    .await
-}
-
-/// Waits for condition `type_` to be True and returns it.
-async fn wait_condition(
-    jobs: &Api<TrainJob>,
-    name: &str,
-    type_: &str,
-) -> (
-    TrainJob,
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
-) {
-    eventually(&format!("condition {type_} on {name}"), DEADLINE, || async {
-        let job = jobs.get(name).await.map_err(|e| e.to_string())?;
-        let cond = job.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == "True")
-                .cloned()
-        });
-        match cond {
-            Some(c) => Ok((job, c)),
-            None => Err(format!("{:?}", job.status)),
-        }
-    })
-    .await
-}
-
-async fn ungate(c: &Client, ns: &str, pods: &[Pod]) {
-    let api: Api<Pod> = Api::namespaced(c.clone(), ns);
-    for pod in pods {
-        let patch = json!({"spec": {"schedulingGates": null}});
-        api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("ungate");
-    }
-}
-
-async fn annotate(c: &Client, ns: &str, pod: &str, key: &str, value: Option<&str>) {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
 }
 
 fn env_of(pod: &Pod) -> BTreeMap<String, String> {
@@ -158,22 +40,6 @@ fn env_of(pod: &Pod) -> BTreeMap<String, String> {
         .flatten()
         .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
         .collect()
-}
-
-async fn events_for(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), ns);
-    let list = events.list(&Default::default()).await.expect("events");
-    list.items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
-}
-
-/// A fresh namespace and an admin client, with the shared operator running.
-async fn setup(prefix: &str) -> (TestNs, Client) {
-    operator();
-    (TestNs::new(prefix).await, client(Identity::Admin).await)
 }
 
 /// The hostfile the operator wrote for `job`.
@@ -204,26 +70,6 @@ async fn running(
     let jobs = create_job(&c, &ns.name, "pi", "held", spec).await;
     wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
     (ns, c, jobs)
-}
-
-/// Waits until an Event on `job` matches `wanted` (Events are recorded after the status they
-/// describe is written) and returns every Event of the job.
-async fn wait_event(
-    c: &Client,
-    ns: &str,
-    job: &str,
-    what: &str,
-    wanted: impl Fn(&str, &str) -> bool,
-) -> Vec<(String, String)> {
-    eventually(&format!("Event {what} on {job}"), DEADLINE, || async {
-        let events = events_for(c, ns, job).await;
-        if events.iter().any(|(r, n)| wanted(r, n)) {
-            Ok(events)
-        } else {
-            Err(format!("{events:?}"))
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! test, and polling with a deadline instead of sleeps.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod jobs;
+
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,0 +1,167 @@
+//! TrainJob helpers shared by the operator test binaries: runtimes, jobs, pods, conditions and
+//! Events, each waited for with a deadline.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use trainjob_operator::api::{TrainJob, TrainingRuntime};
+
+use super::{DEADLINE, Identity, TestNs, client, eventually, operator};
+
+/// A namespaced copy of a shipped runtime (`config/runtimes/<shipped>.yaml`), changed by `tweak`.
+pub async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: impl FnOnce(&mut Value)) {
+    let path = trainjob_operator::testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
+    let mut rt: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime file")).expect("yaml");
+    rt["kind"] = json!("TrainingRuntime");
+    rt["metadata"] = json!({"name": name, "namespace": ns});
+    tweak(&mut rt["spec"]);
+    let rt: TrainingRuntime = serde_json::from_value(rt).expect("runtime");
+    Api::<TrainingRuntime>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &rt)
+        .await
+        .expect("create runtime");
+}
+
+/// Pod template metadata of replicated job `rjob` in a runtime spec.
+pub fn pod_meta<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+    let jobs = spec["template"]["spec"]["replicatedJobs"]
+        .as_array_mut()
+        .expect("replicatedJobs");
+    let job = jobs
+        .iter_mut()
+        .find(|j| j["name"] == rjob)
+        .expect("replicated job");
+    let template = &mut job["template"]["spec"]["template"];
+    if template.get("metadata").is_none() {
+        template["metadata"] = json!({"annotations": {}});
+    }
+    &mut template["metadata"]
+}
+
+pub async fn create_job(c: &Client, ns: &str, name: &str, runtime: &str, spec: Value) -> Api<TrainJob> {
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    let mut spec = spec;
+    spec["runtimeRef"] = json!({"kind": "TrainingRuntime", "name": runtime});
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    jobs
+}
+
+pub async fn pods_of(c: &Client, ns: &str, job: &str) -> Vec<Pod> {
+    let lp = ListParams::default().labels(&format!("trainer.kubeflow.org/trainjob-name={job}"));
+    let mut pods = Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list pods")
+        .items;
+    pods.sort_by_key(|p| p.name_any());
+    pods
+}
+
+pub fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter().map(|p| p.name_any()).collect()
+}
+
+/// Waits until the job's pods (not being deleted) have exactly `want` names.
+pub async fn wait_pods(c: &Client, ns: &str, job: &str, want: &[&str]) -> Vec<Pod> {
+    eventually(&format!("pods {want:?}"), DEADLINE, || async {
+        let pods: Vec<Pod> = pods_of(c, ns, job)
+            .await
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if names(&pods) == want {
+            Ok(pods)
+        } else {
+            Err(format!("{:?}", names(&pods)))
+        }
+    })
+    .await
+}
+
+/// Waits for condition `type_` to be True and returns it.
+pub async fn wait_condition(
+    jobs: &Api<TrainJob>,
+    name: &str,
+    type_: &str,
+) -> (
+    TrainJob,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    eventually(&format!("condition {type_} on {name}"), DEADLINE, || async {
+        let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+        let cond = job.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+                .cloned()
+        });
+        match cond {
+            Some(c) => Ok((job, c)),
+            None => Err(format!("{:?}", job.status)),
+        }
+    })
+    .await
+}
+
+pub async fn ungate(c: &Client, ns: &str, pods: &[Pod]) {
+    let api: Api<Pod> = Api::namespaced(c.clone(), ns);
+    for pod in pods {
+        let patch = json!({"spec": {"schedulingGates": null}});
+        api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("ungate");
+    }
+}
+
+pub async fn annotate(c: &Client, ns: &str, pod: &str, key: &str, value: Option<&str>) {
+    let patch = json!({"metadata": {"annotations": {key: value}}});
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate");
+}
+
+pub async fn events_for(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), ns);
+    let list = events.list(&Default::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// A fresh namespace and an admin client, with the shared operator running.
+pub async fn setup(prefix: &str) -> (TestNs, Client) {
+    operator();
+    (TestNs::new(prefix).await, client(Identity::Admin).await)
+}
+
+/// Waits until an Event on `job` matches `wanted` (Events are recorded after the status they
+/// describe is written) and returns every Event of the job.
+pub async fn wait_event(
+    c: &Client,
+    ns: &str,
+    job: &str,
+    what: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> Vec<(String, String)> {
+    eventually(&format!("Event {what} on {job}"), DEADLINE, || async {
+        let events = events_for(c, ns, job).await;
+        if events.iter().any(|(r, n)| wanted(r, n)) {
+            Ok(events)
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await
+}
