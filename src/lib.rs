@@ -17,5 +17,3 @@ pub mod resolve;
 pub mod server;
 pub mod ssh;
 pub mod status;
-#[cfg(feature = "testbed")]
-pub mod testbed;
