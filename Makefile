@@ -9,37 +9,37 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
 build: ## Build the release binary (target/release/trainjob-operator)
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked -p trainjob-operator
 
 bed: ## Build the pinned control-plane binaries into the cache (first time: ~10 min)
 	hack/controlplane.sh >/dev/null
 
 crds: ## Regenerate crds/ from the Rust API types
-	$(CARGO) run --quiet --locked -- crd --out-dir crds
+	$(CARGO) run --quiet --locked -p trainjob-operator -- crd --out-dir crds
 
 fmt: ## Format the code
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 lint: ## Check formatting and clippy (warnings are errors)
-	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets --all-features -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test: bed ## Unit tests and integration tests against the local control plane
 	hack/test-deps.sh
-	$(CARGO) test --locked --all-features
+	$(CARGO) test --locked --workspace
 
 bench: bed ## Benchmarks: the pure core, and jobs through the operator on the local control plane
-	$(CARGO) bench --locked --features testbed --bench operator
+	$(CARGO) bench --locked --bench operator
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity.
 run: ## Run the operator (against the local test control plane when KUBECONFIG is unset)
 ifeq ($(strip $(KUBECONFIG)),)
 	@$(MAKE) --no-print-directory bed
-	$(CARGO) build --locked --features testbed --bins
+	$(CARGO) build --locked --workspace --bins
 	@hack/run-local.sh $(BED_DIR)
 else
-	$(CARGO) run --locked -- run
+	$(CARGO) run --locked -p trainjob-operator -- run
 endif
 
 clean: ## Remove build output and the local bed directory

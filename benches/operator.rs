@@ -37,7 +37,7 @@ fn job(name: &str, nodes: i32) -> TrainJob {
 }
 
 fn micro() {
-    let path = trainjob_operator::testbed::repo_root().join("config/runtimes/mpi-openmpi.yaml");
+    let path = trainjob_testbed::repo_root().join("config/runtimes/mpi-openmpi.yaml");
     let rt: ClusterTrainingRuntime =
         serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime")).expect("yaml");
     let runtime = rt.spec.0;

@@ -23,6 +23,4 @@ pub mod reasons;
 pub mod resolve;
 pub mod server;
 pub mod ssh;
-#[cfg(feature = "testbed")]
-pub mod testbed;
 pub mod validate;

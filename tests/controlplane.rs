@@ -413,7 +413,7 @@ async fn operator_identity_has_only_what_config_rbac_grants() {
 
 #[tokio::test]
 async fn shipped_manifests_render_and_apply_to_a_real_server() {
-    let root = trainjob_operator::testbed::repo_root();
+    let root = trainjob_testbed::repo_root();
     for base in [
         "config/default",
         "config/crd",
@@ -487,7 +487,7 @@ async fn native_gang_scheduling_api_is_served() {
 
 #[tokio::test]
 async fn fake_node_capacity_is_configurable_and_enforced_by_the_scheduler() {
-    use trainjob_operator::testbed::FakeNode;
+    use trainjob_testbed::FakeNode;
     let ns = TestNs::new("capacity").await;
     let mut node = FakeNode::new("kwok-node-small-gpu", 4, 2);
     node.labels.insert("pool".into(), "small-gpu".into());

@@ -28,7 +28,7 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
     let c = client(Identity::Admin).await;
 
     // Workers gated (never Ready until released), launcher held Running until released.
-    let path = trainjob_operator::testbed::repo_root().join("config/runtimes/mpi-openmpi.yaml");
+    let path = trainjob_testbed::repo_root().join("config/runtimes/mpi-openmpi.yaml");
     let mut rt: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(path).expect("file")).expect("yaml");
     rt["kind"] = json!("TrainingRuntime");

@@ -11,7 +11,7 @@ use super::{DEADLINE, Identity, TestNs, client, eventually, operator};
 
 /// A namespaced copy of a shipped runtime (`config/runtimes/<shipped>.yaml`), changed by `tweak`.
 pub async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: impl FnOnce(&mut Value)) {
-    let path = trainjob_operator::testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
+    let path = trainjob_testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
     let mut rt: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime file")).expect("yaml");
     rt["kind"] = json!("TrainingRuntime");

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use trainjob_operator::testbed::Identity;
-use trainjob_operator::testbed::{Bed, BedConfig};
+pub use trainjob_testbed::Identity;
+use trainjob_testbed::{Bed, BedConfig};
 
 static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
 
@@ -41,27 +41,13 @@ pub fn bed() -> &'static Bed {
             .recv()
             .unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
         if let Ok(bed) = &bed {
-            register_cleanup(bed.dir().to_path_buf());
+            trainjob_testbed::remove_dir_at_exit(bed.dir().to_path_buf());
         }
         bed
     });
     match result {
         Ok(bed) => bed,
         Err(e) => panic!("the test control plane did not start: {e}"),
-    }
-}
-
-/// Removes the bed's temp dir at process exit (statics are never dropped).
-fn register_cleanup(dir: std::path::PathBuf) {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-    extern "C" fn cleanup() {
-        if let Some(dir) = DIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    if DIR.set(dir).is_ok() {
-        // SAFETY: registers a plain `extern "C"` function with no captured state.
-        unsafe { libc::atexit(cleanup) };
     }
 }
 

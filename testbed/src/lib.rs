@@ -10,6 +10,7 @@ mod process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
@@ -184,9 +185,35 @@ pub struct Bed {
     _temp: Option<tempfile::TempDir>,
 }
 
-/// The repository root (where `Cargo.toml` is), for `config/`, `crds/` and `hack/`.
+/// The API group of the operator's CRDs. Kept here rather than imported from `trainjob-operator`
+/// so that the test bed does not depend on the crate it tests; must match `trainjob_operator::api::GROUP`.
+const CRD_GROUP: &str = "trainer.kubeflow.org";
+
+/// The repository root (where the workspace's `Cargo.toml` is), for `config/`, `crds/` and `hack/`.
+/// This crate lives in `testbed/`, one level below it.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the testbed crate lives in a directory of the repository")
+        .to_path_buf()
+}
+
+/// Removes `dir` (recursively) when the process exits, for a bed kept in a `static`: statics are
+/// never dropped, so its temporary directory would otherwise be left behind.
+pub fn remove_dir_at_exit(dir: PathBuf) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: Once = Once::new();
+    extern "C" fn cleanup() {
+        let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function with no captured state.
+        unsafe { libc::atexit(cleanup) };
+    });
 }
 
 /// Where `hack/controlplane.sh` puts the binaries for the pinned versions.
@@ -337,7 +364,7 @@ impl Bed {
                     return false;
                 };
                 let established = list.items.iter().filter(|crd| {
-                    crd.spec.group == crate::api::GROUP
+                    crd.spec.group == CRD_GROUP
                         && crd
                             .status
                             .as_ref()
@@ -706,4 +733,22 @@ fn rand_u32() -> u32 {
 fn base64(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_root_is_the_workspace_root() {
+        let root = repo_root();
+        for needed in [
+            "Cargo.toml",
+            "crds/kustomization.yaml",
+            "config/rbac",
+            "hack/controlplane.sh",
+        ] {
+            assert!(root.join(needed).exists(), "{} has no {needed}", root.display());
+        }
+    }
 }

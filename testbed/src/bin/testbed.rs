@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use trainjob_operator::testbed::{Bed, BedConfig, FakeNode, Identity};
+use trainjob_testbed::{Bed, BedConfig, FakeNode, Identity};
 
 #[derive(Parser)]
 #[command(about = "Run the local test control plane until interrupted")]
