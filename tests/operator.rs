@@ -265,6 +265,7 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
         ),
         (1, 0, 0)
     );
+    assert_eq!(launcher_status.ready, 0, "a finished launcher is not ready");
     wait_pods(&c, &ns.name, "pi", &["pi-launcher-0-0"]).await;
     let events = wait_event(&c, &ns.name, "pi", "Completed", |r, _| r == "Completed").await;
     for reason in ["RuntimeFrozen", "PodsCreated", "LauncherCreated", "Completed"] {

@@ -13,7 +13,9 @@ mod observe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -103,13 +105,34 @@ pub struct Context {
     services: Store<Service>,
     recorder: Recorder,
     backoff: Backoff,
+    in_flight: AtomicUsize,
 }
+
+/// Counts a reconcile as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a shutdown waits for in-flight reconciles; below the pod's default 30 s grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Watches jobs changes only repair drift this often.
 const DRIFT_CHECK: Duration = Duration::from_secs(300);
 
 /// Reconciles one TrainJob.
 pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _in_flight = InFlight::new(&ctx.in_flight);
     let started = Instant::now();
     let result = if job.metadata.deletion_timestamp.is_some() {
         // Owner references remove the children; only the phase gauge needs forgetting.
@@ -192,7 +215,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let managed =
         watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
@@ -228,7 +251,9 @@ pub async fn run(
         configmaps,
         services,
         backoff: Backoff::default(),
+        in_flight: AtomicUsize::new(0),
     });
+    let shutdown = shutdown.shared();
 
     let controller = Controller::new(
         Api::<TrainJob>::all(client.clone()),
@@ -236,7 +261,7 @@ pub async fn run(
     );
     let jobs = controller.store();
     let by_namespaced = jobs.clone();
-    controller
+    let reconciles = controller
         .owns_stream(pod_events)
         .owns_stream(configmap_events)
         .owns_stream(service_events)
@@ -251,14 +276,27 @@ pub async fn run(
             move |rt| referencing(&jobs, "ClusterTrainingRuntime", None, &rt.name_any()),
         )
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    // kube's graceful shutdown can wait forever when it comes before the job cache's first
+    // list completes; reconciles are safe to cut short (the next leader redoes them), so stop
+    // once none is in flight, or after the grace period.
+    let drained = async {
+        shutdown.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while ctx.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = reconciles => {}
+        _ = drained => {}
+    }
 }
 
 /// Unfinished jobs that reference a runtime. Only jobs that have not frozen their runtime yet

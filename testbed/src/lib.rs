@@ -20,8 +20,8 @@ use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Client, Config};
 
-pub use process::Component;
 use process::Process;
+pub use process::{Component, die_with_parent};
 
 /// What went wrong while starting or using the bed.
 #[derive(Debug, thiserror::Error)]

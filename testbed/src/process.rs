@@ -54,6 +54,20 @@ pub(super) struct Process {
     log: PathBuf,
 }
 
+/// Makes the kernel kill the child when the thread that spawns it exits, so nothing a test
+/// starts outlives a test binary that panics, is killed, or never drops what it started.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Process {
     pub(super) fn spawn(
         component: Component,
@@ -69,17 +83,7 @@ impl Process {
         let err = out.try_clone().map_err(|e| io("opening the log file", e))?;
         let mut command = Command::new(binary);
         command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
-        // kernel kill the child when the thread that spawned it exits, so no component outlives
-        // a test binary that panics, is killed, or never drops its bed.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| io(&format!("starting {}", binary.display()), e))?;

@@ -1,0 +1,320 @@
+//! Errors that cannot heal become a `Failed` condition after one reconcile, with the field and
+//! the fix, and are not retried; errors that can heal are retried until they do; one oversized
+//! job never holds up anyone else's. Each test owns one error label of
+//! `trainjob_reconcile_errors_total`, so the tests of this binary can run in parallel.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::jobs::{create_job, pods_of, runtime, setup, wait_condition, wait_event};
+use support::{DEADLINE, eventually, operator};
+use trainjob_operator::api::TrainJob;
+
+/// Labels of the errors that may heal by themselves; a healthy bed never produces them.
+const TRANSIENT: [&str; 3] = ["read_kube", "write_kube", "ssh_keygen"];
+
+/// `trainjob_reconcile_errors_total{error=label}` of the shared operator.
+fn errors(label: &str) -> u64 {
+    let text = operator().metrics.encode();
+    let prefix = format!("trainjob_reconcile_errors_total{{error=\"{label}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Watches the error counter for 10 s: `label` must stay at `count` (no retries of a permanent
+/// error) and no transient error may appear.
+async fn not_retried(label: &str, count: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            errors(label),
+            count,
+            "{label} must be counted once per job, then never retried"
+        );
+        for transient in TRANSIENT {
+            assert_eq!(errors(transient), 0, "unexpected transient error {transient}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for `Failed` on `name` and returns its reason and message.
+async fn failed(jobs: &Api<TrainJob>, name: &str) -> (String, String) {
+    let (_, cond) = wait_condition(jobs, name, "Failed").await;
+    (cond.reason, cond.message)
+}
+
+async fn exists<K>(c: &Client, ns: &str, name: &str) -> bool
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(c.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get")
+        .is_some()
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_its_pods_fails_at_once_naming_the_limit() {
+    let (ns, c) = setup("longname").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    // Valid for the CRD (at most 63), but `<name>-launcher-0-0` is 68 characters.
+    let name = "a".repeat(55);
+    let jobs = create_job(&c, &ns.name, &name, "rt", json!({"trainer": {"numNodes": 2}})).await;
+    let (reason, message) = failed(&jobs, &name).await;
+    assert_eq!(reason, "NameTooLong");
+    assert_eq!(
+        message,
+        format!(
+            "metadata.name \"{name}\" is too long for runtime TrainingRuntime/rt: its pod \"{name}-launcher-0-0\" would be 68 characters, but pod hostnames are limited to 63; rename the TrainJob to at most 50 characters"
+        )
+    );
+    wait_event(&c, &ns.name, &name, "NameTooLong", |r, _| r == "NameTooLong").await;
+    assert_eq!(errors("name_too_long"), 1);
+    not_retried("name_too_long", 1).await;
+    assert!(
+        pods_of(&c, &ns.name, &name).await.is_empty(),
+        "nothing half-created"
+    );
+    assert!(!exists::<Secret>(&c, &ns.name, &format!("{name}-mpi-ssh-auth")).await);
+}
+
+#[tokio::test]
+async fn a_huge_job_fails_alone_while_a_job_in_another_namespace_completes() {
+    let (huge_ns, c) = setup("huge").await;
+    let (other_ns, _) = setup("bystander").await;
+    runtime(&c, &huge_ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    runtime(&c, &other_ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    let huge = create_job(
+        &c,
+        &huge_ns.name,
+        "huge",
+        "rt",
+        json!({"trainer": {"numNodes": 2_000_000_000}}),
+    )
+    .await;
+    let normal = create_job(
+        &c,
+        &other_ns.name,
+        "normal",
+        "rt",
+        json!({"trainer": {"numNodes": 2}}),
+    )
+    .await;
+
+    let (reason, message) = failed(&huge, "huge").await;
+    assert_eq!(reason, "TooManyPods");
+    assert!(
+        message.starts_with(
+            "the job needs 2000000001 pods (spec.trainer.numNodes 2000000000 plus the launcher and other steps), but this operator allows at most 4096 per job: lower spec.trainer.numNodes"
+        ),
+        "{message}"
+    );
+    wait_condition(&normal, "normal", "Complete").await;
+    // A job created after the huge one is reconciled too.
+    let later = create_job(
+        &c,
+        &other_ns.name,
+        "later",
+        "rt",
+        json!({"trainer": {"numNodes": 1}}),
+    )
+    .await;
+    wait_condition(&later, "later", "Complete").await;
+    not_retried("too_many_pods", 1).await;
+    assert!(pods_of(&c, &huge_ns.name, "huge").await.is_empty());
+}
+
+#[tokio::test]
+async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
+    let (ns, c) = setup("foreign").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(BTreeMap::from([(
+            "owner".to_string(),
+            "someone-else".to_string(),
+        )])),
+        ..Default::default()
+    };
+    // A Secret with the name the job's SSH Secret would get.
+    let secret = Api::<Secret>::namespaced(c.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: meta("pi-mpi-ssh-auth"),
+                string_data: Some(BTreeMap::from([(
+                    "ssh-privatekey".to_string(),
+                    "theirs".to_string(),
+                )])),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("foreign Secret");
+    // A ConfigMap with the name of another job's runtime snapshot.
+    Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: meta("snap-runtime-snapshot"),
+                data: Some(BTreeMap::from([("runtime".to_string(), "{}".to_string())])),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("foreign ConfigMap");
+
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({})).await;
+    let (reason, message) = failed(&jobs, "pi").await;
+    assert_eq!(reason, "ObjectConflict");
+    assert_eq!(
+        message,
+        "Secret pi-mpi-ssh-auth already exists and belongs to no TrainJob (it has no owner), not to this TrainJob: delete that Secret and re-create the TrainJob, or give the TrainJob another name"
+    );
+    create_job(&c, &ns.name, "snap", "rt", json!({})).await;
+    let (reason, message) = failed(&jobs, "snap").await;
+    assert_eq!(reason, "ObjectConflict");
+    assert!(
+        message.starts_with("ConfigMap snap-runtime-snapshot already exists"),
+        "{message}"
+    );
+
+    not_retried("object_conflict", 2).await;
+    let after = Api::<Secret>::namespaced(c.clone(), &ns.name)
+        .get("pi-mpi-ssh-auth")
+        .await
+        .expect("Secret");
+    assert_eq!(
+        (after.uid(), after.data),
+        (secret.uid(), secret.data),
+        "left as it was"
+    );
+    assert!(after.metadata.owner_references.is_none());
+    for job in ["pi", "snap"] {
+        assert!(pods_of(&c, &ns.name, job).await.is_empty());
+        assert!(!exists::<Service>(&c, &ns.name, job).await);
+    }
+}
+
+#[tokio::test]
+async fn a_pod_the_api_server_rejects_fails_the_job_with_its_reason() {
+    let (ns, c) = setup("rejected").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    // The CRD cannot know that requests may not exceed limits; the pod validation does.
+    let spec = json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
+        "requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}});
+    let jobs = create_job(&c, &ns.name, "pi", "rt", spec).await;
+    let (reason, message) = failed(&jobs, "pi").await;
+    assert_eq!(reason, "ObjectRejected");
+    assert!(
+        message.starts_with("the API server rejected pod pi-node-0-0: Pod \"pi-node-0-0\" is invalid:"),
+        "{message}"
+    );
+    assert!(
+        message.contains("must be less than or equal to cpu limit"),
+        "{message}"
+    );
+    not_retried("object_rejected", 1).await;
+    assert!(pods_of(&c, &ns.name, "pi").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_leftover_of_an_earlier_job_is_waited_for_not_fatal() {
+    let (ns, c) = setup("leftover").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    // What a deleted TrainJob `pi` leaves behind until the garbage collector runs: its Secret,
+    // owned by a TrainJob of the same name that no longer exists.
+    let leftover = Api::<Secret>::namespaced(c.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("pi-mpi-ssh-auth".into()),
+                    // Holds the Secret until the test lets the garbage collector have it.
+                    finalizers: Some(vec!["trainjob.test/hold".into()]),
+                    owner_references: Some(vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            api_version: "trainer.kubeflow.org/v1alpha1".into(),
+                            kind: "TrainJob".into(),
+                            name: "pi".into(),
+                            uid: "00000000-0000-0000-0000-000000000000".into(),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("leftover Secret");
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 1}})).await;
+    eventually("the leftover to be retried", DEADLINE, || async {
+        match errors("leftover_object") {
+            0 => Err("no retry yet".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let job = jobs.get("pi").await.expect("job");
+    assert!(
+        job.status.is_none_or(|s| s.conditions.is_empty()),
+        "waiting is not failing"
+    );
+    assert!(
+        pods_of(&c, &ns.name, "pi").await.is_empty(),
+        "no pods before the Secret is ours"
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    Api::<Secret>::namespaced(c.clone(), &ns.name)
+        .patch(
+            "pi-mpi-ssh-auth",
+            &PatchParams::default(),
+            &Patch::Merge(&release),
+        )
+        .await
+        .expect("release the leftover");
+    wait_condition(&jobs, "pi", "Complete").await;
+    let secret = Api::<Secret>::namespaced(c.clone(), &ns.name)
+        .get("pi-mpi-ssh-auth")
+        .await
+        .expect("the job's own Secret");
+    assert_ne!(
+        secret.uid(),
+        leftover.uid(),
+        "the leftover was collected and replaced"
+    );
+    let job = jobs.get("pi").await.expect("job");
+    assert!(
+        !job.status
+            .expect("status")
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Failed"),
+        "a leftover is transient"
+    );
+    eventually(
+        "no transient read/write errors",
+        Duration::from_secs(1),
+        || async {
+            match TRANSIENT.iter().map(|l| errors(l)).sum::<u64>() {
+                0 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        },
+    )
+    .await;
+}
