@@ -1,0 +1,167 @@
+//! Failures: restart the whole gang within `maxRestarts`, else fail naming the pod, the
+//! container, the exit code and what to do; lost pods and deadlines break the world too.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+#[test]
+fn launcher_failure_fails_the_job_with_exit_code_and_hint() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    terminate(&mut pods, "pi-launcher-0-0", 3, "Error");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "FailedJobs");
+    assert_eq!(
+        failed.message,
+        "pod pi-launcher-0-0 failed: container node exited with code 3 (Error); see `kubectl logs pi-launcher-0-0 -c node`"
+    );
+    assert_eq!(d.delete.len(), 4, "the running workers go");
+    assert_eq!(d.status.jobs_status[1].failed, 1);
+    assert!(
+        notes(&j, &p, &d)
+            .iter()
+            .any(|n| n.severity == Severity::Warning && n.reason == "FailedJobs")
+    );
+}
+
+#[test]
+fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.max_restarts = 1;
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods = created(&j, &p, &d);
+    let j = with_status(j, &d);
+    terminate(&mut pods, "pi-node-0-1", 137, "OOMKilled");
+
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(d.status.restarts, Some(1));
+    assert_eq!(d.delete, ["pi-node-0-0", "pi-node-0-1"]);
+    assert!(
+        d.create.is_empty(),
+        "same names: wait until the old pods are gone"
+    );
+    assert_eq!(notes(&j, &p, &d)[0].reason, "Restarting");
+    assert!(
+        notes(&j, &p, &d)[0].message.contains("restart 1 of 1"),
+        "{}",
+        notes(&j, &p, &d)[0].message
+    );
+    assert!(condition(&d, condition::FAILED).is_none());
+
+    // Old pods still terminating: counted neither as failures nor as active.
+    let j = with_status(j, &d);
+    for pod in &mut pods {
+        pod.metadata.deletion_timestamp = Some(at(T0));
+    }
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(d.create.is_empty() && condition(&d, condition::FAILED).is_none());
+    assert_eq!(d.status.jobs_status[0].active, 0);
+
+    // Gone: recreated with the same names under attempt 1.
+    let d = decide(&j, &p, &[], &at(T0));
+    assert_eq!(names(&d), ["0/0-0", "0/0-1"]);
+    let fresh = created(&j, &p, &d);
+    assert_eq!(
+        fresh[0]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("trainer.kubeflow.org/restart-attempt"))
+            .map(String::as_str),
+        Some("1")
+    );
+
+    // A second failure exceeds maxRestarts 1.
+    let mut pods = fresh;
+    terminate(&mut pods, "pi-node-0-0", 1, "Error");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "ReachedMaxRestarts");
+    assert!(
+        failed
+            .message
+            .starts_with("pod pi-node-0-0 failed: container node exited with code 1"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("all 1 allowed restarts are used"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
+fn failure_messages_name_oom_and_eviction() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    terminate(&mut pods, "pi-node-0-2", 137, "OOMKilled");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-2 failed: container node exited with code 137 (OOMKilled)"),
+        "{msg}"
+    );
+    assert!(msg.contains("raise the memory limit"), "{msg}");
+
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    let victim = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-node-0-1"))
+        .expect("pod");
+    victim.status = Some(serde_json::from_value(json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."})).expect("status"));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
+    assert_eq!(
+        msg,
+        "pod pi-node-0-1 was evicted: The node was low on resource: memory."
+    );
+}
+
+#[test]
+fn a_worker_deleted_by_someone_else_breaks_the_world() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    pods[0].metadata.deletion_timestamp = Some(at(T0));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-0 was deleted while the job ran"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn active_deadline_fails_the_job_and_requeues_before_it() {
+    let j = job(json!({"activeDeadlineSeconds": 60}));
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at("2026-11-25T10:00:20Z"));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(40)));
+    let (j, p, pods) = started(json!({"activeDeadlineSeconds": 60}));
+    let d = decide(&j, &p, &pods, &at("2026-11-25T10:01:01Z"));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert_eq!(failed.reason, "DeadlineExceeded");
+    assert!(
+        failed
+            .message
+            .starts_with("TrainJob exceeded its active deadline"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(d.delete.len(), 3, "every running pod is stopped");
+}
+
+#[test]
+fn a_worker_that_vanished_after_the_launcher_started_breaks_the_world() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    pods.retain(|p| p.metadata.name.as_deref() != Some("pi-node-0-2"));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
+    assert!(
+        msg.contains("pod pi-node-0-2 disappeared while the job ran"),
+        "{msg}"
+    );
+    assert!(d.create.is_empty(), "a lost rank is not silently replaced");
+}
