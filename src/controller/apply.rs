@@ -141,14 +141,7 @@ pub async fn decision(
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &decision.delete {
-        match pods.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(source) => {
-                let action = format!("deleting pod {name}");
-                return Err(Error::Kube { action, source });
-            }
-        }
+        delete_pod(&pods, name).await?;
     }
     let attempt = decision.status.restarts.unwrap_or(0);
     for (i, at) in &decision.create {
@@ -244,15 +237,19 @@ pub async fn stop_pods(job: &TrainJob, ctx: &Context, pods: &[std::sync::Arc<Pod
             )
     };
     for pod in pods.iter().filter(running) {
-        let name = pod.name_any();
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(source) => {
-                let action = format!("deleting pod {name}");
-                return Err(Error::Kube { action, source });
-            }
-        }
+        delete_pod(&api, &pod.name_any()).await?;
     }
     Ok(())
+}
+
+/// Deletes a pod; one that is already gone is fine.
+async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("deleting pod {name}"),
+            source,
+        }),
+    }
 }
