@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -12,18 +12,25 @@ const BASE: Duration = Duration::from_millis(500);
 /// Longest retry delay.
 const CAP: Duration = Duration::from_secs(120);
 
-/// Consecutive failures per job.
+/// A job that has not failed for this long starts over; this also forgets jobs deleted while
+/// failing.
+const FORGET: Duration = Duration::from_secs(600);
+
+/// Consecutive failures per job, and when the last one happened.
 #[derive(Default)]
 pub struct Backoff {
-    failures: Mutex<HashMap<(String, String), u32>>,
+    failures: Mutex<HashMap<(String, String), (u32, Instant)>>,
 }
 
 impl Backoff {
     /// Counts one more failure of `key` and returns how long to wait before the next try.
     pub fn failed(&self, key: (String, String)) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(key).or_insert(0);
+        let now = Instant::now();
+        failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET);
+        let (n, last) = failures.entry(key).or_insert((0, now));
         *n = n.saturating_add(1);
+        *last = now;
         jittered(delay(*n), &mut rand::thread_rng())
     }
 

@@ -127,7 +127,7 @@ impl Drop for InFlight<'_> {
 /// How long a shutdown waits for in-flight reconciles; below the pod's default 30 s grace period.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Watches jobs changes only repair drift this often.
+/// Watches bring every change; this periodic pass only repairs drift they cannot see.
 const DRIFT_CHECK: Duration = Duration::from_secs(300);
 
 /// Reconciles one TrainJob.
@@ -136,7 +136,8 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
     let started = Instant::now();
     let result = if job.metadata.deletion_timestamp.is_some() {
         // Owner references remove the children; only the phase gauge needs forgetting.
-        ctx.metrics.set_phase(&key(&job).0, &key(&job).1, None);
+        let (ns, name) = key(&job);
+        ctx.metrics.set_phase(&ns, &name, None);
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
