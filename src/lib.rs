@@ -9,7 +9,9 @@ pub mod api;
 pub mod controller;
 pub mod crdgen;
 pub mod env;
+// Shared by the unit tests of the pure modules; lives with the other test fixtures.
 #[cfg(test)]
+#[path = "../tests/fixtures/unit.rs"]
 mod fixtures;
 pub mod hostfile;
 pub mod lifecycle;

@@ -9,6 +9,11 @@ use trainjob_operator::api::{TrainJob, TrainingRuntime};
 
 use super::{DEADLINE, Identity, TestNs, client, eventually, operator};
 
+/// kwok keeps a pod with this annotation Running until it is removed.
+pub const HOLD: &str = "kwok.trainjob.test/hold";
+/// kwok ends a pod with this annotation with the exit code it names.
+pub const EXIT: &str = "kwok.trainjob.test/exit-code";
+
 /// A namespaced copy of a shipped runtime (`config/runtimes/<shipped>.yaml`), changed by `tweak`.
 pub async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: impl FnOnce(&mut Value)) {
     let path = trainjob_testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
@@ -164,4 +169,25 @@ pub async fn wait_event(
         }
     })
     .await
+}
+
+/// The pods of a running 2-node job `pi`.
+pub const PI_PODS: [&str; 3] = ["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"];
+
+/// A namespace with a 2-node job `pi` whose pods all exist, on an OpenMPI runtime (changed by
+/// `tweak`) whose launcher stays Running until the test releases it.
+pub async fn running(
+    prefix: &str,
+    tweak: impl FnOnce(&mut Value),
+    spec: Value,
+) -> (TestNs, Client, Api<TrainJob>) {
+    let (ns, c) = setup(prefix).await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+        tweak(rt);
+    })
+    .await;
+    let jobs = create_job(&c, &ns.name, "pi", "held", spec).await;
+    wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
+    (ns, c, jobs)
 }
