@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok) from the Go modules pinned in hack/controlplane/go.mod into a cache directory
+# kubectl, kwok, and the real node's kubelet) from the Go modules pinned in hack/controlplane/go.mod into a cache directory
 # keyed by those pins, and prints that directory on stdout. Does nothing when it is already built.
 #
 #   hack/controlplane.sh          build if needed, print the bin directory
@@ -27,7 +27,7 @@ if [[ "${1:-}" == "--dir" ]]; then
   exit 0
 fi
 
-tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet)
 missing=()
 for t in "${tools[@]}"; do [[ -x "$bin/$t" ]] || missing+=("$t"); done
 if [[ ${#missing[@]} -eq 0 ]]; then

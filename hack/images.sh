@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the container images of the real test node from Debian packages, without a registry or
+# a container engine: mmdebstrap makes the root filesystem, images/oci.py wraps it as an image
+# archive that `ctr images import` accepts. One directory per image under hack/images/:
+#   image.conf    variant= (mmdebstrap variant) and packages= (space separated)
+#   config.json   the image's run config (Entrypoint, Cmd, User, Env, WorkingDir)
+#   customize.sh  optional: mmdebstrap customize hook, gets the root filesystem as $1
+# Each archive is cached by the hash of its directory, as <cache>/images/<name>-<hash>.tar, and
+# tagged trainjob.local/<name>:bed (not :latest, so that the default pull policy never pulls). Prints "<name> <archive>" per image.
+#
+#   hack/images.sh [NAME...]     build what is missing (all images by default)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${TRAINJOB_BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainjob-operator}
+out="$cache_root/images"
+mkdir -p "$out"
+
+command -v mmdebstrap >/dev/null || { echo "images.sh: mmdebstrap is missing; run hack/node-deps.sh" >&2; exit 1; }
+suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+
+names=("$@")
+if [[ ${#names[@]} -eq 0 ]]; then
+  for d in "$here"/images/*/; do names+=("$(basename "$d")"); done
+fi
+
+for name in "${names[@]}"; do
+  dir="$here/images/$name"
+  [[ -f "$dir/image.conf" ]] || { echo "images.sh: no image $name in hack/images" >&2; exit 1; }
+  hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh") | sha256sum | cut -c1-12)
+  archive="$out/$name-$hash.tar"
+  if [[ ! -f "$archive" ]]; then
+    variant=$(sed -n 's/^variant=//p' "$dir/image.conf")
+    packages=$(sed -n 's/^packages=//p' "$dir/image.conf")
+    hooks=()
+    [[ -x "$dir/customize.sh" ]] && hooks=(--customize-hook="$dir/customize.sh \"\$1\"")
+    tmp=$(mktemp -d "$out/.build-$name.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    start=$SECONDS
+    echo ">> building image $name ($variant: $packages)" >&2
+    mmdebstrap --quiet --variant="$variant" --include="${packages// /,}" \
+      --aptopt='Apt::Install-Recommends "false"' "${hooks[@]}" \
+      "$suite" "$tmp/rootfs.tar" >&2
+    python3 "$here/images/oci.py" "$tmp/rootfs.tar" "trainjob.local/$name:bed" "$dir/config.json" "$tmp/image.tar"
+    mv "$tmp/image.tar" "$archive"
+    rm -rf "$tmp"
+    trap - EXIT
+    echo ">> built image $name in $((SECONDS - start))s" >&2
+  fi
+  echo "$name $archive"
+done

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# The real node of the test bed (containerd, CNI bridge, CoreDNS, kubelet): what it needs on the
+# host, and the host changes around it. The Rust test bed runs the daemons itself (so they die
+# with it) and calls this script to set the host up and to put it back.
+#
+#   hack/node.sh deps            install the Debian packages (idempotent; needs root)
+#   hack/node.sh build           deps, kubelet (hack/controlplane.sh), CoreDNS, images; prints
+#                                "kubelet PATH", "coredns PATH" and "image NAME ARCHIVE" lines
+#   hack/node.sh prepare DIR     save host state, create the bridge, write every config into DIR
+#   hack/node.sh cleanup         stop what a node left behind and restore the saved host state;
+#                                safe to run at any time, also after a crash
+#
+# Only one real node per machine: kubelet's ports (10250, 10248) and some of its paths are fixed.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache_root=${TRAINJOB_BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainjob-operator}
+state=/run/trainjob-testbed-node
+bridge=tjbed0
+subnet=10.244.0
+packages=(containerd runc containernetworking-plugins catatonit mmdebstrap iptables conntrack iproute2)
+sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward)
+# Paths kubelet and containerd create whatever their root directories are.
+fixed_paths=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd)
+
+fail() { echo "node.sh: $*" >&2; exit 1; }
+
+deps() {
+  [[ $(id -u) -eq 0 ]] || fail "the real node needs root"
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  command -v apt-get >/dev/null || fail "missing Debian packages ${missing[*]} and no apt-get"
+  echo ">> installing ${missing[*]}" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+coredns() {
+  local mod="$here/coredns" version sum bin
+  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/coredns/coredns") { print $(i + 1); exit } }' "$mod/go.mod")
+  [[ -n "$version" ]] || fail "no github.com/coredns/coredns requirement in $mod/go.mod"
+  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
+  bin="$cache_root/coredns-$version-$sum/coredns"
+  if [[ ! -x "$bin" ]]; then
+    echo ">> building CoreDNS $version into $bin" >&2
+    local start=$SECONDS
+    mkdir -p "$(dirname "$bin")"
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin.tmp" github.com/coredns/coredns >&2)
+    mv "$bin.tmp" "$bin"
+    echo ">> built CoreDNS in $((SECONDS - start))s" >&2
+  fi
+  echo "coredns $bin"
+}
+
+build() {
+  deps
+  local bin
+  bin=$("$here/controlplane.sh")
+  echo "kubelet $bin/kubelet"
+  coredns
+  "$here/images.sh" | sed 's/^/image /'
+}
+
+prepare() {
+  local dir=$1
+  [[ -e "$state" ]] && cleanup
+  mkdir -p "$state" "$dir"/{containerd,state,cni/net.d,ipam,opt,kubelet}
+  echo "$dir" > "$state/dir"
+  for s in "${sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$state/sysctls"
+  for p in "${fixed_paths[@]}"; do [[ -e "$p" ]] || echo "$p"; done > "$state/created"
+
+  ip link add "$bridge" type bridge
+  ip addr add "$subnet.1/24" dev "$bridge"
+  ip link set "$bridge" up
+  sysctl -qw net.ipv4.ip_forward=1
+
+  cat > "$dir/cni/net.d/10-bed.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "$bridge",
+  "isGateway": true, "ipMasq": false, "hairpinMode": true,
+  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "$subnet.0/24", "gateway": "$subnet.1"}]]}}]}
+EOF
+  cat > "$dir/containerd.toml" <<EOF
+version = 2
+root = "$dir/containerd"
+state = "$dir/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "trainjob.local/pause:bed"
+  # Root here lacks CAP_SYS_RESOURCE: runc may not lower oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni/net.d"
+EOF
+  cat > "$dir/Corefile" <<EOF
+.:53 {
+    bind $subnet.1
+    errors
+    kubernetes cluster.local {
+        kubeconfig $KUBECONFIG
+    }
+    cache 2
+}
+EOF
+  cat > "$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# Test only: the bed's API server has no kubelet client certificate.
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+clusterDNS: [$subnet.1]
+clusterDomain: cluster.local
+containerRuntimeEndpoint: unix://$dir/containerd.sock
+imageServiceEndpoint: unix://$dir/containerd.sock
+registerWithTaints: [{key: trainjob.test/real-node, effect: NoSchedule}]
+readOnlyPort: 0
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+evictionHard: {memory.available: "100Mi"}
+EOF
+}
+
+# Removes the KUBE-* chains kubelet adds (KUBE-FIREWALL drops non-loopback traffic to 127/8)
+# and the rules that jump to them; other rules stay as they are.
+remove_kube_chains() {
+  local ipt=$1 table
+  command -v "$ipt" >/dev/null || return 0
+  for table in filter nat mangle raw; do
+    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^-A \(.* -j KUBE-.*\)$/\1/p' | while read -r rule; do
+      eval "$ipt -t $table -D $rule" 2>/dev/null || true
+    done
+    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | while read -r chain; do
+      "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+      "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
+# Kills every process whose command line mentions $1.
+kill_matching() {
+  local pids
+  pids=$(pgrep -f -- "$1" || true)
+  [[ -n "$pids" ]] && kill -9 $pids 2>/dev/null || true
+}
+
+cleanup() {
+  [[ -d "$state" ]] || return 0
+  local dir
+  dir=$(cat "$state/dir" 2>/dev/null || true)
+  if [[ -n "$dir" ]]; then
+    kill_matching "kubelet --config=$dir/kubelet.yaml"
+    kill_matching "$dir/Corefile"
+  fi
+  # Every pod process lives in a kubepods cgroup; the shims are containerd's children.
+  for procs in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
+    [[ -f "$procs" ]] && xargs -r kill -9 < "$procs" 2>/dev/null || true
+  done
+  if [[ -n "$dir" ]]; then
+    kill_matching "containerd-shim-runc-v2 -namespace k8s.io .*-address $dir/containerd.sock"
+    kill_matching "containerd --config $dir/containerd.toml"
+    # Mounts under the node's directory (overlays, Secret volumes, netns), deepest first.
+    awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
+  for ns in /var/run/netns/cni-*; do
+    [[ -e "$ns" ]] && { umount -l "$ns" 2>/dev/null || true; rm -f "$ns"; }
+  done
+  ip link del "$bridge" 2>/dev/null || true
+  # Empty kubepods cgroups, deepest first, in every hierarchy.
+  find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  for ipt in iptables ip6tables; do remove_kube_chains "$ipt"; done
+  if [[ -f "$state/sysctls" ]]; then
+    while IFS= read -r kv; do sysctl -qw "$kv" || true; done < "$state/sysctls"
+  fi
+  if [[ -f "$state/created" ]]; then
+    while IFS= read -r p; do [[ -n "$p" ]] && rm -rf "$p"; done < "$state/created"
+  fi
+  rm -rf "$state"
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) build ;;
+  prepare) [[ -n "${2:-}" ]] || fail "prepare needs a directory"; prepare "$2" ;;
+  cleanup) cleanup ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+esac
