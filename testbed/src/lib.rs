@@ -6,6 +6,7 @@
 //! die with the process that started them (`PR_SET_PDEATHSIG`), so a panicking or killed test never
 //! leaves a control plane behind.
 
+mod node;
 mod process;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Client, Config};
 
+pub use node::{REAL_NODE, RealNode};
 use process::Process;
 pub use process::{Component, die_with_parent};
 
@@ -160,6 +162,8 @@ pub struct BedConfig {
     pub nodes: Vec<FakeNode>,
     /// How long each start-up phase may take.
     pub timeout: Duration,
+    /// Also start a real node (containerd, CNI, CoreDNS, kubelet; see `hack/node.sh`).
+    pub real_node: bool,
 }
 
 impl Default for BedConfig {
@@ -171,12 +175,15 @@ impl Default for BedConfig {
                 .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
                 .collect(),
             timeout: Duration::from_secs(120),
+            real_node: false,
         }
     }
 }
 
 /// A running control plane. Dropping it stops every component.
 pub struct Bed {
+    // Declared first so it goes first: its kubelet still talks to the API server.
+    node: Option<RealNode>,
     server: String,
     ca_pem: Vec<u8>,
     dir: PathBuf,
@@ -267,6 +274,7 @@ impl Bed {
             }
         };
         let mut bed = Bed {
+            node: None,
             server: String::new(),
             ca_pem: Vec::new(),
             dir,
@@ -275,6 +283,9 @@ impl Bed {
             _temp: temp,
         };
         bed.boot(&config).await?;
+        if config.real_node {
+            bed.node = Some(RealNode::start(&bed, config.timeout).await?);
+        }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %bed.server, "test bed ready");
         Ok(bed)
     }
@@ -492,6 +503,11 @@ impl Bed {
             identity,
             source: Box::new(e),
         })
+    }
+
+    /// The real node, when the bed was started with one.
+    pub fn real_node(&self) -> Option<&RealNode> {
+        self.node.as_ref()
     }
 
     /// A kubeconfig for `identity`.

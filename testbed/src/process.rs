@@ -18,6 +18,12 @@ pub enum Component {
     ControllerManager,
     Scheduler,
     Kwok,
+    /// The real node's container runtime.
+    Containerd,
+    /// The real node's cluster DNS.
+    CoreDns,
+    /// The real node.
+    Kubelet,
 }
 
 /// Every binary the bed needs (kubectl is used for installs).
@@ -38,6 +44,9 @@ impl Component {
             Component::ControllerManager => "kube-controller-manager",
             Component::Scheduler => "kube-scheduler",
             Component::Kwok => "kwok",
+            Component::Containerd => "containerd",
+            Component::CoreDns => "coredns",
+            Component::Kubelet => "kubelet",
         }
     }
 }

@@ -19,6 +19,19 @@ static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
 /// killed when the thread that spawned them exits, and each `#[tokio::test]` runs (and ends) on a
 /// thread of its own.
 pub fn bed() -> &'static Bed {
+    bed_with(BedConfig::default)
+}
+
+/// The control plane of this test binary with a real node next to the kwok nodes.
+pub fn real_bed() -> &'static Bed {
+    bed_with(|| BedConfig {
+        real_node: true,
+        ..BedConfig::default()
+    })
+}
+
+/// The control plane of this test binary; the first caller's `config` decides how it starts.
+fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
     let result = BED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -26,9 +39,7 @@ pub fn bed() -> &'static Bed {
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 let bed = match runtime {
-                    Ok(rt) => rt
-                        .block_on(Bed::start(BedConfig::default()))
-                        .map_err(|e| e.to_string()),
+                    Ok(rt) => rt.block_on(Bed::start(config())).map_err(|e| e.to_string()),
                     Err(e) => Err(format!("building a runtime: {e}")),
                 };
                 let _ = tx.send(bed);

@@ -18,6 +18,9 @@ struct Args {
     /// Number of fake nodes (32 CPUs, 256Gi, 8 GPUs each).
     #[arg(long, default_value_t = 4)]
     nodes: u32,
+    /// Also run a real node (containerd, CNI, CoreDNS, kubelet) where pods really run; needs root.
+    #[arg(long)]
+    real_node: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         nodes: (0..args.nodes)
             .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
             .collect(),
+        real_node: args.real_node,
         ..Default::default()
     })
     .await?;
@@ -49,6 +53,13 @@ async fn main() -> anyhow::Result<()> {
         bed.kubeconfig_path(Identity::Admin).display(),
         bed.kubeconfig_path(Identity::Operator).display(),
     );
+    if let Some(node) = bed.real_node() {
+        eprintln!(
+            "  real node: {} (label and taint {}; images trainjob.local/<name>:bed from hack/images)",
+            node.name(),
+            trainjob_testbed::REAL_NODE
+        );
+    }
     // Readiness marker for scripts waiting on the bed.
     std::fs::write(bed.dir().join("ready"), bed.server()).context("writing the ready marker")?;
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;

@@ -1,0 +1,245 @@
+//! The real node: containerd, a CNI bridge, CoreDNS and a kubelet registered with the bed's API
+//! server, so pods really run (MPI over SSH, DNS, file modes). `hack/node.sh` sets the host up
+//! and puts it back; the daemons are children of this process and die with it.
+//!
+//! The node is the machine's hostname, labelled and tainted `trainjob.test/real-node`, so only
+//! pods that ask for it land there. One real node per machine: kubelet's ports are fixed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use super::process::{Component, Process};
+use super::{Bed, BedError, Identity, repo_root};
+
+/// Label and taint key of the real node.
+pub const REAL_NODE: &str = "trainjob.test/real-node";
+
+/// A running real node. Dropping it stops the daemons and restores the host.
+pub struct RealNode {
+    name: String,
+    dir: PathBuf,
+    procs: Vec<Process>,
+}
+
+/// What `hack/node.sh build` reports.
+struct Parts {
+    kubelet: PathBuf,
+    coredns: PathBuf,
+    images: Vec<PathBuf>,
+}
+
+fn script(args: &[&str], envs: &[(&str, &Path)]) -> Result<String, BedError> {
+    let path = repo_root().join("hack/node.sh");
+    let mut command = Command::new("bash");
+    command.arg(&path).args(args);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let out = command.output().map_err(|source| BedError::Io {
+        what: format!("running {} {}", path.display(), args.join(" ")),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(BedError::Command(format!(
+            "hack/node.sh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn build() -> Result<Parts, BedError> {
+    let out = script(&["build"], &[])?;
+    let mut parts = Parts {
+        kubelet: PathBuf::new(),
+        coredns: PathBuf::new(),
+        images: Vec::new(),
+    };
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["kubelet", path] => parts.kubelet = PathBuf::from(path),
+            ["coredns", path] => parts.coredns = PathBuf::from(path),
+            ["image", _, path] => parts.images.push(PathBuf::from(path)),
+            _ => {}
+        }
+    }
+    if !parts.kubelet.is_file() || !parts.coredns.is_file() || parts.images.is_empty() {
+        return Err(BedError::Command(format!(
+            "hack/node.sh build printed no kubelet, CoreDNS or images:\n{out}"
+        )));
+    }
+    Ok(parts)
+}
+
+/// Puts the host back when the process exits, for beds that live in a static and are never
+/// dropped.
+fn cleanup_at_exit() {
+    static ONCE: Once = Once::new();
+    extern "C" fn cleanup() {
+        let _ = script(&["cleanup"], &[]);
+    }
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function with no captured state.
+        unsafe { libc::atexit(cleanup) };
+    });
+}
+
+impl RealNode {
+    /// Builds what is missing, sets the host up and starts the node; returns once it is Ready.
+    pub(super) async fn start(bed: &Bed, timeout: Duration) -> Result<RealNode, BedError> {
+        let parts = build()?;
+        let dir = bed.dir().join("node");
+        let kubeconfig = bed.kubeconfig_path(Identity::Admin);
+        cleanup_at_exit();
+        script(
+            &["prepare", &dir.to_string_lossy()],
+            &[("KUBECONFIG", &kubeconfig)],
+        )?;
+        let mut node = RealNode {
+            name: hostname()?,
+            dir: dir.clone(),
+            procs: Vec::new(),
+        };
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        node.spawn(
+            Component::Containerd,
+            Path::new("containerd"),
+            &["--config", &path("containerd.toml")],
+        )?;
+        let socket = dir.join("containerd.sock");
+        node.wait("containerd's socket", timeout, || socket.exists())
+            .await?;
+        for image in &parts.images {
+            let out = Command::new("ctr")
+                .args([
+                    "-a",
+                    &socket.to_string_lossy(),
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                ])
+                .arg(image)
+                .output()
+                .map_err(|source| BedError::Io {
+                    what: "running ctr images import".into(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(BedError::Command(format!(
+                    "importing {}: {}",
+                    image.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+        node.spawn(Component::CoreDns, &parts.coredns, &["-conf", &path("Corefile")])?;
+        node.spawn(
+            Component::Kubelet,
+            &parts.kubelet,
+            &[
+                &format!("--config={}", path("kubelet.yaml")),
+                &format!("--kubeconfig={}", kubeconfig.display()),
+                &format!("--root-dir={}", path("kubelet")),
+                &format!("--cert-dir={}", path("kubelet/pki")),
+                &format!("--node-labels={REAL_NODE}=true"),
+            ],
+        )?;
+        let nodes: Api<Node> = Api::all(bed.client(Identity::Admin).await?);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = nodes.get_opt(&node.name).await.ok().flatten().is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+            if ready {
+                return Ok(node);
+            }
+            node.check_alive()?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BedError::Timeout {
+                    what: format!("the real node {} to become Ready", node.name),
+                    seconds: timeout.as_secs(),
+                    logs: node.log_tails(30),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The node's name (the machine's hostname).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn spawn(&mut self, component: Component, binary: &Path, args: &[&str]) -> Result<(), BedError> {
+        let log = self.dir.join(format!("{component}.log"));
+        self.procs.push(Process::spawn(component, binary, args, &log)?);
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), BedError> {
+        for p in &self.procs {
+            if let Some(status) = p.exited() {
+                return Err(BedError::Exited {
+                    component: p.component,
+                    status,
+                    tail: p.tail(30),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result<(), BedError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !ready() {
+            self.check_alive()?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BedError::Timeout {
+                    what: what.into(),
+                    seconds: timeout.as_secs(),
+                    logs: self.log_tails(30),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of each daemon's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("--- {} ---\n{}\n", p.component, p.tail(lines)))
+            .collect()
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        // kubelet first, so it restarts nothing while the rest goes.
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+        if let Err(e) = script(&["cleanup"], &[]) {
+            eprintln!("restoring the host after the real node: {e}");
+        }
+    }
+}
+
+fn hostname() -> Result<String, BedError> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(|source| BedError::Io {
+        what: "reading the hostname".into(),
+        source,
+    })?;
+    Ok(name.trim().to_lowercase())
+}
