@@ -11,8 +11,9 @@ help: ## List the targets
 build: ## Build the release binary (target/release/trainjob-operator)
 	$(CARGO) build --release --locked -p trainjob-operator
 
-bed: ## Build the pinned control-plane binaries into the cache (first time: ~10 min)
+bed: ## Build the control plane and the real node (kubelet, CoreDNS, images) into the cache (first time: ~15 min)
 	hack/controlplane.sh >/dev/null
+	hack/node.sh build >/dev/null
 
 crds: ## Regenerate crds/ from the Rust API types
 	$(CARGO) run --quiet --locked -p trainjob-operator -- crd --out-dir crds
@@ -32,7 +33,8 @@ bench: bed ## Benchmarks: the pure core, and jobs through the operator on the lo
 	$(CARGO) bench --locked --bench operator
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
-# runtimes), then run the operator in the foreground under its own RBAC identity.
+# runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1
+# adds a real kubelet node where MPI really runs (needs root).
 run: ## Run the operator (against the local test control plane when KUBECONFIG is unset)
 ifeq ($(strip $(KUBECONFIG)),)
 	@$(MAKE) --no-print-directory bed

@@ -10,9 +10,10 @@ kubectl="$("$root/hack/controlplane.sh" --dir)/kubectl"
 
 rm -rf "$dir"
 mkdir -p "$dir"
-"$target/testbed" --dir "$dir" 2>"$dir/testbed.out" &
+"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} 2>"$dir/testbed.out" &
 bed=$!
-trap 'kill $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
+# SIGINT lets the bed drop cleanly (the real node puts the host back).
+trap 'kill -INT $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
 
 echo ">> starting the local control plane (logs in $dir/)" >&2
 for _ in $(seq 1 600); do
