@@ -2,6 +2,8 @@
 
 CARGO ?= cargo
 BED_DIR ?= .bed
+# tests/install.rs runs the release binary as a pod on the real node.
+TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 
 .PHONY: help build bed crds fmt lint test bench run clean
 
@@ -25,9 +27,10 @@ lint: ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test: bed ## Unit tests and integration tests against the local control plane
+test: bed ## Unit tests and integration tests against the local control plane (and its real node)
 	hack/test-deps.sh
-	$(CARGO) test --locked --workspace
+	$(CARGO) build --release --locked -p trainjob-operator
+	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) test --locked --workspace
 
 bench: bed ## Benchmarks: the pure core, and jobs through the operator on the local control plane
 	$(CARGO) bench --locked --bench operator

@@ -5,6 +5,8 @@
 #   image.conf    variant= (mmdebstrap variant) and packages= (space separated)
 #   config.json   the image's run config (Entrypoint, Cmd, User, Env, WorkingDir)
 #   customize.sh  optional: mmdebstrap customize hook, gets the root filesystem as $1
+#   needs=VAR     optional, in image.conf: a file the image is built from (its content is part of
+#                 the cache key); without VAR set, building every image skips this one
 # Each archive is cached by the hash of its directory, as <cache>/images/<name>-<hash>.tar, and
 # tagged trainjob.local/<name>:bed (not :latest, so that the default pull policy never pulls). Prints "<name> <archive>" per image.
 #
@@ -20,14 +22,26 @@ command -v mmdebstrap >/dev/null || { echo "images.sh: mmdebstrap is missing; ru
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 
 names=("$@")
-if [[ ${#names[@]} -eq 0 ]]; then
+all=$([[ ${#names[@]} -eq 0 ]] && echo yes || true)
+if [[ -n "$all" ]]; then
   for d in "$here"/images/*/; do names+=("$(basename "$d")"); done
 fi
 
 for name in "${names[@]}"; do
   dir="$here/images/$name"
   [[ -f "$dir/image.conf" ]] || { echo "images.sh: no image $name in hack/images" >&2; exit 1; }
-  hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh") | sha256sum | cut -c1-12)
+  needs=$(sed -n 's/^needs=//p' "$dir/image.conf")
+  input=
+  if [[ -n "$needs" ]]; then
+    input=${!needs:-}
+    if [[ -z "$input" ]]; then
+      [[ -n "$all" ]] && continue
+      echo "images.sh: image $name is built from \$$needs; set it to the file" >&2
+      exit 1
+    fi
+    [[ -f "$input" ]] || { echo "images.sh: \$$needs=$input is not a file" >&2; exit 1; }
+  fi
+  hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh" ${input:+"$input"}) | sha256sum | cut -c1-12)
   archive="$out/$name-$hash.tar"
   if [[ ! -f "$archive" ]]; then
     variant=$(sed -n 's/^variant=//p' "$dir/image.conf")
@@ -38,7 +52,7 @@ for name in "${names[@]}"; do
     trap 'rm -rf "$tmp"' EXIT
     start=$SECONDS
     echo ">> building image $name ($variant: $packages)" >&2
-    mmdebstrap --quiet --variant="$variant" --include="${packages// /,}" \
+    mmdebstrap --quiet --variant="$variant" ${packages:+--include="${packages// /,}"} \
       --aptopt='Apt::Install-Recommends "false"' "${hooks[@]}" \
       "$suite" "$tmp/rootfs.tar" >&2
     python3 "$here/images/oci.py" "$tmp/rootfs.tar" "trainjob.local/$name:bed" "$dir/config.json" "$tmp/image.tar"

@@ -76,11 +76,19 @@ prepare() {
   ip addr add "$subnet.1/24" dev "$bridge"
   ip link set "$bridge" up
   sysctl -qw net.ipv4.ip_forward=1
+  # There is no kube-proxy: forward the `kubernetes` Service to the API server, as it would.
+  if [[ -n "${API_PORT:-}" ]]; then
+    iptables -t nat -N TRAINJOB-BED
+    iptables -t nat -A PREROUTING -j TRAINJOB-BED
+    iptables -t nat -A TRAINJOB-BED -s "$subnet.0/24" -d 10.96.0.1 -p tcp --dport 443 \
+      -j DNAT --to-destination "$subnet.1:$API_PORT"
+  fi
 
   cat > "$dir/cni/net.d/10-bed.conflist" <<EOF
 {"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "$bridge",
   "isGateway": true, "ipMasq": false, "hairpinMode": true,
-  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "$subnet.0/24", "gateway": "$subnet.1"}]]}}]}
+  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "$subnet.0/24", "gateway": "$subnet.1"}]],
+    "routes": [{"dst": "0.0.0.0/0"}]}}]}
 EOF
   cat > "$dir/containerd.toml" <<EOF
 version = 2
@@ -140,16 +148,16 @@ evictionHard: {memory.available: "100Mi"}
 EOF
 }
 
-# Removes the KUBE-* chains kubelet adds (KUBE-FIREWALL drops non-loopback traffic to 127/8)
-# and the rules that jump to them; other rules stay as they are.
+# Removes the KUBE-* chains kubelet adds (KUBE-FIREWALL drops non-loopback traffic to 127/8),
+# our TRAINJOB-BED chain, and the rules that jump to them; other rules stay as they are.
 remove_kube_chains() {
   local ipt=$1 table
   command -v "$ipt" >/dev/null || return 0
   for table in filter nat mangle raw; do
-    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^-A \(.* -j KUBE-.*\)$/\1/p' | while read -r rule; do
+    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^-A \(.* -j \(KUBE\|TRAINJOB\)-.*\)$/\1/p' | while read -r rule; do
       eval "$ipt -t $table -D $rule" 2>/dev/null || true
     done
-    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' | while read -r chain; do
+    "$ipt-save" -t "$table" 2>/dev/null | sed -n 's/^:\(\(KUBE\|TRAINJOB\)-[^ ]*\) .*/\1/p' | while read -r chain; do
       "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
       "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
     done

@@ -315,12 +315,24 @@ impl Bed {
         )?;
 
         let gates = "--feature-gates=GenericWorkload=true,GangScheduling=true";
+        // Pods on a real node reach the API server as in-cluster clients do, through the
+        // `kubernetes` Service (hack/node.sh forwards it to the bridge), with projected
+        // service-account tokens. Without a real node, loopback only and no token admission:
+        // pods are then admitted at once in a fresh namespace, before its `default` account.
+        let (bind, admission) = if config.real_node {
+            ("--bind-address=0.0.0.0", "--disable-admission-plugins=")
+        } else {
+            (
+                "--bind-address=127.0.0.1",
+                "--disable-admission-plugins=ServiceAccount",
+            )
+        };
         self.spawn(
             Component::ApiServer,
             &[
                 &format!("--etcd-servers={etcd_url}"),
                 &format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1",
+                bind,
                 "--advertise-address=127.0.0.1",
                 &format!("--cert-dir={}", self.path("pki").display()),
                 &format!("--token-auth-file={}", self.path("tokens.csv").display()),
@@ -332,9 +344,7 @@ impl Bed {
                     "--service-account-signing-key-file={}",
                     self.path("sa.key").display()
                 ),
-                // Without a controller racing to create the `default` service account, pods are
-                // admitted at once in a fresh namespace.
-                "--disable-admission-plugins=ServiceAccount",
+                admission,
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",

@@ -98,9 +98,10 @@ impl RealNode {
         let dir = bed.dir().join("node");
         let kubeconfig = bed.kubeconfig_path(Identity::Admin);
         cleanup_at_exit();
+        let api_port = bed.server().rsplit(':').next().unwrap_or_default().to_string();
         script(
             &["prepare", &dir.to_string_lossy()],
-            &[("KUBECONFIG", &kubeconfig)],
+            &[("KUBECONFIG", &kubeconfig), ("API_PORT", Path::new(&api_port))],
         )?;
         let mut node = RealNode {
             name: hostname()?,
@@ -117,28 +118,7 @@ impl RealNode {
         node.wait("containerd's socket", timeout, || socket.exists())
             .await?;
         for image in &parts.images {
-            let out = Command::new("ctr")
-                .args([
-                    "-a",
-                    &socket.to_string_lossy(),
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "import",
-                ])
-                .arg(image)
-                .output()
-                .map_err(|source| BedError::Io {
-                    what: "running ctr images import".into(),
-                    source,
-                })?;
-            if !out.status.success() {
-                return Err(BedError::Command(format!(
-                    "importing {}: {}",
-                    image.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
+            node.import_image(image)?;
         }
         node.spawn(Component::CoreDns, &parts.coredns, &["-conf", &path("Corefile")])?;
         node.spawn(
@@ -173,6 +153,28 @@ impl RealNode {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Imports an image archive (as `hack/images.sh` makes them) into the node's containerd.
+    pub fn import_image(&self, archive: &Path) -> Result<(), BedError> {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()
+            .map_err(|source| BedError::Io {
+                what: "running ctr images import".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(BedError::Command(format!(
+                "importing {}: {}",
+                archive.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
     }
 
     /// The node's name (the machine's hostname).

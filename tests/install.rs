@@ -1,0 +1,93 @@
+//! The install path a platform engineer uses: `kubectl apply --server-side -k config/default`
+//! with the operator's image built from the release binary, running as a pod on the real node
+//! under its own service account, probes passing, reconciling a TrainJob to `Complete`.
+//! `make test` builds the release binary and passes it as `TRAINJOB_OPERATOR_BINARY`.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, LogParams, PostParams};
+use serde_json::json;
+use support::jobs::wait_condition;
+use support::{Identity, TestNs, client, eventually, real_bed};
+use trainjob_operator::api::TrainJob;
+
+#[tokio::test]
+async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
+    let binary = std::env::var("TRAINJOB_OPERATOR_BINARY")
+        .expect("set TRAINJOB_OPERATOR_BINARY to the release binary (make test does)");
+    let bed = real_bed();
+    let out = std::process::Command::new("bash")
+        .arg(trainjob_testbed::repo_root().join("hack/images.sh"))
+        .arg("operator")
+        .env("TRAINJOB_OPERATOR_BINARY", &binary)
+        .output()
+        .expect("hack/images.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let archive = stdout.split_whitespace().nth(1).expect("image archive");
+    let node = bed.real_node().expect("real node");
+    node.import_image(std::path::Path::new(archive)).expect("import");
+    bed.apply_kustomization("tests/fixtures/install")
+        .expect("kubectl apply -k");
+
+    let c = client(Identity::Admin).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), "trainjob-system");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "trainjob-system");
+    eventually(
+        "the operator Deployment to be available",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments
+                .get("trainjob-operator")
+                .await
+                .map_err(|e| e.to_string())?;
+            match d.status.as_ref().and_then(|s| s.available_replicas) {
+                Some(1) => Ok(()),
+                // Say why: the pod's phase, conditions and container states.
+                _ => Err(format!(
+                    "{:?}",
+                    pods.list(&ListParams::default()).await.map(|l| l
+                        .items
+                        .into_iter()
+                        .map(|p| p.status)
+                        .collect::<Vec<_>>())
+                )),
+            }
+        },
+    )
+    .await;
+    let pod = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=trainjob-operator"))
+        .await
+        .expect("operator pod")
+        .items
+        .into_iter()
+        .next()
+        .expect("one operator pod");
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.node_name.as_deref(), Some(node.name()));
+    assert_eq!(spec.service_account_name.as_deref(), Some("trainjob-operator"));
+
+    let ns = TestNs::new("install").await;
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "pi", "namespace": ns.name},
+        "spec": {"runtimeRef": {"name": "mpi-openmpi"}, "trainer": {"numNodes": 2}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &job).await.expect("create");
+    wait_condition(&jobs, "pi", "Complete").await;
+
+    let name = pod.metadata.name.clone().expect("name");
+    let log = pods
+        .logs(&name, &LogParams::default())
+        .await
+        .expect("operator log");
+    assert!(log.contains("connected; watching TrainJobs"), "{log}");
+    assert!(log.contains("TrainJob completed successfully"), "{log}");
+}
