@@ -1,8 +1,8 @@
 //! Apply: carries out a [`Decision`]. In order: freeze a freshly fetched runtime, create the SSH
 //! Secret once, keep the hostfile and Service as built (written only when the cache shows
 //! drift), write the status (so a restart is counted before its pods go), delete, then create
-//! pods. Every write is server-side apply under one field manager, or a create that tolerates
-//! "already exists".
+//! pods. The hostfile, Service and status are server-side applied under one field manager; the
+//! snapshot, Secret and pods are created, tolerating "already exists".
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -147,9 +147,13 @@ pub async fn decision(
     for (i, at) in &decision.create {
         let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
         let name = pod.metadata.name.clone().unwrap_or_default();
-        pods.patch(&name, &apply_params(), &Patch::Apply(&pod))
-            .await
-            .map_err(write_err("pod", &name, format!("creating pod {name}")))?;
+        // Create, never apply: a pod that exists already (the watch has not shown it yet) must
+        // not be updated, e.g. re-gated after Kueue removed its scheduling gates.
+        match pods.create(&create_params(), &pod).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(write_err("pod", &name, format!("creating pod {name}"))(e)),
+        }
     }
     Ok(())
 }

@@ -53,6 +53,8 @@ pub enum Error {
         "the frozen runtime in ConfigMap {name} cannot be read ({reason}); it was edited by hand: re-create the TrainJob"
     )]
     SnapshotUnreadable { name: String, reason: String },
+    #[error("the watches of pods, ConfigMaps and Services have not listed everything yet")]
+    CachesNotReady,
 }
 
 impl Error {
@@ -60,7 +62,7 @@ impl Error {
     /// transient and worth retrying.
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
-            Error::Kube { .. } | Error::Leftover { .. } => None,
+            Error::Kube { .. } | Error::Leftover { .. } | Error::CachesNotReady => None,
             Error::RuntimeNotFound { .. } | Error::UnsupportedRuntime { .. } => {
                 Some(reasons::RUNTIME_NOT_FOUND)
             }
@@ -78,6 +80,7 @@ impl Error {
             Error::Conflict { .. } => "object_conflict",
             Error::Leftover { .. } => "leftover_object",
             Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
+            Error::CachesNotReady => "caches_not_ready",
         }
     }
 }
@@ -114,6 +117,7 @@ pub struct Inputs {
 /// Reads the inputs of `job`. `active`: the job is neither finished nor suspended, so its Secret,
 /// hostfile and Service matter.
 pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Inputs, Error> {
+    caches_ready(ctx).await?;
     let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
     let runtime = runtime(job, ctx, &ns, &name).await?;
     let hostfile = cached(&ctx.configmaps, &ns, &names::hostfile_configmap(&name));
@@ -143,6 +147,20 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         hostfile,
         service,
     })
+}
+
+/// Waits (bounded) until every watch cache has listed everything once. A freshly started
+/// operator that decided from a half-filled cache would recreate pods that exist, or take a
+/// worker it has not seen yet for a lost one.
+async fn caches_ready(ctx: &Context) -> Result<(), Error> {
+    let all = async {
+        ctx.pods.ready().await;
+        let _ = ctx.configmaps.wait_until_ready().await;
+        let _ = ctx.services.wait_until_ready().await;
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), all)
+        .await
+        .map_err(|_| Error::CachesNotReady)
 }
 
 fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
