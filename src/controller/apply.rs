@@ -38,6 +38,8 @@ pub enum Error {
     Ssh(#[from] SshError),
     #[error("SSH key generation task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("encoding the runtime snapshot: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -45,7 +47,7 @@ impl Error {
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
             Error::Rejected { .. } => Some(reasons::OBJECT_REJECTED),
-            Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) => None,
+            Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) | Error::Encode(_) => None,
         }
     }
 
@@ -55,6 +57,7 @@ impl Error {
             Error::Kube { .. } => "write_kube",
             Error::Rejected { .. } => "object_rejected",
             Error::Ssh(_) | Error::Join(_) => "ssh_keygen",
+            Error::Encode(_) => "encode_snapshot",
         }
     }
 }
@@ -172,7 +175,8 @@ fn service_matches(cached: &Service, desired: &Service) -> bool {
 /// never change this job.
 async fn freeze(job: &TrainJob, ctx: &Context, ns: &str, inputs: &Inputs) -> Result<(), Error> {
     let name = names::runtime_snapshot(&job.name_any());
-    let runtime = serde_json::to_string(&inputs.runtime.spec).unwrap_or_default();
+    // Never an empty snapshot: that would freeze nothing.
+    let runtime = serde_json::to_string(&inputs.runtime.spec)?;
     let cm = ConfigMap {
         metadata: names::child_meta(job, &name),
         data: Some(

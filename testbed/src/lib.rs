@@ -585,33 +585,14 @@ impl Bed {
     /// Runs the pinned kubectl as `identity` with `stdin` as input (for `-f -`); returns stdout,
     /// or the command and its stderr as the error.
     pub fn kubectl_as(&self, identity: Identity, args: &[&str], stdin: &str) -> Result<String, BedError> {
-        use std::io::Write;
-        let what = || format!("kubectl {}", args.join(" "));
-        let mut child = std::process::Command::new(self.bin_dir.join("kubectl"))
+        let mut command = std::process::Command::new(self.bin_dir.join("kubectl"));
+        command
             .arg(format!(
                 "--kubeconfig={}",
                 self.kubeconfig_path(identity).display()
             ))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| io(what(), source))?;
-        if let Some(mut input) = child.stdin.take() {
-            input
-                .write_all(stdin.as_bytes())
-                .map_err(|source| io(what(), source))?;
-        }
-        let out = child.wait_with_output().map_err(|source| io(what(), source))?;
-        if !out.status.success() {
-            return Err(BedError::Command(format!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .args(args);
+        process::run(&mut command, stdin, &format!("kubectl {}", args.join(" ")))
     }
 
     /// Creates a namespace for one test and returns its name (`<prefix>-<random>`).

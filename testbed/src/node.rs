@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use super::process::{Component, Process};
+use super::process::{Component, Process, run};
 use super::{Bed, BedError, Identity, repo_root};
 
 /// Label and taint key of the real node.
@@ -40,18 +40,7 @@ fn script(args: &[&str], envs: &[(&str, &Path)]) -> Result<String, BedError> {
     for (k, v) in envs {
         command.env(k, v);
     }
-    let out = command.output().map_err(|source| BedError::Io {
-        what: format!("running {} {}", path.display(), args.join(" ")),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(BedError::Command(format!(
-            "hack/node.sh {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run(&mut command, "", &format!("hack/node.sh {}", args.join(" ")))
 }
 
 fn build() -> Result<Parts, BedError> {
@@ -157,23 +146,17 @@ impl RealNode {
 
     /// Imports an image archive (as `hack/images.sh` makes them) into the node's containerd.
     pub fn import_image(&self, archive: &Path) -> Result<(), BedError> {
-        let out = Command::new("ctr")
+        let mut command = Command::new("ctr");
+        command
             .arg("-a")
             .arg(self.dir.join("containerd.sock"))
             .args(["-n", "k8s.io", "images", "import"])
-            .arg(archive)
-            .output()
-            .map_err(|source| BedError::Io {
-                what: "running ctr images import".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BedError::Command(format!(
-                "importing {}: {}",
-                archive.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+            .arg(archive);
+        run(
+            &mut command,
+            "",
+            &format!("ctr images import {}", archive.display()),
+        )?;
         Ok(())
     }
 

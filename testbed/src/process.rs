@@ -63,6 +63,33 @@ pub(super) struct Process {
     log: PathBuf,
 }
 
+/// Runs `command` to completion with `stdin` as its input; returns its stdout, or an error
+/// naming `what` with its stderr.
+pub(crate) fn run(command: &mut Command, stdin: &str, what: &str) -> Result<String, BedError> {
+    use std::io::Write;
+    let io = |source| BedError::Io {
+        what: format!("running {what}"),
+        source,
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    if !out.status.success() {
+        return Err(BedError::Command(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Makes the kernel kill the child when the thread that spawns it exits, so nothing a test
 /// starts outlives a test binary that panics, is killed, or never drops what it started.
 pub fn die_with_parent(command: &mut Command) {
