@@ -1,5 +1,8 @@
-//! The MPI hostfile: one line per MPI host, in runtime order (Open MPI puts rank 0 on the first).
-//! Hosts are pod DNS names `<pod>.<subdomain>` under the headless Service, as upstream.
+//! The MPI hostfile: one line per MPI host, in [`Plan::hosts`] order (rank 0 on the first).
+//! Workers are pod DNS names `<pod>.<subdomain>` under the headless Service, as upstream. A
+//! launcher that runs ranks is listed by its bare hostname, which its own `/etc/hosts` holds from
+//! the start: listed by DNS name, mpirun could start before the launcher's own record exists,
+//! fail to see the line as local and ssh to itself, where no sshd runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,8 +19,14 @@ pub const KEY: &str = "hostfile";
 /// The hostfile text: Open MPI `<host> slots=N`, Intel MPI and MPICH (Hydra) `<host>:N`.
 pub fn render(job: &str, plan: &Plan) -> String {
     let mut out = String::new();
+    let launcher = plan.launcher();
     for (rjob, job_index, index) in plan.hosts() {
-        let host = format!("{}.{}", names::pod(job, rjob, job_index, index), plan.subdomain);
+        let pod = names::pod(job, rjob, job_index, index);
+        let host = if rjob == launcher {
+            pod
+        } else {
+            format!("{pod}.{}", plan.subdomain)
+        };
         // Writing to a String cannot fail.
         let _ = match plan.implementation {
             MPIImplementation::OpenMPI => writeln!(out, "{host} slots={}", plan.slots),
@@ -68,7 +77,7 @@ mod tests {
     }
 
     #[test]
-    fn launcher_as_node_is_listed_after_the_workers() {
+    fn launcher_as_node_is_listed_first_by_its_bare_hostname() {
         let mut runtime = shipped_runtime("mpi-openmpi");
         runtime
             .ml_policy
@@ -80,7 +89,7 @@ mod tests {
         let p = crate::resolve::resolve(&j, "rt", &runtime).expect("resolves");
         assert_eq!(
             render("pi", &p),
-            "pi-node-0-0.pi slots=1\npi-node-0-1.pi slots=1\npi-launcher-0-0.pi slots=1\n"
+            "pi-launcher-0-0 slots=1\npi-node-0-0.pi slots=1\npi-node-0-1.pi slots=1\n"
         );
     }
 

@@ -44,6 +44,10 @@ struct RunArgs {
     /// Most pods one TrainJob may have; larger jobs fail at once with TooManyPods.
     #[arg(long, env = "TRAINJOB_MAX_PODS_PER_JOB", default_value_t = trainjob_operator::validate::DEFAULT_MAX_PODS_PER_JOB, value_parser = clap::value_parser!(u32).range(1..))]
     max_pods_per_job: u32,
+    /// The cluster's DNS domain (the kubelets' `--cluster-domain`): MPI pods search
+    /// `<job>.<namespace>.svc.<domain>` so that bare pod hostnames resolve.
+    #[arg(long, env = "TRAINJOB_CLUSTER_DOMAIN", default_value = trainjob_operator::plan::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
+    cluster_domain: String,
     /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
     #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -129,11 +133,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: trainjob_operator::validate::Limits {
             max_pods_per_job: args.max_pods_per_job,
         },
+        cluster_domain: args.cluster_domain,
     };
     controller::run(client, settings, metrics, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A DNS domain: dot-separated lower-case labels of letters, digits and `-`, without a final dot.
+fn parse_domain(s: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a DNS domain such as cluster.local"))
+    }
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

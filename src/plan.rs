@@ -5,6 +5,9 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{DependsOn, LAUNCHER, MPIImplementation, NODE, PodGroupPolicy};
 
+/// The DNS domain of a cluster that does not say otherwise.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
 /// What a replicated job is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -81,6 +84,8 @@ pub struct Plan {
     pub launcher_as_node: bool,
     /// Subdomain of the pods (the headless Service name).
     pub subdomain: String,
+    /// The cluster's DNS domain, for the pods' search path (operator setting).
+    pub cluster_domain: String,
     /// Whether DNS records exist before pods are ready.
     pub publish_not_ready: bool,
     /// Whole-gang restarts allowed before the job fails.
@@ -92,15 +97,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The MPI hosts in hostfile order: `(replicated job, job index, pod index)`.
+    /// The MPI hosts in hostfile order: `(replicated job, job index, pod index)`. A launcher that
+    /// runs ranks comes first, so that rank 0 is on it with every implementation (Open MPI puts
+    /// its own host first whatever the order; Hydra follows the file), as in MPI Operator.
     pub fn hosts(&self) -> impl Iterator<Item = (&str, i32, i32)> {
-        self.jobs
+        let launcher = self
+            .jobs
             .iter()
-            .filter(|j| j.role == Role::Node || (j.role == Role::Launcher && self.launcher_as_node))
-            .flat_map(|j| {
-                j.indices()
-                    .map(move |at| (j.name.as_str(), at.job_index, at.index))
-            })
+            .filter(|j| j.role == Role::Launcher && self.launcher_as_node);
+        let workers = self.jobs.iter().filter(|j| j.role == Role::Node);
+        launcher.chain(workers).flat_map(|j| {
+            j.indices()
+                .map(move |at| (j.name.as_str(), at.job_index, at.index))
+        })
     }
 
     /// The replicated job with `role`.

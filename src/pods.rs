@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, KeyToPath, Pod, PodSecurityContext, SecretVolumeSource, Service, ServiceSpec,
-    Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, KeyToPath, Pod, PodDNSConfig, PodSecurityContext,
+    PodSpec, ResourceRequirements, SecretVolumeSource, Service, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::{NODE, TrainJob};
 use crate::env::{self, HOSTFILE_DIR};
@@ -16,8 +17,23 @@ use crate::{hostfile, ssh};
 
 /// Name of the SSH Secret volume.
 pub const SSH_VOLUME: &str = "mpi-ssh-auth";
+/// Name of the in-memory volume holding the private copy of the SSH files (root and unnamed users).
+pub const SSH_COPY_VOLUME: &str = "mpi-ssh-copy";
+/// Name of the init container that makes that copy.
+pub const SSH_INIT: &str = "mpi-ssh-setup";
 /// Name of the hostfile ConfigMap volume.
 pub const HOSTFILE_VOLUME: &str = "mpi-hostfile";
+
+/// Where the init container sees the Secret and the copy.
+const SECRET_DIR: &str = "/mnt/mpi-ssh-auth";
+const COPY_DIR: &str = "/mnt/mpi-ssh-copy";
+
+/// Copies the keys as the container's own user: the private key 0400, the public files 0644,
+/// the directory 0700 where the user may change it (root; sshd's StrictModes checks it).
+const COPY_SCRIPT: &str = "set -e; umask 077; \
+cp /mnt/mpi-ssh-auth/id_rsa /mnt/mpi-ssh-auth/id_rsa.pub /mnt/mpi-ssh-auth/authorized_keys /mnt/mpi-ssh-copy/; \
+chmod 0644 /mnt/mpi-ssh-copy/id_rsa.pub /mnt/mpi-ssh-copy/authorized_keys; \
+chmod 0700 /mnt/mpi-ssh-copy 2>/dev/null || true";
 
 /// The pod `at` of replicated job `rjob`, for whole-gang restart `attempt`.
 pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i32) -> Pod {
@@ -64,11 +80,19 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     spec.automount_service_account_token.get_or_insert(false);
 
     if rjob.role != Role::Other {
-        let mode = ssh_file_mode(&mut spec);
-        spec.volumes
-            .get_or_insert_default()
-            .push(ssh_volume(job_name, mode));
+        let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
+        dns(&mut spec, plan, namespace);
         let is_launcher = rjob.role == Role::Launcher;
+        let copy = match node_user(&spec) {
+            Some(uid) if uid != 0 => {
+                share_keys(&mut spec, job_name, uid);
+                false
+            }
+            _ => {
+                copy_keys(&mut spec, job_name);
+                true
+            }
+        };
         if is_launcher {
             spec.volumes
                 .get_or_insert_default()
@@ -77,7 +101,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         for c in spec.containers.iter_mut().filter(|c| c.name == NODE) {
             let mounts = c.volume_mounts.get_or_insert_default();
             mounts.push(VolumeMount {
-                name: SSH_VOLUME.into(),
+                name: (if copy { SSH_COPY_VOLUME } else { SSH_VOLUME }).into(),
                 mount_path: plan.ssh_mount_path.clone(),
                 read_only: Some(true),
                 ..Default::default()
@@ -91,7 +115,12 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
                 });
             }
             let vars = if is_launcher {
-                env::launcher_env(plan.implementation, plan.slots)
+                let launcher = env::Launcher {
+                    slots: plan.slots,
+                    may_be_root: copy,
+                    runs_ranks: plan.launcher_as_node,
+                };
+                env::launcher_env(plan.implementation, launcher, env::of(c))
             } else {
                 env::worker_env()
             };
@@ -105,28 +134,122 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     }
 }
 
-/// File mode for the SSH files. OpenSSH refuses a private key that its owner's group can read,
-/// and Secret files are owned by root: root gets 0600; a non-root user reads through the pod's
-/// fsGroup with 0640 (set to the user's group when the runtime leaves it out). Never
-/// world-readable.
-fn ssh_file_mode(spec: &mut k8s_openapi::api::core::v1::PodSpec) -> i32 {
+/// Name resolution for MPI. Hydra's proxies (Intel MPI, MPICH) and PRRTE's tree spawn reach the
+/// launcher and each other by bare hostname, which only resolves with the Service's domain in
+/// the search list (as MPI Operator adds). Host-network pods would otherwise use the node's
+/// resolver, which knows no pod names.
+fn dns(spec: &mut PodSpec, plan: &Plan, namespace: &str) {
+    let domain = format!("{}.{namespace}.svc.{}", plan.subdomain, plan.cluster_domain);
+    let searches = spec
+        .dns_config
+        .get_or_insert_with(PodDNSConfig::default)
+        .searches
+        .get_or_insert_default();
+    if !searches.contains(&domain) {
+        searches.push(domain);
+    }
+    if spec.host_network == Some(true) && spec.dns_policy.is_none() {
+        spec.dns_policy = Some("ClusterFirstWithHostNet".into());
+    }
+}
+
+/// The uid the `node` container runs as, when the spec names one.
+fn node_user(spec: &PodSpec) -> Option<i64> {
     let node = spec.containers.iter().find(|c| c.name == NODE);
-    let container_ctx = node.and_then(|c| c.security_context.as_ref());
+    node.and_then(|c| c.security_context.as_ref())
+        .and_then(|s| s.run_as_user)
+        .or(spec.security_context.as_ref().and_then(|s| s.run_as_user))
+}
+
+/// A named non-root user reads the Secret directly through the pod's fsGroup (set to the user's
+/// group when the runtime leaves it out): OpenSSH checks a key's mode only when the key belongs
+/// to the user, and Secret files belong to root. 0640, never world-readable.
+fn share_keys(spec: &mut PodSpec, job: &str, uid: i64) {
+    let node = spec.containers.iter().find(|c| c.name == NODE);
+    let group = node
+        .and_then(|c| c.security_context.as_ref())
+        .and_then(|s| s.run_as_group)
+        .or(spec.security_context.as_ref().and_then(|s| s.run_as_group))
+        .unwrap_or(uid);
     let pod_ctx = spec
         .security_context
         .get_or_insert_with(PodSecurityContext::default);
-    let user = container_ctx.and_then(|s| s.run_as_user).or(pod_ctx.run_as_user);
-    match user {
-        Some(uid) if uid != 0 => {
-            let group = container_ctx
-                .and_then(|s| s.run_as_group)
-                .or(pod_ctx.run_as_group)
-                .unwrap_or(uid);
-            pod_ctx.fs_group.get_or_insert(group);
-            0o640
-        }
-        _ => 0o600,
+    if pod_ctx.fs_group.is_none() {
+        pod_ctx.fs_group = Some(group);
+        // An injected fsGroup must not make the kubelet re-chown every volume (datasets
+        // included) on every start.
+        pod_ctx
+            .fs_group_change_policy
+            .get_or_insert_with(|| "OnRootMismatch".into());
     }
+    spec.volumes.get_or_insert_default().push(ssh_volume(job, 0o640));
+}
+
+/// Root, or a user the spec does not name (the image's `USER`, an OpenShift-assigned uid): an
+/// init container running as that same user copies the files into a private in-memory volume,
+/// owned by the user with the modes OpenSSH demands. Mounting the Secret directly cannot work
+/// for root once any fsGroup is set (the kubelet turns 0600 into 0640, which OpenSSH rejects as
+/// too open), nor for an unnamed non-root user without one (root-owned 0600 is unreadable). The
+/// Secret is mounted only in the init container, readable by whoever that user is.
+fn copy_keys(spec: &mut PodSpec, job: &str) {
+    let Some(node) = spec.containers.iter().find(|c| c.name == NODE) else {
+        return;
+    };
+    let init = Container {
+        name: SSH_INIT.into(),
+        image: node.image.clone(),
+        image_pull_policy: node.image_pull_policy.clone(),
+        security_context: node.security_context.clone(),
+        resources: quota_resources(node.resources.as_ref()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), COPY_SCRIPT.into()]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: SSH_VOLUME.into(),
+                mount_path: SECRET_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: SSH_COPY_VOLUME.into(),
+                mount_path: COPY_DIR.into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    spec.init_containers.get_or_insert_default().insert(0, init);
+    let volumes = spec.volumes.get_or_insert_default();
+    volumes.push(ssh_volume(job, 0o444));
+    volumes.push(Volume {
+        name: SSH_COPY_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            // Key material stays in memory, never on the node's disk.
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity("1Mi".into())),
+        }),
+        ..Default::default()
+    });
+}
+
+/// The `node` container's CPU and memory, so that a ResourceQuota demanding limits admits the
+/// init container; the pod's effective request stays the same. Devices (GPUs) stay out.
+fn quota_resources(from: Option<&ResourceRequirements>) -> Option<ResourceRequirements> {
+    let from = from?;
+    let pick = |m: &Option<BTreeMap<String, Quantity>>| {
+        m.as_ref()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| matches!(k.as_str(), "cpu" | "memory"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .filter(|m| !m.is_empty())
+    };
+    Some(ResourceRequirements {
+        limits: pick(&from.limits),
+        requests: pick(&from.requests),
+        ..Default::default()
+    })
 }
 
 fn ssh_volume(job: &str, mode: i32) -> Volume {

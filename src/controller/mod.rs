@@ -44,6 +44,8 @@ pub struct Settings {
     pub instance: String,
     /// Limits on a single job.
     pub limits: Limits,
+    /// The cluster's DNS domain (kubelet `--cluster-domain`).
+    pub cluster_domain: String,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             concurrency: 8,
             instance: "trainjob-operator".into(),
             limits: Limits::default(),
+            cluster_domain: crate::plan::DEFAULT_CLUSTER_DOMAIN.into(),
         }
     }
 }
@@ -168,7 +171,8 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let now = lifecycle::now();
     let active = !lifecycle::finished(job.status.as_ref()) && !job.spec.suspend.unwrap_or(false);
     let inputs = dereference::inputs(job, ctx, active).await?;
-    let plan = resolve(job, &inputs.runtime.label, &inputs.runtime.spec)?;
+    let mut plan = resolve(job, &inputs.runtime.label, &inputs.runtime.spec)?;
+    plan.cluster_domain.clone_from(&ctx.settings.cluster_domain);
     validate(job, &inputs.runtime.label, &plan, &ctx.settings.limits)?;
     let decision = lifecycle::decide(job, &plan, inputs.pods.iter().map(AsRef::as_ref), &now);
     apply::decision(job, ctx, &plan, &inputs, &decision).await?;

@@ -1,4 +1,7 @@
-use k8s_openapi::api::core::v1::Container;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodDNSConfig, PodSecurityContext, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 
 use super::*;
@@ -121,16 +124,14 @@ fn worker_gets_ssh_keys_but_no_hostfile() {
     assert_eq!(env, [("K_MPI_JOB_ROLE", Some("worker"))]);
 }
 
-#[test]
-fn root_containers_get_owner_only_key_files() {
+/// The worker pod of the shipped Open MPI runtime after `edit` of its pod spec.
+fn worker_with(edit: impl Fn(&mut k8s_openapi::api::core::v1::PodSpec)) -> Pod {
     let j = job(json!({}));
     let mut p = plan(&j, "mpi-openmpi");
     let rjob = &mut p.jobs[0];
-    let spec = rjob.template.spec.as_mut().expect("spec");
-    spec.security_context = None;
-    spec.containers[0].security_context = None;
+    edit(rjob.template.spec.as_mut().expect("spec"));
     let rjob = rjob.clone();
-    let pod = pod(
+    pod(
         &j,
         &p,
         &rjob,
@@ -139,21 +140,152 @@ fn root_containers_get_owner_only_key_files() {
             index: 0,
         },
         0,
-    );
-    let volume = &pod
+    )
+}
+
+#[test]
+fn root_and_unnamed_users_get_a_private_copy_made_by_an_init_container() {
+    for user in [Some(0), None] {
+        let pod = worker_with(|spec| {
+            spec.security_context = Some(PodSecurityContext {
+                fs_group: Some(2000),
+                ..Default::default()
+            });
+            spec.containers[0].security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+                run_as_user: user,
+                run_as_non_root: user.map(|_| false),
+                ..Default::default()
+            });
+            spec.containers[0].resources = Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([
+                    ("cpu".into(), Quantity("2".into())),
+                    ("nvidia.com/gpu".into(), Quantity("8".into())),
+                ])),
+                ..Default::default()
+            });
+        });
+        let spec = pod.spec.as_ref().expect("spec");
+        let volumes = spec.volumes.as_ref().expect("volumes");
+        let secret = volumes
+            .iter()
+            .find(|v| v.name == SSH_VOLUME)
+            .and_then(|v| v.secret.as_ref())
+            .expect("secret volume");
+        // Readable by whoever the user turns out to be, but mounted only in the init container.
+        assert!(secret.items.iter().flatten().all(|i| i.mode == Some(0o444)));
+        let copy = volumes
+            .iter()
+            .find(|v| v.name == SSH_COPY_VOLUME)
+            .and_then(|v| v.empty_dir.as_ref())
+            .expect("in-memory copy");
+        assert_eq!(copy.medium.as_deref(), Some("Memory"));
+        let init = &spec.init_containers.as_ref().expect("init containers")[0];
+        assert_eq!(init.name, SSH_INIT);
+        assert_eq!(
+            init.image,
+            node(&pod).image,
+            "the image the user runs, with its shell"
+        );
+        assert_eq!(
+            init.security_context,
+            node(&pod).security_context,
+            "as the same user"
+        );
+        let limits = init
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
+        assert_eq!(
+            limits.keys().collect::<Vec<_>>(),
+            ["cpu"],
+            "CPU and memory only, no GPUs"
+        );
+        let script = init.command.as_ref().expect("command").join(" ");
+        assert!(
+            script.contains("umask 077") && script.contains("chmod 0700"),
+            "{script}"
+        );
+        let mounts: Vec<_> = node(&pod)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(mounts, [(SSH_COPY_VOLUME, "/home/mpiuser/.ssh", Some(true))]);
+        // The runtime's fsGroup is the user's business: left alone.
+        let ctx = spec.security_context.as_ref().expect("context");
+        assert_eq!(
+            (ctx.fs_group, ctx.fs_group_change_policy.as_deref()),
+            (Some(2000), None)
+        );
+    }
+}
+
+#[test]
+fn an_injected_fs_group_does_not_rechown_volumes_on_every_start() {
+    let pod = worker_with(|spec| spec.security_context = None);
+    let ctx = pod
         .spec
         .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .expect("volumes")[0];
+        .and_then(|s| s.security_context.clone())
+        .expect("context");
+    assert_eq!(ctx.fs_group, Some(1000), "the container's runAsGroup");
+    assert_eq!(ctx.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
     assert!(
-        volume
-            .secret
+        pod.spec
             .as_ref()
-            .and_then(|s| s.items.clone())
-            .expect("items")
-            .iter()
-            .all(|i| i.mode == Some(0o600))
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none()
     );
+}
+
+#[test]
+fn mpi_pods_search_the_service_domain_so_bare_hostnames_resolve() {
+    let worker = worker_with(|spec| {
+        spec.dns_config = Some(PodDNSConfig {
+            searches: Some(vec!["corp.example".into()]),
+            ..Default::default()
+        });
+    });
+    let spec = worker.spec.as_ref().expect("spec");
+    let searches = spec.dns_config.as_ref().and_then(|d| d.searches.clone());
+    assert_eq!(
+        searches.expect("searches"),
+        ["corp.example", "pi.ns.svc.cluster.local"]
+    );
+    assert_eq!(spec.dns_policy, None);
+
+    let j = job(json!({}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.cluster_domain = "corp.internal".into();
+    let launcher = p.job(Role::Launcher).expect("launcher").clone();
+    let built = pod(
+        &j,
+        &p,
+        &launcher,
+        PodIndex {
+            job_index: 0,
+            index: 0,
+        },
+        0,
+    );
+    let searches = built.spec.and_then(|s| s.dns_config).and_then(|d| d.searches);
+    assert_eq!(searches.expect("searches"), ["pi.ns.svc.corp.internal"]);
+}
+
+#[test]
+fn host_network_pods_keep_cluster_dns() {
+    let pod = worker_with(|spec| spec.host_network = Some(true));
+    assert_eq!(
+        pod.spec.and_then(|s| s.dns_policy).as_deref(),
+        Some("ClusterFirstWithHostNet")
+    );
+    let pod = worker_with(|spec| {
+        spec.host_network = Some(true);
+        spec.dns_policy = Some("Default".into());
+    });
+    assert_eq!(pod.spec.and_then(|s| s.dns_policy).as_deref(), Some("Default"));
 }
 
 #[test]
@@ -199,6 +331,9 @@ fn launcher_gets_hostfile_and_mpi_environment() {
     assert_eq!(get("OMPI_MCA_orte_set_default_slots"), Some("1"));
     assert_eq!(get("PRTE_MCA_prte_default_hostfile"), Some("/etc/mpi/hostfile"));
     assert_eq!(get("K_MPI_JOB_ROLE"), Some("launcher"));
+    // uid 1000 named by the runtime: no root permission needed; no ranks, so no GPUs.
+    assert_eq!(get("OMPI_ALLOW_RUN_AS_ROOT"), None);
+    assert_eq!(get("NVIDIA_VISIBLE_DEVICES"), Some(""));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{ANCESTOR_LABEL, ANCESTOR_TRAINER, LAUNCHER, NODE, TrainJob, TrainingRuntimeSpec};
 use crate::env::RESERVED_ENV;
-use crate::plan::{JobPlan, Plan, Role};
+use crate::plan::{DEFAULT_CLUSTER_DOMAIN, JobPlan, Plan, Role};
 use crate::reasons;
 use overrides::{apply_initializer, apply_patch, apply_trainer, gpu_count, node_container_gpus};
 
@@ -254,6 +254,7 @@ pub fn resolve(
             .unwrap_or_else(|| "/root/.ssh".into()),
         launcher_as_node,
         subdomain: subdomain(job, runtime),
+        cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
         publish_not_ready: network
             .and_then(|n| n.publish_not_ready_addresses)
             .unwrap_or(true),

@@ -84,7 +84,7 @@ fn launcher_as_node_counts_the_launcher_among_the_nodes() {
     assert_eq!(three.total_pods(), 3);
     assert_eq!(
         three.hosts().collect::<Vec<_>>(),
-        [("node", 0, 0), ("node", 0, 1), ("launcher", 0, 0)]
+        [("launcher", 0, 0), ("node", 0, 0), ("node", 0, 1)]
     );
 }
 
