@@ -7,8 +7,13 @@
 #   customize.sh  optional: mmdebstrap customize hook, gets the root filesystem as $1
 #   needs=VAR     optional, in image.conf: a file the image is built from (its content is part of
 #                 the cache key); without VAR set, building every image skips this one
-# Each archive is cached by the hash of its directory, as <cache>/images/<name>-<hash>.tar, and
-# tagged trainjob.local/<name>:bed (not :latest, so that the default pull policy never pulls). Prints "<name> <archive>" per image.
+#   options=      optional, in image.conf: more mmdebstrap options (space separated)
+# hack/images/common/ holds what several images share (no image.conf: not an image); customize.sh
+# scripts use it as "$(dirname "$0")/../common".
+# Each archive is cached by the hash of its directory, common/, oci.py and this script, as
+# <cache>/images/<name>-<hash>.tar, and tagged trainjob.local/<name>:bed (not :latest, so that the
+# default pull policy never pulls); building one deletes that image's older archives. Prints
+# "<name> <archive>" per image.
 #
 #   hack/images.sh [NAME...]     build what is missing (all images by default)
 set -euo pipefail
@@ -24,7 +29,9 @@ suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 names=("$@")
 all=$([[ ${#names[@]} -eq 0 ]] && echo yes || true)
 if [[ -n "$all" ]]; then
-  for d in "$here"/images/*/; do names+=("$(basename "$d")"); done
+  for d in "$here"/images/*/; do
+    if [[ -f "$d/image.conf" ]]; then names+=("$(basename "$d")"); fi
+  done
 fi
 
 for name in "${names[@]}"; do
@@ -41,11 +48,14 @@ for name in "${names[@]}"; do
     fi
     [[ -f "$input" ]] || { echo "images.sh: \$$needs=$input is not a file" >&2; exit 1; }
   fi
-  hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh" ${input:+"$input"}) | sha256sum | cut -c1-12)
+  hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum
+           cd "$here/images" && find common -type f -print0 | sort -z | xargs -0 -r sha256sum
+           echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh" ${input:+"$input"}) | sha256sum | cut -c1-12)
   archive="$out/$name-$hash.tar"
   if [[ ! -f "$archive" ]]; then
     variant=$(sed -n 's/^variant=//p' "$dir/image.conf")
     packages=$(sed -n 's/^packages=//p' "$dir/image.conf")
+    read -ra options <<<"$(sed -n 's/^options=//p' "$dir/image.conf")"
     hooks=()
     [[ -x "$dir/customize.sh" ]] && hooks=(--customize-hook="$dir/customize.sh \"\$1\"")
     tmp=$(mktemp -d "$out/.build-$name.XXXXXX")
@@ -53,13 +63,16 @@ for name in "${names[@]}"; do
     start=$SECONDS
     echo ">> building image $name ($variant: $packages)" >&2
     mmdebstrap --quiet --variant="$variant" ${packages:+--include="${packages// /,}"} \
-      --aptopt='Apt::Install-Recommends "false"' "${hooks[@]}" \
+      --aptopt='Apt::Install-Recommends "false"' "${options[@]}" "${hooks[@]}" \
       "$suite" "$tmp/rootfs.tar" >&2
     python3 "$here/images/oci.py" "$tmp/rootfs.tar" "trainjob.local/$name:bed" "$dir/config.json" "$tmp/image.tar"
     mv "$tmp/image.tar" "$archive"
     rm -rf "$tmp"
     trap - EXIT
-    echo ">> built image $name in $((SECONDS - start))s" >&2
+    echo ">> built image $name in $((SECONDS - start))s, $(du -m "$archive" | cut -f1) MB" >&2
+    for old in "$out/$name"-????????????.tar; do
+      if [[ "$old" != "$archive" && "$(basename "$old")" =~ ^"$name"-[0-9a-f]{12}\.tar$ ]]; then rm -f "$old"; fi
+    done
   fi
   echo "$name $archive"
 done

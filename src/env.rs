@@ -104,10 +104,10 @@ pub fn launcher_env(
         ],
     };
     pairs.push((ROLE_ENV, "launcher".into()));
-    if implementation == MPIImplementation::OpenMPI {
-        if let Some(list) = forwarded(existing) {
-            pairs.push((OMPI_ENV_LIST, list));
-        }
+    if implementation == MPIImplementation::OpenMPI
+        && let Some(list) = forwarded(existing)
+    {
+        pairs.push((OMPI_ENV_LIST, list));
     }
     let has = |name: &str| existing.iter().any(|e| e.name == name);
     let mut defaults: Vec<(&str, &str)> = Vec::new();
