@@ -112,6 +112,8 @@ pub struct Inputs {
     pub hostfile: Option<Arc<ConfigMap>>,
     /// See `hostfile`.
     pub service: Option<Arc<Service>>,
+    /// The tail of the current attempt's launcher log, once that launcher has failed.
+    pub launcher_log: Option<String>,
 }
 
 /// Reads the inputs of `job`. `active`: the job is neither finished nor suspended, so its Secret,
@@ -140,13 +142,63 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
             secret_exists = true;
         }
     }
+    let pods = ctx.pods.of(&ns, &name);
+    let launcher_log = match failed_launcher(job, &pods).filter(|_| active) {
+        Some(pod) => launcher_log(ctx, &ns, pod).await,
+        None => None,
+    };
     Ok(Inputs {
         runtime,
-        pods: ctx.pods.of(&ns, &name),
+        pods,
         secret_exists,
         hostfile,
         service,
+        launcher_log,
     })
+}
+
+/// Lines of a failed launcher's log worth reading: mpirun's ssh and DNS errors come last.
+const LOG_TAIL_LINES: i64 = 50;
+
+/// The launcher pod of the current restart attempt, if it has failed.
+fn failed_launcher<'a>(job: &TrainJob, pods: &'a [Arc<Pod>]) -> Option<&'a str> {
+    let attempt = job
+        .status
+        .as_ref()
+        .and_then(|s| s.restarts)
+        .unwrap_or(0)
+        .to_string();
+    pods.iter().find_map(|pod| {
+        let labels = pod.metadata.labels.as_ref()?;
+        let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+        let launcher = labels.get(names::JOB_ROLE_LABEL).map(String::as_str) == Some(crate::api::LAUNCHER);
+        let current = labels.get(names::RESTART_ATTEMPT_LABEL) == Some(&attempt);
+        (failed && launcher && current)
+            .then_some(pod.metadata.name.as_deref())
+            .flatten()
+    })
+}
+
+/// The tail of the launcher's `node` container log; `None` when it cannot be read (the node is
+/// gone, or the operator may not read logs), which only makes the failure message less specific.
+/// The text is matched, never logged or stored (see `lifecycle::diagnose`).
+async fn launcher_log(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
+    let params = kube::api::LogParams {
+        container: Some(crate::api::NODE.into()),
+        tail_lines: Some(LOG_TAIL_LINES),
+        limit_bytes: Some(64 * 1024),
+        ..Default::default()
+    };
+    match Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .logs(pod, &params)
+        .await
+    {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::debug!(pod, error = %e, "could not read the failed launcher's log");
+            None
+        }
+    }
 }
 
 /// Waits (bounded) until every watch cache has listed everything once. A freshly started

@@ -174,7 +174,8 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let mut plan = resolve(job, &inputs.runtime.label, &inputs.runtime.spec)?;
     plan.cluster_domain.clone_from(&ctx.settings.cluster_domain);
     validate(job, &inputs.runtime.label, &plan, &ctx.settings.limits)?;
-    let decision = lifecycle::decide(job, &plan, inputs.pods.iter().map(AsRef::as_ref), &now);
+    let pods = inputs.pods.iter().map(AsRef::as_ref);
+    let decision = lifecycle::decide_with_log(job, &plan, pods, &now, inputs.launcher_log.as_deref());
     apply::decision(job, ctx, &plan, &inputs, &decision).await?;
     observe::decision(job, ctx, &plan, &inputs, &decision, &now).await;
     Ok(Action::requeue(decision.requeue_after.unwrap_or(DRIFT_CHECK)))

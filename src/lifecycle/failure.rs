@@ -7,12 +7,23 @@ use crate::plan::{Plan, Role};
 use super::observed::Observed;
 
 /// The first pod of the current attempt that breaks the world: failed, deleted by someone else
-/// (eviction, drain, node loss), or, once the launcher exists, missing altogether.
-pub(super) fn broken(job: &str, plan: &Plan, mine: &[&Observed]) -> Option<String> {
+/// (eviction, drain, node loss), or, once the launcher exists, missing altogether. A failed
+/// launcher's log, when given, names SSH, DNS or key trouble.
+pub(super) fn broken(
+    job: &str,
+    plan: &Plan,
+    mine: &[&Observed],
+    launcher_log: Option<&str>,
+) -> Option<String> {
     mine.iter()
         .find(|o| o.failed())
         .or_else(|| mine.iter().find(|o| o.deleting && !o.succeeded()))
-        .map(|o| describe(o))
+        .map(|o| {
+            let cause = launcher_log
+                .filter(|_| o.rjob == plan.launcher())
+                .and_then(|log| super::diagnose::launcher_log(log, plan));
+            describe(o, cause)
+        })
         .or_else(|| missing_worker(job, plan, mine))
 }
 
@@ -33,8 +44,8 @@ fn missing_worker(job: &str, plan: &Plan, mine: &[&Observed]) -> Option<String> 
     ))
 }
 
-/// One line saying which pod failed, how, and what to do about it.
-fn describe(o: &Observed) -> String {
+/// One line saying which pod failed, how, and what to do about it (`cause`, when known).
+fn describe(o: &Observed, cause: Option<String>) -> String {
     let status = o.pod.status.as_ref();
     if o.deleting && !o.failed() {
         return format!(
@@ -60,12 +71,13 @@ fn describe(o: &Observed) -> String {
     match terminated {
         Some((container, t)) => {
             let reason = t.reason.as_deref().unwrap_or("Error");
-            let hint = match reason {
-                "OOMKilled" => {
+            let hint = match (cause, reason) {
+                (Some(cause), _) => format!("; {cause}"),
+                (None, "OOMKilled") => {
                     "; it ran out of memory: raise the memory limit (spec.trainer.resourcesPerNode)"
                         .to_string()
                 }
-                _ => format!("; see `kubectl logs {} -c {container}`", o.name),
+                (None, _) => format!("; see `kubectl logs {} -c {container}`", o.name),
             };
             format!(
                 "pod {} failed: container {container} exited with code {} ({reason}){hint}",

@@ -4,6 +4,7 @@
 //! finished → suspended → deadline → failed (restart or fail) → complete → create.
 
 mod conditions;
+mod diagnose;
 mod events;
 mod failure;
 mod jobs_status;
@@ -81,6 +82,18 @@ pub fn decide<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
     now: &'a Time,
 ) -> Decision {
+    decide_with_log(job, plan, pods, now, None)
+}
+
+/// [`decide`], given also the tail of a failed launcher's log, which names the cause when it was
+/// SSH, DNS or the key.
+pub fn decide_with_log<'a>(
+    job: &'a TrainJob,
+    plan: &'a Plan,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    now: &'a Time,
+    launcher_log: Option<&str>,
+) -> Decision {
     let mut pass = Pass::new(job, plan, pods, now);
     pass.delete_earlier_attempts();
     if finished(Some(&pass.status)) {
@@ -93,7 +106,7 @@ pub fn decide<'a>(
     if let Some(message) = pass.deadline_passed() {
         return pass.fail(reasons::DEADLINE_EXCEEDED, message);
     }
-    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine()) {
+    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), launcher_log) {
         return pass.restart_or_fail(what);
     }
     if let Some(launcher) = pass.launcher_succeeded() {

@@ -28,6 +28,32 @@ fn launcher_failure_fails_the_job_with_exit_code_and_hint() {
 }
 
 #[test]
+fn launcher_failure_names_the_cause_its_log_shows() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    terminate(&mut pods, "pi-launcher-0-0", 255, "Error");
+    let log = "ssh: Could not resolve hostname pi-node-0-1.pi: Name or service not known\n";
+    let d = decide_with_log(&j, &p, &pods, &at(T0), Some(log));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert!(
+        failed
+            .message
+            .starts_with("pod pi-launcher-0-0 failed: container node exited with code 255 (Error); a host name did not resolve (DNS): "),
+        "{}",
+        failed.message
+    );
+    // A worker's failure is not explained by the launcher's log.
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    terminate(&mut pods, "pi-node-0-0", 1, "Error");
+    let d = decide_with_log(&j, &p, &pods, &at(T0), Some(log));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert!(
+        failed.message.ends_with("see `kubectl logs pi-node-0-0 -c node`"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
 fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
     let j = job(json!({"trainer": {"numNodes": 2}}));
     let mut p = plan(&j, "mpi-openmpi");
