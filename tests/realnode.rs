@@ -1,102 +1,400 @@
 //! MPI for real: the operator's Secret, hostfile, Service and environment drive a real `mpirun`
 //! across real pods on a real kubelet node (containerd, CNI bridge, CoreDNS; `hack/node.sh`),
-//! with images built from Debian packages (`hack/images.sh`).
+//! with images built from Debian and PyPI packages (`hack/images.sh`): Open MPI 4 and 5, MPICH
+//! and Intel MPI, as the runtime's user and as root, with and without the launcher running ranks.
+//! Then the failures a fake pod cannot show: no sshd, no DNS, a refused key.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Client;
 use kube::api::{Api, LogParams, PostParams};
-use serde_json::json;
-use support::jobs::wait_condition;
-use support::{TestNs, client, operator, real_bed};
+use serde_json::{Value, json};
+use support::jobs::runtime;
+use support::{TestNs, client, eventually, operator, real_bed};
 use trainjob_operator::api::TrainJob;
 use trainjob_testbed::REAL_NODE;
 
-/// Open MPI 4 from Debian, laid out like the image the shipped runtime names (`hack/images`).
-const OPENMPI4: &str = "trainjob.local/openmpi4:bed";
+/// Deadline for one MPI job on the shared 2-core node, pods started from local images.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-/// A TrainJob on a shipped ClusterTrainingRuntime as written, sent to the real node the way
-/// Kueue would: `runtimePatches` with a node selector and a toleration.
-fn on_real_node(name: &str, ns: &str, runtime: &str, trainer: serde_json::Value) -> TrainJob {
+/// MPI slots per host in every job here.
+const SLOTS: usize = 2;
+
+/// An MPI implementation: its image (`hack/images/<name>`) and shipped runtime.
+#[derive(Clone, Copy, Debug)]
+struct Mpi {
+    image: &'static str,
+    runtime: &'static str,
+    /// Hydra runtimes take the launch line as `args` (MPI Operator's layout); Open MPI as `command`.
+    hydra: bool,
+}
+
+const OPENMPI4: Mpi = Mpi {
+    image: "trainjob.local/openmpi4:bed",
+    runtime: "mpi-openmpi",
+    hydra: false,
+};
+const OPENMPI5: Mpi = Mpi {
+    image: "trainjob.local/openmpi5:bed",
+    runtime: "mpi-openmpi",
+    hydra: false,
+};
+const MPICH: Mpi = Mpi {
+    image: "trainjob.local/mpich:bed",
+    runtime: "mpi-mpich",
+    hydra: true,
+};
+const INTEL: Mpi = Mpi {
+    image: "trainjob.local/intel:bed",
+    runtime: "mpi-intel",
+    hydra: true,
+};
+
+/// How a job's runtime differs from the shipped one.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Variant {
+    /// The shipped ClusterTrainingRuntime as written (uid 1000, fsGroup 1000).
+    #[default]
+    Shipped,
+    /// Root in every container, keys in /root/.ssh, the runtime's fsGroup kept.
+    Root,
+    /// `runLauncherAsNode`, otherwise as shipped.
+    LauncherAsNode,
+    /// No user and no fsGroup in the spec: the image's `USER` (uid 1000) runs everything.
+    ImageUser,
+}
+
+/// One TrainJob of the matrix.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    job: &'static str,
+    mpi: Mpi,
+    variant: Variant,
+    nodes: usize,
+}
+
+impl Case {
+    fn new(job: &'static str, mpi: Mpi, variant: Variant, nodes: usize) -> Case {
+        Case {
+            job,
+            mpi,
+            variant,
+            nodes,
+        }
+    }
+}
+
+/// The pod spec fields that put a pod on the real node, the way Kueue would: `runtimePatches`.
+fn real_node_patches() -> Value {
     let pod = json!({"spec": {
         "nodeSelector": {REAL_NODE: "true"},
         "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
     }});
     let patch = |rjob: &str| json!({"name": rjob, "template": {"spec": {"template": pod}}});
-    serde_json::from_value(json!({
-        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "runtimeRef": {"name": runtime},
-            "trainer": trainer,
-            "runtimePatches": [{"manager": "trainjob.test/real-node", "trainingRuntimeSpec": {"template": {"spec": {
-                "replicatedJobs": [patch("node"), patch("launcher")],
-            }}}}],
-        },
-    }))
-    .expect("job")
+    json!([{"manager": "trainjob.test/real-node", "trainingRuntimeSpec": {"template": {"spec": {
+        "replicatedJobs": [patch("node"), patch("launcher")],
+    }}}}])
 }
 
-#[tokio::test]
-async fn open_mpi_runs_across_real_pods_on_the_shipped_runtime() {
-    real_bed();
-    operator();
-    let ns = TestNs::new("mpi").await;
-    let c = client(support::Identity::Admin).await;
-    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
-    let trainer = json!({"image": OPENMPI4, "numNodes": 2, "numProcPerNode": 2,
-        "command": ["mpirun", "/home/mpiuser/pi"]});
-    jobs.create(
-        &PostParams::default(),
-        &on_real_node("pi", &ns.name, "mpi-openmpi", trainer),
-    )
-    .await
-    .expect("create");
-    let (_, complete) = wait_condition(&jobs, "pi", "Complete").await;
-    assert_eq!(complete.reason, "AllJobsCompleted");
+/// The pod spec of replicated job `rjob` in a runtime spec.
+fn pod_spec<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+    let jobs = spec["template"]["spec"]["replicatedJobs"]
+        .as_array_mut()
+        .expect("replicatedJobs");
+    let job = jobs
+        .iter_mut()
+        .find(|j| j["name"] == rjob)
+        .expect("replicated job");
+    &mut job["template"]["spec"]["template"]["spec"]
+}
 
-    // What the SDK does: the launcher's log through the API server and the kubelet.
-    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
-    let log = pods
-        .logs(
-            "pi-launcher-0-0",
-            &LogParams {
-                container: Some("node".into()),
-                ..Default::default()
-            },
-        )
+/// The `node` container of replicated job `rjob` in a runtime spec.
+fn container<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+    &mut pod_spec(spec, rjob)["containers"][0]
+}
+
+/// Sets what a container runs, in the field the runtime uses for it (`command` or `args`).
+fn run(container: &mut Value, line: &[&str]) {
+    let field = if container.get("command").is_some() {
+        "command"
+    } else {
+        "args"
+    };
+    container[field] = json!(line);
+}
+
+/// Creates the job of `case` (and its runtime, unless shipped); `probe` goes into
+/// `spec.trainer.env` and every rank prints it.
+async fn submit(c: &Client, ns: &str, case: Case, probe: &str) {
+    let runtime_ref = match case.variant {
+        Variant::Shipped => json!({"name": case.mpi.runtime}),
+        variant => {
+            runtime(c, ns, case.mpi.runtime, case.job, |spec| match variant {
+                Variant::Root => {
+                    spec["mlPolicy"]["mpi"]["sshAuthMountPath"] = json!("/root/.ssh");
+                    for rjob in ["node", "launcher"] {
+                        container(spec, rjob)["securityContext"] = json!({"runAsUser": 0, "runAsGroup": 0});
+                    }
+                    run(container(spec, "node"), &["/usr/sbin/sshd", "-De"]);
+                }
+                Variant::ImageUser => {
+                    for rjob in ["node", "launcher"] {
+                        container(spec, rjob)["securityContext"] = json!({"runAsNonRoot": true});
+                        pod_spec(spec, rjob)["securityContext"] = json!({});
+                    }
+                }
+                _ => spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true),
+            })
+            .await;
+            json!({"kind": "TrainingRuntime", "name": case.job})
+        }
+    };
+    let ranks = (case.nodes * SLOTS).to_string();
+    let line = ["mpirun", "-n", &ranks, "/home/mpiuser/pi", "PROBE"];
+    let mut trainer = json!({"image": case.mpi.image, "numNodes": case.nodes, "numProcPerNode": SLOTS,
+        "env": [{"name": "PROBE", "value": probe}]});
+    trainer[if case.mpi.hydra { "args" } else { "command" }] = json!(line);
+    create(c, ns, case.job, runtime_ref, trainer).await;
+}
+
+async fn create(c: &Client, ns: &str, name: &str, runtime_ref: Value, trainer: Value) {
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"runtimeRef": runtime_ref, "trainer": trainer, "runtimePatches": real_node_patches()},
+    }))
+    .expect("job");
+    Api::<TrainJob>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &job)
         .await
-        .expect("kubectl logs of the launcher");
-    let hostfile = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
-        .get("pi-mpi-hostfile")
+        .expect("create job");
+}
+
+/// The launcher's log, as `kubectl logs` (and the Kubeflow SDK) read it.
+async fn launcher_log(c: &Client, ns: &str, job: &str) -> String {
+    let params = LogParams {
+        container: Some("node".into()),
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .logs(&format!("{job}-launcher-0-0"), &params)
+        .await
+        .unwrap_or_else(|e| format!("(no launcher log: {e})"))
+}
+
+/// Waits until the job is Complete or Failed; returns (type, reason, message).
+async fn finished(c: &Client, ns: &str, job: &str) -> (String, String, String) {
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    eventually(&format!("{job} to finish"), RUN_DEADLINE, || async {
+        let j = jobs.get(job).await.map_err(|e| e.to_string())?;
+        let status = j.status.unwrap_or_default();
+        status
+            .conditions
+            .iter()
+            .find(|c| ["Complete", "Failed"].contains(&c.type_.as_str()) && c.status == "True")
+            .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
+            .ok_or_else(|| format!("{:?}", status.conditions))
+    })
+    .await
+}
+
+/// Runs `case` to completion and checks that every rank ran where the hostfile put it, saw the
+/// job's env, and took part in the allreduce.
+async fn check(c: &Client, ns: &str, case: Case) {
+    let probe = format!("{}-probe", case.job);
+    submit(c, ns, case, &probe).await;
+    let (type_, reason, message) = finished(c, ns, case.job).await;
+    let log = launcher_log(c, ns, case.job).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Complete", "AllJobsCompleted"),
+        "{case:?}: {message}\nlauncher log:\n{log}"
+    );
+    let hostfile = Api::<ConfigMap>::namespaced(c.clone(), ns)
+        .get(&format!("{}-mpi-hostfile", case.job))
         .await
         .expect("hostfile")
         .data
         .and_then(|mut d| d.remove("hostfile"))
         .unwrap_or_default();
-    // Open MPI fills each host's slots in hostfile order: ranks 0-1 on the first, 2-3 on the second.
     let hosts: Vec<&str> = hostfile
         .lines()
-        .filter_map(|l| l.split(['.', ' ']).next())
+        .filter_map(|l| l.split(['.', ' ', ':']).next())
         .collect();
-    assert_eq!(hosts, ["pi-node-0-0", "pi-node-0-1"], "{hostfile}");
-    let ranks: BTreeMap<u32, String> = log
+    let launcher = format!("{}-launcher-0-0", case.job);
+    let mut expected_hosts: Vec<String> = (0..case.nodes)
+        .map(|i| format!("{}-node-0-{i}", case.job))
+        .collect();
+    if case.variant == Variant::LauncherAsNode {
+        // The launcher is one of the nodes, listed first: rank 0 runs on it.
+        expected_hosts.pop();
+        expected_hosts.insert(0, launcher);
+    }
+    assert_eq!(hosts, expected_hosts, "{case:?}: {hostfile}");
+
+    let ranks = case.nodes * SLOTS;
+    let seen: BTreeMap<usize, (String, String)> = log
         .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("rank ")?;
-            let (rank, rest) = rest.split_once(" of 4 on ")?;
-            Some((rank.parse().ok()?, rest.trim().to_string()))
+            let (rank, rest) = rest.split_once(&format!(" of {ranks} on "))?;
+            let (host, probe) = rest.trim().split_once(" PROBE=")?;
+            Some((rank.parse().ok()?, (host.to_string(), probe.to_string())))
         })
         .collect();
-    let expected: BTreeMap<u32, String> = (0..4).map(|r| (r, hosts[(r / 2) as usize].to_string())).collect();
+    let expected: BTreeMap<usize, (String, String)> = (0..ranks)
+        .map(|r| (r, (hosts[r / SLOTS].to_string(), probe.clone())))
+        .collect();
     assert_eq!(
-        ranks, expected,
-        "every rank on the host the hostfile gave it:\n{log}"
+        seen, expected,
+        "{case:?}: every rank on the host the hostfile gave it, with spec.trainer.env:\n{log}"
     );
     assert!(
-        log.contains("pi is approximately 3.14159265 from 4 ranks"),
-        "the allreduce over every rank:\n{log}"
+        log.contains(&format!("pi is approximately 3.14159265 from {ranks} ranks")),
+        "{case:?}: the allreduce over every rank:\n{log}"
+    );
+}
+
+async fn matrix(prefix: &str, cases: &[Case]) {
+    real_bed();
+    operator();
+    let ns = TestNs::new(prefix).await;
+    let c = client(support::Identity::Admin).await;
+    join_all(cases.iter().map(|case| check(&c, &ns.name, *case))).await;
+}
+
+#[tokio::test]
+async fn open_mpi_4_as_user_as_root_as_the_image_user_and_with_the_launcher_as_a_node() {
+    matrix(
+        "ompi4",
+        &[
+            Case::new("user", OPENMPI4, Variant::Shipped, 3),
+            Case::new("root", OPENMPI4, Variant::Root, 3),
+            Case::new("solo", OPENMPI4, Variant::LauncherAsNode, 1),
+            Case::new("trio", OPENMPI4, Variant::LauncherAsNode, 3),
+            Case::new("image", OPENMPI4, Variant::ImageUser, 2),
+        ],
+    )
+    .await;
+}
+
+/// Open MPI 5 reads only PRRTE's variables: with the ORTE ones alone every rank would run on the
+/// launcher (kubeflow/trainer#4028). Ranks on every worker prove the PRRTE ones work.
+#[tokio::test]
+async fn open_mpi_5_spreads_ranks_over_every_worker() {
+    matrix(
+        "ompi5",
+        &[
+            Case::new("user", OPENMPI5, Variant::Shipped, 3),
+            Case::new("root", OPENMPI5, Variant::Root, 3),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mpich_as_user_as_root_and_with_the_launcher_as_a_node() {
+    matrix(
+        "mpich",
+        &[
+            Case::new("user", MPICH, Variant::Shipped, 3),
+            Case::new("root", MPICH, Variant::Root, 3),
+            Case::new("solo", MPICH, Variant::LauncherAsNode, 1),
+            Case::new("trio", MPICH, Variant::LauncherAsNode, 3),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn intel_mpi_as_user_and_as_root() {
+    matrix(
+        "impi",
+        &[
+            Case::new("user", INTEL, Variant::Shipped, 3),
+            Case::new("root", INTEL, Variant::Root, 3),
+        ],
+    )
+    .await;
+}
+
+/// A broken job on the Open MPI 4 runtime, `broken` applied to a copy of its spec.
+async fn fail(c: &Client, ns: &str, job: &'static str, broken: impl FnOnce(&mut Value)) -> String {
+    runtime(c, ns, "mpi-openmpi", job, broken).await;
+    let trainer = json!({"image": OPENMPI4.image, "numNodes": 2,
+        "command": ["mpirun", "-n", "2", "/home/mpiuser/pi"]});
+    create(
+        c,
+        ns,
+        job,
+        json!({"kind": "TrainingRuntime", "name": job}),
+        trainer,
+    )
+    .await;
+    let (type_, reason, message) = finished(c, ns, job).await;
+    let log = launcher_log(c, ns, job).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Failed", "FailedJobs"),
+        "{job}: {message}\n{log}"
+    );
+    assert!(
+        message.starts_with(&format!(
+            "pod {job}-launcher-0-0 failed: container node exited with code "
+        )),
+        "{message}"
+    );
+    message
+}
+
+#[tokio::test]
+async fn ssh_dns_and_key_failures_are_named_on_the_job() {
+    real_bed();
+    operator();
+    let ns = TestNs::new("broken").await;
+    let c = client(support::Identity::Admin).await;
+    let ns = ns.name.as_str();
+
+    let no_sshd = fail(&c, ns, "nosshd", |spec| {
+        let node = container(spec, "node");
+        run(node, &["sleep", "3600"]);
+        node["readinessProbe"] = json!({"exec": {"command": ["true"]}, "periodSeconds": 1});
+    });
+    let no_dns = fail(&c, ns, "nodns", |spec| {
+        let launcher = pod_spec(spec, "launcher");
+        launcher["dnsPolicy"] = json!("None");
+        launcher["dnsConfig"] = json!({"nameservers": ["127.0.0.1"]});
+    });
+    let bad_key = fail(&c, ns, "badkey", |spec| {
+        run(
+            container(spec, "node"),
+            &[
+                "/usr/sbin/sshd",
+                "-De",
+                "-f",
+                "/home/mpiuser/.sshd_config",
+                "-o",
+                "AuthorizedKeysFile=/dev/null",
+            ],
+        );
+    });
+    let (no_sshd, no_dns, bad_key) = tokio::join!(no_sshd, no_dns, bad_key);
+    assert!(
+        no_sshd.contains("could not open an SSH session to a worker")
+            && no_sshd.contains("Connection refused"),
+        "{no_sshd}"
+    );
+    assert!(
+        no_dns.contains("a host name did not resolve (DNS)") && no_dns.contains("nodns-node-0-"),
+        "{no_dns}"
+    );
+    assert!(
+        bad_key.contains("SSH refused the job's key") && bad_key.contains("Permission denied (publickey"),
+        "{bad_key}"
     );
 }
