@@ -152,12 +152,12 @@ impl RealNode {
             .arg(self.dir.join("containerd.sock"))
             .args(["-n", "k8s.io", "images", "import"])
             .arg(archive);
-        run(
-            &mut command,
-            "",
-            &format!("ctr images import {}", archive.display()),
-        )?;
-        Ok(())
+        let what = format!("ctr images import {}", archive.display());
+        match run(&mut command, "", &what) {
+            Ok(_) => Ok(()),
+            // containerd's own view says why it dropped the connection.
+            Err(e) => Err(BedError::Command(format!("{e}\n{}", self.log_tails(40)))),
+        }
     }
 
     /// The node's name (the machine's hostname).
