@@ -12,10 +12,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use support::jobs::runtime;
-use support::{TestNs, client, eventually, operator, real_bed};
+use support::{TestNs, client, operator, real_bed};
 use trainjob_operator::api::TrainJob;
 use trainjob_testbed::REAL_NODE;
 
@@ -67,6 +67,8 @@ enum Variant {
     LauncherAsNode,
     /// No user and no fsGroup in the spec: the image's `USER` (uid 1000) runs everything.
     ImageUser,
+    /// uid 1000 as shipped, but no fsGroup: the operator sets one (OnRootMismatch).
+    NoFsGroup,
 }
 
 /// One TrainJob of the matrix.
@@ -148,7 +150,13 @@ async fn submit(c: &Client, ns: &str, case: Case, probe: &str) {
                         pod_spec(spec, rjob)["securityContext"] = json!({});
                     }
                 }
-                _ => spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true),
+                Variant::NoFsGroup => {
+                    for rjob in ["node", "launcher"] {
+                        pod_spec(spec, rjob)["securityContext"] = json!({});
+                    }
+                }
+                Variant::LauncherAsNode => spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true),
+                Variant::Shipped => {}
             })
             .await;
             json!({"kind": "TrainingRuntime", "name": case.job})
@@ -187,20 +195,49 @@ async fn launcher_log(c: &Client, ns: &str, job: &str) -> String {
         .unwrap_or_else(|e| format!("(no launcher log: {e})"))
 }
 
-/// Waits until the job is Complete or Failed; returns (type, reason, message).
+/// Waits until the job is Complete or Failed; returns (type, reason, message). A job that never
+/// finishes fails the test with its pods' phases and every pod's log tail, which say why.
 async fn finished(c: &Client, ns: &str, job: &str) -> (String, String, String) {
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
-    eventually(&format!("{job} to finish"), RUN_DEADLINE, || async {
-        let j = jobs.get(job).await.map_err(|e| e.to_string())?;
-        let status = j.status.unwrap_or_default();
-        status
-            .conditions
-            .iter()
-            .find(|c| ["Complete", "Failed"].contains(&c.type_.as_str()) && c.status == "True")
-            .map(|c| (c.type_.clone(), c.reason.clone(), c.message.clone()))
-            .ok_or_else(|| format!("{:?}", status.conditions))
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
+    loop {
+        if let Ok(j) = jobs.get(job).await {
+            let status = j.status.unwrap_or_default();
+            let end = status
+                .conditions
+                .iter()
+                .find(|c| ["Complete", "Failed"].contains(&c.type_.as_str()) && c.status == "True");
+            if let Some(c) = end {
+                return (c.type_.clone(), c.reason.clone(), c.message.clone());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{job} did not finish within {RUN_DEADLINE:?}:\n{}",
+                pod_report(c, ns, job).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each pod of the job with its phase and the tail of its log.
+async fn pod_report(c: &Client, ns: &str, job: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let lp = ListParams::default().labels(&format!("trainer.kubeflow.org/trainjob-name={job}"));
+    let mut report = String::new();
+    for pod in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        let params = LogParams {
+            container: Some("node".into()),
+            tail_lines: Some(30),
+            ..Default::default()
+        };
+        let log = pods.logs(&name, &params).await.unwrap_or_else(|e| e.to_string());
+        report.push_str(&format!("--- {name} ({phase})\n{log}\n"));
+    }
+    report
 }
 
 /// Runs `case` to completion and checks that every rank ran where the hostfile put it, saw the
@@ -269,7 +306,7 @@ async fn matrix(prefix: &str, cases: &[Case]) {
 }
 
 #[tokio::test]
-async fn open_mpi_4_as_user_as_root_as_the_image_user_and_with_the_launcher_as_a_node() {
+async fn open_mpi_4_as_user_as_root_as_the_image_user_without_fs_group_and_with_the_launcher_as_a_node() {
     matrix(
         "ompi4",
         &[
@@ -278,6 +315,7 @@ async fn open_mpi_4_as_user_as_root_as_the_image_user_and_with_the_launcher_as_a
             Case::new("solo", OPENMPI4, Variant::LauncherAsNode, 1),
             Case::new("trio", OPENMPI4, Variant::LauncherAsNode, 3),
             Case::new("image", OPENMPI4, Variant::ImageUser, 2),
+            Case::new("nofsgroup", OPENMPI4, Variant::NoFsGroup, 2),
         ],
     )
     .await;
