@@ -306,7 +306,7 @@ async fn launcher_as_node_makes_exactly_num_nodes_pods() {
     wait_pods(&c, &ns.name, "one", &["one-launcher-0-0"]).await;
     assert_eq!(
         hostfile_of(&c, &ns.name, "one").await,
-        "one-launcher-0-0.one slots=1\n"
+        "one-launcher-0-0 slots=1\n"
     );
 
     create_job(
@@ -326,7 +326,7 @@ async fn launcher_as_node_makes_exactly_num_nodes_pods() {
     .await;
     assert_eq!(
         hostfile_of(&c, &ns.name, "three").await,
-        "three-node-0-0.three slots=1\nthree-node-0-1.three slots=1\nthree-launcher-0-0.three slots=1\n"
+        "three-launcher-0-0 slots=1\nthree-node-0-0.three slots=1\nthree-node-0-1.three slots=1\n"
     );
 }
 
