@@ -13,6 +13,7 @@ pub mod env;
 #[cfg(test)]
 #[path = "../tests/fixtures/unit.rs"]
 mod fixtures;
+pub mod gang;
 pub mod hostfile;
 pub mod lifecycle;
 pub mod logging;

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, KeyToPath, Pod, PodDNSConfig, PodSecurityContext,
-    PodSpec, ResourceRequirements, SecretVolumeSource, Service, ServiceSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, KeyToPath, Pod, PodDNSConfig, PodSchedulingGroup,
+    PodSecurityContext, PodSpec, ResourceRequirements, SecretVolumeSource, Service, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -13,7 +14,7 @@ use crate::env::{self, HOSTFILE_DIR};
 use crate::merge::upsert_env;
 use crate::names::{self, *};
 use crate::plan::{JobPlan, Plan, PodIndex, Role};
-use crate::{hostfile, ssh};
+use crate::{gang, hostfile, ssh};
 
 /// Name of the SSH Secret volume.
 pub const SSH_VOLUME: &str = "mpi-ssh-auth";
@@ -79,6 +80,11 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     spec.restart_policy = Some("Never".into());
     spec.automount_service_account_token.get_or_insert(false);
 
+    if rjob.role == Role::Node && gang::min_count(plan).is_some() {
+        spec.scheduling_group = Some(PodSchedulingGroup {
+            pod_group_name: Some(gang::pod_group_name(job_name)),
+        });
+    }
     if rjob.role != Role::Other {
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
         dns(&mut spec, plan, namespace);

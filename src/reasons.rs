@@ -40,6 +40,8 @@ pub const NAME_TOO_LONG: &str = "NameTooLong";
 pub const OBJECT_CONFLICT: &str = "ObjectConflict";
 /// `Failed`: the API server refused an object the job needs as invalid.
 pub const OBJECT_REJECTED: &str = "ObjectRejected";
+/// `Failed`: the runtime asks for native gang scheduling, which the cluster does not serve.
+pub const GANG_UNAVAILABLE: &str = "GangSchedulingUnavailable";
 /// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
 pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
 

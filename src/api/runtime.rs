@@ -211,6 +211,8 @@ impl std::fmt::Display for MPIImplementation {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("!(has(self.coscheduling) && has(self.volcano))")
     .message("Only one of coscheduling and volcano can be configured"))]
+#[x_kube(validation = Rule::new("!(has(self.workload) && (has(self.coscheduling) || has(self.volcano)))")
+    .message("Only one of coscheduling, volcano and workload can be configured"))]
 pub struct PodGroupPolicy {
     /// scheduler-plugins coscheduling (`scheduling.x-k8s.io` PodGroup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +220,22 @@ pub struct PodGroupPolicy {
     /// Volcano (`scheduling.volcano.sh` PodGroup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volcano: Option<VolcanoPodGroupPolicySource>,
+    /// Native Kubernetes gang scheduling (`scheduling.k8s.io/v1alpha2` Workload and PodGroup,
+    /// KEP-4671), served by kube-scheduler itself when the cluster enables the `GenericWorkload`
+    /// and `GangScheduling` feature gates. The shape Kubeflow Trainer's KEP-3015 proposes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadPodGroupPolicySource>,
+}
+
+/// Native gang scheduling settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadPodGroupPolicySource {
+    /// Seconds the whole gang may wait to be scheduled before the job fails; unset waits for as
+    /// long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub schedule_timeout_seconds: Option<i32>,
 }
 
 /// Coscheduling settings.

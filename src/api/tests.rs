@@ -354,6 +354,15 @@ fn only_one_gang_plugin() {
         runtime(spec).validate_cel(),
         "Only one of coscheduling and volcano can be configured",
     );
+    let mut spec = base_runtime();
+    spec["podGroupPolicy"] = json!({"workload": {}, "volcano": {}});
+    assert_rejected(
+        runtime(spec).validate_cel(),
+        "Only one of coscheduling, volcano and workload can be configured",
+    );
+    let mut spec = base_runtime();
+    spec["podGroupPolicy"] = json!({"workload": {"scheduleTimeoutSeconds": 120}});
+    assert!(runtime(spec).validate_cel().is_ok());
 }
 
 #[test]

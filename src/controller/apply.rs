@@ -5,6 +5,7 @@
 //! snapshot, Secret and pods are created, tolerating "already exists".
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -12,8 +13,9 @@ use serde_json::json;
 use super::Context;
 use super::dereference::Inputs;
 use crate::api::{TrainJob, TrainJobStatus};
+use crate::gang::{self, Gang};
 use crate::lifecycle::{Decision, Phase};
-use crate::plan::Plan;
+use crate::plan::{Plan, Role};
 use crate::ssh::{KeyPair, SshError};
 use crate::{hostfile, names, pods, reasons};
 
@@ -40,6 +42,10 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("encoding the runtime snapshot: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(
+        "the runtime asks for native gang scheduling (spec.podGroupPolicy.workload) but this cluster does not serve scheduling.k8s.io/v1alpha2 {kind}s: enable the GenericWorkload and GangScheduling feature gates and --runtime-config=scheduling.k8s.io/v1alpha2=true, or use a runtime without podGroupPolicy.workload"
+    )]
+    GangUnavailable { kind: &'static str },
 }
 
 impl Error {
@@ -47,6 +53,7 @@ impl Error {
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
             Error::Rejected { .. } => Some(reasons::OBJECT_REJECTED),
+            Error::GangUnavailable { .. } => Some(reasons::GANG_UNAVAILABLE),
             Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) | Error::Encode(_) => None,
         }
     }
@@ -58,6 +65,7 @@ impl Error {
             Error::Rejected { .. } => "object_rejected",
             Error::Ssh(_) | Error::Join(_) => "ssh_keygen",
             Error::Encode(_) => "encode_snapshot",
+            Error::GangUnavailable { .. } => "gang_unavailable",
         }
     }
 }
@@ -146,6 +154,13 @@ pub async fn decision(
     for name in &decision.delete {
         delete_pod(&pods, name).await?;
     }
+    let workers = decision
+        .create
+        .iter()
+        .any(|(i, _)| plan.jobs[*i].role == Role::Node);
+    if let Some(gang) = gang::gang(job, plan).filter(|_| workers) {
+        create_gang(ctx, &ns, gang).await?;
+    }
     let attempt = decision.status.restarts.unwrap_or(0);
     for (i, at) in &decision.create {
         let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
@@ -159,6 +174,30 @@ pub async fn decision(
         }
     }
     Ok(())
+}
+
+/// Creates the Workload, then the PodGroup (admission checks that its Workload exists), before
+/// the first worker. Both are immutable: ones that exist are left as they are.
+async fn create_gang(ctx: &Context, ns: &str, gang: Gang) -> Result<(), Error> {
+    let name = gang.workload.metadata.name.clone().unwrap_or_default();
+    let result = Api::<Workload>::namespaced(ctx.client.clone(), ns)
+        .create(&create_params(), &gang.workload)
+        .await;
+    created("Workload", &name, result)?;
+    let result = Api::<PodGroup>::namespaced(ctx.client.clone(), ns)
+        .create(&create_params(), &gang.pod_group)
+        .await;
+    created("PodGroup", &name, result)
+}
+
+/// A create that found the object already there succeeded; a 404 means the API is not served.
+fn created<T>(kind: &'static str, name: &str, result: kube::Result<T>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) if is_status(&e, 404) => Err(Error::GangUnavailable { kind }),
+        Err(e) => Err(write_err(kind, name, format!("creating {kind} {name}"))(e)),
+    }
 }
 
 /// The fields of the Service this operator sets, compared with what the cache holds.

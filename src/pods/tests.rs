@@ -351,3 +351,26 @@ fn service_is_headless_and_publishes_unready_pods() {
         Some("pi")
     );
 }
+
+#[test]
+fn with_a_native_gang_only_workers_name_the_pod_group() {
+    let j = job(json!({"trainer": {"numNodes": 3}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.gang = Some(crate::api::PodGroupPolicy {
+        workload: Some(Default::default()),
+        ..Default::default()
+    });
+    let at = PodIndex {
+        job_index: 0,
+        index: 0,
+    };
+    let group = |role: Role| {
+        let rjob = p.job(role).expect("job").clone();
+        pod(&j, &p, &rjob, at, 0)
+            .spec
+            .and_then(|s| s.scheduling_group)
+            .and_then(|g| g.pod_group_name)
+    };
+    assert_eq!(group(Role::Node).as_deref(), Some("pi"));
+    assert_eq!(group(Role::Launcher), None, "created after the workers are Ready");
+}

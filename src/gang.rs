@@ -1,0 +1,154 @@
+//! Native Kubernetes gang scheduling (KEP-4671, `scheduling.k8s.io/v1alpha2`): a `Workload` with
+//! one pod group template and a `PodGroup` whose gang policy kube-scheduler enforces: either
+//! `minCount` pods of the group are bound together, or none is. Pure builders.
+//!
+//! The gang is the job's `node` pods (the MPI workers). The launcher is created only once every
+//! worker is Ready, so it cannot be in a gang the workers wait for; it runs no ranks unless
+//! `runLauncherAsNode`, and then it is placed after the workers, like any other pod.
+
+use k8s_openapi::api::scheduling::v1alpha2::{
+    GangSchedulingPolicy, PodGroup, PodGroupSchedulingPolicy, PodGroupSpec, PodGroupTemplate,
+    PodGroupTemplateReference, TypedLocalObjectReference, Workload, WorkloadPodGroupTemplateReference,
+    WorkloadSpec,
+};
+
+use crate::api::{GROUP, TrainJob};
+use crate::names;
+use crate::plan::{Plan, Role};
+
+/// Name of the Workload's only pod group template.
+pub const TEMPLATE: &str = "node";
+
+/// The Workload and the PodGroup of a job, both named after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gang {
+    /// The Workload: the job's description for the scheduler.
+    pub workload: Workload,
+    /// The PodGroup the worker pods name in `spec.schedulingGroup`.
+    pub pod_group: PodGroup,
+}
+
+/// How many pods must be bound together, when the runtime asks for a native gang and there is
+/// more than one worker.
+pub fn min_count(plan: &Plan) -> Option<i32> {
+    plan.gang.as_ref().and_then(|g| g.workload.as_ref())?;
+    let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
+    i32::try_from(workers).ok().filter(|n| *n > 1)
+}
+
+/// The PodGroup name worker pods carry (the job's name).
+pub fn pod_group_name(job: &str) -> String {
+    job.to_string()
+}
+
+/// The job's gang objects, or `None` when it has no native gang.
+pub fn gang(job: &TrainJob, plan: &Plan) -> Option<Gang> {
+    let min_count = min_count(plan)?;
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let policy = PodGroupSchedulingPolicy {
+        gang: Some(GangSchedulingPolicy { min_count }),
+        ..Default::default()
+    };
+    let workload = Workload {
+        metadata: names::child_meta(job, name),
+        spec: WorkloadSpec {
+            controller_ref: Some(TypedLocalObjectReference {
+                api_group: Some(GROUP.into()),
+                kind: "TrainJob".into(),
+                name: name.into(),
+            }),
+            pod_group_templates: vec![PodGroupTemplate {
+                name: TEMPLATE.into(),
+                scheduling_policy: policy.clone(),
+                ..Default::default()
+            }],
+        },
+    };
+    let pod_group = PodGroup {
+        metadata: names::child_meta(job, &pod_group_name(name)),
+        spec: PodGroupSpec {
+            pod_group_template_ref: Some(PodGroupTemplateReference {
+                workload: Some(WorkloadPodGroupTemplateReference {
+                    workload_name: name.into(),
+                    pod_group_template_name: TEMPLATE.into(),
+                }),
+            }),
+            scheduling_policy: policy,
+            ..Default::default()
+        },
+        status: None,
+    };
+    Some(Gang { workload, pod_group })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{PodGroupPolicy, WorkloadPodGroupPolicySource};
+    use crate::fixtures::{job, plan};
+
+    fn native(nodes: i32) -> (TrainJob, Plan) {
+        let j = job(json!({"trainer": {"numNodes": nodes}}));
+        let mut p = plan(&j, "mpi-openmpi");
+        p.gang = Some(PodGroupPolicy {
+            workload: Some(WorkloadPodGroupPolicySource::default()),
+            ..Default::default()
+        });
+        (j, p)
+    }
+
+    #[test]
+    fn workers_form_one_gang_owned_by_the_job() {
+        let (j, p) = native(4);
+        let g = gang(&j, &p).expect("gang");
+        let owner = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.owner_references
+                .as_ref()
+                .map(|o| (o[0].kind.clone(), o[0].controller))
+        };
+        assert_eq!(owner(&g.workload.metadata), Some(("TrainJob".into(), Some(true))));
+        assert_eq!(
+            owner(&g.pod_group.metadata),
+            Some(("TrainJob".into(), Some(true)))
+        );
+        let template = &g.workload.spec.pod_group_templates[0];
+        assert_eq!(template.name, "node");
+        assert_eq!(
+            template.scheduling_policy.gang.as_ref().map(|g| g.min_count),
+            Some(4)
+        );
+        assert_eq!(g.pod_group.spec.scheduling_policy, template.scheduling_policy);
+        let reference = g
+            .pod_group
+            .spec
+            .pod_group_template_ref
+            .and_then(|r| r.workload)
+            .expect("ref");
+        assert_eq!(
+            (
+                reference.workload_name.as_str(),
+                reference.pod_group_template_name.as_str()
+            ),
+            ("pi", "node")
+        );
+        let controller = g.workload.spec.controller_ref.expect("controllerRef");
+        assert_eq!(
+            (
+                controller.api_group.as_deref(),
+                controller.kind.as_str(),
+                controller.name.as_str()
+            ),
+            (Some("trainer.kubeflow.org"), "TrainJob", "pi")
+        );
+    }
+
+    #[test]
+    fn no_gang_without_the_policy_or_with_one_worker() {
+        let j = job(json!({"trainer": {"numNodes": 4}}));
+        assert!(gang(&j, &plan(&j, "mpi-openmpi")).is_none());
+        let (j, p) = native(1);
+        assert!(gang(&j, &p).is_none());
+    }
+}
