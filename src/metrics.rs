@@ -66,6 +66,8 @@ pub struct Metrics {
     pub time_to_launcher_created: Histogram,
     /// Seconds from creation until `Complete`.
     pub time_to_complete: Histogram,
+    /// Seconds a native gang waited until every worker was scheduled.
+    pub time_to_gang_scheduled: Histogram,
     phases: Mutex<HashMap<(String, String), Phase>>,
 }
 
@@ -86,8 +88,8 @@ impl Metrics {
         let reconcile_errors = Family::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let seconds = || Histogram::new(exponential_buckets(0.5, 2.0, 14));
-        let (time_to_pods_created, time_to_launcher_created, time_to_complete) =
-            (seconds(), seconds(), seconds());
+        let (time_to_pods_created, time_to_launcher_created, time_to_complete, time_to_gang_scheduled) =
+            (seconds(), seconds(), seconds(), seconds());
         registry.register(
             "jobs_created",
             "TrainJobs the operator took on",
@@ -132,6 +134,12 @@ impl Metrics {
             time_to_launcher_created.clone(),
         );
         registry.register_with_unit(
+            "gang_scheduled_after",
+            "Time a native gang waited until every worker was scheduled",
+            Unit::Seconds,
+            time_to_gang_scheduled.clone(),
+        );
+        registry.register_with_unit(
             "completed_after",
             "Time from TrainJob creation until it completed",
             Unit::Seconds,
@@ -148,6 +156,7 @@ impl Metrics {
             time_to_pods_created,
             time_to_launcher_created,
             time_to_complete,
+            time_to_gang_scheduled,
             phases: Mutex::new(HashMap::new()),
         }
     }

@@ -10,6 +10,9 @@ pub mod condition {
     pub const COMPLETE: &str = "Complete";
     /// The job failed; terminal.
     pub const FAILED: &str = "Failed";
+    /// Our extension, for a native gang: every worker is scheduled (True) or not yet (False,
+    /// with how far it got and the scheduler's reason).
+    pub const GANG_SCHEDULED: &str = "GangScheduled";
 }
 
 /// Reason of `Suspended=True`; also its Event.
@@ -42,6 +45,12 @@ pub const OBJECT_CONFLICT: &str = "ObjectConflict";
 pub const OBJECT_REJECTED: &str = "ObjectRejected";
 /// `Failed`: the runtime asks for native gang scheduling, which the cluster does not serve.
 pub const GANG_UNAVAILABLE: &str = "GangSchedulingUnavailable";
+/// `GangScheduled=True`; also its Event.
+pub const GANG_SCHEDULED: &str = "GangScheduled";
+/// `GangScheduled=False`; also its Event.
+pub const WAITING_FOR_GANG: &str = "WaitingForGang";
+/// `Failed`: the gang was not scheduled within the runtime's `scheduleTimeoutSeconds`.
+pub const GANG_SCHEDULING_TIMEOUT: &str = "GangSchedulingTimeout";
 /// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
 pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::jobs::{HOLD, create_job, pod_meta, pods_of, runtime, setup};
+use support::jobs::{HOLD, create_job, pod_meta, pods_of, runtime, setup, wait_condition};
 use support::{DEADLINE, eventually};
 use trainjob_operator::api::TrainJob;
 
@@ -106,11 +106,63 @@ async fn a_gang_binds_whole_or_not_at_all() {
         second.iter().all(|(_, node)| node.is_none()),
         "no partial gang: {second:?}"
     );
+    // The job says so, in the scheduler's words.
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    let waiting = gang_condition(&jobs, "second", "False", "Insufficient cpu").await;
+    assert!(
+        waiting.starts_with(
+            "waiting for 2 node pods to be scheduled together, 0 scheduled: 0/4 nodes are available"
+        ),
+        "{waiting}"
+    );
 
     // Capacity frees up: the whole second gang binds.
-    Api::<TrainJob>::namespaced(c.clone(), ns)
-        .delete("first", &DeleteParams::foreground())
+    jobs.delete("first", &DeleteParams::foreground())
         .await
         .expect("delete the first job");
     all_bound(&c, ns, "second", 2).await;
+    let scheduled = gang_condition(&jobs, "second", "True", "").await;
+    assert_eq!(scheduled, "all 2 worker pods are scheduled");
+}
+
+/// Waits for the job's `GangScheduled` condition with `status` and a message containing `text`.
+async fn gang_condition(jobs: &Api<TrainJob>, job: &str, status: &str, text: &str) -> String {
+    eventually(&format!("GangScheduled={status} on {job}"), DEADLINE, || async {
+        let j = jobs.get(job).await.map_err(|e| e.to_string())?;
+        let conditions = j.status.map(|s| s.conditions).unwrap_or_default();
+        conditions
+            .iter()
+            .find(|c| c.type_ == "GangScheduled" && c.status == status && c.message.contains(text))
+            .map(|c| c.message.clone())
+            .ok_or_else(|| format!("{conditions:?}"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_gang_that_cannot_fit_fails_after_the_runtimes_timeout() {
+    let (ns, c) = setup("timeout").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, "mpi-openmpi", "impatient", |spec| {
+        spec["podGroupPolicy"] = json!({"workload": {"scheduleTimeoutSeconds": 2}});
+    })
+    .await;
+    // Five workers of 30 CPUs never fit on four 32-CPU nodes.
+    let trainer = json!({"trainer": {"numNodes": 5, "resourcesPerNode": {"requests": {"cpu": WORKER_CPUS}}}});
+    let jobs = create_job(&c, ns, "huge", "impatient", trainer).await;
+    let (_, failed) = wait_condition(&jobs, "huge", "Failed").await;
+    assert_eq!(failed.reason, "GangSchedulingTimeout");
+    assert!(
+        failed.message.starts_with(
+            "the workers were not scheduled within 2s (podGroupPolicy.workload.scheduleTimeoutSeconds): waiting for 5 node pods to be scheduled together, 0 scheduled"
+        ),
+        "{}",
+        failed.message
+    );
+    assert!(
+        workers(&c, ns, "huge")
+            .await
+            .iter()
+            .all(|(_, node)| node.is_none())
+    );
 }

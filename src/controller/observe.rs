@@ -110,6 +110,22 @@ fn outcome(job: &TrainJob, ctx: &Context, new: &TrainJobStatus, now: &Time) {
         ctx.metrics.jobs_completed.get_or_create(&job_labels(job)).inc();
         ctx.metrics.time_to_complete.observe(since_creation(job, now));
     }
+    if became(condition::GANG_SCHEDULED) {
+        // From when the gang was first seen waiting, else from the job's creation.
+        let waiting_since = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::GANG_SCHEDULED))
+            .map(|c| {
+                now.0
+                    .duration_since(c.last_transition_time.0)
+                    .as_secs_f64()
+                    .max(0.0)
+            });
+        ctx.metrics
+            .time_to_gang_scheduled
+            .observe(waiting_since.unwrap_or_else(|| since_creation(job, now)));
+    }
     if became(condition::FAILED) {
         let reason = new
             .conditions

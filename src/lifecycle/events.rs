@@ -66,6 +66,19 @@ pub fn transitions(old: Option<&TrainJobStatus>, new: &TrainJobStatus) -> Vec<No
             message(condition::COMPLETE).1,
         ));
     }
+    if became(condition::GANG_SCHEDULED) {
+        let (reason, text) = message(condition::GANG_SCHEDULED);
+        notes.push(note(Severity::Normal, &reason, text));
+    }
+    let waiting = |s: &TrainJobStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::GANG_SCHEDULED && c.status == "False")
+    };
+    if waiting(new) && !old.is_some_and(waiting) {
+        let (reason, text) = message(condition::GANG_SCHEDULED);
+        notes.push(note(Severity::Normal, &reason, text));
+    }
     if became(condition::FAILED) {
         let (reason, text) = message(condition::FAILED);
         notes.push(note(Severity::Warning, &reason, text));

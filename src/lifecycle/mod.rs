@@ -9,6 +9,7 @@ mod events;
 mod failure;
 mod jobs_status;
 mod observed;
+mod scheduling;
 
 use std::time::Duration;
 
@@ -301,6 +302,9 @@ impl<'a> Pass<'a> {
     /// Creates what is missing, in runtime order, once each replicated job's dependencies are
     /// met. An index still held by a pod of an earlier attempt waits until that pod is gone.
     fn create_missing(mut self) -> Decision {
+        if let Some(message) = self.watch_gang() {
+            return self.fail(reasons::GANG_SCHEDULING_TIMEOUT, message);
+        }
         let mine = self.mine();
         let mut create = Vec::new();
         for (i, rjob) in self.plan.jobs.iter().enumerate() {
@@ -319,6 +323,57 @@ impl<'a> Pass<'a> {
         self.d.create = create;
         self.d.phase = Some(if running { Phase::Running } else { Phase::Starting });
         self.finish(false)
+    }
+
+    /// Keeps `GangScheduled` current for a native gang; the failure message once the runtime's
+    /// `scheduleTimeoutSeconds` passed without the whole gang scheduled. Without a timeout the
+    /// job waits for as long as it takes.
+    fn watch_gang(&mut self) -> Option<String> {
+        let state = scheduling::gang(self.plan, &self.mine())?;
+        let conditions = &mut self.status.conditions;
+        let message = match state {
+            scheduling::Gang::Scheduled(n) => {
+                let message = format!("all {n} worker pods are scheduled");
+                set_condition(
+                    conditions,
+                    condition::GANG_SCHEDULED,
+                    true,
+                    reasons::GANG_SCHEDULED,
+                    &message,
+                    self.now,
+                );
+                return None;
+            }
+            scheduling::Gang::Waiting(message) => message,
+        };
+        set_condition(
+            conditions,
+            condition::GANG_SCHEDULED,
+            false,
+            reasons::WAITING_FOR_GANG,
+            &message,
+            self.now,
+        );
+        let timeout = self
+            .plan
+            .gang
+            .as_ref()
+            .and_then(|g| g.workload.as_ref())
+            .and_then(|w| w.schedule_timeout_seconds)?;
+        let since = conditions
+            .iter()
+            .find(|c| c.type_ == condition::GANG_SCHEDULED)
+            .map_or(self.now.0, |c| c.last_transition_time.0);
+        let waited = self.now.0.duration_since(since).as_secs();
+        let timeout = i64::from(timeout);
+        if waited >= timeout {
+            return Some(format!(
+                "the workers were not scheduled within {timeout}s (podGroupPolicy.workload.scheduleTimeoutSeconds): {message}"
+            ));
+        }
+        let left = Duration::from_secs((timeout - waited).max(1).unsigned_abs());
+        self.d.requeue_after = Some(self.d.requeue_after.map_or(left, |r| r.min(left)));
+        None
     }
 
     fn finish(mut self, suspended: bool) -> Decision {

@@ -95,6 +95,7 @@ fn started(spec: serde_json::Value) -> (TrainJob, Plan, Vec<Pod>) {
 }
 
 mod failures;
+mod gang;
 
 #[test]
 fn workers_first_then_the_launcher_once_all_are_ready() {
