@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod pods;
+pub mod quota;
 pub mod reasons;
 pub mod resolve;
 pub mod server;

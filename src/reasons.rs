@@ -51,6 +51,8 @@ pub const GANG_SCHEDULED: &str = "GangScheduled";
 pub const WAITING_FOR_GANG: &str = "WaitingForGang";
 /// `Failed`: the gang was not scheduled within the runtime's `scheduleTimeoutSeconds`.
 pub const GANG_SCHEDULING_TIMEOUT: &str = "GangSchedulingTimeout";
+/// `Failed`: the whole job does not fit in the namespace's ResourceQuotas; no pod was created.
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 /// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
 pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
 

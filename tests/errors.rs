@@ -318,3 +318,45 @@ async fn a_leftover_of_an_earlier_job_is_waited_for_not_fatal() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_job_bigger_than_the_quota_fails_whole_before_any_pod_exists() {
+    let (ns, c) = setup("quota").await;
+    let ns = ns.name.as_str();
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "team"},
+        "spec": {"hard": {"requests.cpu": "10", "pods": "20"}},
+    }))
+    .expect("quota");
+    Api::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create quota");
+    // A quota on requests.cpu makes the API server refuse pods that do not state one.
+    runtime(&c, ns, "mpi-openmpi", "rt", |spec| {
+        let launcher =
+            &mut spec["template"]["spec"]["replicatedJobs"][1]["template"]["spec"]["template"]["spec"];
+        launcher["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    })
+    .await;
+    let cpus =
+        |nodes: i32| json!({"trainer": {"numNodes": nodes, "resourcesPerNode": {"requests": {"cpu": "4"}}}});
+
+    let jobs = create_job(&c, ns, "big", "rt", cpus(3)).await;
+    let (_, failed) = wait_condition(&jobs, "big", "Failed").await;
+    assert_eq!(failed.reason, "QuotaExceeded");
+    assert!(
+        failed.message.starts_with(
+            "ResourceQuota team cannot hold the whole job (requests.cpu: requested 13, used 0, allowed 10); no pod was created"
+        ),
+        "{}",
+        failed.message
+    );
+    assert!(pods_of(&c, ns, "big").await.is_empty(), "nothing half-created");
+    assert_eq!(errors("quota_exceeded"), 1);
+
+    // A job that fits runs as usual.
+    create_job(&c, ns, "small", "rt", cpus(2)).await;
+    let (_, complete) = wait_condition(&jobs, "small", "Complete").await;
+    assert_eq!(complete.reason, "AllJobsCompleted");
+}

@@ -4,7 +4,7 @@
 //! pods. The hostfile, Service and status are server-side applied under one field manager; the
 //! snapshot, Secret and pods are created, tolerating "already exists".
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -17,7 +17,7 @@ use crate::gang::{self, Gang};
 use crate::lifecycle::{Decision, Phase};
 use crate::plan::{Plan, Role};
 use crate::ssh::{KeyPair, SshError};
-use crate::{hostfile, names, pods, reasons};
+use crate::{hostfile, names, pods, quota, reasons};
 
 /// Why a decision could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum Error {
         "the runtime asks for native gang scheduling (spec.podGroupPolicy.workload) but this cluster does not serve scheduling.k8s.io/v1alpha2 {kind}s: enable the GenericWorkload and GangScheduling feature gates and --runtime-config=scheduling.k8s.io/v1alpha2=true, or use a runtime without podGroupPolicy.workload"
     )]
     GangUnavailable { kind: &'static str },
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl Error {
         match self {
             Error::Rejected { .. } => Some(reasons::OBJECT_REJECTED),
             Error::GangUnavailable { .. } => Some(reasons::GANG_UNAVAILABLE),
+            Error::QuotaExceeded(_) => Some(reasons::QUOTA_EXCEEDED),
             Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) | Error::Encode(_) => None,
         }
     }
@@ -66,6 +69,7 @@ impl Error {
             Error::Ssh(_) | Error::Join(_) => "ssh_keygen",
             Error::Encode(_) => "encode_snapshot",
             Error::GangUnavailable { .. } => "gang_unavailable",
+            Error::QuotaExceeded(_) => "quota_exceeded",
         }
     }
 }
@@ -75,11 +79,17 @@ impl Error {
 fn write_err(kind: &'static str, name: &str, action: String) -> impl FnOnce(kube::Error) -> Error {
     let name = name.to_string();
     move |source| match source {
-        kube::Error::Api(status) if matches!(status.code, 400 | 422) => Error::Rejected {
-            kind,
-            name,
-            message: status.message.clone(),
-        },
+        // 403 from quota admission for a pod without the requests a quota needs: also final.
+        kube::Error::Api(status)
+            if matches!(status.code, 400 | 422)
+                || (status.code == 403 && status.message.contains("must specify")) =>
+        {
+            Error::Rejected {
+                kind,
+                name,
+                message: status.message.clone(),
+            }
+        }
         source => Error::Kube { action, source },
     }
 }
@@ -110,6 +120,9 @@ pub async fn decision(
     let ns = job.namespace().unwrap_or_default();
     if inputs.runtime.fresh {
         freeze(job, ctx, &ns, inputs).await?;
+    }
+    if !decision.create.is_empty() && inputs.pods.is_empty() {
+        check_quota(job, ctx, plan, &ns, decision.status.restarts.unwrap_or(0)).await?;
     }
     if decision.phase.is_some_and(Phase::needs_children) {
         if !inputs.secret_exists {
@@ -174,6 +187,38 @@ pub async fn decision(
         }
     }
     Ok(())
+}
+
+/// Before the job's first pod: does the whole job fit in the namespace's ResourceQuotas?
+async fn check_quota(
+    job: &TrainJob,
+    ctx: &Context,
+    plan: &Plan,
+    ns: &str,
+    attempt: i32,
+) -> Result<(), Error> {
+    let quotas = Api::<ResourceQuota>::namespaced(ctx.client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::Kube {
+            action: "listing ResourceQuotas".into(),
+            source,
+        })?;
+    if quotas.items.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<Pod> = plan
+        .jobs
+        .iter()
+        .flat_map(|rjob| {
+            rjob.indices()
+                .map(move |at| pods::pod(job, plan, rjob, at, attempt))
+        })
+        .collect();
+    match quota::check(&quotas.items, &quota::demand(&all)) {
+        Some(message) => Err(Error::QuotaExceeded(message)),
+        None => Ok(()),
+    }
 }
 
 /// Creates the Workload, then the PodGroup (admission checks that its Workload exists), before
@@ -298,5 +343,44 @@ async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
             action: format!("deleting pod {name}"),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        let status: kube::core::Status =
+            serde_json::from_value(json!({"code": code, "message": message})).expect("status");
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn refusals_that_cannot_heal_are_permanent_and_the_rest_are_retried() {
+        let classify = |code, message: &str| {
+            write_err("pod", "pi-node-0-0", "creating".into())(api_error(code, message))
+        };
+        for (code, message) in [
+            (422, "Pod \"pi-node-0-0\" is invalid"),
+            (400, "bad request"),
+            (
+                403,
+                "pods \"pi-launcher-0-0\" is forbidden: failed quota: team: must specify requests.cpu for: node",
+            ),
+        ] {
+            let e = classify(code, message);
+            assert_eq!(e.permanent(), Some(reasons::OBJECT_REJECTED), "{code} {message}");
+            assert!(e.to_string().contains(message), "{e}");
+        }
+        for (code, message) in [
+            (
+                403,
+                "pods \"x\" is forbidden: exceeded quota: team, requested: requests.cpu=4",
+            ),
+            (500, "etcdserver: request timed out"),
+        ] {
+            assert_eq!(classify(code, message).permanent(), None, "{code} {message}");
+        }
     }
 }
