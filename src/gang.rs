@@ -1,6 +1,8 @@
-//! Native Kubernetes gang scheduling (KEP-4671, `scheduling.k8s.io/v1alpha2`): a `Workload` with
-//! one pod group template and a `PodGroup` whose gang policy kube-scheduler enforces: either
-//! `minCount` pods of the group are bound together, or none is. Pure builders.
+//! Gang scheduling objects, pure builders. Native Kubernetes gang scheduling (KEP-4671,
+//! `scheduling.k8s.io/v1alpha2`): a `Workload` with one pod group template and a `PodGroup` whose
+//! gang policy kube-scheduler enforces: either `minCount` pods of the group are bound together,
+//! or none is. scheduler-plugins coscheduling: a `scheduling.x-k8s.io/v1alpha1` PodGroup with
+//! `minMember`, `minResources` and `scheduleTimeoutSeconds`, named by the pods' label.
 //!
 //! The gang is the job's `node` pods (the MPI workers). The launcher is created only once every
 //! worker is Ready, so it cannot be in a gang the workers wait for; it runs no ranks unless
@@ -12,9 +14,26 @@ use k8s_openapi::api::scheduling::v1alpha2::{
     WorkloadSpec,
 };
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::json;
+
 use crate::api::{GROUP, TrainJob};
-use crate::names;
 use crate::plan::{Plan, Role};
+use crate::{names, quota};
+
+/// The label by which coscheduling finds a pod's PodGroup.
+pub const COSCHEDULING_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+
+/// The coscheduling PodGroup's API.
+pub fn coscheduling_api() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
+        "podgroups",
+    )
+}
 
 /// Name of the Workload's only pod group template.
 pub const TEMPLATE: &str = "node";
@@ -34,6 +53,37 @@ pub fn min_count(plan: &Plan) -> Option<i32> {
     plan.gang.as_ref().and_then(|g| g.workload.as_ref())?;
     let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
     i32::try_from(workers).ok().filter(|n| *n > 1)
+}
+
+/// The number of workers when the runtime asks for coscheduling and there is more than one.
+pub fn coscheduling_members(plan: &Plan) -> Option<i32> {
+    plan.gang.as_ref().and_then(|g| g.coscheduling.as_ref())?;
+    let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
+    i32::try_from(workers).ok().filter(|n| *n > 1)
+}
+
+/// The coscheduling PodGroup for the job's `workers` (the pods as built): every worker is a
+/// member, `minResources` is what they request together, and the runtime's timeout.
+pub fn coscheduling(job: &TrainJob, plan: &Plan, workers: &[Pod]) -> Option<DynamicObject> {
+    let members = coscheduling_members(plan)?;
+    let timeout = plan
+        .gang
+        .as_ref()
+        .and_then(|g| g.coscheduling.as_ref())
+        .and_then(|c| c.schedule_timeout_seconds);
+    let resources: BTreeMap<String, String> = quota::requests(workers)
+        .into_iter()
+        .map(|(name, v)| (name, quota::format(v)))
+        .collect();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let mut group = DynamicObject::new(&pod_group_name(name), &coscheduling_api());
+    group.metadata = names::child_meta(job, &pod_group_name(name));
+    let mut spec = json!({"minMember": members, "minResources": resources});
+    if let Some(timeout) = timeout {
+        spec["scheduleTimeoutSeconds"] = json!(timeout);
+    }
+    group.data = json!({"spec": spec});
+    Some(group)
 }
 
 /// The PodGroup name worker pods carry (the job's name).
@@ -142,6 +192,42 @@ mod tests {
             ),
             (Some("trainer.kubeflow.org"), "TrainJob", "pi")
         );
+    }
+
+    #[test]
+    fn coscheduling_groups_every_worker_with_their_requests_and_timeout() {
+        let j = job(
+            json!({"trainer": {"numNodes": 3, "resourcesPerNode": {"requests": {"cpu": "1500m", "nvidia.com/gpu": "8"}}}}),
+        );
+        let mut p = plan(&j, "mpi-openmpi");
+        p.gang = Some(PodGroupPolicy {
+            coscheduling: Some(crate::api::CoschedulingPodGroupPolicySource {
+                schedule_timeout_seconds: Some(90),
+            }),
+            ..Default::default()
+        });
+        let node = p.job(Role::Node).expect("node").clone();
+        let workers: Vec<Pod> = node
+            .indices()
+            .map(|at| crate::pods::pod(&j, &p, &node, at, 0))
+            .collect();
+        let label = workers[0]
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(COSCHEDULING_LABEL));
+        assert_eq!(label.map(String::as_str), Some("pi"));
+        let group = coscheduling(&j, &p, &workers).expect("PodGroup");
+        assert_eq!(group.metadata.name.as_deref(), Some("pi"));
+        assert_eq!(
+            group.types.as_ref().map(|t| t.api_version.as_str()),
+            Some("scheduling.x-k8s.io/v1alpha1")
+        );
+        assert_eq!(
+            group.data["spec"],
+            json!({"minMember": 3, "minResources": {"cpu": "4500m", "nvidia.com/gpu": "24"}, "scheduleTimeoutSeconds": 90})
+        );
+        assert!(gang(&j, &p).is_none(), "no native gang with coscheduling");
     }
 
     #[test]

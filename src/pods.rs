@@ -80,6 +80,9 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     spec.restart_policy = Some("Never".into());
     spec.automount_service_account_token.get_or_insert(false);
 
+    if rjob.role == Role::Node && gang::coscheduling_members(plan).is_some() {
+        labels_mut(&mut meta).insert(gang::COSCHEDULING_LABEL.into(), gang::pod_group_name(job_name));
+    }
     if rjob.role == Role::Node && gang::min_count(plan).is_some() {
         spec.scheduling_group = Some(PodSchedulingGroup {
             pod_group_name: Some(gang::pod_group_name(job_name)),
@@ -138,6 +141,12 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         spec: Some(spec),
         status: None,
     }
+}
+
+fn labels_mut(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> &mut BTreeMap<String, String> {
+    meta.labels.get_or_insert_default()
 }
 
 /// Name resolution for MPI. Hydra's proxies (Intel MPI, MPICH) and PRRTE's tree spawn reach the

@@ -47,6 +47,24 @@ pub fn demand(pods: &[Pod]) -> Demand {
     total
 }
 
+/// The requests of `pods` together, per resource name, as the scheduler counts a pod's: the
+/// larger of its containers' sum and its largest init container.
+pub fn requests(pods: &[Pod]) -> BTreeMap<String, f64> {
+    demand(pods)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("requests.")?.to_string(), v)))
+        .collect()
+}
+
+/// A quantity for `v` base units: whole numbers as they are, fractions in thousandths (`500m`).
+pub fn format(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{}m", (v * 1000.0).round() as i64)
+    }
+}
+
 /// A container's `requests` or `limits`.
 fn resources<'a>(c: &'a Container, kind: &str) -> impl Iterator<Item = (&'a String, &'a Quantity)> {
     let r = c.resources.as_ref();

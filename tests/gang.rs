@@ -1,17 +1,20 @@
-//! Native gang scheduling with the real kube-scheduler on kwok nodes (its own control plane, so
-//! that no other test takes capacity): a gang that fits is bound whole, one that does not fit has
-//! no pod bound at all, and it binds whole once capacity frees up.
+//! Gang scheduling. Native: with the real kube-scheduler on kwok nodes (its own control plane, so
+//! that no other test takes capacity), a gang that fits is bound whole, one that does not fit has
+//! no pod bound at all, and it binds whole once capacity frees up. Coscheduling: the PodGroup is
+//! accepted by scheduler-plugins' own CRD, with the values its scheduler reads.
 
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::jobs::{HOLD, create_job, pod_meta, pods_of, runtime, setup, wait_condition};
-use support::{DEADLINE, eventually};
+use support::{DEADLINE, Identity, client, eventually};
 use trainjob_operator::api::TrainJob;
+use trainjob_operator::gang::{COSCHEDULING_LABEL, coscheduling_api};
 
 /// CPUs of one worker: a kwok node has 32, so each worker needs a node of its own.
 const WORKER_CPUS: &str = "30";
@@ -165,4 +168,79 @@ async fn a_gang_that_cannot_fit_fails_after_the_runtimes_timeout() {
             .iter()
             .all(|(_, node)| node.is_none())
     );
+}
+
+/// Installs scheduler-plugins' own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
+/// version) and waits until it is served.
+async fn install_coscheduling_crd(c: &Client) {
+    let out = std::process::Command::new(trainjob_testbed::repo_root().join("hack/gang-crds.sh"))
+        .output()
+        .expect("running hack/gang-crds.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("CRD file")).expect("CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("installing the coscheduling CRD: {e}"),
+    }
+    eventually(
+        "the coscheduling PodGroup CRD to be established",
+        DEADLINE,
+        || async {
+            let crd = crds.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            established
+                .then_some(())
+                .ok_or_else(|| "not established".to_string())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
+    let (ns, c) = setup("cosched").await;
+    let ns = ns.name.as_str();
+    install_coscheduling_crd(&client(Identity::Admin).await).await;
+    runtime(&c, ns, "mpi-openmpi", "cosched", |spec| {
+        spec["podGroupPolicy"] = json!({"coscheduling": {"scheduleTimeoutSeconds": 90}});
+    })
+    .await;
+    // Small requests: the gang tests beside this one need 30 of each node's 32 CPUs.
+    let requests = json!({"cpu": "100m", "memory": "64Mi"});
+    let trainer = json!({"trainer": {"numNodes": 3, "resourcesPerNode": {"requests": requests}}});
+    let jobs = create_job(&c, ns, "pi", "cosched", trainer).await;
+
+    let groups: Api<DynamicObject> = Api::namespaced_with(c.clone(), ns, &coscheduling_api());
+    let group = eventually("the coscheduling PodGroup", DEADLINE, || async {
+        groups.get("pi").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(
+        group.data["spec"],
+        json!({"minMember": 3, "minResources": {"cpu": "300m", "memory": "201326592"}, "scheduleTimeoutSeconds": 90}),
+        "every worker, their requests together, the runtime's timeout"
+    );
+    let owner = group.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| (o.kind.as_str(), o.name.as_str())),
+        Some(("TrainJob", "pi"))
+    );
+    let pods = pods_of(&c, ns, "pi").await;
+    let labelled: Vec<_> = pods
+        .iter()
+        .filter(|p| p.labels().get(COSCHEDULING_LABEL).map(String::as_str) == Some("pi"))
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(labelled, ["pi-node-0-0", "pi-node-0-1", "pi-node-0-2"]);
+    // No coscheduling scheduler runs here: the default scheduler places the pods and the job
+    // completes, which shows the PodGroup changed nothing else.
+    let (_, complete) = wait_condition(&jobs, "pi", "Complete").await;
+    assert_eq!(complete.reason, "AllJobsCompleted");
 }

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -43,9 +43,13 @@ pub enum Error {
     #[error("encoding the runtime snapshot: {0}")]
     Encode(#[from] serde_json::Error),
     #[error(
-        "the runtime asks for native gang scheduling (spec.podGroupPolicy.workload) but this cluster does not serve scheduling.k8s.io/v1alpha2 {kind}s: enable the GenericWorkload and GangScheduling feature gates and --runtime-config=scheduling.k8s.io/v1alpha2=true, or use a runtime without podGroupPolicy.workload"
+        "the runtime asks for gang scheduling with spec.podGroupPolicy.{policy} but this cluster does not serve {api}: {fix}, or use a runtime without it"
     )]
-    GangUnavailable { kind: &'static str },
+    GangUnavailable {
+        policy: &'static str,
+        api: &'static str,
+        fix: &'static str,
+    },
     #[error("{0}")]
     QuotaExceeded(String),
 }
@@ -175,6 +179,9 @@ pub async fn decision(
         create_gang(ctx, &ns, gang).await?;
     }
     let attempt = decision.status.restarts.unwrap_or(0);
+    if workers && gang::coscheduling_members(plan).is_some() {
+        create_coscheduling(job, ctx, plan, &ns, attempt).await?;
+    }
     for (i, at) in &decision.create {
         let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -225,22 +232,62 @@ async fn check_quota(
 /// the first worker. Both are immutable: ones that exist are left as they are.
 async fn create_gang(ctx: &Context, ns: &str, gang: Gang) -> Result<(), Error> {
     let name = gang.workload.metadata.name.clone().unwrap_or_default();
+    let missing = || Error::GangUnavailable {
+        policy: "workload",
+        api: "scheduling.k8s.io/v1alpha2 Workloads and PodGroups",
+        fix: "enable the GenericWorkload and GangScheduling feature gates and --runtime-config=scheduling.k8s.io/v1alpha2=true",
+    };
     let result = Api::<Workload>::namespaced(ctx.client.clone(), ns)
         .create(&create_params(), &gang.workload)
         .await;
-    created("Workload", &name, result)?;
+    created("Workload", &name, result, missing)?;
     let result = Api::<PodGroup>::namespaced(ctx.client.clone(), ns)
         .create(&create_params(), &gang.pod_group)
         .await;
-    created("PodGroup", &name, result)
+    created("PodGroup", &name, result, missing)
+}
+
+/// Creates the coscheduling PodGroup before the first worker: every worker a member, their
+/// requests summed. One that exists is left as it is.
+async fn create_coscheduling(
+    job: &TrainJob,
+    ctx: &Context,
+    plan: &Plan,
+    ns: &str,
+    attempt: i32,
+) -> Result<(), Error> {
+    let Some(node) = plan.job(Role::Node) else {
+        return Ok(());
+    };
+    let workers: Vec<Pod> = node
+        .indices()
+        .map(|at| pods::pod(job, plan, node, at, attempt))
+        .collect();
+    let Some(group) = gang::coscheduling(job, plan, &workers) else {
+        return Ok(());
+    };
+    let name = group.metadata.name.clone().unwrap_or_default();
+    let result = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &gang::coscheduling_api())
+        .create(&create_params(), &group)
+        .await;
+    created("PodGroup", &name, result, || Error::GangUnavailable {
+        policy: "coscheduling",
+        api: "scheduling.x-k8s.io/v1alpha1 PodGroups",
+        fix: "install scheduler-plugins with its coscheduling plugin",
+    })
 }
 
 /// A create that found the object already there succeeded; a 404 means the API is not served.
-fn created<T>(kind: &'static str, name: &str, result: kube::Result<T>) -> Result<(), Error> {
+fn created<T>(
+    kind: &'static str,
+    name: &str,
+    result: kube::Result<T>,
+    missing: impl FnOnce() -> Error,
+) -> Result<(), Error> {
     match result {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 409) => Ok(()),
-        Err(e) if is_status(&e, 404) => Err(Error::GangUnavailable { kind }),
+        Err(e) if is_status(&e, 404) => Err(missing()),
         Err(e) => Err(write_err(kind, name, format!("creating {kind} {name}"))(e)),
     }
 }
