@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::api::{NODE, TrainJob};
+use crate::api::{MPIImplementation, NODE, TrainJob};
 use crate::env::{self, HOSTFILE_DIR};
 use crate::merge::upsert_env;
 use crate::names::{self, *};
@@ -22,6 +22,8 @@ pub const SSH_VOLUME: &str = "mpi-ssh-auth";
 pub const SSH_COPY_VOLUME: &str = "mpi-ssh-copy";
 /// Name of the init container that makes that copy.
 pub const SSH_INIT: &str = "mpi-ssh-setup";
+/// Name of the launcher's init container that waits for its own DNS record (Hydra).
+pub const DNS_INIT: &str = "mpi-dns-wait";
 /// Name of the hostfile ConfigMap volume.
 pub const HOSTFILE_VOLUME: &str = "mpi-hostfile";
 
@@ -73,7 +75,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     meta.annotations = Some(annotations);
 
     let mut spec = template.spec.unwrap_or_default();
-    spec.hostname = Some(name);
+    spec.hostname = Some(name.clone());
     spec.subdomain = Some(plan.subdomain.clone());
     // A whole MPI world restarts together (the operator does that); a container restarted in
     // place would rejoin nothing.
@@ -106,6 +108,16 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
             spec.volumes
                 .get_or_insert_default()
                 .push(hostfile_volume(job_name));
+            if matches!(
+                plan.implementation,
+                MPIImplementation::Intel | MPIImplementation::Mpich
+            ) {
+                let fqdn = format!(
+                    "{name}.{}.{namespace}.svc.{}",
+                    plan.subdomain, plan.cluster_domain
+                );
+                wait_for_own_name(&mut spec, &fqdn);
+            }
         }
         for c in spec.containers.iter_mut().filter(|c| c.name == NODE) {
             let mounts = c.volume_mounts.get_or_insert_default();
@@ -244,6 +256,33 @@ fn copy_keys(spec: &mut PodSpec, job: &str) {
         }),
         ..Default::default()
     });
+}
+
+/// Hydra's proxies (Intel MPI, MPICH) connect back to the launcher by name, at once and without
+/// retrying, and the launcher's DNS record appears only after its pod has an IP. An init
+/// container (the `node` image, as the same user) waits until the name resolves in DNS, for at
+/// most 60 s; after that mpirun runs anyway and reports what it finds. The name is asked for
+/// with a final dot: the pod's own `/etc/hosts` holds it without one and would answer at once.
+/// Images without `getent` skip the wait.
+fn wait_for_own_name(spec: &mut PodSpec, fqdn: &str) {
+    let Some(node) = spec.containers.iter().find(|c| c.name == NODE) else {
+        return;
+    };
+    let script = format!(
+        "command -v getent >/dev/null || exit 0; i=0; \
+until getent hosts {fqdn}. >/dev/null; do i=$((i+1)); \
+if [ $i -ge 300 ]; then echo \"{fqdn} did not resolve within 60s\"; exit 0; fi; sleep 0.2; done"
+    );
+    let init = Container {
+        name: DNS_INIT.into(),
+        image: node.image.clone(),
+        image_pull_policy: node.image_pull_policy.clone(),
+        security_context: node.security_context.clone(),
+        resources: quota_resources(node.resources.as_ref()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        ..Default::default()
+    };
+    spec.init_containers.get_or_insert_default().push(init);
 }
 
 /// The `node` container's CPU and memory, so that a ResourceQuota demanding limits admits the

@@ -374,3 +374,37 @@ fn with_a_native_gang_only_workers_name_the_pod_group() {
     assert_eq!(group(Role::Node).as_deref(), Some("pi"));
     assert_eq!(group(Role::Launcher), None, "created after the workers are Ready");
 }
+
+#[test]
+fn hydra_launchers_wait_until_their_own_name_resolves() {
+    let launcher_of = |runtime: &str| {
+        let j = job(json!({"runtimeRef": {"name": runtime}, "trainer": {"numNodes": 2}}));
+        let p = plan(&j, runtime);
+        let rjob = p.job(Role::Launcher).expect("launcher").clone();
+        pod(
+            &j,
+            &p,
+            &rjob,
+            PodIndex {
+                job_index: 0,
+                index: 0,
+            },
+            0,
+        )
+    };
+    for runtime in ["mpi-intel", "mpi-mpich"] {
+        let pod = launcher_of(runtime);
+        let inits = pod.spec.and_then(|s| s.init_containers).unwrap_or_default();
+        let wait = inits.iter().find(|c| c.name == DNS_INIT).expect("DNS wait");
+        let script = wait.command.as_ref().expect("command").join(" ");
+        assert!(
+            script.contains("getent hosts pi-launcher-0-0.pi.ns.svc.cluster.local. "),
+            "{script}"
+        );
+    }
+    let open_mpi = launcher_of("mpi-openmpi");
+    assert!(
+        open_mpi.spec.and_then(|s| s.init_containers).is_none(),
+        "Open MPI connects back by IP"
+    );
+}
