@@ -50,7 +50,9 @@ for name in "${names[@]}"; do
   fi
   hash=$( (cd "$dir" && find . -type f -print0 | sort -z | xargs -0 sha256sum
            cd "$here/images" && find common -type f -print0 | sort -z | xargs -0 -r sha256sum
-           echo "$suite"; sha256sum "$here/images/oci.py" "$here/images.sh" ${input:+"$input"}) | sha256sum | cut -c1-12)
+           echo "$suite"
+           # Contents only: the checkout's path must not change the key.
+           cat "$here/images/oci.py" "$here/images.sh" ${input:+"$input"} | sha256sum) | sha256sum | cut -c1-12)
   archive="$out/$name-$hash.tar"
   if [[ ! -f "$archive" ]]; then
     variant=$(sed -n 's/^variant=//p' "$dir/image.conf")
