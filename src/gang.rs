@@ -51,6 +51,11 @@ pub struct Gang {
 /// more than one worker.
 pub fn min_count(plan: &Plan) -> Option<i32> {
     plan.gang.as_ref().and_then(|g| g.workload.as_ref())?;
+    gang_size(plan)
+}
+
+/// The number of workers, when there is more than one to gang.
+fn gang_size(plan: &Plan) -> Option<i32> {
     let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
     i32::try_from(workers).ok().filter(|n| *n > 1)
 }
@@ -58,8 +63,7 @@ pub fn min_count(plan: &Plan) -> Option<i32> {
 /// The number of workers when the runtime asks for coscheduling and there is more than one.
 pub fn coscheduling_members(plan: &Plan) -> Option<i32> {
     plan.gang.as_ref().and_then(|g| g.coscheduling.as_ref())?;
-    let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
-    i32::try_from(workers).ok().filter(|n| *n > 1)
+    gang_size(plan)
 }
 
 /// The coscheduling PodGroup for the job's `workers` (the pods as built): every worker is a

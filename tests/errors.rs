@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::jobs::{create_job, pods_of, runtime, setup, wait_condition, wait_event};
+use support::jobs::{create_job, pod_spec, pods_of, runtime, setup, wait_condition, wait_event};
 use support::{DEADLINE, eventually, operator};
 use trainjob_operator::api::TrainJob;
 
@@ -334,8 +334,7 @@ async fn a_job_bigger_than_the_quota_fails_whole_before_any_pod_exists() {
         .expect("create quota");
     // A quota on requests.cpu makes the API server refuse pods that do not state one.
     runtime(&c, ns, "mpi-openmpi", "rt", |spec| {
-        let launcher =
-            &mut spec["template"]["spec"]["replicatedJobs"][1]["template"]["spec"]["template"]["spec"];
+        let launcher = pod_spec(spec, "launcher");
         launcher["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
     })
     .await;

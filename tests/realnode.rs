@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
-use support::jobs::runtime;
+use support::jobs::{pod_spec, runtime};
 use support::{TestNs, client, operator, real_bed};
 use trainjob_operator::api::TrainJob;
 use trainjob_testbed::REAL_NODE;
@@ -101,18 +101,6 @@ fn real_node_patches() -> Value {
     json!([{"manager": "trainjob.test/real-node", "trainingRuntimeSpec": {"template": {"spec": {
         "replicatedJobs": [patch("node"), patch("launcher")],
     }}}}])
-}
-
-/// The pod spec of replicated job `rjob` in a runtime spec.
-fn pod_spec<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
-    let jobs = spec["template"]["spec"]["replicatedJobs"]
-        .as_array_mut()
-        .expect("replicatedJobs");
-    let job = jobs
-        .iter_mut()
-        .find(|j| j["name"] == rjob)
-        .expect("replicated job");
-    &mut job["template"]["spec"]["template"]["spec"]
 }
 
 /// The `node` container of replicated job `rjob` in a runtime spec.

@@ -29,8 +29,8 @@ pub async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: imp
         .expect("create runtime");
 }
 
-/// Pod template metadata of replicated job `rjob` in a runtime spec.
-pub fn pod_meta<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+/// The pod template of replicated job `rjob` in a runtime spec.
+pub fn pod_template<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
     let jobs = spec["template"]["spec"]["replicatedJobs"]
         .as_array_mut()
         .expect("replicatedJobs");
@@ -38,7 +38,17 @@ pub fn pod_meta<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
         .iter_mut()
         .find(|j| j["name"] == rjob)
         .expect("replicated job");
-    let template = &mut job["template"]["spec"]["template"];
+    &mut job["template"]["spec"]["template"]
+}
+
+/// The pod spec of replicated job `rjob` in a runtime spec.
+pub fn pod_spec<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+    &mut pod_template(spec, rjob)["spec"]
+}
+
+/// Pod template metadata of replicated job `rjob` in a runtime spec.
+pub fn pod_meta<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
+    let template = pod_template(spec, rjob);
     if template.get("metadata").is_none() {
         template["metadata"] = json!({"annotations": {}});
     }
