@@ -13,9 +13,10 @@ help: ## List the targets
 build: ## Build the release binary (target/release/trainjob-operator)
 	$(CARGO) build --release --locked -p trainjob-operator
 
-bed: ## Build the control plane and the real node (kubelet, CoreDNS, images) into the cache (first time: ~15 min)
+bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (first time: ~20 min)
 	hack/controlplane.sh >/dev/null
 	hack/node.sh build >/dev/null
+	hack/kueue.sh >/dev/null
 
 crds: ## Regenerate crds/ from the Rust API types
 	$(CARGO) run --quiet --locked -p trainjob-operator -- crd --out-dir crds
@@ -37,7 +38,7 @@ bench: bed ## Benchmarks: the pure core, and jobs through the operator on the lo
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1
-# adds a real kubelet node where MPI really runs (needs root).
+# adds a real kubelet node where MPI really runs (needs root); KUEUE=1 runs Kueue in front.
 run: ## Run the operator (against the local test control plane when KUBECONFIG is unset)
 ifeq ($(strip $(KUBECONFIG)),)
 	@$(MAKE) --no-print-directory bed

@@ -10,7 +10,7 @@ kubectl="$("$root/hack/controlplane.sh" --dir)/kubectl"
 
 rm -rf "$dir"
 mkdir -p "$dir"
-"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} 2>"$dir/testbed.out" &
+"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${KUEUE:+--kueue} 2>"$dir/testbed.out" &
 bed=$!
 # SIGINT lets the bed drop cleanly (the real node puts the host back).
 trap 'kill -INT $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM

@@ -6,6 +6,7 @@
 //! die with the process that started them (`PR_SET_PDEATHSIG`), so a panicking or killed test never
 //! leaves a control plane behind.
 
+mod kueue;
 mod node;
 mod process;
 
@@ -164,6 +165,9 @@ pub struct BedConfig {
     pub timeout: Duration,
     /// Also start a real node (containerd, CNI, CoreDNS, kubelet; see `hack/node.sh`).
     pub real_node: bool,
+    /// Also start Kueue with its TrainJob integration (see `hack/kueue.sh`); installs the shipped
+    /// runtimes, which its webhook reads.
+    pub kueue: bool,
 }
 
 impl Default for BedConfig {
@@ -176,6 +180,7 @@ impl Default for BedConfig {
                 .collect(),
             timeout: Duration::from_secs(120),
             real_node: false,
+            kueue: false,
         }
     }
 }
@@ -283,6 +288,9 @@ impl Bed {
             _temp: temp,
         };
         bed.boot(&config).await?;
+        if config.kueue {
+            bed.start_kueue(config.timeout).await?;
+        }
         if config.real_node {
             bed.node = Some(RealNode::start(&bed, config.timeout).await?);
         }
@@ -384,16 +392,10 @@ impl Bed {
                 let Ok(list) = crds.list(&Default::default()).await else {
                     return false;
                 };
-                let established = list.items.iter().filter(|crd| {
-                    crd.spec.group == CRD_GROUP
-                        && crd
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|cs| {
-                                cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-                            })
-                });
+                let established = list
+                    .items
+                    .iter()
+                    .filter(|crd| crd.spec.group == CRD_GROUP && crd_established(crd));
                 established.count() == 3
             }
         })
@@ -698,6 +700,13 @@ async fn readyz(client: &Client) -> bool {
         .await
         .map(|body| body.trim() == "ok")
         .unwrap_or(false)
+}
+
+fn crd_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
 }
 
 fn node_ready(node: &Node) -> bool {

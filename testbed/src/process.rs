@@ -24,6 +24,8 @@ pub enum Component {
     CoreDns,
     /// The real node.
     Kubelet,
+    /// Kueue's manager (job queueing), for the Kueue contract test.
+    Kueue,
 }
 
 /// Every binary the bed needs (kubectl is used for installs).
@@ -47,6 +49,7 @@ impl Component {
             Component::Containerd => "containerd",
             Component::CoreDns => "coredns",
             Component::Kubelet => "kubelet",
+            Component::Kueue => "kueue",
         }
     }
 }
@@ -111,6 +114,18 @@ impl Process {
         args: &[&str],
         log: &Path,
     ) -> Result<Process, BedError> {
+        Self::spawn_with(component, binary, args, log, |_| Ok(()))
+    }
+
+    /// Like [`Process::spawn`], with `prepare` adjusting the command first (for example a
+    /// `pre_exec` hook).
+    pub(super) fn spawn_with(
+        component: Component,
+        binary: &Path,
+        args: &[&str],
+        log: &Path,
+        prepare: impl FnOnce(&mut Command) -> Result<(), BedError>,
+    ) -> Result<Process, BedError> {
         let io = |what: &str, source| BedError::Io {
             what: format!("{what} for {component}"),
             source,
@@ -120,6 +135,7 @@ impl Process {
         let mut command = Command::new(binary);
         command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         die_with_parent(&mut command);
+        prepare(&mut command)?;
         let child = command
             .spawn()
             .map_err(|e| io(&format!("starting {}", binary.display()), e))?;

@@ -30,6 +30,14 @@ pub fn real_bed() -> &'static Bed {
     })
 }
 
+/// The control plane of this test binary with Kueue (TrainJob integration) running next to it.
+pub fn kueue_bed() -> &'static Bed {
+    bed_with(|| BedConfig {
+        kueue: true,
+        ..BedConfig::default()
+    })
+}
+
 /// The control plane of this test binary; the first caller's `config` decides how it starts.
 fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
     let result = BED.get_or_init(|| {

@@ -21,6 +21,10 @@ struct Args {
     /// Also run a real node (containerd, CNI, CoreDNS, kubelet) where pods really run; needs root.
     #[arg(long)]
     real_node: bool,
+    /// Also run Kueue (built by `hack/kueue.sh`) with its TrainJob integration; needs root (it
+    /// runs in a mount namespace of its own).
+    #[arg(long)]
+    kueue: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -42,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
             .collect(),
         real_node: args.real_node,
+        kueue: args.kueue,
         ..Default::default()
     })
     .await?;
@@ -53,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
         bed.kubeconfig_path(Identity::Admin).display(),
         bed.kubeconfig_path(Identity::Operator).display(),
     );
+    if args.kueue {
+        eprintln!("  Kueue: TrainJob integration on, webhooks registered; log in kueue.log");
+    }
     if let Some(node) = bed.real_node() {
         eprintln!(
             "  real node: {} (label and taint {}; images trainjob.local/<name>:bed from hack/images)",
