@@ -1,8 +1,11 @@
 //! Gang scheduling objects, pure builders. Native Kubernetes gang scheduling (KEP-4671,
 //! `scheduling.k8s.io/v1alpha2`): a `Workload` with one pod group template and a `PodGroup` whose
 //! gang policy kube-scheduler enforces: either `minCount` pods of the group are bound together,
-//! or none is. scheduler-plugins coscheduling: a `scheduling.x-k8s.io/v1alpha1` PodGroup with
-//! `minMember`, `minResources` and `scheduleTimeoutSeconds`, named by the pods' label.
+//! or none is. Scheduler plugins, each with a PodGroup of its own named after the job:
+//! scheduler-plugins coscheduling (`scheduling.x-k8s.io/v1alpha1`; `minMember`, `minResources`,
+//! `scheduleTimeoutSeconds`; pods join by label) and Volcano (`scheduling.volcano.sh/v1beta1`;
+//! `minMember`, `minResources`, `queue`, `priorityClassName`, `networkTopology`; pods join by
+//! annotation and are scheduled by `volcano` unless the runtime names another scheduler).
 //!
 //! The gang is the job's `node` pods (the MPI workers). The launcher is created only once every
 //! worker is Ready, so it cannot be in a gang the workers wait for; it runs no ranks unless
@@ -26,13 +29,67 @@ use crate::{names, quota};
 
 /// The label by which coscheduling finds a pod's PodGroup.
 pub const COSCHEDULING_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+/// The annotation by which Volcano finds a pod's PodGroup.
+pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
+/// The annotation on a runtime's (or runtime patch's) template that names the Volcano queue.
+pub const VOLCANO_QUEUE_ANNOTATION: &str = "scheduling.volcano.sh/queue-name";
+/// Volcano's scheduler name, given to pods whose template names no scheduler.
+pub const VOLCANO_SCHEDULER: &str = "volcano";
 
-/// The coscheduling PodGroup's API.
-pub fn coscheduling_api() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
-        "podgroups",
-    )
+/// A scheduler plugin that gangs pods through a PodGroup of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plugin {
+    /// scheduler-plugins coscheduling.
+    Coscheduling,
+    /// Volcano.
+    Volcano,
+}
+
+impl Plugin {
+    /// The plugin the runtime's `podGroupPolicy` asks for.
+    pub fn of(plan: &Plan) -> Option<Plugin> {
+        let policy = plan.gang.as_ref()?;
+        if policy.coscheduling.is_some() {
+            Some(Plugin::Coscheduling)
+        } else if policy.volcano.is_some() {
+            Some(Plugin::Volcano)
+        } else {
+            None
+        }
+    }
+
+    /// The plugin's PodGroup API.
+    pub fn api(self) -> ApiResource {
+        let gvk = match self {
+            Plugin::Coscheduling => GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
+            Plugin::Volcano => GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup"),
+        };
+        ApiResource::from_gvk_with_plural(&gvk, "podgroups")
+    }
+
+    /// The `podGroupPolicy` field that selects it.
+    pub fn policy(self) -> &'static str {
+        match self {
+            Plugin::Coscheduling => "coscheduling",
+            Plugin::Volcano => "volcano",
+        }
+    }
+
+    /// The API, for messages when the cluster does not serve it.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Plugin::Coscheduling => "scheduling.x-k8s.io/v1alpha1 PodGroups",
+            Plugin::Volcano => "scheduling.volcano.sh/v1beta1 PodGroups",
+        }
+    }
+
+    /// What installs the API.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Plugin::Coscheduling => "install scheduler-plugins with its coscheduling plugin",
+            Plugin::Volcano => "install Volcano",
+        }
+    }
 }
 
 /// Name of the Workload's only pod group template.
@@ -60,34 +117,56 @@ fn gang_size(plan: &Plan) -> Option<i32> {
     i32::try_from(workers).ok().filter(|n| *n > 1)
 }
 
-/// The number of workers when the runtime asks for coscheduling and there is more than one.
-pub fn coscheduling_members(plan: &Plan) -> Option<i32> {
-    plan.gang.as_ref().and_then(|g| g.coscheduling.as_ref())?;
-    gang_size(plan)
+/// The scheduler plugin and the number of workers, when the runtime asks for a plugin's gang
+/// and there is more than one worker.
+pub fn plugin_members(plan: &Plan) -> Option<(Plugin, i32)> {
+    Some((Plugin::of(plan)?, gang_size(plan)?))
 }
 
-/// The coscheduling PodGroup for the job's `workers` (the pods as built): every worker is a
-/// member, `minResources` is what they request together, and the runtime's timeout.
-pub fn coscheduling(job: &TrainJob, plan: &Plan, workers: &[Pod]) -> Option<DynamicObject> {
-    let members = coscheduling_members(plan)?;
-    let timeout = plan
-        .gang
-        .as_ref()
-        .and_then(|g| g.coscheduling.as_ref())
-        .and_then(|c| c.schedule_timeout_seconds);
+/// The plugin's PodGroup for the job's `workers` (the pods as built): every worker is a member
+/// and `minResources` is what they request together. Coscheduling adds the runtime's timeout;
+/// Volcano the queue, the pods' priority class and the network topology.
+pub fn plugin_pod_group(job: &TrainJob, plan: &Plan, workers: &[Pod]) -> Option<(Plugin, DynamicObject)> {
+    let (plugin, members) = plugin_members(plan)?;
+    let policy = plan.gang.as_ref()?;
     let resources: BTreeMap<String, String> = quota::requests(workers)
         .into_iter()
         .map(|(name, v)| (name, quota::format(v)))
         .collect();
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    let mut group = DynamicObject::new(&pod_group_name(name), &coscheduling_api());
-    group.metadata = names::child_meta(job, &pod_group_name(name));
     let mut spec = json!({"minMember": members, "minResources": resources});
-    if let Some(timeout) = timeout {
-        spec["scheduleTimeoutSeconds"] = json!(timeout);
+    match plugin {
+        Plugin::Coscheduling => {
+            if let Some(timeout) = policy
+                .coscheduling
+                .as_ref()
+                .and_then(|c| c.schedule_timeout_seconds)
+            {
+                spec["scheduleTimeoutSeconds"] = json!(timeout);
+            }
+        }
+        Plugin::Volcano => {
+            if let Some(queue) = &plan.volcano_queue {
+                spec["queue"] = json!(queue);
+            }
+            // As upstream: the last pod template that names a priority class.
+            let priority = plan
+                .jobs
+                .iter()
+                .rev()
+                .find_map(|j| j.template.spec.as_ref()?.priority_class_name.clone());
+            if let Some(priority) = priority {
+                spec["priorityClassName"] = json!(priority);
+            }
+            if let Some(topology) = policy.volcano.as_ref().and_then(|v| v.network_topology.as_ref()) {
+                spec["networkTopology"] = serde_json::to_value(topology).unwrap_or_default();
+            }
+        }
     }
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let mut group = DynamicObject::new(&pod_group_name(name), &plugin.api());
+    group.metadata = names::child_meta(job, &pod_group_name(name));
     group.data = json!({"spec": spec});
-    Some(group)
+    Some((plugin, group))
 }
 
 /// The PodGroup name worker pods carry (the job's name).
@@ -221,7 +300,8 @@ mod tests {
             .as_ref()
             .and_then(|l| l.get(COSCHEDULING_LABEL));
         assert_eq!(label.map(String::as_str), Some("pi"));
-        let group = coscheduling(&j, &p, &workers).expect("PodGroup");
+        let (plugin, group) = plugin_pod_group(&j, &p, &workers).expect("PodGroup");
+        assert_eq!(plugin, Plugin::Coscheduling);
         assert_eq!(group.metadata.name.as_deref(), Some("pi"));
         assert_eq!(
             group.types.as_ref().map(|t| t.api_version.as_str()),
@@ -232,6 +312,62 @@ mod tests {
             json!({"minMember": 3, "minResources": {"cpu": "4500m", "nvidia.com/gpu": "24"}, "scheduleTimeoutSeconds": 90})
         );
         assert!(gang(&j, &p).is_none(), "no native gang with coscheduling");
+    }
+
+    #[test]
+    fn volcano_groups_every_worker_with_queue_priority_and_topology() {
+        let mut j = job(json!({"trainer": {"numNodes": 2, "resourcesPerNode": {"requests": {"cpu": "2"}}}}));
+        // A runtime patch's queue wins over the runtime's, as upstream.
+        j.spec.runtime_patches = serde_json::from_value(json!([{
+            "manager": "example.com/queues",
+            "trainingRuntimeSpec": {"template": {"metadata": {"annotations": {VOLCANO_QUEUE_ANNOTATION: "research"}}}},
+        }]))
+        .expect("patches");
+        let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
+        rt.template.metadata = Some(crate::api::TemplateMetadata {
+            annotations: [(VOLCANO_QUEUE_ANNOTATION.to_string(), "default".to_string())].into(),
+            ..Default::default()
+        });
+        rt.pod_group_policy = Some(PodGroupPolicy {
+            volcano: Some(crate::api::VolcanoPodGroupPolicySource {
+                network_topology: Some(crate::api::NetworkTopologySpec {
+                    mode: Some("hard".into()),
+                    highest_tier_allowed: Some(2),
+                }),
+            }),
+            ..Default::default()
+        });
+        let mut p = crate::resolve::resolve(&j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan");
+        let node = p.jobs.iter_mut().find(|j| j.role == Role::Node).expect("node");
+        node.template.spec.get_or_insert_default().priority_class_name = Some("training".into());
+        let node = p.job(Role::Node).expect("node").clone();
+        let workers: Vec<Pod> = node
+            .indices()
+            .map(|at| crate::pods::pod(&j, &p, &node, at, 0))
+            .collect();
+        for w in &workers {
+            let annotations = w.metadata.annotations.as_ref().expect("annotations");
+            assert_eq!(
+                annotations.get(VOLCANO_GROUP_ANNOTATION).map(String::as_str),
+                Some("pi")
+            );
+            let scheduler = w.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
+            assert_eq!(scheduler, Some(VOLCANO_SCHEDULER));
+        }
+        let (plugin, group) = plugin_pod_group(&j, &p, &workers).expect("PodGroup");
+        assert_eq!(plugin, Plugin::Volcano);
+        assert_eq!(
+            group.types.as_ref().map(|t| t.api_version.as_str()),
+            Some("scheduling.volcano.sh/v1beta1")
+        );
+        assert_eq!(
+            group.data["spec"],
+            json!({
+                "minMember": 2, "minResources": {"cpu": "4"}, "queue": "research",
+                "priorityClassName": "training",
+                "networkTopology": {"mode": "hard", "highestTierAllowed": 2},
+            })
+        );
     }
 
     #[test]

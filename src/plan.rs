@@ -94,6 +94,9 @@ pub struct Plan {
     pub jobs: Vec<JobPlan>,
     /// Gang scheduling policy of the runtime.
     pub gang: Option<PodGroupPolicy>,
+    /// The Volcano queue: annotation `scheduling.volcano.sh/queue-name` of the runtime's
+    /// template, or of a runtime patch's template (the last one wins), as upstream reads it.
+    pub volcano_queue: Option<String>,
 }
 
 impl Plan {

@@ -82,8 +82,24 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
     spec.restart_policy = Some("Never".into());
     spec.automount_service_account_token.get_or_insert(false);
 
-    if rjob.role == Role::Node && gang::coscheduling_members(plan).is_some() {
-        labels_mut(&mut meta).insert(gang::COSCHEDULING_LABEL.into(), gang::pod_group_name(job_name));
+    if gang::Plugin::of(plan) == Some(gang::Plugin::Volcano) {
+        // Volcano's PodGroup means nothing to another scheduler: without this the gang would
+        // silently not be one.
+        spec.scheduler_name
+            .get_or_insert_with(|| gang::VOLCANO_SCHEDULER.into());
+    }
+    match gang::plugin_members(plan) {
+        Some((gang::Plugin::Coscheduling, _)) if rjob.role == Role::Node => {
+            labels_mut(&mut meta).insert(gang::COSCHEDULING_LABEL.into(), gang::pod_group_name(job_name));
+        }
+        Some((gang::Plugin::Volcano, _)) if rjob.role == Role::Node => {
+            let annotations = meta.annotations.get_or_insert_default();
+            annotations.insert(
+                gang::VOLCANO_GROUP_ANNOTATION.into(),
+                gang::pod_group_name(job_name),
+            );
+        }
+        _ => {}
     }
     if rjob.role == Role::Node && gang::min_count(plan).is_some() {
         spec.scheduling_group = Some(PodSchedulingGroup {

@@ -1,7 +1,7 @@
 //! Gang scheduling. Native: with the real kube-scheduler on kwok nodes (its own control plane, so
 //! that no other test takes capacity), a gang that fits is bound whole, one that does not fit has
-//! no pod bound at all, and it binds whole once capacity frees up. Coscheduling: the PodGroup is
-//! accepted by scheduler-plugins' own CRD, with the values its scheduler reads.
+//! no pod bound at all, and it binds whole once capacity frees up. Coscheduling and Volcano: the
+//! PodGroup is accepted by the scheduler's own CRD, with the values its scheduler reads.
 
 mod support;
 
@@ -14,7 +14,9 @@ use serde_json::json;
 use support::jobs::{HOLD, create_job, pod_meta, pods_of, runtime, setup, wait_condition};
 use support::{DEADLINE, Identity, client, eventually};
 use trainjob_operator::api::TrainJob;
-use trainjob_operator::gang::{COSCHEDULING_LABEL, coscheduling_api};
+use trainjob_operator::gang::{
+    COSCHEDULING_LABEL, Plugin, VOLCANO_GROUP_ANNOTATION, VOLCANO_QUEUE_ANNOTATION, VOLCANO_SCHEDULER,
+};
 
 /// CPUs of one worker: a kwok node has 32, so each worker needs a node of its own.
 const WORKER_CPUS: &str = "30";
@@ -27,6 +29,23 @@ async fn workers(c: &Client, ns: &str, job: &str) -> Vec<(String, Option<String>
         .filter(|p| p.name_any().contains("-node-") && p.metadata.deletion_timestamp.is_none())
         .map(|p| (p.name_any(), p.spec.and_then(|s| s.node_name)))
         .collect()
+}
+
+/// Waits until the job's `count` workers exist and returns them.
+async fn created_workers(c: &Client, ns: &str, job: &str, count: usize) -> Vec<Pod> {
+    eventually(&format!("{count} workers of {job}"), DEADLINE, || async {
+        let pods: Vec<Pod> = pods_of(c, ns, job)
+            .await
+            .into_iter()
+            .filter(|p| p.name_any().contains("-node-"))
+            .collect();
+        if pods.len() == count {
+            Ok(pods)
+        } else {
+            Err(format!("{}", pods.len()))
+        }
+    })
+    .await
 }
 
 /// Waits until the job has `count` workers and every one is bound.
@@ -170,24 +189,29 @@ async fn a_gang_that_cannot_fit_fails_after_the_runtimes_timeout() {
     );
 }
 
-/// Installs scheduler-plugins' own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
+/// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
 /// version) and waits until it is served.
-async fn install_coscheduling_crd(c: &Client) {
+async fn install_crd(c: &Client, plugin: Plugin) {
     let out = std::process::Command::new(trainjob_testbed::repo_root().join("hack/gang-crds.sh"))
         .output()
         .expect("running hack/gang-crds.sh");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(plugin.policy())?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {} CRD in {stdout}", plugin.policy()))
+        .to_string();
     let crd: CustomResourceDefinition =
         serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("CRD file")).expect("CRD");
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     match crds.create(&PostParams::default(), &crd).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("installing the coscheduling CRD: {e}"),
+        Err(e) => panic!("installing the {} CRD: {e}", plugin.policy()),
     }
     eventually(
-        "the coscheduling PodGroup CRD to be established",
+        &format!("the {} PodGroup CRD to be established", plugin.policy()),
         DEADLINE,
         || async {
             let crd = crds.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
@@ -207,7 +231,7 @@ async fn install_coscheduling_crd(c: &Client) {
 async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
     let (ns, c) = setup("cosched").await;
     let ns = ns.name.as_str();
-    install_coscheduling_crd(&client(Identity::Admin).await).await;
+    install_crd(&client(Identity::Admin).await, Plugin::Coscheduling).await;
     runtime(&c, ns, "mpi-openmpi", "cosched", |spec| {
         spec["podGroupPolicy"] = json!({"coscheduling": {"scheduleTimeoutSeconds": 90}});
     })
@@ -217,7 +241,7 @@ async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
     let trainer = json!({"trainer": {"numNodes": 3, "resourcesPerNode": {"requests": requests}}});
     let jobs = create_job(&c, ns, "pi", "cosched", trainer).await;
 
-    let groups: Api<DynamicObject> = Api::namespaced_with(c.clone(), ns, &coscheduling_api());
+    let groups: Api<DynamicObject> = Api::namespaced_with(c.clone(), ns, &Plugin::Coscheduling.api());
     let group = eventually("the coscheduling PodGroup", DEADLINE, || async {
         groups.get("pi").await.map_err(|e| e.to_string())
     })
@@ -232,7 +256,8 @@ async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
         owner.first().map(|o| (o.kind.as_str(), o.name.as_str())),
         Some(("TrainJob", "pi"))
     );
-    let pods = pods_of(&c, ns, "pi").await;
+    // The PodGroup comes before the first worker, so the workers may not all exist yet.
+    let pods = created_workers(&c, ns, "pi", 3).await;
     let labelled: Vec<_> = pods
         .iter()
         .filter(|p| p.labels().get(COSCHEDULING_LABEL).map(String::as_str) == Some("pi"))
@@ -243,4 +268,53 @@ async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
     // completes, which shows the PodGroup changed nothing else.
     let (_, complete) = wait_condition(&jobs, "pi", "Complete").await;
     assert_eq!(complete.reason, "AllJobsCompleted");
+}
+
+#[tokio::test]
+async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
+    let (ns, c) = setup("volcano").await;
+    let ns = ns.name.as_str();
+    install_crd(&client(Identity::Admin).await, Plugin::Volcano).await;
+    runtime(&c, ns, "mpi-openmpi", "volcano", |spec| {
+        spec["podGroupPolicy"] =
+            json!({"volcano": {"networkTopology": {"mode": "hard", "highestTierAllowed": 2}}});
+        spec["template"]["metadata"] = json!({"annotations": {VOLCANO_QUEUE_ANNOTATION: "research"}});
+    })
+    .await;
+    let requests = json!({"cpu": "100m", "memory": "64Mi"});
+    let trainer = json!({"trainer": {"numNodes": 2, "resourcesPerNode": {"requests": requests}}});
+    create_job(&c, ns, "pi", "volcano", trainer).await;
+
+    let groups: Api<DynamicObject> = Api::namespaced_with(c.clone(), ns, &Plugin::Volcano.api());
+    let group = eventually("the Volcano PodGroup", DEADLINE, || async {
+        groups.get("pi").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(
+        group.data["spec"],
+        json!({
+            "minMember": 2, "minResources": {"cpu": "200m", "memory": "134217728"}, "queue": "research",
+            "networkTopology": {"mode": "hard", "highestTierAllowed": 2},
+        }),
+        "every worker, their requests together, the runtime's queue and topology"
+    );
+    let owner = group.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| (o.kind.as_str(), o.name.as_str())),
+        Some(("TrainJob", "pi"))
+    );
+    for pod in &created_workers(&c, ns, "pi", 2).await {
+        assert_eq!(
+            pod.annotations()
+                .get(VOLCANO_GROUP_ANNOTATION)
+                .map(String::as_str),
+            Some("pi"),
+            "{}",
+            pod.name_any()
+        );
+        // Left to Volcano, which does not run here: no other scheduler binds them.
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.scheduler_name.as_deref(), Some(VOLCANO_SCHEDULER));
+        assert_eq!(spec.node_name, None);
+    }
 }

@@ -179,8 +179,8 @@ pub async fn decision(
         create_gang(ctx, &ns, gang).await?;
     }
     let attempt = decision.status.restarts.unwrap_or(0);
-    if workers && gang::coscheduling_members(plan).is_some() {
-        create_coscheduling(job, ctx, plan, &ns, attempt).await?;
+    if workers && gang::plugin_members(plan).is_some() {
+        create_plugin_pod_group(job, ctx, plan, &ns, attempt).await?;
     }
     for (i, at) in &decision.create {
         let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
@@ -247,9 +247,9 @@ async fn create_gang(ctx: &Context, ns: &str, gang: Gang) -> Result<(), Error> {
     created("PodGroup", &name, result, missing)
 }
 
-/// Creates the coscheduling PodGroup before the first worker: every worker a member, their
+/// Creates the scheduler plugin's PodGroup before the first worker: every worker a member, their
 /// requests summed. One that exists is left as it is.
-async fn create_coscheduling(
+async fn create_plugin_pod_group(
     job: &TrainJob,
     ctx: &Context,
     plan: &Plan,
@@ -263,17 +263,17 @@ async fn create_coscheduling(
         .indices()
         .map(|at| pods::pod(job, plan, node, at, attempt))
         .collect();
-    let Some(group) = gang::coscheduling(job, plan, &workers) else {
+    let Some((plugin, group)) = gang::plugin_pod_group(job, plan, &workers) else {
         return Ok(());
     };
     let name = group.metadata.name.clone().unwrap_or_default();
-    let result = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &gang::coscheduling_api())
+    let result = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &plugin.api())
         .create(&create_params(), &group)
         .await;
     created("PodGroup", &name, result, || Error::GangUnavailable {
-        policy: "coscheduling",
-        api: "scheduling.x-k8s.io/v1alpha1 PodGroups",
-        fix: "install scheduler-plugins with its coscheduling plugin",
+        policy: plugin.policy(),
+        api: plugin.api_name(),
+        fix: plugin.install_hint(),
     })
 }
 

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{ANCESTOR_LABEL, ANCESTOR_TRAINER, LAUNCHER, NODE, TrainJob, TrainingRuntimeSpec};
 use crate::env::RESERVED_ENV;
+use crate::gang::VOLCANO_QUEUE_ANNOTATION;
 use crate::plan::{DEFAULT_CLUSTER_DOMAIN, JobPlan, Plan, Role};
 use crate::reasons;
 use overrides::{apply_initializer, apply_patch, apply_trainer, gpu_count, node_container_gpus};
@@ -266,7 +267,28 @@ pub fn resolve(
             .max(0),
         jobs,
         gang: runtime.pod_group_policy.clone(),
+        volcano_queue: volcano_queue(job, runtime),
     })
+}
+
+/// The Volcano queue named on the runtime's template or by a runtime patch (the last one wins).
+fn volcano_queue(job: &TrainJob, runtime: &TrainingRuntimeSpec) -> Option<String> {
+    let patched = job.spec.runtime_patches.iter().filter_map(|p| {
+        let meta = p
+            .training_runtime_spec
+            .as_ref()?
+            .template
+            .as_ref()?
+            .metadata
+            .as_ref()?;
+        meta.annotations.get(VOLCANO_QUEUE_ANNOTATION)
+    });
+    let own = runtime
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.get(VOLCANO_QUEUE_ANNOTATION));
+    own.into_iter().chain(patched).last().cloned()
 }
 
 /// The pods' subdomain, which is also the headless Service's name: the runtime's
