@@ -7,9 +7,12 @@
 //! `minMember`, `minResources`, `queue`, `priorityClassName`, `networkTopology`; pods join by
 //! annotation and are scheduled by `volcano` unless the runtime names another scheduler).
 //!
-//! The gang is the job's `node` pods (the MPI workers). The launcher is created only once every
-//! worker is Ready, so it cannot be in a gang the workers wait for; it runs no ranks unless
-//! `runLauncherAsNode`, and then it is placed after the workers, like any other pod.
+//! The gang is the job's MPI hosts: the `node` pods (the workers), and the launcher too when it
+//! runs ranks (`runLauncherAsNode`), since a launcher that cannot be placed leaves the workers
+//! holding their nodes for nothing. Such a launcher is then created with the workers (a gang
+//! forms only once its members exist) and waits in an init container until it can reach every
+//! worker over SSH. A launcher that runs no ranks stays out: it is created once the workers are
+//! Ready, needs next to nothing, and a gang could not wait for a pod created after it.
 
 use k8s_openapi::api::scheduling::v1alpha2::{
     GangSchedulingPolicy, PodGroup, PodGroupSchedulingPolicy, PodGroupSpec, PodGroupTemplate,
@@ -105,35 +108,61 @@ pub struct Gang {
 }
 
 /// How many pods must be bound together, when the runtime asks for a native gang and there is
-/// more than one worker.
+/// more than one MPI host.
 pub fn min_count(plan: &Plan) -> Option<i32> {
     plan.gang.as_ref().and_then(|g| g.workload.as_ref())?;
     gang_size(plan)
 }
 
-/// The number of workers, when there is more than one to gang.
-fn gang_size(plan: &Plan) -> Option<i32> {
-    let workers = plan.job(Role::Node).map_or(0, |j| j.pods());
-    i32::try_from(workers).ok().filter(|n| *n > 1)
+/// Whether the runtime asks for any gang policy.
+fn has_policy(plan: &Plan) -> bool {
+    plan.gang
+        .as_ref()
+        .is_some_and(|g| g.workload.is_some() || g.coscheduling.is_some() || g.volcano.is_some())
 }
 
-/// The scheduler plugin and the number of workers, when the runtime asks for a plugin's gang
-/// and there is more than one worker.
+/// Whether pods of `role` belong to the job's gang (when it has one).
+pub fn member(plan: &Plan, role: Role) -> bool {
+    match role {
+        Role::Node => true,
+        Role::Launcher => plan.launcher_as_node,
+        Role::Other => false,
+    }
+}
+
+/// Whether the launcher is created with the workers, as a member of their gang.
+pub fn launcher_in_gang(plan: &Plan) -> bool {
+    member(plan, Role::Launcher) && has_policy(plan) && gang_size(plan).is_some()
+}
+
+/// The number of gang members, when there is more than one.
+fn gang_size(plan: &Plan) -> Option<i32> {
+    let members: i64 = plan
+        .jobs
+        .iter()
+        .filter(|j| member(plan, j.role))
+        .map(|j| j.pods())
+        .sum();
+    i32::try_from(members).ok().filter(|n| *n > 1)
+}
+
+/// The scheduler plugin and the number of gang members, when the runtime asks for a plugin's
+/// gang and there is more than one member.
 pub fn plugin_members(plan: &Plan) -> Option<(Plugin, i32)> {
     Some((Plugin::of(plan)?, gang_size(plan)?))
 }
 
-/// The plugin's PodGroup for the job's `workers` (the pods as built): every worker is a member
-/// and `minResources` is what they request together. Coscheduling adds the runtime's timeout;
-/// Volcano the queue, the pods' priority class and the network topology.
-pub fn plugin_pod_group(job: &TrainJob, plan: &Plan, workers: &[Pod]) -> Option<(Plugin, DynamicObject)> {
-    let (plugin, members) = plugin_members(plan)?;
+/// The plugin's PodGroup for the gang's `members` (the pods as built): `minMember` counts them
+/// all and `minResources` is what they request together. Coscheduling adds the runtime's
+/// timeout; Volcano the queue, the pods' priority class and the network topology.
+pub fn plugin_pod_group(job: &TrainJob, plan: &Plan, members: &[Pod]) -> Option<(Plugin, DynamicObject)> {
+    let (plugin, count) = plugin_members(plan)?;
     let policy = plan.gang.as_ref()?;
-    let resources: BTreeMap<String, String> = quota::requests(workers)
+    let resources: BTreeMap<String, String> = quota::requests(members)
         .into_iter()
         .map(|(name, v)| (name, quota::format(v)))
         .collect();
-    let mut spec = json!({"minMember": members, "minResources": resources});
+    let mut spec = json!({"minMember": count, "minResources": resources});
     match plugin {
         Plugin::Coscheduling => {
             if let Some(timeout) = policy

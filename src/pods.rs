@@ -24,6 +24,10 @@ pub const SSH_COPY_VOLUME: &str = "mpi-ssh-copy";
 pub const SSH_INIT: &str = "mpi-ssh-setup";
 /// Name of the launcher's init container that waits for its own DNS record (Hydra).
 pub const DNS_INIT: &str = "mpi-dns-wait";
+/// Name of the init container of a launcher in the gang that waits for the workers' sshd.
+pub const WORKERS_INIT: &str = "mpi-wait-workers";
+/// How long that init container waits for the workers.
+const WAIT_FOR_WORKERS_SECONDS: u32 = 600;
 /// Name of the hostfile ConfigMap volume.
 pub const HOSTFILE_VOLUME: &str = "mpi-hostfile";
 
@@ -88,11 +92,12 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         spec.scheduler_name
             .get_or_insert_with(|| gang::VOLCANO_SCHEDULER.into());
     }
+    let member = gang::member(plan, rjob.role);
     match gang::plugin_members(plan) {
-        Some((gang::Plugin::Coscheduling, _)) if rjob.role == Role::Node => {
+        Some((gang::Plugin::Coscheduling, _)) if member => {
             labels_mut(&mut meta).insert(gang::COSCHEDULING_LABEL.into(), gang::pod_group_name(job_name));
         }
-        Some((gang::Plugin::Volcano, _)) if rjob.role == Role::Node => {
+        Some((gang::Plugin::Volcano, _)) if member => {
             let annotations = meta.annotations.get_or_insert_default();
             annotations.insert(
                 gang::VOLCANO_GROUP_ANNOTATION.into(),
@@ -101,7 +106,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         }
         _ => {}
     }
-    if rjob.role == Role::Node && gang::min_count(plan).is_some() {
+    if member && gang::min_count(plan).is_some() {
         spec.scheduling_group = Some(PodSchedulingGroup {
             pod_group_name: Some(gang::pod_group_name(job_name)),
         });
@@ -133,6 +138,9 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
                     plan.subdomain, plan.cluster_domain
                 );
                 wait_for_own_name(&mut spec, &fqdn);
+            }
+            if gang::launcher_in_gang(plan) {
+                wait_for_workers(&mut spec, plan, job_name, copy);
             }
         }
         for c in spec.containers.iter_mut().filter(|c| c.name == NODE) {
@@ -296,6 +304,51 @@ if [ $i -ge 300 ]; then echo \"{fqdn} did not resolve within 60s\"; exit 0; fi; 
         security_context: node.security_context.clone(),
         resources: quota_resources(node.resources.as_ref()),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        ..Default::default()
+    };
+    spec.init_containers.get_or_insert_default().push(init);
+}
+
+/// A launcher in the workers' gang is created with them, before their sshd runs. An init
+/// container (the `node` image, as the same user, with the same SSH files) waits until `ssh <host>
+/// true` works for every worker, which is exactly what mpirun needs next, for at most 10 minutes
+/// per run; after that mpirun runs anyway and reports what it finds. Images without `ssh` skip
+/// the wait.
+fn wait_for_workers(spec: &mut PodSpec, plan: &Plan, job: &str, copy: bool) {
+    let Some(node) = spec.containers.iter().find(|c| c.name == NODE) else {
+        return;
+    };
+    let workers: Vec<String> = plan
+        .jobs
+        .iter()
+        .filter(|j| j.role == Role::Node)
+        .flat_map(|j| {
+            j.indices()
+                .map(|at| names::pod(job, &j.name, at.job_index, at.index))
+        })
+        .collect();
+    let script = format!(
+        "command -v ssh >/dev/null || exit 0; end=$(( $(date +%s) + {WAIT_FOR_WORKERS_SECONDS} )); \
+for host in {hosts}; do \
+until out=$(ssh -o BatchMode=yes -o ConnectTimeout=5 {SSH_ARGS} \"$host\" true 2>&1); do \
+if [ $(date +%s) -ge $end ]; then echo \"$host: no SSH session within {WAIT_FOR_WORKERS_SECONDS}s: $out\"; exit 0; fi; \
+sleep 1; done; done",
+        hosts = workers.join(" "),
+        SSH_ARGS = env::SSH_ARGS,
+    );
+    let init = Container {
+        name: WORKERS_INIT.into(),
+        image: node.image.clone(),
+        image_pull_policy: node.image_pull_policy.clone(),
+        security_context: node.security_context.clone(),
+        resources: quota_resources(node.resources.as_ref()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: (if copy { SSH_COPY_VOLUME } else { SSH_VOLUME }).into(),
+            mount_path: plan.ssh_mount_path.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ..Default::default()
     };
     spec.init_containers.get_or_insert_default().push(init);

@@ -318,3 +318,64 @@ async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
         assert_eq!(spec.node_name, None);
     }
 }
+
+#[tokio::test]
+async fn a_launcher_that_runs_ranks_is_bound_with_its_workers_or_not_at_all() {
+    let (ns, c) = setup("launcher-gang").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, "mpi-openmpi", "ranks", |spec| {
+        spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true);
+        spec["podGroupPolicy"] = json!({"workload": {}});
+        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    // Every MPI host, the launcher included, takes all 8 GPUs of a node; little CPU, so the CPU
+    // gangs of the tests beside this one still fit next to them.
+    let trainer = |nodes: i32| {
+        let gpus = json!({"cpu": "100m", "nvidia.com/gpu": "8"});
+        json!({"trainer": {"numNodes": nodes, "resourcesPerNode": {"requests": gpus, "limits": gpus}}})
+    };
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    let bound = |job: &'static str| {
+        let c = c.clone();
+        async move {
+            pods_of(&c, ns, job)
+                .await
+                .into_iter()
+                .map(|p| (p.name_any(), p.spec.and_then(|s| s.node_name)))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Five hosts on four nodes: not one pod is bound, the launcher neither, and the job says so.
+    create_job(&c, ns, "big", "ranks", trainer(5)).await;
+    let waiting = gang_condition(&jobs, "big", "False", "Insufficient nvidia.com/gpu").await;
+    assert!(
+        waiting.starts_with(
+            "waiting for 4 node pods and 1 launcher pod to be scheduled together, 0 scheduled (node 0, launcher 0): "
+        ),
+        "{waiting}"
+    );
+    let big = bound("big").await;
+    assert_eq!(big.len(), 5, "the launcher is created with the workers: {big:?}");
+    assert!(
+        big.iter().all(|(_, node)| node.is_none()),
+        "no partial gang: {big:?}"
+    );
+    jobs.delete("big", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+
+    // Four hosts: all bound together, the launcher on a node of its own.
+    create_job(&c, ns, "fits", "ranks", trainer(4)).await;
+    gang_condition(
+        &jobs,
+        "fits",
+        "True",
+        "all 3 node pods and 1 launcher pod are scheduled",
+    )
+    .await;
+    let fits = bound("fits").await;
+    assert_eq!(fits.len(), 4, "{fits:?}");
+    assert!(fits.iter().all(|(_, node)| node.is_some()), "{fits:?}");
+}

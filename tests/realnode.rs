@@ -65,6 +65,9 @@ enum Variant {
     Root,
     /// `runLauncherAsNode`, otherwise as shipped.
     LauncherAsNode,
+    /// `runLauncherAsNode` in a native gang: the launcher is created with the workers, bound
+    /// with them by kube-scheduler, and waits for their sshd itself.
+    LauncherInGang,
     /// No user and no fsGroup in the spec: the image's `USER` (uid 1000) runs everything.
     ImageUser,
     /// uid 1000 as shipped, but no fsGroup: the operator sets one (OnRootMismatch).
@@ -144,6 +147,10 @@ async fn submit(c: &Client, ns: &str, case: Case, probe: &str) {
                     }
                 }
                 Variant::LauncherAsNode => spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true),
+                Variant::LauncherInGang => {
+                    spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true);
+                    spec["podGroupPolicy"] = json!({"workload": {}});
+                }
                 Variant::Shipped => {}
             })
             .await;
@@ -255,12 +262,30 @@ async fn check(c: &Client, ns: &str, case: Case) {
     let mut expected_hosts: Vec<String> = (0..case.nodes)
         .map(|i| format!("{}-node-0-{i}", case.job))
         .collect();
-    if case.variant == Variant::LauncherAsNode {
+    if matches!(case.variant, Variant::LauncherAsNode | Variant::LauncherInGang) {
         // The launcher is one of the nodes, listed first: rank 0 runs on it.
         expected_hosts.pop();
-        expected_hosts.insert(0, launcher);
+        expected_hosts.insert(0, launcher.clone());
     }
     assert_eq!(hosts, expected_hosts, "{case:?}: {hostfile}");
+    if case.variant == Variant::LauncherInGang {
+        // In the gang with the workers, and it waited for their sshd before mpirun.
+        let pod = Api::<Pod>::namespaced(c.clone(), ns)
+            .get(&launcher)
+            .await
+            .expect("launcher pod");
+        let group = pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref());
+        assert_eq!(group.and_then(|g| g.pod_group_name.as_deref()), Some(case.job));
+        let waited = pod
+            .status
+            .and_then(|s| s.init_container_statuses)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.name == trainjob_operator::pods::WORKERS_INIT)
+            .and_then(|s| s.state?.terminated)
+            .map(|t| t.exit_code);
+        assert_eq!(waited, Some(0), "{case:?}: the launcher's wait for the workers");
+    }
 
     let ranks = case.nodes * SLOTS;
     let seen: BTreeMap<usize, (String, String)> = log
@@ -302,6 +327,7 @@ async fn open_mpi_4_as_user_as_root_as_the_image_user_without_fs_group_and_with_
             Case::new("root", OPENMPI4, Variant::Root, 3),
             Case::new("solo", OPENMPI4, Variant::LauncherAsNode, 1),
             Case::new("trio", OPENMPI4, Variant::LauncherAsNode, 3),
+            Case::new("gang", OPENMPI4, Variant::LauncherInGang, 3),
             Case::new("image", OPENMPI4, Variant::ImageUser, 2),
             Case::new("nofsgroup", OPENMPI4, Variant::NoFsGroup, 2),
         ],
@@ -332,6 +358,7 @@ async fn mpich_as_user_as_root_and_with_the_launcher_as_a_node() {
             Case::new("root", MPICH, Variant::Root, 3),
             Case::new("solo", MPICH, Variant::LauncherAsNode, 1),
             Case::new("trio", MPICH, Variant::LauncherAsNode, 3),
+            Case::new("gang", MPICH, Variant::LauncherInGang, 3),
         ],
     )
     .await;

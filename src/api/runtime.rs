@@ -207,7 +207,10 @@ impl std::fmt::Display for MPIImplementation {
     }
 }
 
-/// Gang scheduling policy; at most one plugin.
+/// Gang scheduling policy; at most one plugin. The gang is the job's MPI hosts: every worker,
+/// and the launcher too when it runs ranks (`runLauncherAsNode`); it is then created with the
+/// workers and waits for their sshd in an init container (`mpi-wait-workers`). A launcher that
+/// runs no ranks is created once the workers are Ready and stays out of the gang.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[x_kube(validation = Rule::new("!(has(self.coscheduling) && has(self.volcano))")
     .message("Only one of coscheduling and volcano can be configured"))]

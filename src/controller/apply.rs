@@ -15,7 +15,7 @@ use super::dereference::Inputs;
 use crate::api::{TrainJob, TrainJobStatus};
 use crate::gang::{self, Gang};
 use crate::lifecycle::{Decision, Phase};
-use crate::plan::{Plan, Role};
+use crate::plan::Plan;
 use crate::ssh::{KeyPair, SshError};
 use crate::{hostfile, names, pods, quota, reasons};
 
@@ -171,15 +171,16 @@ pub async fn decision(
     for name in &decision.delete {
         delete_pod(&pods, name).await?;
     }
-    let workers = decision
+    // The gang's objects come before its first member.
+    let members = decision
         .create
         .iter()
-        .any(|(i, _)| plan.jobs[*i].role == Role::Node);
-    if let Some(gang) = gang::gang(job, plan).filter(|_| workers) {
+        .any(|(i, _)| gang::member(plan, plan.jobs[*i].role));
+    if let Some(gang) = gang::gang(job, plan).filter(|_| members) {
         create_gang(ctx, &ns, gang).await?;
     }
     let attempt = decision.status.restarts.unwrap_or(0);
-    if workers && gang::plugin_members(plan).is_some() {
+    if members && gang::plugin_members(plan).is_some() {
         create_plugin_pod_group(job, ctx, plan, &ns, attempt).await?;
     }
     for (i, at) in &decision.create {
@@ -247,7 +248,7 @@ async fn create_gang(ctx: &Context, ns: &str, gang: Gang) -> Result<(), Error> {
     created("PodGroup", &name, result, missing)
 }
 
-/// Creates the scheduler plugin's PodGroup before the first worker: every worker a member, their
+/// Creates the scheduler plugin's PodGroup before the first member: every member counted, their
 /// requests summed. One that exists is left as it is.
 async fn create_plugin_pod_group(
     job: &TrainJob,
@@ -256,14 +257,16 @@ async fn create_plugin_pod_group(
     ns: &str,
     attempt: i32,
 ) -> Result<(), Error> {
-    let Some(node) = plan.job(Role::Node) else {
-        return Ok(());
-    };
-    let workers: Vec<Pod> = node
-        .indices()
-        .map(|at| pods::pod(job, plan, node, at, attempt))
+    let members: Vec<Pod> = plan
+        .jobs
+        .iter()
+        .filter(|rjob| gang::member(plan, rjob.role))
+        .flat_map(|rjob| {
+            rjob.indices()
+                .map(move |at| pods::pod(job, plan, rjob, at, attempt))
+        })
         .collect();
-    let Some((plugin, group)) = gang::plugin_pod_group(job, plan, &workers) else {
+    let Some((plugin, group)) = gang::plugin_pod_group(job, plan, &members) else {
         return Ok(());
     };
     let name = group.metadata.name.clone().unwrap_or_default();

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{DependsOnStatus, TrainJob, TrainJobStatus};
-use crate::plan::{Plan, PodIndex};
+use crate::plan::{Plan, PodIndex, Role};
 use crate::reasons::{self, condition};
 pub use conditions::{failed_status, finished, is_true, now, set_condition};
 pub use events::{Note, Severity, events, transitions};
@@ -300,18 +300,22 @@ impl<'a> Pass<'a> {
     }
 
     /// Creates what is missing, in runtime order, once each replicated job's dependencies are
-    /// met. An index still held by a pod of an earlier attempt waits until that pod is gone.
+    /// met. An index still held by a pod of an earlier attempt waits until that pod is gone. A
+    /// launcher in the workers' gang comes with them (it waits for them itself): a gang forms
+    /// only once all its members exist.
     fn create_missing(mut self) -> Decision {
         if let Some(message) = self.watch_gang() {
             return self.fail(reasons::GANG_SCHEDULING_TIMEOUT, message);
         }
         let mine = self.mine();
         let mut create = Vec::new();
+        let launcher_in_gang = crate::gang::launcher_in_gang(self.plan);
         for (i, rjob) in self.plan.jobs.iter().enumerate() {
-            let ready = rjob
-                .depends_on
-                .iter()
-                .all(|dep| dependency_met(self.plan, &mine, &dep.name, dep.status));
+            let ready = (launcher_in_gang && rjob.role == Role::Launcher)
+                || rjob
+                    .depends_on
+                    .iter()
+                    .all(|dep| dependency_met(self.plan, &mine, &dep.name, dep.status));
             if !ready {
                 continue;
             }
@@ -332,8 +336,7 @@ impl<'a> Pass<'a> {
         let state = scheduling::gang(self.plan, &self.mine())?;
         let conditions = &mut self.status.conditions;
         let message = match state {
-            scheduling::Gang::Scheduled(n) => {
-                let message = format!("all {n} worker pods are scheduled");
+            scheduling::Gang::Scheduled(message) => {
                 set_condition(
                     conditions,
                     condition::GANG_SCHEDULED,
@@ -367,8 +370,13 @@ impl<'a> Pass<'a> {
         let waited = self.now.0.duration_since(since).as_secs();
         let timeout = i64::from(timeout);
         if waited >= timeout {
+            let who = if crate::gang::launcher_in_gang(self.plan) {
+                "the workers and the launcher were"
+            } else {
+                "the workers were"
+            };
             return Some(format!(
-                "the workers were not scheduled within {timeout}s (podGroupPolicy.workload.scheduleTimeoutSeconds): {message}"
+                "{who} not scheduled within {timeout}s (podGroupPolicy.workload.scheduleTimeoutSeconds): {message}"
             ));
         }
         let left = Duration::from_secs((timeout - waited).max(1).unsigned_abs());

@@ -1,43 +1,55 @@
 //! The gang watchdog: while a native gang is not wholly scheduled, say how far it got and why, in
 //! the scheduler's own words (the pods' `PodScheduled` condition).
 
-use crate::plan::{Plan, Role};
+use crate::plan::{JobPlan, Plan};
 
 use super::observed::Observed;
 
 /// Where the current attempt's gang stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Gang {
-    /// Every worker is bound to a node.
-    Scheduled(i64),
+    /// Every member is bound to a node: which, in words.
+    Scheduled(String),
     /// Not yet: how far it got and the scheduler's reason.
     Waiting(String),
+}
+
+fn bound(o: &Observed) -> bool {
+    o.pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
 }
 
 /// The scheduler's message for a member that fits on its own but waits for the others: the
 /// reason worth quoting is the one of a member that does not fit.
 const WAITING_FOR_GANG: &str = "pod group is unschedulable";
 
-/// The gang's state, for a job with a native gang once its workers exist.
+/// The gang's state, for a job with a native gang once its members exist. Members are the
+/// workers, and the launcher when it runs ranks; the message counts each role.
 pub(super) fn gang(plan: &Plan, mine: &[&Observed]) -> Option<Gang> {
     crate::gang::min_count(plan)?;
-    let node = plan.job(Role::Node)?;
-    let workers: Vec<_> = mine
+    let roles: Vec<&JobPlan> = plan
+        .jobs
         .iter()
-        .filter(|o| o.rjob == node.name && !o.deleting)
+        .filter(|j| crate::gang::member(plan, j.role))
         .collect();
-    if workers.is_empty() {
+    let members: Vec<&Observed> = mine
+        .iter()
+        .copied()
+        .filter(|o| !o.deleting && roles.iter().any(|j| j.name == o.rjob))
+        .collect();
+    if members.is_empty() {
         return None;
     }
-    let total = node.pods();
-    let scheduled = workers
-        .iter()
-        .filter(|o| o.pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
-        .count() as i64;
+    let total: i64 = roles.iter().map(|j| j.pods()).sum();
+    let scheduled = members.iter().filter(|o| bound(o)).count() as i64;
+    let pods = |n: i64, role: &str| format!("{n} {role} pod{}", if n == 1 { "" } else { "s" });
+    let wanted: Vec<String> = roles.iter().map(|j| pods(j.pods(), &j.name)).collect();
     if scheduled >= total {
-        return Some(Gang::Scheduled(total));
+        return Some(Gang::Scheduled(match roles.as_slice() {
+            [_] => format!("all {total} worker pods are scheduled"),
+            _ => format!("all {} are scheduled", wanted.join(" and ")),
+        }));
     }
-    let reasons: Vec<&str> = workers
+    let reasons: Vec<&str> = members
         .iter()
         .filter_map(|o| {
             let conditions = o.pod.status.as_ref()?.conditions.as_ref()?;
@@ -53,14 +65,27 @@ pub(super) fn gang(plan: &Plan, mine: &[&Observed]) -> Option<Gang> {
         .or(reasons.first())
         .copied()
         .unwrap_or("the scheduler has not tried them yet");
-    let created = workers.len() as i64;
+    let per_role = match roles.as_slice() {
+        [_] => String::new(),
+        _ => {
+            let counts: Vec<String> = roles
+                .iter()
+                .map(|j| {
+                    let n = members.iter().filter(|o| o.rjob == j.name && bound(o)).count();
+                    format!("{} {n}", j.name)
+                })
+                .collect();
+            format!(" ({})", counts.join(", "))
+        }
+    };
+    let created = members.len() as i64;
     let made = if created < total {
         format!(", {created} created")
     } else {
         String::new()
     };
     Some(Gang::Waiting(format!(
-        "waiting for {total} {} pods to be scheduled together, {scheduled} scheduled{made}: {reason}",
-        node.name
+        "waiting for {} to be scheduled together, {scheduled} scheduled{per_role}{made}: {reason}",
+        wanted.join(" and ")
     )))
 }

@@ -373,6 +373,64 @@ fn with_a_native_gang_only_workers_name_the_pod_group() {
     };
     assert_eq!(group(Role::Node).as_deref(), Some("pi"));
     assert_eq!(group(Role::Launcher), None, "created after the workers are Ready");
+    let launcher = pod(&j, &p, p.job(Role::Launcher).expect("launcher"), at, 0);
+    let inits = launcher.spec.and_then(|s| s.init_containers).unwrap_or_default();
+    assert!(
+        inits.iter().all(|c| c.name != WORKERS_INIT),
+        "its workers are Ready already"
+    );
+}
+
+#[test]
+fn a_launcher_that_runs_ranks_is_in_the_gang_and_waits_for_the_workers_sshd() {
+    let j = job(json!({"trainer": {"numNodes": 3}}));
+    let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
+    if let Some(mpi) = rt.ml_policy.as_mut().and_then(|p| p.mpi.as_mut()) {
+        mpi.run_launcher_as_node = Some(true);
+    }
+    rt.pod_group_policy = Some(crate::api::PodGroupPolicy {
+        workload: Some(Default::default()),
+        ..Default::default()
+    });
+    let p = crate::resolve::resolve(&j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan");
+    let at = PodIndex {
+        job_index: 0,
+        index: 0,
+    };
+    let launcher = pod(&j, &p, p.job(Role::Launcher).expect("launcher"), at, 0);
+    let spec = launcher.spec.expect("spec");
+    let group = spec.scheduling_group.and_then(|g| g.pod_group_name);
+    assert_eq!(group.as_deref(), Some("pi"));
+    let main = spec.containers.iter().find(|c| c.name == NODE).expect("node");
+    let inits = spec.init_containers.unwrap_or_default();
+    let wait = inits
+        .iter()
+        .find(|c| c.name == WORKERS_INIT)
+        .expect("wait for the workers");
+    // The same image, user and SSH files as mpirun, so that the check is the real thing.
+    assert_eq!(wait.image, main.image);
+    assert_eq!(wait.security_context, main.security_context);
+    let mounts = |c: &Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path == p.ssh_mount_path)
+            .map(|m| m.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(mounts(wait), mounts(main));
+    let script = wait.command.as_ref().expect("command").join(" ");
+    assert!(
+        script.contains("for host in pi-node-0-0 pi-node-0-1; do"),
+        "{script}"
+    );
+    assert!(script.contains("ssh -o BatchMode=yes"), "{script}");
+    assert!(script.contains("\"$host\" true"), "{script}");
+    assert_eq!(
+        inits.last().map(|c| c.name.as_str()),
+        Some(WORKERS_INIT),
+        "after the key copy, so that ssh finds the keys"
+    );
 }
 
 #[test]

@@ -113,3 +113,61 @@ fn jobs_without_a_native_gang_get_no_gang_condition() {
     let d = decide(&with_status(j, &d), &p, &pods, &at(T0));
     assert!(condition(&d, "GangScheduled").is_none());
 }
+
+/// A native gang on a runtime whose launcher runs ranks.
+fn launcher_gang_plan(j: &TrainJob) -> Plan {
+    let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
+    let policy = rt.ml_policy.as_mut().and_then(|p| p.mpi.as_mut()).expect("mpi");
+    policy.run_launcher_as_node = Some(true);
+    rt.pod_group_policy = Some(PodGroupPolicy {
+        workload: Some(WorkloadPodGroupPolicySource::default()),
+        ..Default::default()
+    });
+    crate::resolve::resolve(j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan")
+}
+
+#[test]
+fn a_launcher_that_runs_ranks_joins_the_gang_and_comes_with_the_workers() {
+    let j = job(json!({"trainer": {"numNodes": 3}}));
+    let p = launcher_gang_plan(&j);
+    assert_eq!(crate::gang::min_count(&p), Some(3), "2 workers and the launcher");
+    // Created at once, not after the workers are Ready: a gang forms only once its members exist.
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods = created(&j, &p, &d);
+    let names: Vec<_> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(names, ["pi-node-0-0", "pi-node-0-1", "pi-launcher-0-0"]);
+    let j = with_status(j, &d);
+    unschedulable(
+        &mut pods,
+        "pi-launcher-0-0",
+        "0/4 nodes are available: 4 Insufficient cpu.",
+    );
+    pods[0].spec.get_or_insert_default().node_name = Some("node-1".into());
+    let d = decide(&j, &p, &pods, &at(T0));
+    let waiting = condition(&d, "GangScheduled").expect("GangScheduled");
+    assert_eq!(
+        waiting.message,
+        "waiting for 2 node pods and 1 launcher pod to be scheduled together, 1 scheduled (node 1, launcher 0): 0/4 nodes are available: 4 Insufficient cpu."
+    );
+    let j = with_status(j, &d);
+    bind(&mut pods);
+    let d = decide(&j, &p, &pods, &at(T0));
+    let scheduled = condition(&d, "GangScheduled").expect("GangScheduled");
+    assert_eq!(
+        scheduled.message,
+        "all 2 node pods and 1 launcher pod are scheduled"
+    );
+}
+
+#[test]
+fn a_launcher_that_runs_no_ranks_still_waits_for_ready_workers() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let p = gang_plan(&j, None);
+    assert_eq!(crate::gang::min_count(&p), Some(2));
+    let d = decide(&j, &p, &[], &at(T0));
+    let names: Vec<_> = created(&j, &p, &d)
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["pi-node-0-0", "pi-node-0-1"]);
+}
