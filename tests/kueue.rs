@@ -106,7 +106,7 @@ async fn queued(prefix: &str, cpus: u32, preemption: Value) -> (TestNs, Client) 
     (ns, c)
 }
 
-/// Submits a 2-worker job (3 CPUs with its launcher) to LocalQueue `lq`. Kueue's webhook reads the
+/// Submits a job (by default 2 workers, 3 CPUs with its launcher) to LocalQueue `lq`. Kueue's webhook reads the
 /// runtime from its own cache, which may not have the runtime yet just after it was created.
 async fn submit(c: &Client, ns: &str, name: &str, labels: Value, spec: Value) -> Api<TrainJob> {
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
@@ -114,7 +114,9 @@ async fn submit(c: &Client, ns: &str, name: &str, labels: Value, spec: Value) ->
     labels[QUEUE_LABEL] = json!("lq");
     let mut spec = spec;
     spec["runtimeRef"] = json!({"kind": "TrainingRuntime", "name": "queued"});
-    spec["trainer"] = json!({"numNodes": 2});
+    if spec.get("trainer").is_none() {
+        spec["trainer"] = json!({"numNodes": 2});
+    }
     let job: TrainJob = serde_json::from_value(json!({
         "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
         "metadata": {"name": name, "namespace": ns, "labels": labels}, "spec": spec,
@@ -161,6 +163,24 @@ async fn workload(c: &Client, ns: &str, job: &TrainJob) -> DynamicObject {
         },
     )
     .await
+}
+
+/// A Workload's pod sets: name, count and the first container's CPU request.
+fn pod_sets(workload: &DynamicObject) -> Vec<(String, i64, String)> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    workload.data["spec"]["podSets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let cpu = &p["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"];
+            (
+                text(&p["name"]),
+                p["count"].as_i64().unwrap_or_default(),
+                text(cpu),
+            )
+        })
+        .collect()
 }
 
 /// Waits until the Workload of `job` has condition `type_` with `status` and returns its message.
@@ -279,6 +299,12 @@ async fn queued_jobs_wait_for_quota_and_run_with_kueues_patch() {
     assert_eq!(patched, ["node", "launcher"]);
     let (reason, _) = workload_condition(&c, &jobs, "first", "Admitted", "True").await;
     assert_eq!(reason, "Admitted");
+    // Kueue counts pods with Trainer v2.2's code; on this runtime (mlPolicy.numNodes 1, requests
+    // in the templates) its pod sets are exactly the pods the operator runs.
+    assert_eq!(
+        pod_sets(&workload(&c, ns, &first).await),
+        [("node".into(), 2, "1".into()), ("launcher".into(), 1, "1".into())]
+    );
 
     // Queued: 3 more CPUs do not fit in the 4 of the queue while the first job holds 3. The job
     // stays suspended, and the operator, which has seen it (Suspended), creates nothing.
@@ -394,4 +420,30 @@ async fn multikueue_jobs_are_left_to_multikueue() {
     );
     let remote = jobs.get("remote").await.expect("job");
     assert!(remote.status.is_none(), "no status written: {:?}", remote.status);
+}
+
+/// Documents a limit (README, Gang scheduling and Kueue): Kueue v0.17 counts pods with Trainer
+/// v2.2's code, which gives `resourcesPerNode` to the launcher's pod set only and counts the
+/// workers with their template's requests, while the operator gives it to every worker. When a
+/// Kueue release fixes this, this test fails and the README's advice can go.
+#[tokio::test]
+async fn kueue_counts_resources_per_node_for_the_launcher_only() {
+    // One CPU: the job is never admitted; its Workload is all this test reads.
+    let (ns, c) = queued("kueue-count", 1, json!({})).await;
+    let ns = ns.name.as_str();
+    let spec = json!({"trainer": {"numNodes": 3, "resourcesPerNode": {"requests": {"cpu": "2"}}}});
+    let jobs = submit(&c, ns, "wide", json!({}), spec).await;
+    let job = jobs.get("wide").await.expect("job");
+    let podsets = eventually("Kueue's pod sets", DEADLINE, || async {
+        let sets = pod_sets(&workload(&c, ns, &job).await);
+        (!sets.is_empty())
+            .then_some(sets)
+            .ok_or_else(|| "none".to_string())
+    })
+    .await;
+    // The operator would run 3 workers of 2 CPUs and a launcher of 1: 7 CPUs, Kueue counts 5.
+    assert_eq!(
+        podsets,
+        [("node".into(), 3, "1".into()), ("launcher".into(), 1, "2".into())]
+    );
 }
