@@ -246,28 +246,20 @@ fn copy_keys(spec: &mut PodSpec, job: &str) {
     let Some(node) = spec.containers.iter().find(|c| c.name == NODE) else {
         return;
     };
-    let init = Container {
-        name: SSH_INIT.into(),
-        image: node.image.clone(),
-        image_pull_policy: node.image_pull_policy.clone(),
-        security_context: node.security_context.clone(),
-        resources: quota_resources(node.resources.as_ref()),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), COPY_SCRIPT.into()]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: SSH_VOLUME.into(),
-                mount_path: SECRET_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: SSH_COPY_VOLUME.into(),
-                mount_path: COPY_DIR.into(),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
+    let mut init = init_container(node, SSH_INIT, COPY_SCRIPT.into());
+    init.volume_mounts = Some(vec![
+        VolumeMount {
+            name: SSH_VOLUME.into(),
+            mount_path: SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: SSH_COPY_VOLUME.into(),
+            mount_path: COPY_DIR.into(),
+            ..Default::default()
+        },
+    ]);
     spec.init_containers.get_or_insert_default().insert(0, init);
     let volumes = spec.volumes.get_or_insert_default();
     volumes.push(ssh_volume(job, 0o444));
@@ -297,16 +289,22 @@ fn wait_for_own_name(spec: &mut PodSpec, fqdn: &str) {
 until getent hosts {fqdn}. >/dev/null; do i=$((i+1)); \
 if [ $i -ge 300 ]; then echo \"{fqdn} did not resolve within 60s\"; exit 0; fi; sleep 0.2; done"
     );
-    let init = Container {
-        name: DNS_INIT.into(),
+    let init = init_container(node, DNS_INIT, script);
+    spec.init_containers.get_or_insert_default().push(init);
+}
+
+/// An init container running `script` with `/bin/sh` in the `node` container's image, as its
+/// user: what it finds out holds for the main container too.
+fn init_container(node: &Container, name: &str, script: String) -> Container {
+    Container {
+        name: name.into(),
         image: node.image.clone(),
         image_pull_policy: node.image_pull_policy.clone(),
         security_context: node.security_context.clone(),
         resources: quota_resources(node.resources.as_ref()),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
         ..Default::default()
-    };
-    spec.init_containers.get_or_insert_default().push(init);
+    }
 }
 
 /// A launcher in the workers' gang is created with them, before their sshd runs. An init
@@ -336,21 +334,13 @@ sleep 1; done; done",
         hosts = workers.join(" "),
         SSH_ARGS = env::SSH_ARGS,
     );
-    let init = Container {
-        name: WORKERS_INIT.into(),
-        image: node.image.clone(),
-        image_pull_policy: node.image_pull_policy.clone(),
-        security_context: node.security_context.clone(),
-        resources: quota_resources(node.resources.as_ref()),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
-        volume_mounts: Some(vec![VolumeMount {
-            name: (if copy { SSH_COPY_VOLUME } else { SSH_VOLUME }).into(),
-            mount_path: plan.ssh_mount_path.clone(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+    let mut init = init_container(node, WORKERS_INIT, script);
+    init.volume_mounts = Some(vec![VolumeMount {
+        name: (if copy { SSH_COPY_VOLUME } else { SSH_VOLUME }).into(),
+        mount_path: plan.ssh_mount_path.clone(),
+        read_only: Some(true),
         ..Default::default()
-    };
+    }]);
     spec.init_containers.get_or_insert_default().push(init);
 }
 
