@@ -359,3 +359,23 @@ async fn a_job_bigger_than_the_quota_fails_whole_before_any_pod_exists() {
     let (_, complete) = wait_condition(&jobs, "small", "Complete").await;
     assert_eq!(complete.reason, "AllJobsCompleted");
 }
+
+#[tokio::test]
+async fn a_gang_policy_the_cluster_does_not_serve_fails_before_any_pod() {
+    let (ns, c) = setup("nogang").await;
+    let ns = ns.name.as_str();
+    // This bed has no Volcano CRD.
+    runtime(&c, ns, "mpi-openmpi", "volcano", |spec| {
+        spec["podGroupPolicy"] = json!({"volcano": {}});
+    })
+    .await;
+    let jobs = create_job(&c, ns, "pi", "volcano", json!({"trainer": {"numNodes": 2}})).await;
+    let (_, failed) = wait_condition(&jobs, "pi", "Failed").await;
+    assert_eq!(failed.reason, "GangSchedulingUnavailable");
+    assert_eq!(
+        failed.message,
+        "the runtime asks for gang scheduling with spec.podGroupPolicy.volcano but this cluster does not serve scheduling.volcano.sh/v1beta1 PodGroups: install Volcano, or use a runtime without it"
+    );
+    assert!(pods_of(&c, ns, "pi").await.is_empty(), "no pod without its gang");
+    assert_eq!(errors("gang_unavailable"), 1);
+}

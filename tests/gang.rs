@@ -6,12 +6,13 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::jobs::{HOLD, create_job, pod_meta, pods_of, runtime, setup, wait_condition};
+use support::jobs::{HOLD, create_job, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition};
 use support::{DEADLINE, Identity, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::gang::{
@@ -137,12 +138,28 @@ async fn a_gang_binds_whole_or_not_at_all() {
         ),
         "{waiting}"
     );
+    // kube-scheduler's verdict on the PodGroup as a whole joins it.
+    gang_condition(&jobs, "second", "False", "(PodGroup: Unschedulable)").await;
 
     // Capacity frees up: the whole second gang binds.
     jobs.delete("first", &DeleteParams::foreground())
         .await
         .expect("delete the first job");
     all_bound(&c, ns, "second", 2).await;
+    // The first job's gang objects went with it.
+    eventually(
+        "the first job's Workload and PodGroup to be gone",
+        DEADLINE,
+        || async {
+            let group = Api::<PodGroup>::namespaced(c.clone(), ns).get_opt("first").await;
+            let workload = Api::<Workload>::namespaced(c.clone(), ns).get_opt("first").await;
+            match (group, workload) {
+                (Ok(None), Ok(None)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     let scheduled = gang_condition(&jobs, "second", "True", "").await;
     assert_eq!(scheduled, "all 2 worker pods are scheduled");
 }
@@ -275,10 +292,21 @@ async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
     let (ns, c) = setup("volcano").await;
     let ns = ns.name.as_str();
     install_crd(&client(Identity::Admin).await, Plugin::Volcano).await;
+    // The pods' priority class reaches the pods (the API server resolves it) and the PodGroup.
+    let class = format!("{ns}-training");
+    let priority: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": class}, "value": 1000})).expect("PriorityClass");
+    Api::<PriorityClass>::all(c.clone())
+        .create(&PostParams::default(), &priority)
+        .await
+        .expect("create PriorityClass");
     runtime(&c, ns, "mpi-openmpi", "volcano", |spec| {
         spec["podGroupPolicy"] =
             json!({"volcano": {"networkTopology": {"mode": "hard", "highestTierAllowed": 2}}});
         spec["template"]["metadata"] = json!({"annotations": {VOLCANO_QUEUE_ANNOTATION: "research"}});
+        for rjob in ["node", "launcher"] {
+            pod_spec(spec, rjob)["priorityClassName"] = json!(class);
+        }
     })
     .await;
     let requests = json!({"cpu": "100m", "memory": "64Mi"});
@@ -294,9 +322,9 @@ async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
         group.data["spec"],
         json!({
             "minMember": 2, "minResources": {"cpu": "200m", "memory": "134217728"}, "queue": "research",
-            "networkTopology": {"mode": "hard", "highestTierAllowed": 2},
+            "priorityClassName": class, "networkTopology": {"mode": "hard", "highestTierAllowed": 2},
         }),
-        "every worker, their requests together, the runtime's queue and topology"
+        "every worker, their requests together, the runtime's queue, priority class and topology"
     );
     let owner = group.metadata.owner_references.unwrap_or_default();
     assert_eq!(
@@ -315,6 +343,12 @@ async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
         // Left to Volcano, which does not run here: no other scheduler binds them.
         let spec = pod.spec.as_ref().expect("spec");
         assert_eq!(spec.scheduler_name.as_deref(), Some(VOLCANO_SCHEDULER));
+        assert_eq!(spec.priority_class_name.as_deref(), Some(class.as_str()));
+        assert_eq!(
+            spec.priority,
+            Some(1000),
+            "resolved by the API server's Priority admission"
+        );
         assert_eq!(spec.node_name, None);
     }
 }

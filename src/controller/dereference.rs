@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::scheduling::v1alpha2::PodGroup;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -114,6 +115,8 @@ pub struct Inputs {
     pub service: Option<Arc<Service>>,
     /// The tail of the current attempt's launcher log, once that launcher has failed.
     pub launcher_log: Option<String>,
+    /// The native gang PodGroup's `PodGroupScheduled` condition, read while a member is unbound.
+    pub gang: Option<Condition>,
 }
 
 /// Reads the inputs of `job`. `active`: the job is neither finished nor suspended, so its Secret,
@@ -147,6 +150,19 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         Some(pod) => launcher_log(ctx, &ns, pod).await,
         None => None,
     };
+    let native_gang = runtime
+        .spec
+        .pod_group_policy
+        .as_ref()
+        .is_some_and(|p| p.workload.is_some());
+    let unbound = pods
+        .iter()
+        .any(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()));
+    let gang = if active && native_gang && unbound {
+        gang_condition(ctx, &ns, &name).await
+    } else {
+        None
+    };
     Ok(Inputs {
         runtime,
         pods,
@@ -154,7 +170,29 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         hostfile,
         service,
         launcher_log,
+        gang,
     })
+}
+
+/// The `PodGroupScheduled` condition kube-scheduler writes on the job's PodGroup. Not watched (a
+/// watch would fail on clusters that do not serve the API); `None` when it cannot be read, which
+/// only makes the waiting message less specific.
+async fn gang_condition(ctx: &Context, ns: &str, job: &str) -> Option<Condition> {
+    let name = crate::gang::pod_group_name(job);
+    match Api::<PodGroup>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&name)
+        .await
+    {
+        Ok(group) => group?
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodGroupScheduled"),
+        Err(e) => {
+            tracing::debug!(pod_group = name, error = %e, "could not read the gang's PodGroup");
+            None
+        }
+    }
 }
 
 /// Lines of a failed launcher's log worth reading: mpirun's ssh and DNS errors come last.

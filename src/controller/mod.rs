@@ -175,7 +175,11 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     plan.cluster_domain.clone_from(&ctx.settings.cluster_domain);
     validate(job, &inputs.runtime.label, &plan, &ctx.settings.limits)?;
     let pods = inputs.pods.iter().map(AsRef::as_ref);
-    let decision = lifecycle::decide_with_log(job, &plan, pods, &now, inputs.launcher_log.as_deref());
+    let seen = lifecycle::Seen {
+        launcher_log: inputs.launcher_log.as_deref(),
+        gang: inputs.gang.as_ref(),
+    };
+    let decision = lifecycle::decide_with(job, &plan, pods, &now, seen);
     apply::decision(job, ctx, &plan, &inputs, &decision).await?;
     observe::decision(job, ctx, &plan, &inputs, &decision, &now).await;
     Ok(Action::requeue(decision.requeue_after.unwrap_or(DRIFT_CHECK)))

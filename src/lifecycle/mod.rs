@@ -14,7 +14,7 @@ mod scheduling;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{DependsOnStatus, TrainJob, TrainJobStatus};
 use crate::plan::{Plan, PodIndex, Role};
@@ -22,6 +22,9 @@ use crate::reasons::{self, condition};
 pub use conditions::{failed_status, finished, is_true, now, set_condition};
 pub use events::{Note, Severity, events, transitions};
 use observed::Observed;
+
+/// How often a waiting native gang is looked at again without a pod event.
+const GANG_REFRESH: Duration = Duration::from_secs(15);
 
 /// Coarse phase, for metrics and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,19 +86,29 @@ pub fn decide<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
     now: &'a Time,
 ) -> Decision {
-    decide_with_log(job, plan, pods, now, None)
+    decide_with(job, plan, pods, now, Seen::default())
 }
 
-/// [`decide`], given also the tail of a failed launcher's log, which names the cause when it was
-/// SSH, DNS or the key.
-pub fn decide_with_log<'a>(
+/// What the operator read about a job besides its pods.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen<'a> {
+    /// The tail of a failed launcher's log, which names the cause when it was SSH, DNS or the key.
+    pub launcher_log: Option<&'a str>,
+    /// The native gang PodGroup's `PodGroupScheduled` condition (kube-scheduler writes it), while
+    /// the gang waits.
+    pub gang: Option<&'a Condition>,
+}
+
+/// [`decide`], given also what the operator read besides the pods.
+pub fn decide_with<'a>(
     job: &'a TrainJob,
     plan: &'a Plan,
     pods: impl IntoIterator<Item = &'a Pod>,
     now: &'a Time,
-    launcher_log: Option<&str>,
+    seen: Seen<'a>,
 ) -> Decision {
     let mut pass = Pass::new(job, plan, pods, now);
+    pass.gang = seen.gang;
     pass.delete_earlier_attempts();
     if finished(Some(&pass.status)) {
         return pass.finished();
@@ -107,7 +120,7 @@ pub fn decide_with_log<'a>(
     if let Some(message) = pass.deadline_passed() {
         return pass.fail(reasons::DEADLINE_EXCEEDED, message);
     }
-    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), launcher_log) {
+    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), seen.launcher_log) {
         return pass.restart_or_fail(what);
     }
     if let Some(launcher) = pass.launcher_succeeded() {
@@ -124,6 +137,7 @@ struct Pass<'a> {
     observed: Vec<Observed<'a>>,
     status: TrainJobStatus,
     attempt: i32,
+    gang: Option<&'a Condition>,
     d: Decision,
 }
 
@@ -142,6 +156,7 @@ impl<'a> Pass<'a> {
             observed: pods.into_iter().filter_map(Observed::new).collect(),
             attempt: status.restarts.unwrap_or(0),
             status,
+            gang: None,
             d: Decision::default(),
         }
     }
@@ -333,7 +348,7 @@ impl<'a> Pass<'a> {
     /// `scheduleTimeoutSeconds` passed without the whole gang scheduled. Without a timeout the
     /// job waits for as long as it takes.
     fn watch_gang(&mut self) -> Option<String> {
-        let state = scheduling::gang(self.plan, &self.mine())?;
+        let state = scheduling::gang(self.plan, &self.mine(), self.gang)?;
         let conditions = &mut self.status.conditions;
         let message = match state {
             scheduling::Gang::Scheduled(message) => {
@@ -357,6 +372,9 @@ impl<'a> Pass<'a> {
             &message,
             self.now,
         );
+        // The PodGroup is not watched (pods are): look again now and then, so that what the
+        // scheduler writes on it reaches the message.
+        self.d.requeue_after = Some(self.d.requeue_after.map_or(GANG_REFRESH, |r| r.min(GANG_REFRESH)));
         let timeout = self
             .plan
             .gang

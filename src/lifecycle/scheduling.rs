@@ -1,6 +1,8 @@
 //! The gang watchdog: while a native gang is not wholly scheduled, say how far it got and why, in
 //! the scheduler's own words (the pods' `PodScheduled` condition).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 use crate::plan::{JobPlan, Plan};
 
 use super::observed::Observed;
@@ -20,11 +22,14 @@ fn bound(o: &Observed) -> bool {
 
 /// The scheduler's message for a member that fits on its own but waits for the others: the
 /// reason worth quoting is the one of a member that does not fit.
+/// It is also the PodGroup's own message for a gang that does not fit.
 const WAITING_FOR_GANG: &str = "pod group is unschedulable";
 
 /// The gang's state, for a job with a native gang once its members exist. Members are the
-/// workers, and the launcher when it runs ranks; the message counts each role.
-pub(super) fn gang(plan: &Plan, mine: &[&Observed]) -> Option<Gang> {
+/// workers, and the launcher when it runs ranks; the message counts each role, quotes the
+/// scheduler's reason from the pods and, when kube-scheduler has rejected the gang as a whole,
+/// its `PodGroupScheduled` condition (`pod_group`).
+pub(super) fn gang(plan: &Plan, mine: &[&Observed], pod_group: Option<&Condition>) -> Option<Gang> {
     crate::gang::min_count(plan)?;
     let roles: Vec<&JobPlan> = plan
         .jobs
@@ -84,8 +89,15 @@ pub(super) fn gang(plan: &Plan, mine: &[&Observed]) -> Option<Gang> {
     } else {
         String::new()
     };
+    let group = pod_group
+        .filter(|c| c.status == "False")
+        .map(|c| match c.message.as_str() {
+            "" | WAITING_FOR_GANG => format!(" (PodGroup: {})", c.reason),
+            message => format!(" (PodGroup: {}: {message})", c.reason),
+        })
+        .unwrap_or_default();
     Some(Gang::Waiting(format!(
-        "waiting for {} to be scheduled together, {scheduled} scheduled{per_role}{made}: {reason}",
+        "waiting for {} to be scheduled together, {scheduled} scheduled{per_role}{made}: {reason}{group}",
         wanted.join(" and ")
     )))
 }

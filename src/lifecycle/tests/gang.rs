@@ -65,7 +65,42 @@ fn a_waiting_gang_says_how_far_it_got_in_the_schedulers_words() {
         "waiting for 2 node pods to be scheduled together, 0 scheduled: 0/4 nodes are available: 4 Insufficient cpu."
     );
     assert!(notes(&j, &p, &d).iter().any(|n| n.reason == "WaitingForGang"));
-    assert_eq!(d.requeue_after, None, "no timeout: it waits as long as it takes");
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(15)),
+        "no timeout: it waits as long as it takes, reading the PodGroup again now and then"
+    );
+
+    // kube-scheduler's verdict on the PodGroup joins the message.
+    let rejected: Condition = serde_json::from_value(json!({"type": "PodGroupScheduled", "status": "False",
+        "reason": "Unschedulable", "message": "pod group is unschedulable",
+        "lastTransitionTime": "2026-11-25T10:00:00Z"}))
+    .expect("condition");
+    let seen = Seen {
+        gang: Some(&rejected),
+        ..Default::default()
+    };
+    let d2 = decide_with(&j, &p, &pods, &at(T0), seen);
+    let message = &condition(&d2, "GangScheduled").expect("GangScheduled").message;
+    assert!(
+        message.ends_with("4 Insufficient cpu. (PodGroup: Unschedulable)"),
+        "{message}"
+    );
+    let error = Condition {
+        reason: "SchedulerError".into(),
+        message: "etcdserver: request timed out".into(),
+        ..rejected
+    };
+    let seen = Seen {
+        gang: Some(&error),
+        ..Default::default()
+    };
+    let d2 = decide_with(&j, &p, &pods, &at(T0), seen);
+    let message = &condition(&d2, "GangScheduled").expect("GangScheduled").message;
+    assert!(
+        message.ends_with("(PodGroup: SchedulerError: etcdserver: request timed out)"),
+        "{message}"
+    );
 
     let j = with_status(j, &d);
     bind(&mut pods);
@@ -91,8 +126,14 @@ fn a_gang_not_scheduled_within_its_timeout_fails_with_the_reason() {
         "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
     );
     let d = decide(&j, &p, &pods, &at(T0));
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(60)));
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(15)),
+        "the PodGroup is read again"
+    );
     let j = with_status(j, &d);
+    let d = decide(&j, &p, &pods, &at("2026-11-25T10:00:55Z"));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(10)), "at the timeout");
 
     let d = decide(&j, &p, &pods, &at("2026-11-25T10:01:05Z"));
     let failed = condition(&d, condition::FAILED).expect("Failed");
