@@ -447,3 +447,24 @@ async fn kueue_counts_resources_per_node_for_the_launcher_only() {
         [("node".into(), 3, "1".into()), ("launcher".into(), 1, "2".into())]
     );
 }
+
+#[tokio::test]
+async fn the_kueue_example_is_queued_admitted_and_completes() {
+    let bed = kueue_bed();
+    operator();
+    let ns = TestNs::new("kueue-example").await;
+    let c = client(Identity::Admin).await;
+    let example = trainjob_testbed::repo_root().join("examples/kueue.yaml");
+    let example = example.display().to_string();
+    // As the example says: Kueue's webhook may not have the new runtime in its cache yet.
+    eventually("kubectl apply of examples/kueue.yaml", DEADLINE, || async {
+        bed.kubectl(&["apply", "--server-side", "-n", &ns.name, "-f", &example])
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
+    let (_, complete) = wait_condition(&jobs, "pi-queued", "Complete").await;
+    assert_eq!(complete.reason, "AllJobsCompleted");
+    let (reason, _) = workload_condition(&c, &jobs, "pi-queued", "Finished", "True").await;
+    assert_eq!(reason, "Succeeded");
+}
