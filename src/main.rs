@@ -48,6 +48,10 @@ struct RunArgs {
     /// `<job>.<namespace>.svc.<domain>` so that bare pod hostnames resolve.
     #[arg(long, env = "TRAINJOB_CLUSTER_DOMAIN", default_value = trainjob_operator::plan::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
     cluster_domain: String,
+    /// Keep a finished job's SSH Secret (for debugging). By default it is deleted as soon as the
+    /// job is Complete or Failed; it always goes with the job.
+    #[arg(long, env = "TRAINJOB_KEEP_SSH_SECRETS")]
+    keep_ssh_secrets: bool,
     /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
     #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -134,6 +138,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_pods_per_job: args.max_pods_per_job,
         },
         cluster_domain: args.cluster_domain,
+        keep_ssh_secrets: args.keep_ssh_secrets,
     };
     controller::run(client, settings, metrics, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;

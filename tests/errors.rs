@@ -288,15 +288,20 @@ async fn a_leftover_of_an_earlier_job_is_waited_for_not_fatal() {
         .await
         .expect("release the leftover");
     wait_condition(&jobs, "pi", "Complete").await;
-    let secret = Api::<Secret>::namespaced(c.clone(), &ns.name)
-        .get("pi-mpi-ssh-auth")
-        .await
-        .expect("the job's own Secret");
-    assert_ne!(
-        secret.uid(),
-        leftover.uid(),
-        "the leftover was collected and replaced"
-    );
+    // The leftover was collected and the job ran with a Secret of its own, which went with the
+    // job's completion.
+    let secrets = Api::<Secret>::namespaced(c.clone(), &ns.name);
+    eventually("no Secret left", DEADLINE, || async {
+        match secrets.get_opt("pi-mpi-ssh-auth").await {
+            Ok(None) => Ok(()),
+            other => Err(format!(
+                "{:?} (the leftover was {:?})",
+                other.map(|s| s.map(|s| s.uid())),
+                leftover.uid()
+            )),
+        }
+    })
+    .await;
     let job = jobs.get("pi").await.expect("job");
     assert!(
         !job.status

@@ -34,6 +34,30 @@ async fn launcher_failure_fails_the_job_with_the_exit_code() {
     );
     // Running workers are stopped; the failed launcher stays for its logs.
     wait_pods(&c, &ns.name, "pi", &["pi-launcher-0-0"]).await;
+    secret_gone(&c, &ns.name, "pi").await;
+}
+
+/// Waits until the job's SSH Secret is gone: a key lives no longer than its job.
+async fn secret_gone(c: &kube::Client, ns: &str, job: &str) {
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    let name = format!("{job}-mpi-ssh-auth");
+    eventually(&format!("Secret {name} to be deleted"), DEADLINE, || async {
+        match secrets.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|s| s.map(|s| s.metadata.uid)))),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_complete_job_keeps_its_launcher_but_not_its_key() {
+    let (ns, c) = setup("keyhygiene").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "openmpi", |_| {}).await;
+    let jobs = create_job(&c, &ns.name, "pi", "openmpi", json!({})).await;
+    wait_condition(&jobs, "pi", "Complete").await;
+    secret_gone(&c, &ns.name, "pi").await;
+    wait_pods(&c, &ns.name, "pi", &["pi-launcher-0-0"]).await;
 }
 
 #[tokio::test]

@@ -135,6 +135,21 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
     // Restart the operator once more while everything runs: nothing changes.
     second.stop();
     let third = Operator::start();
+    let again = secrets.get("pi-mpi-ssh-auth").await.expect("secret");
+    assert_eq!(
+        (again.uid(), again.data.clone()),
+        (key.uid(), key.data.clone()),
+        "the SSH key was never regenerated"
+    );
+    assert_eq!(
+        secrets
+            .list(&Default::default())
+            .await
+            .expect("secrets")
+            .items
+            .len(),
+        1
+    );
     api.patch(
         "pi-launcher-0-0",
         &PatchParams::default(),
@@ -156,23 +171,20 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
         }
     })
     .await;
-    third.stop();
-
-    let again = secrets.get("pi-mpi-ssh-auth").await.expect("secret");
-    assert_eq!(
-        (again.uid(), again.data.clone()),
-        (key.uid(), key.data.clone()),
-        "the SSH key was never regenerated"
-    );
-    assert_eq!(
-        secrets
+    // The key goes with completion.
+    eventually("the SSH Secret to be deleted", DEADLINE, || async {
+        let left = secrets
             .list(&Default::default())
             .await
-            .expect("secrets")
-            .items
-            .len(),
-        1
-    );
+            .map_err(|e| e.to_string())?;
+        left.items
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("{}", left.items.len()))
+    })
+    .await;
+    third.stop();
+
     let cms: Vec<String> = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
         .list(&Default::default())
         .await

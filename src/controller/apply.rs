@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -14,7 +14,7 @@ use super::Context;
 use super::dereference::Inputs;
 use crate::api::{TrainJob, TrainJobStatus};
 use crate::gang::{self, Gang};
-use crate::lifecycle::{Decision, Phase};
+use crate::lifecycle::{self, Decision, Phase};
 use crate::plan::Plan;
 use crate::ssh::{KeyPair, SshError};
 use crate::{hostfile, names, pods, quota, reasons};
@@ -163,6 +163,11 @@ pub async fn decision(
                     "applying the headless Service".into(),
                 ))?;
         }
+    }
+    // Before the status that finishes the job: should the delete fail, the retry still knows
+    // the job is finishing.
+    if finishing(job, &decision.status) && !ctx.settings.keep_ssh_secrets {
+        delete_secret(job, ctx).await?;
     }
     if job.status.as_ref() != Some(&decision.status) {
         write_status(job, ctx, &decision.status).await?;
@@ -355,6 +360,52 @@ async fn create_secret(job: &TrainJob, ctx: &Context, ns: &str) -> Result<(), Er
 }
 
 /// Writes `status` with server-side apply on the status subresource.
+/// Whether `status` finishes a job that has not finished yet.
+pub fn finishing(job: &TrainJob, status: &TrainJobStatus) -> bool {
+    !lifecycle::finished(job.status.as_ref()) && lifecycle::finished(Some(status))
+}
+
+/// Deletes the job's SSH Secret: a key lives no longer than its job, and the launcher kept for
+/// `kubectl logs` has finished with it. Only a Secret this job owns, and only that very object
+/// (a uid precondition), so a Secret someone else put under the name is never touched.
+pub async fn delete_secret(job: &TrainJob, ctx: &Context) -> Result<(), Error> {
+    let name = names::ssh_secret(&job.name_any());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let secret = api.get_opt(&name).await.map_err(|source| Error::Kube {
+        action: format!("reading Secret {name}"),
+        source,
+    })?;
+    let Some(secret) = secret else {
+        return Ok(());
+    };
+    let uid = job.metadata.uid.as_deref();
+    let owned = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid);
+    if !owned {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.metadata.uid.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        // Gone already, or replaced by another object since it was read.
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("deleting Secret {name}"),
+            source,
+        }),
+    }
+}
+
 pub async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) -> Result<(), Error> {
     let api: Api<TrainJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let patch =

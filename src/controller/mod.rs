@@ -46,6 +46,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The cluster's DNS domain (kubelet `--cluster-domain`).
     pub cluster_domain: String,
+    /// Keep a finished job's SSH Secret (for debugging) instead of deleting it.
+    pub keep_ssh_secrets: bool,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             instance: "trainjob-operator".into(),
             limits: Limits::default(),
             cluster_domain: crate::plan::DEFAULT_CLUSTER_DOMAIN.into(),
+            keep_ssh_secrets: false,
         }
     }
 }
@@ -194,6 +197,9 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
         let now = lifecycle::now();
         let reason = error.permanent().unwrap_or_default();
         let status = lifecycle::failed_status(job.status.as_ref(), reason, &error.to_string(), &now);
+        if !ctx.settings.keep_ssh_secrets {
+            apply::delete_secret(job, ctx).await?;
+        }
         apply::write_status(job, ctx, &status).await?;
         observe::failure(job, ctx, &status, &now).await;
     }
