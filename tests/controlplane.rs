@@ -543,3 +543,19 @@ async fn fake_node_capacity_is_configurable_and_enforced_by_the_scheduler() {
     .await;
     assert!(reason.contains("Insufficient nvidia.com/gpu"), "{reason}");
 }
+
+#[tokio::test]
+async fn any_user_reads_the_sdk_version_config_map_and_nothing_else_there() {
+    // The Kubeflow SDK runs as the user and reads it from $KUBEFLOW_SYSTEM_NAMESPACE.
+    let maps: Api<ConfigMap> = Api::namespaced(client(Identity::TenantA).await, "trainjob-system");
+    let public = maps
+        .get("kubeflow-trainer-public")
+        .await
+        .expect("a tenant reads the public ConfigMap");
+    let version = public.data.and_then(|mut d| d.remove("kubeflow_trainer_version"));
+    assert_eq!(version.as_deref(), Some("v2.3.0"));
+    match maps.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
+        other => panic!("a tenant must not list the system namespace's ConfigMaps: {other:?}"),
+    }
+}
