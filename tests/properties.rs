@@ -1,0 +1,283 @@
+//! No input panics: property tests over arbitrary TrainJobs and runtimes, valid and invalid,
+//! through everything the operator computes from them without a server: `resolve`, `validate`,
+//! the hostfile, the Service, the pods, the gang objects, the quota check and the lifecycle
+//! decision, with observed pods in every phase. Starting from the shipped runtimes, each case
+//! bends many fields at once: sizes of any sign and magnitude, reserved and odd names, missing or
+//! renamed replicated jobs and containers, patches of unknown jobs, any quantity text.
+
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
+use trainjob_operator::validate::{Limits, validate};
+use trainjob_operator::{gang, hostfile, lifecycle, pods, quota, resolve};
+
+const RUNTIMES: [&str; 3] = ["mpi-openmpi", "mpi-intel", "mpi-mpich"];
+
+fn shipped(name: &str) -> Value {
+    let path = format!("{}/config/runtimes/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("runtime file");
+    let rt: Value = serde_saphyr::from_str(&text).expect("runtime yaml");
+    rt["spec"].clone()
+}
+
+/// Integers around every boundary the operator checks, and the extremes.
+fn int() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -3i64..70,
+        Just(i64::from(i32::MAX)),
+        Just(i64::from(i32::MIN)),
+        Just(4096),
+        Just(1_000_000),
+    ]
+}
+
+/// A size: usually small (zero and negative included), sometimes any of [`int`].
+fn size() -> impl Strategy<Value = i64> {
+    prop_oneof![9 => -1i64..6, 1 => int()]
+}
+
+/// Names: the ones the operator knows, reserved MPI variables, and arbitrary text.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("node".to_string()),
+        Just("launcher".to_string()),
+        Just("OMPI_MCA_orte_default_hostfile".to_string()),
+        Just("HYDRA_LAUNCHER_EXTRA_ARGS".to_string()),
+        "[a-z][a-z0-9-]{0,70}",
+        ".{0,20}",
+    ]
+}
+
+/// Quantity text, well formed or not.
+fn quantity() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9]{1,4}(m|Mi|Gi|k|)",
+        Just("1e400".to_string()),
+        Just("-5".to_string()),
+        Just("0.000000001".to_string()),
+        Just("99999999999999999999Ei".to_string()),
+        ".{0,8}",
+    ]
+}
+
+fn maybe<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
+    prop::option::weighted(0.6, s)
+}
+
+/// Rarely: edits that make most jobs invalid, so that most cases get past `resolve`.
+fn rarely<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
+    prop::option::weighted(0.1, s)
+}
+
+/// An env var or container name: usually an ordinary one.
+fn usual_name() -> impl Strategy<Value = String> {
+    prop_oneof![9 => "[A-Z][A-Z0-9_]{0,12}", 1 => name()]
+}
+
+/// A replicated job name: usually one the runtime has.
+fn job_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just("node".to_string()),
+        4 => Just("launcher".to_string()),
+        1 => name(),
+    ]
+}
+
+/// A runtime spec: a shipped one, bent.
+fn runtime() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(RUNTIMES.to_vec()),
+        maybe(size()),
+        maybe(int()),
+        any::<bool>(),
+        maybe(".{0,30}"),
+        prop::collection::vec(
+            (
+                0usize..2,
+                rarely(name()),
+                maybe(size()),
+                maybe(size()),
+                rarely(name()),
+            ),
+            0..3,
+        ),
+        0u8..5,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(|(base, nodes, procs, as_node, mount, edits, gang, drop_mpi)| {
+            let mut spec = shipped(base);
+            if let Some(n) = nodes {
+                spec["mlPolicy"]["numNodes"] = json!(n);
+            }
+            if let Some(n) = procs {
+                spec["mlPolicy"]["mpi"]["numProcPerNode"] = json!(n);
+            }
+            spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(as_node);
+            if let Some(m) = mount {
+                spec["mlPolicy"]["mpi"]["sshAuthMountPath"] = json!(m);
+            }
+            if drop_mpi {
+                spec["mlPolicy"] = json!({"numNodes": 1});
+            }
+            for (i, rename, replicas, parallelism, container) in edits {
+                let job = &mut spec["template"]["spec"]["replicatedJobs"][i];
+                if let Some(r) = rename {
+                    job["name"] = json!(r);
+                }
+                if let Some(r) = replicas {
+                    job["replicas"] = json!(r);
+                }
+                if let Some(p) = parallelism {
+                    job["template"]["spec"]["parallelism"] = json!(p);
+                }
+                if let Some(c) = container {
+                    job["template"]["spec"]["template"]["spec"]["containers"][0]["name"] = json!(c);
+                }
+            }
+            spec["podGroupPolicy"] = match gang {
+                0 => Value::Null,
+                1 => json!({"workload": {"scheduleTimeoutSeconds": 5}}),
+                2 => json!({"coscheduling": {"scheduleTimeoutSeconds": 60}}),
+                3 => json!({"volcano": {"networkTopology": {"mode": "hard", "highestTierAllowed": 1}}}),
+                _ => json!({"workload": {}}),
+            };
+            spec
+        })
+}
+
+/// A TrainJob spec, and its name.
+fn job() -> impl Strategy<Value = (String, Value)> {
+    (
+        "[a-z][a-z0-9-]{0,70}",
+        maybe(size()),
+        maybe(int()),
+        prop::collection::vec(usual_name(), 0..3),
+        maybe(quantity()),
+        maybe(quantity()),
+        prop::collection::vec(
+            (job_name(), prop_oneof![4 => Just("node".to_string()), 1 => usual_name()], prop::bool::weighted(0.1)),
+            0..3,
+        ),
+        any::<bool>(),
+        maybe(int()),
+    )
+        .prop_map(|(name, nodes, procs, env, cpu, gpu, patches, suspend, deadline)| {
+            let mut trainer = json!({});
+            if let Some(n) = nodes {
+                trainer["numNodes"] = json!(n);
+            }
+            if let Some(n) = procs {
+                trainer["numProcPerNode"] = json!(n);
+            }
+            trainer["env"] = json!(env.iter().map(|n| json!({"name": n, "value": "x"})).collect::<Vec<_>>());
+            let mut requests = json!({});
+            if let Some(c) = cpu {
+                requests["cpu"] = json!(c);
+            }
+            if let Some(g) = gpu {
+                requests["nvidia.com/gpu"] = json!(g);
+            }
+            trainer["resourcesPerNode"] = json!({"requests": requests, "limits": requests});
+            let patches: Vec<Value> = patches
+                .iter()
+                .map(|(rjob, container, env)| {
+                    let mut c = json!({"name": container});
+                    if *env {
+                        c["env"] = json!([{"name": container, "value": "y"}]);
+                    }
+                    json!({"manager": "example.com/fuzz", "trainingRuntimeSpec": {"template": {
+                        "metadata": {"annotations": {"scheduling.volcano.sh/queue-name": container}},
+                        "spec": {"replicatedJobs": [{"name": rjob, "template": {"spec": {"template": {
+                            "metadata": {"labels": {"fuzz": "1"}},
+                            "spec": {"nodeSelector": {"pool": "a"}, "containers": [c]},
+                        }}}}]},
+                    }}})
+                })
+                .collect();
+            let mut spec = json!({"runtimeRef": {"name": "rt"}, "trainer": trainer, "runtimePatches": patches, "suspend": suspend});
+            if let Some(d) = deadline {
+                spec["activeDeadlineSeconds"] = json!(d);
+            }
+            (name, spec)
+        })
+}
+
+/// A pod as the API server would return it: `phase`, Ready or not, bound or not.
+fn observed(pod: &Pod, phase: &str, ready: bool, exit: i32) -> Pod {
+    let mut pod = pod.clone();
+    pod.metadata.uid = Some(format!("uid-{}", pod.metadata.name.clone().unwrap_or_default()));
+    pod.spec.get_or_insert_default().node_name = Some("node-1".into());
+    pod.status = serde_json::from_value(json!({
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        "containerStatuses": [{"name": "node", "ready": ready, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"terminated": {"exitCode": exit, "reason": "Error"}}}],
+    }))
+    .ok();
+    pod
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_the_operator_computes_from_a_job_panics(
+        rt in runtime(),
+        (name, spec) in job(),
+        phases in prop::collection::vec((0u8..4, any::<bool>(), -2i32..140), 0..8),
+        cpu_quota in quantity(),
+    ) {
+        let Ok(runtime) = serde_json::from_value::<TrainingRuntimeSpec>(rt) else {
+            return Ok(());
+        };
+        let Ok(job) = serde_json::from_value::<TrainJob>(json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "creationTimestamp": "2026-11-25T10:00:00Z"},
+            "spec": spec,
+        })) else {
+            return Ok(());
+        };
+        let Ok(plan) = resolve::resolve(&job, "TrainingRuntime/rt", &runtime) else {
+            return Ok(());
+        };
+        let limits = Limits { max_pods_per_job: 256 };
+        if validate(&job, "TrainingRuntime/rt", &plan, &limits).is_err() {
+            return Ok(());
+        }
+        let _ = hostfile::configmap(&job, &plan);
+        let _ = pods::service(&job, &plan);
+        let _ = gang::gang(&job, &plan);
+        let now = Time("2026-11-25T10:05:00Z".parse().expect("time"));
+        let first = lifecycle::decide(&job, &plan, [], &now);
+        let built: Vec<Pod> = first
+            .create
+            .iter()
+            .map(|(i, at)| pods::pod(&job, &plan, &plan.jobs[*i], *at, 0))
+            .collect();
+        let _ = gang::plugin_pod_group(&job, &plan, &built);
+        let quota: ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": "q"},
+            "spec": {"hard": {"requests.cpu": cpu_quota, "limits.nvidia.com/gpu": "8", "pods": "10"}},
+            "status": {"used": {"requests.cpu": "1"}},
+        }))
+        .expect("quota");
+        let _ = quota::check(&[quota], &quota::demand(&built));
+
+        // Then as the pods move through their phases, in any order.
+        let seen: Vec<Pod> = built
+            .iter()
+            .zip(phases.iter().cycle())
+            .map(|(pod, (phase, ready, exit))| {
+                let phase = ["Pending", "Running", "Succeeded", "Failed"][usize::from(*phase)];
+                observed(pod, phase, *ready, *exit)
+            })
+            .collect();
+        let mut job = job;
+        job.status = Some(first.status.clone());
+        let next = lifecycle::decide(&job, &plan, &seen, &now);
+        job.status = Some(next.status.clone());
+        let _ = lifecycle::decide(&job, &plan, &seen, &now);
+    }
+}
