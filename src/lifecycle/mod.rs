@@ -166,10 +166,31 @@ impl<'a> Pass<'a> {
     }
 
     /// Pods of the current restart attempt.
+    /// The current attempt's pods, without those deleted while the job was suspended: they are
+    /// on their way out and say nothing about the resumed run (a quick resume finds them still
+    /// terminating, often `Failed`, and must not take that for a broken world).
     fn mine(&self) -> Vec<&Observed<'a>> {
+        let resumed = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::SUSPENDED && c.status == "False")
+            .map(|c| c.last_transition_time.0);
+        let suspension_leftover = |o: &Observed| {
+            // The deletion timestamp is when the grace period ends; the request came that long
+            // before it.
+            let meta = &o.pod.metadata;
+            let grace =
+                k8s_openapi::jiff::SignedDuration::from_secs(meta.deletion_grace_period_seconds.unwrap_or(0));
+            let requested = meta
+                .deletion_timestamp
+                .as_ref()
+                .and_then(|t| t.0.checked_sub(grace).ok());
+            o.deleting && matches!((requested, resumed), (Some(d), Some(r)) if d <= r)
+        };
         self.observed
             .iter()
-            .filter(|o| o.attempt == Some(self.attempt))
+            .filter(|o| o.attempt == Some(self.attempt) && !suspension_leftover(o))
             .collect()
     }
 

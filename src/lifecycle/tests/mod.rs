@@ -213,6 +213,39 @@ fn suspend_deletes_pods_and_resume_recreates_them() {
 }
 
 #[test]
+fn a_quick_resume_waits_for_the_suspended_pods_instead_of_failing() {
+    let (j, p, pods) = started(json!({"trainer": {"numNodes": 2}}));
+    let mut suspended = j.clone();
+    suspended.spec.suspend = Some(true);
+    let d = decide(&suspended, &p, &pods, &at(T0));
+    // Resumed while the deleted pods still terminate, killed: Failed, deleted at T0 with the
+    // default 30 s grace period, so their deletion timestamp lies after the resume.
+    let dying: Vec<Pod> = pods
+        .iter()
+        .map(|pod| {
+            let mut pod = observed_pod(pod, "Failed", false);
+            pod.metadata.deletion_timestamp = Some(at("2026-11-25T10:00:35Z"));
+            pod.metadata.deletion_grace_period_seconds = Some(30);
+            pod
+        })
+        .collect();
+    let mut resumed = with_status(suspended, &d);
+    resumed.spec.suspend = Some(false);
+    let d = decide(&resumed, &p, &dying, &at("2026-11-25T10:00:06Z"));
+    assert!(
+        condition(&d, condition::FAILED).is_none(),
+        "{:?}",
+        d.status.conditions
+    );
+    assert!(d.create.is_empty(), "the names are still taken");
+    // Once they are gone, the run starts again.
+    let resumed = with_status(resumed, &d);
+    let d = decide(&resumed, &p, &[], &at("2026-11-25T10:00:08Z"));
+    assert!(condition(&d, condition::FAILED).is_none());
+    assert_eq!(names(&d), ["0/0-0", "0/0-1"]);
+}
+
+#[test]
 fn a_job_created_suspended_creates_nothing() {
     let j = job(json!({"suspend": true}));
     let d = decide(&j, &plan(&j, "mpi-openmpi"), &[], &at(T0));
