@@ -8,11 +8,12 @@ mod support;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::jobs::{HOLD, create_job, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition};
+use support::jobs::{
+    HOLD, create_job, install_gang_crd, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition,
+};
 use support::{DEADLINE, Identity, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::gang::{
@@ -206,49 +207,11 @@ async fn a_gang_that_cannot_fit_fails_after_the_runtimes_timeout() {
     );
 }
 
-/// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
-/// version) and waits until it is served.
-async fn install_crd(c: &Client, plugin: Plugin) {
-    let out = std::process::Command::new(trainjob_testbed::repo_root().join("hack/gang-crds.sh"))
-        .output()
-        .expect("running hack/gang-crds.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(plugin.policy())?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {} CRD in {stdout}", plugin.policy()))
-        .to_string();
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("CRD file")).expect("CRD");
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("installing the {} CRD: {e}", plugin.policy()),
-    }
-    eventually(
-        &format!("the {} PodGroup CRD to be established", plugin.policy()),
-        DEADLINE,
-        || async {
-            let crd = crds.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-            established
-                .then_some(())
-                .ok_or_else(|| "not established".to_string())
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
     let (ns, c) = setup("cosched").await;
     let ns = ns.name.as_str();
-    install_crd(&client(Identity::Admin).await, Plugin::Coscheduling).await;
+    install_gang_crd(&client(Identity::Admin).await, Plugin::Coscheduling).await;
     runtime(&c, ns, "mpi-openmpi", "cosched", |spec| {
         spec["podGroupPolicy"] = json!({"coscheduling": {"scheduleTimeoutSeconds": 90}});
     })
@@ -291,7 +254,7 @@ async fn coscheduling_pod_groups_are_accepted_by_the_scheduler_plugins_crd() {
 async fn volcano_pod_groups_are_accepted_by_volcanos_crd() {
     let (ns, c) = setup("volcano").await;
     let ns = ns.name.as_str();
-    install_crd(&client(Identity::Admin).await, Plugin::Volcano).await;
+    install_gang_crd(&client(Identity::Admin).await, Plugin::Volcano).await;
     // The pods' priority class reaches the pods (the API server resolves it) and the PodGroup.
     let class = format!("{ns}-training");
     let priority: PriorityClass =

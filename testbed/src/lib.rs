@@ -168,6 +168,9 @@ pub struct BedConfig {
     /// Also start Kueue with its TrainJob integration (see `hack/kueue.sh`); installs the shipped
     /// runtimes, which its webhook reads.
     pub kueue: bool,
+    /// Record every request of the operator's identity in the API server's audit log
+    /// ([`Bed::audit_log`]), one JSON object per line.
+    pub audit: bool,
 }
 
 impl Default for BedConfig {
@@ -181,6 +184,7 @@ impl Default for BedConfig {
             timeout: Duration::from_secs(120),
             real_node: false,
             kueue: false,
+            audit: false,
         }
     }
 }
@@ -323,6 +327,23 @@ impl Bed {
         )?;
 
         let gates = "--feature-gates=GenericWorkload=true,GangScheduling=true";
+        let mut audit = Vec::new();
+        if config.audit {
+            // Metadata (verb, resource, user, response code) of the operator's requests only.
+            let policy = format!(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    users: [\"{}\"]\n  - level: None\n",
+                Identity::Operator.user()
+            );
+            std::fs::write(self.path("audit-policy.yaml"), policy)
+                .map_err(|source| io("writing the audit policy".into(), source))?;
+            audit.push(format!(
+                "--audit-policy-file={}",
+                self.path("audit-policy.yaml").display()
+            ));
+            audit.push(format!("--audit-log-path={}", self.audit_log().display()));
+            audit.push("--audit-log-format=json".into());
+            audit.push("--audit-log-mode=blocking".into());
+        }
         // Pods on a real node reach the API server as in-cluster clients do, through the
         // `kubernetes` Service (hack/node.sh forwards it to the bridge), with projected
         // service-account tokens. Without a real node, loopback only and no token admission:
@@ -358,7 +379,10 @@ impl Bed {
                 "--enable-priority-and-fairness=false",
                 "--runtime-config=scheduling.k8s.io/v1alpha2=true",
                 gates,
-            ],
+            ]
+            .into_iter()
+            .chain(audit.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
         )?;
         self.wait_for_file(
             "the API server's serving certificate",
@@ -565,6 +589,11 @@ impl Bed {
     /// URL of the API server.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The API server's audit log (with [`BedConfig::audit`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.path("audit.log")
     }
 
     /// The bed's working directory (data, logs, kubeconfigs).

@@ -201,3 +201,43 @@ pub async fn running(
     wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
     (ns, c, jobs)
 }
+
+/// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
+/// version) and waits until it is served.
+pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::gang::Plugin) {
+    let out = std::process::Command::new(trainjob_testbed::repo_root().join("hack/gang-crds.sh"))
+        .output()
+        .expect("running hack/gang-crds.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(plugin.policy())?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {} CRD in {stdout}", plugin.policy()))
+        .to_string();
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("CRD file")).expect("CRD");
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(c.clone());
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("installing the {} CRD: {e}", plugin.policy()),
+    }
+    eventually(
+        &format!("the {} PodGroup CRD to be established", plugin.policy()),
+        DEADLINE,
+        || async {
+            let crd = crds.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            established
+                .then_some(())
+                .ok_or_else(|| "not established".to_string())
+        },
+    )
+    .await;
+}

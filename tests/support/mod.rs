@@ -38,6 +38,14 @@ pub fn kueue_bed() -> &'static Bed {
     })
 }
 
+/// The control plane of this test binary, recording the operator's requests in its audit log.
+pub fn audited_bed() -> &'static Bed {
+    bed_with(|| BedConfig {
+        audit: true,
+        ..BedConfig::default()
+    })
+}
+
 /// The control plane of this test binary; the first caller's `config` decides how it starts.
 fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
     let result = BED.get_or_init(|| {
