@@ -352,21 +352,21 @@ mod tests {
             "trainingRuntimeSpec": {"template": {"metadata": {"annotations": {VOLCANO_QUEUE_ANNOTATION: "research"}}}},
         }]))
         .expect("patches");
-        let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
-        rt.template.metadata = Some(crate::api::TemplateMetadata {
-            annotations: [(VOLCANO_QUEUE_ANNOTATION.to_string(), "default".to_string())].into(),
-            ..Default::default()
-        });
-        rt.pod_group_policy = Some(PodGroupPolicy {
-            volcano: Some(crate::api::VolcanoPodGroupPolicySource {
-                network_topology: Some(crate::api::NetworkTopologySpec {
-                    mode: Some("hard".into()),
-                    highest_tier_allowed: Some(2),
+        let mut p = crate::fixtures::plan_with(&j, "mpi-openmpi", |rt| {
+            rt.template.metadata = Some(crate::api::TemplateMetadata {
+                annotations: [(VOLCANO_QUEUE_ANNOTATION.to_string(), "default".to_string())].into(),
+                ..Default::default()
+            });
+            rt.pod_group_policy = Some(PodGroupPolicy {
+                volcano: Some(crate::api::VolcanoPodGroupPolicySource {
+                    network_topology: Some(crate::api::NetworkTopologySpec {
+                        mode: Some("hard".into()),
+                        highest_tier_allowed: Some(2),
+                    }),
                 }),
-            }),
-            ..Default::default()
+                ..Default::default()
+            });
         });
-        let mut p = crate::resolve::resolve(&j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan");
         let node = p.jobs.iter_mut().find(|j| j.role == Role::Node).expect("node");
         node.template.spec.get_or_insert_default().priority_class_name = Some("training".into());
         let node = p.job(Role::Node).expect("node").clone();

@@ -42,6 +42,15 @@ cp /mnt/mpi-ssh-auth/id_rsa /mnt/mpi-ssh-auth/id_rsa.pub /mnt/mpi-ssh-auth/autho
 chmod 0644 /mnt/mpi-ssh-copy/id_rsa.pub /mnt/mpi-ssh-copy/authorized_keys; \
 chmod 0700 /mnt/mpi-ssh-copy 2>/dev/null || true";
 
+/// Every pod of the replicated jobs `which` selects, for whole-gang restart `attempt`.
+pub fn of_jobs(job: &TrainJob, plan: &Plan, attempt: i32, which: impl Fn(&JobPlan) -> bool) -> Vec<Pod> {
+    plan.jobs
+        .iter()
+        .filter(|rjob| which(rjob))
+        .flat_map(|rjob| rjob.indices().map(move |at| pod(job, plan, rjob, at, attempt)))
+        .collect()
+}
+
 /// The pod `at` of replicated job `rjob`, for whole-gang restart `attempt`.
 pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i32) -> Pod {
     let job_name = job.metadata.name.as_deref().unwrap_or_default();

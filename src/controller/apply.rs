@@ -220,14 +220,7 @@ async fn check_quota(
     if quotas.items.is_empty() {
         return Ok(());
     }
-    let all: Vec<Pod> = plan
-        .jobs
-        .iter()
-        .flat_map(|rjob| {
-            rjob.indices()
-                .map(move |at| pods::pod(job, plan, rjob, at, attempt))
-        })
-        .collect();
+    let all = pods::of_jobs(job, plan, attempt, |_| true);
     match quota::check(&quotas.items, &quota::demand(&all)) {
         Some(message) => Err(Error::QuotaExceeded(message)),
         None => Ok(()),
@@ -262,15 +255,7 @@ async fn create_plugin_pod_group(
     ns: &str,
     attempt: i32,
 ) -> Result<(), Error> {
-    let members: Vec<Pod> = plan
-        .jobs
-        .iter()
-        .filter(|rjob| gang::member(plan, rjob.role))
-        .flat_map(|rjob| {
-            rjob.indices()
-                .map(move |at| pods::pod(job, plan, rjob, at, attempt))
-        })
-        .collect();
+    let members = pods::of_jobs(job, plan, attempt, |rjob| gang::member(plan, rjob.role));
     let Some((plugin, group)) = gang::plugin_pod_group(job, plan, &members) else {
         return Ok(());
     };

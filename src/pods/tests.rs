@@ -384,15 +384,7 @@ fn with_a_native_gang_only_workers_name_the_pod_group() {
 #[test]
 fn a_launcher_that_runs_ranks_is_in_the_gang_and_waits_for_the_workers_sshd() {
     let j = job(json!({"trainer": {"numNodes": 3}}));
-    let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
-    if let Some(mpi) = rt.ml_policy.as_mut().and_then(|p| p.mpi.as_mut()) {
-        mpi.run_launcher_as_node = Some(true);
-    }
-    rt.pod_group_policy = Some(crate::api::PodGroupPolicy {
-        workload: Some(Default::default()),
-        ..Default::default()
-    });
-    let p = crate::resolve::resolve(&j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan");
+    let p = crate::fixtures::plan_with(&j, "mpi-openmpi", crate::fixtures::launcher_in_native_gang);
     let at = PodIndex {
         job_index: 0,
         index: 0,

@@ -157,14 +157,7 @@ fn jobs_without_a_native_gang_get_no_gang_condition() {
 
 /// A native gang on a runtime whose launcher runs ranks.
 fn launcher_gang_plan(j: &TrainJob) -> Plan {
-    let mut rt = crate::fixtures::shipped_runtime("mpi-openmpi");
-    let policy = rt.ml_policy.as_mut().and_then(|p| p.mpi.as_mut()).expect("mpi");
-    policy.run_launcher_as_node = Some(true);
-    rt.pod_group_policy = Some(PodGroupPolicy {
-        workload: Some(WorkloadPodGroupPolicySource::default()),
-        ..Default::default()
-    });
-    crate::resolve::resolve(j, "ClusterTrainingRuntime/mpi-openmpi", &rt).expect("plan")
+    crate::fixtures::plan_with(j, "mpi-openmpi", crate::fixtures::launcher_in_native_gang)
 }
 
 #[test]
