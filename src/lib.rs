@@ -15,6 +15,7 @@ pub mod env;
 mod fixtures;
 pub mod gang;
 pub mod hostfile;
+pub mod image;
 pub mod lifecycle;
 pub mod logging;
 pub mod merge;

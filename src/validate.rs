@@ -3,7 +3,7 @@
 //! so one oversized or oddly named job fails on its own instead of wedging the operator.
 
 use crate::api::TrainJob;
-use crate::names;
+use crate::{names, quota};
 use crate::plan::Plan;
 use crate::reasons;
 
@@ -46,6 +46,27 @@ pub enum ValidateError {
         length: usize,
         fits: usize,
     },
+    #[error(
+        "the job runs {slots} MPI processes per node (spec.trainer.numProcPerNode, else the runtime's spec.mlPolicy.mpi.numProcPerNode), more than the {MAX_SLOTS} this operator allows: lower it"
+    )]
+    TooManySlots { slots: i32 },
+    #[error(
+        "{field}: image {image:?} is not a valid image reference: {why}; write it as [registry[:port]/]name[:tag][@sha256:digest]"
+    )]
+    BadImage {
+        field: String,
+        image: String,
+        why: &'static str,
+    },
+    #[error(
+        "{field}: requests.{resource} {request} is more than limits.{resource} {limit}; lower the request or raise the limit"
+    )]
+    RequestOverLimit {
+        field: String,
+        resource: String,
+        request: String,
+        limit: String,
+    },
 }
 
 impl ValidateError {
@@ -54,6 +75,9 @@ impl ValidateError {
         match self {
             ValidateError::TooManyPods { .. } => "too_many_pods",
             ValidateError::NameTooLong { .. } => "name_too_long",
+            ValidateError::TooManySlots { .. } => "too_many_slots",
+            ValidateError::BadImage { .. } => "bad_image",
+            ValidateError::RequestOverLimit { .. } => "request_over_limit",
         }
     }
 
@@ -62,12 +86,28 @@ impl ValidateError {
         match self {
             ValidateError::TooManyPods { .. } => reasons::TOO_MANY_PODS,
             ValidateError::NameTooLong { .. } => reasons::NAME_TOO_LONG,
+            ValidateError::TooManySlots { .. }
+            | ValidateError::BadImage { .. }
+            | ValidateError::RequestOverLimit { .. } => reasons::INVALID_SPEC,
         }
     }
 }
 
-/// Checks `plan` of `job` (on `runtime`, as named in messages) against `limits`.
+/// Most MPI slots per node: above any real machine's cores, low enough that `slots ×
+/// numNodes` cannot overflow what MPI launchers count in.
+pub const MAX_SLOTS: i32 = 1024;
+
+/// Checks `plan` of `job` (on `runtime`, as named in messages) against `limits`. Admission runs
+/// the same checks, so a job the webhook admitted only fails here if its runtime changed.
 pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> Result<(), ValidateError> {
+    size(job, runtime, plan, limits)?;
+    if plan.slots > MAX_SLOTS {
+        return Err(ValidateError::TooManySlots { slots: plan.slots });
+    }
+    containers(job, runtime, plan)
+}
+
+fn size(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> Result<(), ValidateError> {
     let pods = plan.total_pods();
     if pods > i64::from(limits.max_pods_per_job) {
         return Err(ValidateError::TooManyPods {
@@ -94,6 +134,53 @@ pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> 
         }),
         _ => Ok(()),
     }
+}
+
+/// Every container the job would run: a well-formed image, and no request above its limit. The
+/// error names `spec.trainer` when the value came from there, else the runtime's container.
+fn containers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), ValidateError> {
+    let trainer = job.spec.trainer.as_ref();
+    for j in &plan.jobs {
+        let Some(spec) = &j.template.spec else { continue };
+        for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
+            let in_runtime = || format!("runtime {runtime}, replicated job \"{}\", container \"{}\"", j.name, c.name);
+            let image = c.image.as_deref().unwrap_or_default();
+            if let Err(why) = crate::image::check(image) {
+                let from_job = trainer.and_then(|t| t.image.as_deref()) == Some(image);
+                return Err(ValidateError::BadImage {
+                    field: if from_job { "spec.trainer.image".into() } else { in_runtime() },
+                    image: image.into(),
+                    why,
+                });
+            }
+            let Some(resources) = &c.resources else { continue };
+            let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) else {
+                continue;
+            };
+            for (resource, request) in requests {
+                let Some(limit) = limits.get(resource) else { continue };
+                let (Some(r), Some(l)) = (quota::parse(request), quota::parse(limit)) else {
+                    continue;
+                };
+                if r > l {
+                    let per_node = trainer.and_then(|t| t.resources_per_node.as_ref());
+                    let from_job = per_node.is_some_and(|p| {
+                        let has = |m: &Option<std::collections::BTreeMap<String, _>>| {
+                            m.as_ref().is_some_and(|m| m.contains_key(resource))
+                        };
+                        has(&p.requests) || has(&p.limits)
+                    });
+                    return Err(ValidateError::RequestOverLimit {
+                        field: if from_job { "spec.trainer.resourcesPerNode".into() } else { in_runtime() },
+                        resource: resource.clone(),
+                        request: request.0.clone(),
+                        limit: limit.0.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,5 +265,52 @@ mod tests {
         );
         let over = job(json!({"trainer": {"numNodes": 4096}}));
         assert!(validate(&over, "rt", &plan(&over, "mpi-openmpi"), &limits).is_err());
+    }
+
+    #[test]
+    fn a_malformed_image_names_the_field_it_came_from() {
+        let j = job(json!({"trainer": {"numNodes": 2, "image": "Team/Trainer:v1"}}));
+        let err = validate(&j, "rt", &plan(&j, "mpi-openmpi"), &Limits::default()).expect_err("bad image");
+        assert_eq!(err.reason(), "InvalidSpec");
+        assert_eq!(
+            err.to_string(),
+            "spec.trainer.image: image \"Team/Trainer:v1\" is not a valid image reference: repository names must be lower case; write it as [registry[:port]/]name[:tag][@sha256:digest]"
+        );
+        let ok = job(json!({"trainer": {"numNodes": 2}}));
+        let p = crate::fixtures::plan_with(&ok, "mpi-openmpi", |rt| {
+            let jobs = &mut rt.template.spec.as_mut().expect("spec").replicated_jobs;
+            let pod = jobs[0].template.spec.as_mut().expect("job").template.spec.as_mut().expect("pod");
+            pod.containers[0].image = Some("busybox:".into());
+        });
+        let err = validate(&ok, "ClusterTrainingRuntime/x", &p, &Limits::default()).expect_err("bad image");
+        assert!(
+            err.to_string()
+                .starts_with("runtime ClusterTrainingRuntime/x, replicated job \"node\", container \"node\": image \"busybox:\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_request_above_its_limit_is_refused_with_both_values() {
+        let j = job(json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
+            "requests": {"cpu": "4", "memory": "1Gi"}, "limits": {"cpu": "2000m", "memory": "1Gi"}}}}));
+        let err = validate(&j, "rt", &plan(&j, "mpi-openmpi"), &Limits::default()).expect_err("over limit");
+        assert_eq!(
+            err.to_string(),
+            "spec.trainer.resourcesPerNode: requests.cpu 4 is more than limits.cpu 2000m; lower the request or raise the limit"
+        );
+        let equal = job(json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
+            "requests": {"cpu": "2"}, "limits": {"cpu": "2000m"}}}}));
+        assert_eq!(validate(&equal, "rt", &plan(&equal, "mpi-openmpi"), &Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn slots_per_node_are_bounded() {
+        let j = job(json!({"trainer": {"numNodes": 2, "numProcPerNode": MAX_SLOTS + 1}}));
+        let err = validate(&j, "rt", &plan(&j, "mpi-openmpi"), &Limits::default()).expect_err("too many");
+        assert_eq!(err.label(), "too_many_slots");
+        assert!(err.to_string().starts_with("the job runs 1025 MPI processes per node"), "{err}");
+        let max = job(json!({"trainer": {"numNodes": 2, "numProcPerNode": MAX_SLOTS}}));
+        assert_eq!(validate(&max, "rt", &plan(&max, "mpi-openmpi"), &Limits::default()), Ok(()));
     }
 }
