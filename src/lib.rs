@@ -26,6 +26,8 @@ pub mod pods;
 pub mod quota;
 pub mod reasons;
 pub mod resolve;
+pub mod runtimes;
 pub mod server;
 pub mod ssh;
 pub mod validate;
+pub mod webhook;

@@ -46,6 +46,17 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Labels of the admission counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// Kind of the object (TrainJob, TrainingRuntime, ClusterTrainingRuntime).
+    pub kind: String,
+    /// CREATE, UPDATE or DELETE.
+    pub operation: String,
+    /// `true` or `false`.
+    pub allowed: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +79,8 @@ pub struct Metrics {
     pub time_to_complete: Histogram,
     /// Seconds a native gang waited until every worker was scheduled.
     pub time_to_gang_scheduled: Histogram,
+    /// Admission reviews answered, by kind, operation and verdict.
+    pub admission_reviews: Family<AdmissionLabels, Counter>,
     phases: Mutex<HashMap<(String, String), Phase>>,
 }
 
@@ -145,8 +158,15 @@ impl Metrics {
             Unit::Seconds,
             time_to_complete.clone(),
         );
+        let admission_reviews = Family::default();
+        registry.register(
+            "admission_reviews",
+            "Admission reviews the webhook answered, by kind, operation and whether it allowed them",
+            admission_reviews.clone(),
+        );
         Metrics {
             registry,
+            admission_reviews,
             jobs_created,
             jobs_completed,
             jobs_failed,

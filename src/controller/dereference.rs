@@ -12,8 +12,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
-use crate::{names, reasons, resolve};
+use crate::api::{GROUP, TrainJob, TrainingRuntimeSpec};
+use crate::{names, reasons, resolve, runtimes};
 
 /// Why the inputs of a reconcile could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -24,20 +24,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error(
-        "{kind} \"{name}\" not found{}: create it, or point spec.runtimeRef at an existing one (kubectl get {}s)",
-        .namespace.as_ref().map(|ns| format!(" in namespace {ns}")).unwrap_or_default(),
-        .kind.to_lowercase()
-    )]
-    RuntimeNotFound {
-        kind: String,
-        name: String,
-        namespace: Option<String>,
-    },
-    #[error(
-        "unsupported runtime: {kind}.{group}; spec.runtimeRef must name a TrainingRuntime or ClusterTrainingRuntime in {GROUP}"
-    )]
-    UnsupportedRuntime { kind: String, group: String },
+    #[error(transparent)]
+    Runtime(#[from] runtimes::LookupError),
     #[error(
         "{kind} {name} already exists and belongs to {owner}, not to this TrainJob: delete that {kind} and re-create the TrainJob, or give the TrainJob another name"
     )]
@@ -64,9 +52,7 @@ impl Error {
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
             Error::Kube { .. } | Error::Leftover { .. } | Error::CachesNotReady => None,
-            Error::RuntimeNotFound { .. } | Error::UnsupportedRuntime { .. } => {
-                Some(reasons::RUNTIME_NOT_FOUND)
-            }
+            Error::Runtime(e) => e.permanent(),
             Error::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
             Error::SnapshotUnreadable { .. } => Some(reasons::SNAPSHOT_UNREADABLE),
         }
@@ -76,8 +62,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "read_kube",
-            Error::RuntimeNotFound { .. } => "runtime_not_found",
-            Error::UnsupportedRuntime { .. } => "unsupported_runtime",
+            Error::Runtime(e) => e.label(),
             Error::Conflict { .. } => "object_conflict",
             Error::Leftover { .. } => "leftover_object",
             Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
@@ -312,34 +297,10 @@ async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<
         });
     }
 
-    let r = &job.spec.runtime_ref;
-    let kind = r.kind.as_deref().unwrap_or("ClusterTrainingRuntime");
-    let group = r.api_group.as_deref().unwrap_or(GROUP);
-    let fetched = match (group, kind) {
-        (GROUP, "ClusterTrainingRuntime") => Api::<ClusterTrainingRuntime>::all(ctx.client.clone())
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|rt| rt.spec.0)),
-        (GROUP, "TrainingRuntime") => Api::<TrainingRuntime>::namespaced(ctx.client.clone(), ns)
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|rt| rt.spec)),
-        _ => {
-            return Err(Error::UnsupportedRuntime {
-                kind: kind.into(),
-                group: group.into(),
-            });
-        }
-    }
-    .map_err(kube_err(format!("{kind} {}", r.name)))?;
-    let spec = fetched.ok_or_else(|| Error::RuntimeNotFound {
-        kind: kind.into(),
-        name: r.name.clone(),
-        namespace: (kind == "TrainingRuntime").then(|| ns.to_string()),
-    })?;
+    let fetched = runtimes::fetch(&ctx.client, job, ns).await?;
     Ok(Runtime {
-        label: format!("{kind}/{}", r.name),
-        spec,
+        label: fetched.label,
+        spec: fetched.spec,
         fresh: true,
     })
 }

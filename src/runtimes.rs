@@ -1,0 +1,114 @@
+//! The runtime a TrainJob references, fetched from the API server. Shared by the first reconcile
+//! and by admission, so both refuse a missing runtime in the same words.
+
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
+use crate::reasons;
+
+/// Label that marks a runtime as deprecated (Trainer's `trainer.kubeflow.org/support`).
+pub const SUPPORT_LABEL: &str = "trainer.kubeflow.org/support";
+/// Value of [`SUPPORT_LABEL`] on a deprecated runtime.
+pub const DEPRECATED: &str = "deprecated";
+
+/// Why the referenced runtime could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("Kubernetes API error while reading {kind} {name}: {source}")]
+    Kube {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "{kind} \"{name}\" not found{}: create it, or point spec.runtimeRef at an existing one (kubectl get {}s)",
+        .namespace.as_ref().map(|ns| format!(" in namespace {ns}")).unwrap_or_default(),
+        .kind.to_lowercase()
+    )]
+    NotFound {
+        kind: String,
+        name: String,
+        namespace: Option<String>,
+    },
+    #[error(
+        "unsupported runtime: {kind}.{group}; spec.runtimeRef must name a TrainingRuntime or ClusterTrainingRuntime in {GROUP}"
+    )]
+    Unsupported { kind: String, group: String },
+}
+
+impl LookupError {
+    /// The `Failed` reason when the user must act; `None` for API errors worth retrying.
+    pub fn permanent(&self) -> Option<&'static str> {
+        match self {
+            LookupError::Kube { .. } => None,
+            LookupError::NotFound { .. } | LookupError::Unsupported { .. } => Some(reasons::RUNTIME_NOT_FOUND),
+        }
+    }
+
+    /// Stable label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LookupError::Kube { .. } => "read_kube",
+            LookupError::NotFound { .. } => "runtime_not_found",
+            LookupError::Unsupported { .. } => "unsupported_runtime",
+        }
+    }
+}
+
+/// A fetched runtime.
+pub struct Fetched {
+    /// `Kind/name`, as messages and the snapshot name it.
+    pub label: String,
+    /// Its spec.
+    pub spec: TrainingRuntimeSpec,
+    /// Whether it carries `trainer.kubeflow.org/support: deprecated`.
+    pub deprecated: bool,
+}
+
+/// Fetches the runtime `job` references; a TrainingRuntime only from `namespace`, the job's own.
+pub async fn fetch(client: &Client, job: &TrainJob, namespace: &str) -> Result<Fetched, LookupError> {
+    let r = &job.spec.runtime_ref;
+    let kind = r.kind.as_deref().unwrap_or("ClusterTrainingRuntime");
+    let group = r.api_group.as_deref().unwrap_or(GROUP);
+    let deprecated = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get(SUPPORT_LABEL).map(String::as_str) == Some(DEPRECATED)
+    };
+    let fetched = match (group, kind) {
+        (GROUP, "ClusterTrainingRuntime") => Api::<ClusterTrainingRuntime>::all(client.clone())
+            .get_opt(&r.name)
+            .await
+            .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec.0))),
+        (GROUP, "TrainingRuntime") => Api::<TrainingRuntime>::namespaced(client.clone(), namespace)
+            .get_opt(&r.name)
+            .await
+            .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec))),
+        _ => {
+            return Err(LookupError::Unsupported {
+                kind: kind.into(),
+                group: group.into(),
+            });
+        }
+    }
+    .map_err(|source| LookupError::Kube {
+        kind: kind.into(),
+        name: r.name.clone(),
+        source,
+    })?;
+    let (deprecated, spec) = fetched.ok_or_else(|| LookupError::NotFound {
+        kind: kind.into(),
+        name: r.name.clone(),
+        namespace: (kind == "TrainingRuntime").then(|| namespace.to_string()),
+    })?;
+    Ok(Fetched {
+        label: format!("{kind}/{}", r.name),
+        spec,
+        deprecated,
+    })
+}
+
+/// The warning admission gives for a deprecated runtime.
+pub fn deprecation_warning(label: &str) -> String {
+    format!("{label} is deprecated ({SUPPORT_LABEL}={DEPRECATED}) and may be removed: move to a supported runtime")
+}
