@@ -10,7 +10,9 @@ kubectl="$("$root/hack/controlplane.sh" --dir)/kubectl"
 
 rm -rf "$dir"
 mkdir -p "$dir"
-"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${KUEUE:+--kueue} 2>"$dir/testbed.out" &
+webhook_port=${WEBHOOK_PORT:-9443}
+"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${KUEUE:+--kueue} \
+  --operator-webhook-port "$webhook_port" 2>"$dir/testbed.out" &
 bed=$!
 # SIGINT lets the bed drop cleanly (the real node puts the host back).
 trap 'kill -INT $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
@@ -37,4 +39,6 @@ cat >&2 <<EOF
      $kubectl get trainjobs,pods -w
 
 EOF
-KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run --http-addr 127.0.0.1:8080
+# The webhook is registered by URL on loopback, so its self-managed certificate is for 127.0.0.1.
+KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run --http-addr 127.0.0.1:8080 \
+  --webhook-addr "127.0.0.1:$webhook_port" --webhook-hosts 127.0.0.1

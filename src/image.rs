@@ -41,7 +41,9 @@ pub fn check(reference: &str) -> Result<(), &'static str> {
     // As Docker decides: the first part is a registry when more parts follow and it looks like a
     // host (a dot, a port, or localhost).
     let is_host = parts.peek().is_some()
-        && (first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()));
+        && (first.contains(['.', ':'])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase()));
     if is_host {
         check_host(first)?;
     } else {
@@ -112,7 +114,9 @@ fn check_component(c: &str) -> Result<(), &'static str> {
         let sep = &c[start..i];
         let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
         if !ok {
-            return Err("path components may contain only lower-case letters, digits and single `.`, `_`, `__` or `-` separators");
+            return Err(
+                "path components may contain only lower-case letters, digits and single `.`, `_`, `__` or `-` separators",
+            );
         }
     }
     Ok(())
@@ -187,7 +191,10 @@ mod tests {
             ("-img", "each path component must start and end"),
             ("a..b", "path components may contain only"),
             ("img@sha256:abc", "the digest must be"),
-            ("img@sha256:0123456789abcdef0123456789abcdef01", "a sha256 digest has exactly 64"),
+            (
+                "img@sha256:0123456789abcdef0123456789abcdef01",
+                "a sha256 digest has exactly 64",
+            ),
             ("host:port/img", "the registry port must be a number"),
             ("ex-.com/img", "the registry host is not a valid host name"),
         ] {
@@ -195,6 +202,9 @@ mod tests {
             assert!(err.starts_with(why), "{r}: {err}");
         }
         let long = format!("{}:v1", "a".repeat(256));
-        assert_eq!(check(&long), Err("the repository name is longer than 255 characters"));
+        assert_eq!(
+            check(&long),
+            Err("the repository name is longer than 255 characters")
+        );
     }
 }

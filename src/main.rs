@@ -52,6 +52,42 @@ struct RunArgs {
     /// job is Complete or Failed; it always goes with the job.
     #[arg(long, env = "TRAINJOB_KEEP_SSH_SECRETS")]
     keep_ssh_secrets: bool,
+    /// Address of the HTTPS admission webhook.
+    #[arg(long, env = "TRAINJOB_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
+    /// Do not serve the admission webhook (when no webhook configuration points at this process).
+    #[arg(long, env = "TRAINJOB_DISABLE_WEBHOOK")]
+    disable_webhook: bool,
+    /// Serve `tls.crt` and `tls.key` from this directory (written by cert-manager, for example)
+    /// instead of a self-managed certificate.
+    #[arg(long, env = "TRAINJOB_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Service in front of the webhook: the self-managed certificate is for
+    /// `<service>.<namespace>.svc` (and the cluster-domain form).
+    #[arg(
+        long,
+        env = "TRAINJOB_WEBHOOK_SERVICE",
+        default_value = "trainjob-operator-webhook"
+    )]
+    webhook_service: String,
+    /// More host names or IP addresses for the self-managed certificate, comma-separated (for
+    /// webhooks registered by URL).
+    #[arg(long, env = "TRAINJOB_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_hosts: Vec<String>,
+    /// Lifetime of a self-managed certificate (`90d`, `12h`, `600s`); renewed with a third left.
+    #[arg(long, env = "TRAINJOB_WEBHOOK_CERT_VALIDITY", default_value = "90d", value_parser = parse_duration)]
+    webhook_cert_validity: std::time::Duration,
+    /// Name of the Mutating- and ValidatingWebhookConfiguration whose `caBundle` the operator
+    /// keeps current (self-managed certificates only).
+    #[arg(
+        long,
+        env = "TRAINJOB_WEBHOOK_CONFIGURATION",
+        default_value = "trainjob-operator"
+    )]
+    webhook_configuration: String,
+    /// Namespace the operator runs in; its webhook certificate Secret lives there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "trainjob-system")]
+    namespace: String,
     /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
     #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -86,7 +122,7 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use trainjob_operator::{controller, metrics::Metrics, server};
+    use trainjob_operator::{controller, metrics::Metrics, server, webhook};
 
     logging::init(args.log_format);
     if args.fips && !args.ssh_key_algorithm.fips_approved() {
@@ -110,15 +146,57 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = stop_tx.send(true);
     });
+    let webhook_ready = (!args.disable_webhook).then(|| Arc::new(AtomicBool::new(false)));
     let health = server::Health {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        webhook: webhook_ready.clone(),
     };
     let http = tokio::spawn(server::serve(args.http_addr, health, stopped()));
 
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (set KUBECONFIG or run in a pod)")?;
+    let limits = trainjob_operator::validate::Limits {
+        max_pods_per_job: args.max_pods_per_job,
+    };
+    let webhook = match webhook_ready {
+        Some(webhook_ready) => {
+            let certs = match args.webhook_cert_dir {
+                Some(dir) => webhook::certs::Source::Files(dir),
+                None => {
+                    let (svc, ns) = (&args.webhook_service, &args.namespace);
+                    let mut hosts = vec![
+                        format!("{svc}.{ns}.svc"),
+                        format!("{svc}.{ns}.svc.{}", args.cluster_domain),
+                    ];
+                    hosts.extend(args.webhook_hosts);
+                    webhook::certs::Source::SelfManaged(webhook::certs::SelfManaged {
+                        namespace: args.namespace.clone(),
+                        secret: format!("{svc}-certs"),
+                        hosts,
+                        validity: args.webhook_cert_validity,
+                        configuration: args.webhook_configuration,
+                    })
+                }
+            };
+            let settings = webhook::Settings {
+                addr: args.webhook_addr,
+                certs,
+                limits,
+                fips: args.fips,
+            };
+            let serve = webhook::serve(
+                client.clone(),
+                settings,
+                metrics.clone(),
+                webhook_ready,
+                stopped(),
+            );
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let version = client
         .apiserver_version()
         .await
@@ -134,14 +212,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ssh_algorithm: args.ssh_key_algorithm,
         concurrency: args.concurrency,
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into()),
-        limits: trainjob_operator::validate::Limits {
-            max_pods_per_job: args.max_pods_per_job,
-        },
+        limits,
         cluster_domain: args.cluster_domain,
         keep_ssh_secrets: args.keep_ssh_secrets,
     };
     controller::run(client, settings, metrics, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;
+    if let Some(webhook) = webhook {
+        webhook.await.context("webhook task")?.context("webhook server")?;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -159,6 +238,26 @@ fn parse_domain(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not a DNS domain such as cluster.local"))
+    }
+}
+
+/// A duration such as `90d`, `12h`, `30m` or `600s`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90d, 12h or 600s"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} needs a unit: s, m, h or d")),
+    };
+    match n.checked_mul(seconds) {
+        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(format!("{s:?} must be more than zero and fit in 64 bits")),
     }
 }
 

@@ -43,7 +43,9 @@ impl LookupError {
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
             LookupError::Kube { .. } => None,
-            LookupError::NotFound { .. } | LookupError::Unsupported { .. } => Some(reasons::RUNTIME_NOT_FOUND),
+            LookupError::NotFound { .. } | LookupError::Unsupported { .. } => {
+                Some(reasons::RUNTIME_NOT_FOUND)
+            }
         }
     }
 
@@ -110,5 +112,7 @@ pub async fn fetch(client: &Client, job: &TrainJob, namespace: &str) -> Result<F
 
 /// The warning admission gives for a deprecated runtime.
 pub fn deprecation_warning(label: &str) -> String {
-    format!("{label} is deprecated ({SUPPORT_LABEL}={DEPRECATED}) and may be removed: move to a supported runtime")
+    format!(
+        "{label} is deprecated ({SUPPORT_LABEL}={DEPRECATED}) and may be removed: move to a supported runtime"
+    )
 }

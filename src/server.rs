@@ -19,6 +19,8 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Set once the operator reached the API server and found its CRDs.
     pub ready: Arc<AtomicBool>,
+    /// Set once the admission webhook serves its certificate; `None` when it is off.
+    pub webhook: Option<Arc<AtomicBool>>,
 }
 
 /// The router, separate from serving so tests can call it directly.
@@ -65,13 +67,20 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
     }
 }
 
+/// Ready once the controller reached the API server and the webhook (when on) serves: with
+/// `failurePolicy: Fail`, traffic must not reach a replica that cannot answer admission yet.
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if h.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
+    if !h.ready.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: still connecting to the API server",
         )
+    } else if h.webhook.as_ref().is_some_and(|w| !w.load(Ordering::Relaxed)) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the admission webhook has no certificate yet",
+        )
+    } else {
+        (StatusCode::OK, "ok")
     }
 }

@@ -3,9 +3,9 @@
 //! so one oversized or oddly named job fails on its own instead of wedging the operator.
 
 use crate::api::TrainJob;
-use crate::{names, quota};
 use crate::plan::Plan;
 use crate::reasons;
+use crate::{names, quota};
 
 /// Longest pod name: pods use their name as `spec.hostname`, an RFC 1123 label.
 pub const MAX_POD_NAME: usize = 63;
@@ -143,12 +143,21 @@ fn containers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), Validate
     for j in &plan.jobs {
         let Some(spec) = &j.template.spec else { continue };
         for c in spec.init_containers.iter().flatten().chain(&spec.containers) {
-            let in_runtime = || format!("runtime {runtime}, replicated job \"{}\", container \"{}\"", j.name, c.name);
+            let in_runtime = || {
+                format!(
+                    "runtime {runtime}, replicated job \"{}\", container \"{}\"",
+                    j.name, c.name
+                )
+            };
             let image = c.image.as_deref().unwrap_or_default();
             if let Err(why) = crate::image::check(image) {
                 let from_job = trainer.and_then(|t| t.image.as_deref()) == Some(image);
                 return Err(ValidateError::BadImage {
-                    field: if from_job { "spec.trainer.image".into() } else { in_runtime() },
+                    field: if from_job {
+                        "spec.trainer.image".into()
+                    } else {
+                        in_runtime()
+                    },
                     image: image.into(),
                     why,
                 });
@@ -158,7 +167,9 @@ fn containers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), Validate
                 continue;
             };
             for (resource, request) in requests {
-                let Some(limit) = limits.get(resource) else { continue };
+                let Some(limit) = limits.get(resource) else {
+                    continue;
+                };
                 let (Some(r), Some(l)) = (quota::parse(request), quota::parse(limit)) else {
                     continue;
                 };
@@ -171,7 +182,11 @@ fn containers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), Validate
                         has(&p.requests) || has(&p.limits)
                     });
                     return Err(ValidateError::RequestOverLimit {
-                        field: if from_job { "spec.trainer.resourcesPerNode".into() } else { in_runtime() },
+                        field: if from_job {
+                            "spec.trainer.resourcesPerNode".into()
+                        } else {
+                            in_runtime()
+                        },
                         resource: resource.clone(),
                         request: request.0.clone(),
                         limit: limit.0.clone(),
@@ -279,7 +294,15 @@ mod tests {
         let ok = job(json!({"trainer": {"numNodes": 2}}));
         let p = crate::fixtures::plan_with(&ok, "mpi-openmpi", |rt| {
             let jobs = &mut rt.template.spec.as_mut().expect("spec").replicated_jobs;
-            let pod = jobs[0].template.spec.as_mut().expect("job").template.spec.as_mut().expect("pod");
+            let pod = jobs[0]
+                .template
+                .spec
+                .as_mut()
+                .expect("job")
+                .template
+                .spec
+                .as_mut()
+                .expect("pod");
             pod.containers[0].image = Some("busybox:".into());
         });
         let err = validate(&ok, "ClusterTrainingRuntime/x", &p, &Limits::default()).expect_err("bad image");
@@ -301,7 +324,10 @@ mod tests {
         );
         let equal = job(json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
             "requests": {"cpu": "2"}, "limits": {"cpu": "2000m"}}}}));
-        assert_eq!(validate(&equal, "rt", &plan(&equal, "mpi-openmpi"), &Limits::default()), Ok(()));
+        assert_eq!(
+            validate(&equal, "rt", &plan(&equal, "mpi-openmpi"), &Limits::default()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -309,8 +335,15 @@ mod tests {
         let j = job(json!({"trainer": {"numNodes": 2, "numProcPerNode": MAX_SLOTS + 1}}));
         let err = validate(&j, "rt", &plan(&j, "mpi-openmpi"), &Limits::default()).expect_err("too many");
         assert_eq!(err.label(), "too_many_slots");
-        assert!(err.to_string().starts_with("the job runs 1025 MPI processes per node"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the job runs 1025 MPI processes per node"),
+            "{err}"
+        );
         let max = job(json!({"trainer": {"numNodes": 2, "numProcPerNode": MAX_SLOTS}}));
-        assert_eq!(validate(&max, "rt", &plan(&max, "mpi-openmpi"), &Limits::default()), Ok(()));
+        assert_eq!(
+            validate(&max, "rt", &plan(&max, "mpi-openmpi"), &Limits::default()),
+            Ok(())
+        );
     }
 }

@@ -12,7 +12,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::jobs::{HOLD, annotate, pod_meta, pod_spec, pods_of, runtime, wait_condition, wait_pods};
-use support::{DEADLINE, Identity, TestNs, client, eventually, kueue_bed, operator};
+use support::{DEADLINE, Identity, TestNs, admitting_operator, client, eventually, kueue_bed};
 use trainjob_operator::api::TrainJob;
 
 const QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
@@ -48,7 +48,7 @@ async fn apply(c: &Client, ns: Option<&str>, kind: &str, plural: &str, name: &st
 /// launcher stays Running until released.
 async fn queued(prefix: &str, cpus: u32, preemption: Value) -> (TestNs, Client) {
     kueue_bed();
-    operator();
+    admitting_operator();
     let ns = TestNs::new(prefix).await;
     let c = client(Identity::Admin).await;
     let name = ns.name.as_str();
@@ -451,7 +451,7 @@ async fn kueue_counts_resources_per_node_for_the_launcher_only() {
 #[tokio::test]
 async fn the_kueue_example_is_queued_admitted_and_completes() {
     let bed = kueue_bed();
-    operator();
+    admitting_operator();
     let ns = TestNs::new("kueue-example").await;
     let c = client(Identity::Admin).await;
     let example = trainjob_testbed::repo_root().join("examples/kueue.yaml");

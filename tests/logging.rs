@@ -30,7 +30,15 @@ fn logs(format: &str) -> Vec<String> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trainjob-operator"));
     trainjob_testbed::die_with_parent(&mut command);
     let child = command
-        .args(["run", "--http-addr", "127.0.0.1:0", "--log-format", format])
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            format,
+        ])
         .env("KUBECONFIG", kubeconfig)
         .env_remove("RUST_LOG")
         .env_remove("NO_COLOR")

@@ -13,7 +13,7 @@ use support::jobs::{
     EXIT, HOLD, annotate, create_job, pod_meta, pods_of, runtime, setup, ungate, wait_condition, wait_event,
     wait_pods,
 };
-use support::{DEADLINE, Identity, TestNs, client, eventually, operator};
+use support::{DEADLINE, Identity, TestNs, client, eventually, http_get, operator};
 use trainjob_operator::api::TrainJob;
 
 const GATE: &str = "trainjob.test/hold";
@@ -405,35 +405,6 @@ async fn metrics_parse_and_count_outcomes() {
         http_get(&format!("{}/readyz", op.http), "*/*").await.as_deref(),
         Ok("ok")
     );
-}
-
-/// A plain HTTP GET over a TCP socket (the operator's endpoints speak HTTP/1.1 without TLS).
-async fn http_get(url: &str, accept: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").ok_or("http only")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, "/".into()));
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no body")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or_default().to_string());
-    }
-    Ok(body.to_string())
 }
 
 #[tokio::test]

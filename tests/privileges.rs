@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::jobs::{
     EXIT, HOLD, annotate, create_job, install_gang_crd, pod_meta, runtime, setup, wait_condition, wait_pods,
 };
-use support::{DEADLINE, Identity, audited_bed, client, eventually};
+use support::{DEADLINE, Identity, admitting_operator, audited_bed, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::gang::Plugin;
 
@@ -212,7 +212,7 @@ async fn gangs() {
     wait_pods(&c, &ns.name, "volcano", &["volcano-node-0-0", "volcano-node-0-1"]).await;
 }
 
-/// A missing runtime: a permanent failure.
+/// A missing runtime: refused at admission, after the webhook looked for it.
 async fn missing_runtime() {
     let (ns, c) = setup("priv-missing").await;
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
@@ -221,13 +221,22 @@ async fn missing_runtime() {
         "metadata": {"name": "pi"}, "spec": {"runtimeRef": {"name": "no-such-runtime"}},
     }))
     .expect("job");
-    jobs.create(&PostParams::default(), &job).await.expect("job");
-    wait_condition(&jobs, "pi", "Failed").await;
+    let err = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("ClusterTrainingRuntime \"no-such-runtime\" not found"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
     audited_bed();
+    // With admission on, as installed: the webhook's reads and its CA publishing count too.
+    admitting_operator();
     futures::join!(
         completes(),
         fails_under_quota(),

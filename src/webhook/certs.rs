@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
@@ -62,7 +64,10 @@ pub struct Bundle {
 impl std::fmt::Debug for Bundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("Bundle").field("ca", &self.ca).field("cert", &self.cert).finish_non_exhaustive()
+        f.debug_struct("Bundle")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,26 +106,35 @@ fn epoch_seconds(t: SystemTime) -> i64 {
 
 /// A new CA and a serving certificate for `hosts`, valid from a minute ago (clock skew) for
 /// `validity`. `previous_ca` stays in the bundle after the new CA.
-pub fn generate(hosts: &[String], validity: Duration, previous_ca: Option<&str>) -> Result<(Bundle, i64), CertError> {
+pub fn generate(
+    hosts: &[String],
+    validity: Duration,
+    previous_ca: Option<&str>,
+) -> Result<(Bundle, i64), CertError> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
     };
     let now = epoch_seconds(SystemTime::now());
     let not_after = now.saturating_add(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
-    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let at = |secs: i64| {
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "trainjob-operator webhook CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "trainjob-operator webhook CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = at(now - 60);
     ca.not_after = at(not_after);
     let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
     let mut leaf = CertificateParams::new(hosts.to_vec())?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, hosts.first().map_or("trainjob-operator", String::as_str));
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().map_or("trainjob-operator", String::as_str),
+    );
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = at(now - 60);
     leaf.not_after = at(not_after);
@@ -154,7 +168,9 @@ pub fn needs_renewal(secret: &Secret, hosts: &[String], validity: Duration, now:
     let not_after = annotations.get(NOT_AFTER).and_then(|v| v.parse::<i64>().ok());
     let same_hosts = annotations.get(HOSTS) == Some(&hosts.join(","));
     let margin = i64::try_from(validity.as_secs() / 3).unwrap_or(i64::MAX);
-    !same_hosts || not_after.is_none_or(|t| t.saturating_sub(epoch_seconds(now)) < margin) || from_secret(secret).is_none()
+    !same_hosts
+        || not_after.is_none_or(|t| t.saturating_sub(epoch_seconds(now)) < margin)
+        || from_secret(secret).is_none()
 }
 
 fn from_secret(secret: &Secret) -> Option<Bundle> {
@@ -217,9 +233,13 @@ pub async fn ensure(client: &Client, cfg: &SelfManaged) -> Result<Bundle, CertEr
             .map(|_| ()),
         Some(s) => {
             let rv = s.metadata.resource_version.clone();
-            api.replace(&cfg.secret, &PostParams::default(), &secret(cfg, &bundle, not_after, rv))
-                .await
-                .map(|_| ())
+            api.replace(
+                &cfg.secret,
+                &PostParams::default(),
+                &secret(cfg, &bundle, not_after, rv),
+            )
+            .await
+            .map(|_| ())
         }
     };
     match written {
@@ -232,7 +252,10 @@ pub async fn ensure(client: &Client, cfg: &SelfManaged) -> Result<Bundle, CertEr
             let s = api.get(&cfg.secret).await.map_err(kube_err(what()))?;
             from_secret(&s).ok_or_else(|| CertError::Incomplete(cfg.secret.clone()))
         }
-        Err(e) => Err(kube_err(format!("writing Secret {}/{}", cfg.namespace, cfg.secret))(e)),
+        Err(e) => Err(kube_err(format!(
+            "writing Secret {}/{}",
+            cfg.namespace, cfg.secret
+        ))(e)),
     }
 }
 
@@ -241,12 +264,22 @@ pub async fn ensure(client: &Client, cfg: &SelfManaged) -> Result<Bundle, CertEr
 pub async fn publish(client: &Client, name: &str, ca: &str) -> Result<Vec<&'static str>, CertError> {
     let mut missing = Vec::new();
     let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let clients = |c: MutatingWebhookConfiguration| c.webhooks.unwrap_or_default().into_iter().map(|w| (w.name, w.client_config.ca_bundle));
+    let clients = |c: MutatingWebhookConfiguration| {
+        c.webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| (w.name, w.client_config.ca_bundle))
+    };
     if !publish_one(&mutating, name, ca, clients).await? {
         missing.push("MutatingWebhookConfiguration");
     }
     let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    let clients = |c: ValidatingWebhookConfiguration| c.webhooks.unwrap_or_default().into_iter().map(|w| (w.name, w.client_config.ca_bundle));
+    let clients = |c: ValidatingWebhookConfiguration| {
+        c.webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| (w.name, w.client_config.ca_bundle))
+    };
     if !publish_one(&validating, name, ca, clients).await? {
         missing.push("ValidatingWebhookConfiguration");
     }
@@ -255,7 +288,12 @@ pub async fn publish(client: &Client, name: &str, ca: &str) -> Result<Vec<&'stat
 
 /// JSON-patches the `caBundle` of each webhook whose bundle differs, guarded by a test of its
 /// name so a concurrent reorder cannot misplace it. `false` when the configuration is absent.
-async fn publish_one<K, I>(api: &Api<K>, name: &str, ca: &str, webhooks: impl FnOnce(K) -> I) -> Result<bool, CertError>
+async fn publish_one<K, I>(
+    api: &Api<K>,
+    name: &str,
+    ca: &str,
+    webhooks: impl FnOnce(K) -> I,
+) -> Result<bool, CertError>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     I: Iterator<Item = (String, Option<ByteString>)>,
@@ -273,8 +311,8 @@ where
         }
     }
     if !ops.is_empty() {
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-            .map_err(CertError::Patch)?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::Value::Array(ops)).map_err(CertError::Patch)?;
         api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
             .map_err(kube_err(what))?;
@@ -304,7 +342,10 @@ mod tests {
     use super::*;
 
     fn hosts() -> Vec<String> {
-        vec!["trainjob-operator-webhook.trainjob-system.svc".into(), "127.0.0.1".into()]
+        vec![
+            "trainjob-operator-webhook.trainjob-system.svc".into(),
+            "127.0.0.1".into(),
+        ]
     }
 
     fn cfg() -> SelfManaged {
@@ -324,8 +365,14 @@ mod tests {
         let now = SystemTime::now();
         assert!(!needs_renewal(&s, &hosts(), cfg().validity, now));
         let later = now + Duration::from_secs(61 * 24 * 3600);
-        assert!(needs_renewal(&s, &hosts(), cfg().validity, later), "29 days left of 90");
-        assert!(needs_renewal(&s, &hosts()[..1], cfg().validity, now), "other hosts");
+        assert!(
+            needs_renewal(&s, &hosts(), cfg().validity, later),
+            "29 days left of 90"
+        );
+        assert!(
+            needs_renewal(&s, &hosts()[..1], cfg().validity, now),
+            "other hosts"
+        );
         let mut broken = s.clone();
         broken.data.as_mut().expect("data").remove("tls.key");
         assert!(needs_renewal(&broken, &hosts(), cfg().validity, now));
@@ -338,10 +385,23 @@ mod tests {
         let (second, _) = generate(&hosts(), cfg().validity, Some(&first.ca)).expect("second");
         let (third, _) = generate(&hosts(), cfg().validity, Some(&second.ca)).expect("third");
         let blocks = |pem: &str| pem.matches("BEGIN CERTIFICATE").count();
-        assert_eq!((blocks(&first.ca), blocks(&second.ca), blocks(&third.ca)), (1, 2, 2));
-        assert!(second.ca.ends_with(&first.ca), "the previous CA follows the new one");
-        assert!(third.ca.ends_with(first_pem(&second.ca).as_deref().unwrap_or("?")));
+        assert_eq!(
+            (blocks(&first.ca), blocks(&second.ca), blocks(&third.ca)),
+            (1, 2, 2)
+        );
+        assert!(
+            second.ca.ends_with(&first.ca),
+            "the previous CA follows the new one"
+        );
+        assert!(
+            third
+                .ca
+                .ends_with(first_pem(&second.ca).as_deref().unwrap_or("?"))
+        );
         assert!(!third.ca.contains(&first.ca));
-        assert!(!format!("{first:?}").contains("PRIVATE KEY"), "Debug never shows the key");
+        assert!(
+            !format!("{first:?}").contains("PRIVATE KEY"),
+            "Debug never shows the key"
+        );
     }
 }

@@ -35,7 +35,8 @@ pub const VALIDATE_TRAINJOB: &str = "/validate-trainer-kubeflow-org-v1alpha1-tra
 /// See [`MUTATE_TRAINJOB`].
 pub const VALIDATE_TRAININGRUNTIME: &str = "/validate-trainer-kubeflow-org-v1alpha1-trainingruntime";
 /// See [`MUTATE_TRAINJOB`].
-pub const VALIDATE_CLUSTERTRAININGRUNTIME: &str = "/validate-trainer-kubeflow-org-v1alpha1-clustertrainingruntime";
+pub const VALIDATE_CLUSTERTRAININGRUNTIME: &str =
+    "/validate-trainer-kubeflow-org-v1alpha1-clustertrainingruntime";
 
 /// Webhook settings.
 #[derive(Clone, Debug)]
@@ -135,7 +136,8 @@ async fn mutate_trainjob(body: Bytes) -> impl IntoResponse {
         Err(e) => return respond(AdmissionResponse::invalid(e)),
     };
     let response = AdmissionResponse::from(&req);
-    let jobs = typed::<TrainJob>(req.object.as_ref()).and_then(|j| Ok((j, typed::<TrainJob>(req.old_object.as_ref())?)));
+    let jobs = typed::<TrainJob>(req.object.as_ref())
+        .and_then(|j| Ok((j, typed::<TrainJob>(req.old_object.as_ref())?)));
     let ops = match jobs {
         Ok((Some(job), old)) => rules::stamp_patch_times(&job, old.as_ref(), &crate::lifecycle::now()),
         Ok((None, _)) => Vec::new(),
@@ -201,11 +203,20 @@ async fn validate_runtime(State(w): State<Webhook>, body: Bytes) -> impl IntoRes
 fn check_runtime(w: &Webhook, req: &AdmissionRequest<DynamicObject>) -> rules::Verdict {
     let object = req.object.as_ref();
     let (label, spec, labels) = if req.kind.kind == "ClusterTrainingRuntime" {
-        let rt = typed::<ClusterTrainingRuntime>(object)?.ok_or("the request has no ClusterTrainingRuntime")?;
-        (format!("ClusterTrainingRuntime/{}", req.name), rt.spec.0, rt.metadata.labels)
+        let rt =
+            typed::<ClusterTrainingRuntime>(object)?.ok_or("the request has no ClusterTrainingRuntime")?;
+        (
+            format!("ClusterTrainingRuntime/{}", req.name),
+            rt.spec.0,
+            rt.metadata.labels,
+        )
     } else {
         let rt = typed::<TrainingRuntime>(object)?.ok_or("the request has no TrainingRuntime")?;
-        (format!("TrainingRuntime/{}", req.name), rt.spec, rt.metadata.labels)
+        (
+            format!("TrainingRuntime/{}", req.name),
+            rt.spec,
+            rt.metadata.labels,
+        )
     };
     rules::runtime(&label, &spec, &labels.unwrap_or_default(), &w.limits)
 }
@@ -299,10 +310,13 @@ pub async fn serve(
     let interval = check_interval(&settings.certs);
     let mut shutdown = std::pin::pin!(shutdown);
     let first = loop {
-        match current(&client, &settings.certs).await.map_err(|e| e.to_string()).and_then(|b| {
-            let config = tls_config(&b, settings.fips)?;
-            Ok((b, config))
-        }) {
+        match current(&client, &settings.certs)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                let config = tls_config(&b, settings.fips)?;
+                Ok((b, config))
+            }) {
             Ok(found) => break found,
             Err(e) => tracing::warn!(error = %e, retry_in = ?interval, "no webhook certificate yet"),
         }
@@ -344,10 +358,14 @@ pub async fn serve(
                     tracing::info!("serving a renewed webhook certificate");
                     bundle = next;
                 }
-                Err(e) => tracing::warn!(error = %e, "the renewed webhook certificate is unusable; keeping the current one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the renewed webhook certificate is unusable; keeping the current one")
+                }
             },
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "checking the webhook certificate failed; keeping the current one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the webhook certificate failed; keeping the current one")
+            }
         }
     }
 }

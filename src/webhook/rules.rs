@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use crate::api::{
-    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, ANCESTOR_TRAINER, NODE, RuntimePatch,
-    TrainJob, TrainingRuntimeSpec,
+    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, ANCESTOR_TRAINER, NODE,
+    RuntimePatch, TrainJob, TrainingRuntimeSpec,
 };
 use crate::resolve::resolve;
 use crate::runtimes::{self, Fetched};
@@ -26,7 +26,12 @@ pub fn needs_runtime(job: &TrainJob, old: Option<&TrainJob>) -> bool {
 
 /// Checks a TrainJob being created (`old` is `None`) or updated. `runtime` is the runtime it
 /// references when [`needs_runtime`] says so and it could be read.
-pub fn trainjob(job: &TrainJob, old: Option<&TrainJob>, runtime: Option<&Fetched>, limits: &Limits) -> Verdict {
+pub fn trainjob(
+    job: &TrainJob,
+    old: Option<&TrainJob>,
+    runtime: Option<&Fetched>,
+    limits: &Limits,
+) -> Verdict {
     for (i, patch) in job.spec.runtime_patches.iter().enumerate() {
         if !domain_prefixed(&patch.manager) {
             return Err(format!(
@@ -67,7 +72,14 @@ fn patches_may_change(old: &TrainJob, job: &TrainJob) -> Result<(), String> {
         .iter()
         .flat_map(|s| &s.jobs_status)
         .filter(|j| j.active > 0)
-        .map(|j| format!("{} {} in {:?}", j.active, if j.active == 1 { "pod" } else { "pods" }, j.name))
+        .map(|j| {
+            format!(
+                "{} {} in {:?}",
+                j.active,
+                if j.active == 1 { "pod" } else { "pods" },
+                j.name
+            )
+        })
         .collect();
     if active.is_empty() {
         Ok(())
@@ -101,7 +113,8 @@ fn domain_prefixed(manager: &str) -> bool {
     };
     let label = |l: &str| {
         (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -122,9 +135,9 @@ pub fn stamp_patch_times(job: &TrainJob, old: Option<&TrainJob>, now: &Time) -> 
         .collect();
     let mut ops = Vec::new();
     for (i, patch) in job.spec.runtime_patches.iter().enumerate() {
-        let unchanged = previous.get(patch.manager.as_str()).filter(|prev| {
-            prev.training_runtime_spec == patch.training_runtime_spec && prev.time.is_some()
-        });
+        let unchanged = previous
+            .get(patch.manager.as_str())
+            .filter(|prev| prev.training_runtime_spec == patch.training_runtime_spec && prev.time.is_some());
         let time = match unchanged {
             Some(prev) => prev.time.clone(),
             None if patch.time.is_some() && old.is_none() => continue,
@@ -176,7 +189,10 @@ pub fn runtime(
     let jobs = spec.template.spec.iter().flat_map(|s| &s.replicated_jobs);
     for (i, rjob) in jobs.enumerate() {
         let meta = rjob.template.metadata.as_ref();
-        let Some(step) = meta.and_then(|m| m.labels.as_ref()).and_then(|l| l.get(ANCESTOR_LABEL)) else {
+        let Some(step) = meta
+            .and_then(|m| m.labels.as_ref())
+            .and_then(|l| l.get(ANCESTOR_LABEL))
+        else {
             continue;
         };
         let container = match step.as_str() {

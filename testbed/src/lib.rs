@@ -6,6 +6,8 @@
 //! die with the process that started them (`PR_SET_PDEATHSIG`), so a panicking or killed test never
 //! leaves a control plane behind.
 
+mod admission;
+pub use admission::WebhookCopy;
 mod kueue;
 mod node;
 mod process;
@@ -375,6 +377,9 @@ impl Bed {
                 ),
                 admission,
                 "--endpoint-reconciler-type=none",
+                // Webhooks behind a Service are called at the Service's endpoints: there is no
+                // kube-proxy to route a cluster IP.
+                "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--runtime-config=scheduling.k8s.io/v1alpha2=true",

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod jobs;
+pub mod logs;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -145,18 +146,30 @@ pub struct Operator {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Name of the shipped webhook configurations (`config/webhook`).
+pub const WEBHOOK_CONFIGURATION: &str = "trainjob-operator";
+
 impl Operator {
     /// Starts a fresh operator; dropping it stops it gracefully.
     pub fn start() -> Operator {
-        use trainjob_operator::{controller, metrics::Metrics, server};
+        Self::launch(false)
+    }
+
+    /// Starts a fresh operator that also serves admission, with the shipped webhook
+    /// configurations registered for it; returns once the API server calls it.
+    pub fn start_admitting() -> Operator {
+        Self::launch(true)
+    }
+
+    fn launch(admission: bool) -> Operator {
+        use trainjob_operator::{controller, metrics::Metrics, server, webhook};
         let bed = bed();
         let metrics = std::sync::Arc::new(Metrics::new());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
+        let webhook_port = admission.then(free_port);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (admitting_tx, admitting_rx) = std::sync::mpsc::channel::<()>();
         let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("operator".into())
@@ -175,12 +188,43 @@ impl Operator {
                         }
                     };
                     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let webhook_ready =
+                        webhook_port.map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
                     let health = server::Health {
                         metrics: m.clone(),
                         ready,
+                        webhook: webhook_ready.clone(),
                     };
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     let http = tokio::spawn(server::serve(addr, health, stopped()));
+                    if let (Some(webhook_port), Some(webhook_ready)) = (webhook_port, webhook_ready) {
+                        bed.register_operator_webhooks(webhook_port)
+                            .await
+                            .expect("registering the webhooks");
+                        let settings = webhook::Settings {
+                            addr: std::net::SocketAddr::from(([127, 0, 0, 1], webhook_port)),
+                            certs: webhook::certs::Source::SelfManaged(webhook::certs::SelfManaged {
+                                namespace: "trainjob-system".into(),
+                                secret: "trainjob-operator-webhook-certs".into(),
+                                hosts: vec!["127.0.0.1".into()],
+                                validity: Duration::from_secs(90 * 24 * 3600),
+                                configuration: WEBHOOK_CONFIGURATION.into(),
+                            }),
+                            limits: Default::default(),
+                            fips: false,
+                        };
+                        tokio::spawn(webhook::serve(
+                            client.clone(),
+                            settings,
+                            m.clone(),
+                            webhook_ready,
+                            stopped(),
+                        ));
+                        tokio::spawn(async move {
+                            wait_for_admission().await;
+                            let _ = admitting_tx.send(());
+                        });
+                    }
                     let settings = controller::Settings {
                         instance: "test-operator".into(),
                         ..Default::default()
@@ -199,6 +243,11 @@ impl Operator {
                 rt.shutdown_background();
             })
             .expect("operator thread");
+        if admission {
+            admitting_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the API server to call the operator's webhooks within 60 s");
+        }
         Operator {
             metrics,
             http: format!("http://127.0.0.1:{port}"),
@@ -239,11 +288,90 @@ impl Drop for Operator {
 
 /// The operator shared by every test of a binary (started on first use, never stopped).
 pub fn operator() -> &'static Operator {
+    shared_operator(false)
+}
+
+/// The operator shared by every test of a binary, serving admission as `config/webhook`
+/// registers it. The first caller of this or [`operator`] decides.
+pub fn admitting_operator() -> &'static Operator {
+    shared_operator(true)
+}
+
+fn shared_operator(admission: bool) -> &'static Operator {
     static OPERATOR: OnceLock<Operator> = OnceLock::new();
     OPERATOR.get_or_init(|| {
         bed()
             .apply_kustomization("config/runtimes")
             .expect("installing runtimes");
-        Operator::start()
+        if admission {
+            Operator::start_admitting()
+        } else {
+            Operator::start()
+        }
     })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The API server picks up webhook configurations (and their caBundle) asynchronously: until a
+/// dry-run TrainJob on a missing runtime is refused by the operator's webhook, a test's first
+/// request could pass unchecked.
+async fn wait_for_admission() {
+    let admin = client(Identity::Admin).await;
+    let jobs: kube::Api<trainjob_operator::api::TrainJob> = kube::Api::namespaced(admin, "default");
+    let probe: trainjob_operator::api::TrainJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "admission-probe"},
+        "spec": {"runtimeRef": {"name": "admission-probe-missing"}},
+    }))
+    .expect("probe");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually(
+        "the API server to call the operator's webhook",
+        Duration::from_secs(60),
+        || async {
+            match jobs.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(e)) if e.message.contains("vtrainjob.trainer.kubeflow.org") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// A plain HTTP GET over a TCP socket (the operator's endpoints speak HTTP/1.1 without TLS).
+pub async fn http_get(url: &str, accept: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("http only")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no body")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(body.to_string())
 }

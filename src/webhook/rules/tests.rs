@@ -31,7 +31,10 @@ fn with_status(mut j: TrainJob, active: i32) -> TrainJob {
 #[test]
 fn a_valid_job_is_admitted_and_a_deprecated_runtime_only_warns() {
     let j = job(json!({"trainer": {"numNodes": 2}}));
-    assert_eq!(trainjob(&j, None, Some(&fetched("mpi-openmpi")), &Limits::default()), Ok(vec![]));
+    assert_eq!(
+        trainjob(&j, None, Some(&fetched("mpi-openmpi")), &Limits::default()),
+        Ok(vec![])
+    );
     let mut old = fetched("mpi-openmpi");
     old.deprecated = true;
     assert_eq!(
@@ -45,9 +48,13 @@ fn a_valid_job_is_admitted_and_a_deprecated_runtime_only_warns() {
 #[test]
 fn job_refusals_are_the_reconcilers_messages() {
     let rt = fetched("mpi-openmpi");
-    let reserved = job(json!({"trainer": {"env": [{"name": "OMPI_MCA_orte_default_hostfile", "value": "x"}]}}));
+    let reserved =
+        job(json!({"trainer": {"env": [{"name": "OMPI_MCA_orte_default_hostfile", "value": "x"}]}}));
     let err = trainjob(&reserved, None, Some(&rt), &Limits::default()).expect_err("reserved");
-    assert!(err.starts_with("spec.trainer.env sets [\"OMPI_MCA_orte_default_hostfile\"]"), "{err}");
+    assert!(
+        err.starts_with("spec.trainer.env sets [\"OMPI_MCA_orte_default_hostfile\"]"),
+        "{err}"
+    );
     let big = job(json!({"trainer": {"numNodes": 5000}}));
     let err = trainjob(&big, None, Some(&rt), &Limits::default()).expect_err("too big");
     assert!(err.starts_with("the job needs 5001 pods"), "{err}");
@@ -65,16 +72,24 @@ fn kueues_admission_flow_may_change_patches_but_a_running_job_may_not() {
     let limits = Limits::default();
     let queued = job(json!({"suspend": true, "trainer": {"numNodes": 2}}));
     // Kueue admits: it writes its patch and unsuspends in one update.
-    let admitted = job(json!({"suspend": false, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "a")]}));
+    let admitted = job(
+        json!({"suspend": false, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "a")]}),
+    );
     assert!(needs_runtime(&admitted, Some(&queued)));
     assert_eq!(trainjob(&admitted, Some(&queued), Some(&rt), &limits), Ok(vec![]));
     // While it runs, nobody may change the patch.
     let running = with_status(admitted.clone(), 2);
-    let moved = job(json!({"suspend": false, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "b")]}));
+    let moved = job(
+        json!({"suspend": false, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "b")]}),
+    );
     let err = trainjob(&moved, Some(&running), Some(&rt), &limits).expect_err("running");
-    assert!(err.starts_with("spec.runtimePatches can change only while the TrainJob is suspended"), "{err}");
+    assert!(
+        err.starts_with("spec.runtimePatches can change only while the TrainJob is suspended"),
+        "{err}"
+    );
     // Kueue's Stop: suspend first (patches unchanged), then clear the patch once nothing runs.
-    let stopping = job(json!({"suspend": true, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "a")]}));
+    let stopping =
+        job(json!({"suspend": true, "trainer": {"numNodes": 2}, "runtimePatches": [kueue_patch(None, "a")]}));
     assert!(!needs_runtime(&stopping, Some(&running)));
     assert_eq!(trainjob(&stopping, Some(&running), None, &limits), Ok(vec![]));
     let draining = with_status(stopping.clone(), 1);
@@ -104,7 +119,10 @@ fn patch_times_are_stamped_when_new_or_changed_and_kept_otherwise() {
         stamp_patch_times(&same, Some(&old), &now),
         vec![json!({"op": "add", "path": "/spec/runtimePatches/0/time", "value": stamped})]
     );
-    assert_eq!(stamp_patch_times(&old, Some(&old), &now), Vec::<serde_json::Value>::new());
+    assert_eq!(
+        stamp_patch_times(&old, Some(&old), &now),
+        Vec::<serde_json::Value>::new()
+    );
     let changed = job(json!({"runtimePatches": [kueue_patch(Some(stamped), "b")]}));
     assert_eq!(
         stamp_patch_times(&changed, Some(&old), &now),
@@ -117,13 +135,19 @@ fn runtimes_need_exactly_one_policy_and_the_mpi_shape() {
     let labels = BTreeMap::new();
     let limits = Limits::default();
     let good = shipped_runtime("mpi-openmpi");
-    assert_eq!(runtime("ClusterTrainingRuntime/x", &good, &labels, &limits), Ok(vec![]));
+    assert_eq!(
+        runtime("ClusterTrainingRuntime/x", &good, &labels, &limits),
+        Ok(vec![])
+    );
 
     let mut none = good.clone();
     none.ml_policy = None;
     assert_eq!(
         runtime("ClusterTrainingRuntime/x", &none, &labels, &limits),
-        Err("spec.mlPolicy: set exactly one ML policy; this operator runs MPI jobs, so set spec.mlPolicy.mpi".into())
+        Err(
+            "spec.mlPolicy: set exactly one ML policy; this operator runs MPI jobs, so set spec.mlPolicy.mpi"
+                .into()
+        )
     );
 
     let mut torch = good.clone();
@@ -131,7 +155,10 @@ fn runtimes_need_exactly_one_policy_and_the_mpi_shape() {
     policy.mpi = None;
     policy.torch = Some(Default::default());
     let warnings = runtime("TrainingRuntime/t", &torch, &labels, &limits).expect("admitted with a warning");
-    assert!(warnings[0].contains("this operator runs only MPI"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("this operator runs only MPI"),
+        "{warnings:?}"
+    );
 
     let mut two = good.clone();
     two.ml_policy.as_mut().expect("policy").jax = Some(Default::default());
@@ -159,7 +186,15 @@ fn runtimes_need_exactly_one_policy_and_the_mpi_shape() {
 
     let mut no_node = good.clone();
     let jobs = &mut no_node.template.spec.as_mut().expect("spec").replicated_jobs;
-    let pod = jobs[launcher].template.spec.as_mut().expect("job").template.spec.as_mut().expect("pod");
+    let pod = jobs[launcher]
+        .template
+        .spec
+        .as_mut()
+        .expect("job")
+        .template
+        .spec
+        .as_mut()
+        .expect("pod");
     pod.containers[0].name = "main".into();
     let err = runtime("ClusterTrainingRuntime/x", &no_node, &labels, &limits).expect_err("container");
     assert!(
@@ -167,27 +202,49 @@ fn runtimes_need_exactly_one_policy_and_the_mpi_shape() {
         "{err}"
     );
     // Without the label, the MPI shape check says the same in the reconciler's words.
-    let pod_labels = no_node.template.spec.as_mut().expect("spec").replicated_jobs[launcher].template.metadata.as_mut();
-    pod_labels.and_then(|m| m.labels.as_mut()).map(|l| l.remove(ANCESTOR_LABEL));
+    let pod_labels = no_node.template.spec.as_mut().expect("spec").replicated_jobs[launcher]
+        .template
+        .metadata
+        .as_mut();
+    pod_labels
+        .and_then(|m| m.labels.as_mut())
+        .map(|l| l.remove(ANCESTOR_LABEL));
     let err = runtime("ClusterTrainingRuntime/x", &no_node, &labels, &limits).expect_err("container");
     assert_eq!(
         err,
         "runtime ClusterTrainingRuntime/x: replicated job \"launcher\" has no container named \"node\"; MPI needs it to mount the SSH keys and hostfile"
     );
 
-    let deprecated = BTreeMap::from([("trainer.kubeflow.org/support".to_string(), "deprecated".to_string())]);
+    let deprecated = BTreeMap::from([(
+        "trainer.kubeflow.org/support".to_string(),
+        "deprecated".to_string(),
+    )]);
     assert_eq!(
-        runtime("ClusterTrainingRuntime/x", &good, &deprecated, &limits).expect("admitted").len(),
+        runtime("ClusterTrainingRuntime/x", &good, &deprecated, &limits)
+            .expect("admitted")
+            .len(),
         1
     );
 }
 
 #[test]
 fn managers_must_be_domain_prefixed_paths() {
-    for ok in ["kueue.x-k8s.io/manager", "trainer.kubeflow.org/kubeflow-sdk", "example.com/a/b"] {
+    for ok in [
+        "kueue.x-k8s.io/manager",
+        "trainer.kubeflow.org/kubeflow-sdk",
+        "example.com/a/b",
+    ] {
         assert!(domain_prefixed(ok), "{ok}");
     }
-    for bad in ["kueue", "/x", "example.com/", "Example.com/x", "localhost/x", "a..b/x", "example.com//x"] {
+    for bad in [
+        "kueue",
+        "/x",
+        "example.com/",
+        "Example.com/x",
+        "localhost/x",
+        "a..b/x",
+        "example.com//x",
+    ] {
         assert!(!domain_prefixed(bad), "{bad}");
     }
 }

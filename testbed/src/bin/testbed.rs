@@ -25,6 +25,10 @@ struct Args {
     /// runs in a mount namespace of its own).
     #[arg(long)]
     kueue: bool,
+    /// Register the operator's admission webhooks (`config/webhook`) at https://127.0.0.1:<port>,
+    /// where the operator serves them.
+    #[arg(long)]
+    operator_webhook_port: Option<u16>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -51,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     bed.apply_kustomization("config/runtimes")?;
+    if let Some(port) = args.operator_webhook_port {
+        bed.register_operator_webhooks(port).await?;
+    }
     eprintln!(
         "test bed up in {:.1}s at {}\n  admin:    {}\n  operator: {}",
         started.elapsed().as_secs_f64(),
@@ -58,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
         bed.kubeconfig_path(Identity::Admin).display(),
         bed.kubeconfig_path(Identity::Operator).display(),
     );
+    if let Some(port) = args.operator_webhook_port {
+        eprintln!("  admission: the operator's webhooks call https://127.0.0.1:{port}");
+    }
     if args.kueue {
         eprintln!("  Kueue: TrainJob integration on, webhooks registered; log in kueue.log");
     }
