@@ -21,6 +21,7 @@ pub mod logging;
 pub mod merge;
 pub mod metrics;
 pub mod names;
+pub mod netpol;
 pub mod plan;
 pub mod pods;
 pub mod quota;

@@ -52,6 +52,11 @@ struct RunArgs {
     /// job is Complete or Failed; it always goes with the job.
     #[arg(long, env = "TRAINJOB_KEEP_SSH_SECRETS")]
     keep_ssh_secrets: bool,
+    /// Give each TrainJob a NetworkPolicy: its pods accept connections only from the same job's
+    /// pods (on the ports the runtime declares, else any). Needs a network plugin that enforces
+    /// NetworkPolicies.
+    #[arg(long, env = "TRAINJOB_NETWORK_POLICIES")]
+    network_policies: bool,
     /// Address of the HTTPS admission webhook.
     #[arg(long, env = "TRAINJOB_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     webhook_addr: std::net::SocketAddr,
@@ -215,6 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits,
         cluster_domain: args.cluster_domain,
         keep_ssh_secrets: args.keep_ssh_secrets,
+        network_policies: args.network_policies,
     };
     controller::run(client, settings, metrics, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;

@@ -1,6 +1,7 @@
 //! The install path a platform engineer uses: `kubectl apply --server-side -k config/default`
 //! with the operator's image built from the release binary, running as a pod on the real node
-//! under its own service account, probes passing, reconciling a TrainJob to `Complete`.
+//! under its own service account, probes passing, reconciling a TrainJob to `Complete`, and its
+//! admission webhook answering the API server through its Service.
 //! `make test` builds the release binary and passes it as `TRAINJOB_OPERATOR_BINARY`.
 
 mod support;
@@ -82,6 +83,21 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
     .expect("job");
     jobs.create(&PostParams::default(), &job).await.expect("create");
     wait_condition(&jobs, "pi", "Complete").await;
+
+    // Admission as installed: the API server calls the webhook through its Service, trusting the
+    // CA the operator published, and refuses a job on a runtime that does not exist.
+    let mut missing = job.clone();
+    missing.metadata.name = Some("lost".into());
+    missing.spec.runtime_ref.name = "no-such-runtime".into();
+    let err = jobs
+        .create(&PostParams::default(), &missing)
+        .await
+        .expect_err("refused at admission");
+    assert!(
+        err.to_string()
+            .contains("admission webhook \"vtrainjob.trainer.kubeflow.org\" denied the request: spec.runtimeRef: ClusterTrainingRuntime \"no-such-runtime\" not found"),
+        "{err}"
+    );
 
     let name = pod.metadata.name.clone().expect("name");
     let log = pods

@@ -436,3 +436,23 @@ async fn jobs_on_a_cluster_training_runtime_run() {
         Some("ClusterTrainingRuntime/mpi-openmpi")
     );
 }
+
+#[tokio::test]
+async fn each_job_gets_a_network_policy_admitting_only_its_own_pods() {
+    let (ns, c) = setup("netpol").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 2}})).await;
+    wait_condition(&jobs, "pi", "Complete").await;
+    let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(c.clone(), &ns.name)
+        .get("pi")
+        .await
+        .expect("the job's NetworkPolicy");
+    let job = jobs.get("pi").await.expect("job");
+    let owner = &policy.metadata.owner_references.as_deref().unwrap_or_default()[0];
+    assert_eq!(Some(&owner.uid), job.metadata.uid.as_ref());
+    let selector = json!({"matchLabels": {"trainer.kubeflow.org/trainjob-name": "pi"}});
+    assert_eq!(
+        serde_json::to_value(policy.spec).expect("spec"),
+        json!({"podSelector": selector, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": selector}]}]})
+    );
+}

@@ -3,7 +3,8 @@
 //! the hostfile, the Service, the pods, the gang objects, the quota check and the lifecycle
 //! decision, with observed pods in every phase. Starting from the shipped runtimes, each case
 //! bends many fields at once: sizes of any sign and magnitude, reserved and odd names, missing or
-//! renamed replicated jobs and containers, patches of unknown jobs, any quantity text.
+//! renamed replicated jobs and containers, patches of unknown jobs, any quantity text. And the
+//! admission webhook: whole or truncated AdmissionReviews through its decoder and its rules.
 
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -279,5 +280,80 @@ proptest! {
         let next = lifecycle::decide(&job, &plan, &seen, &now);
         job.status = Some(next.status.clone());
         let _ = lifecycle::decide(&job, &plan, &seen, &now);
+    }
+}
+
+/// An AdmissionReview as the API server sends it, for `kind`, carrying `object` and `old`.
+fn review(kind: &str, operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
+    let resource = format!("{}s", kind.to_lowercase());
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "trainer.kubeflow.org", "version": "v1alpha1", "kind": kind},
+            "resource": {"group": "trainer.kubeflow.org", "version": "v1alpha1", "resource": resource},
+            "name": object["metadata"]["name"], "namespace": "ns",
+            "operation": operation,
+            "userInfo": {"username": "fuzz", "groups": ["system:authenticated"]},
+            "object": object, "oldObject": old, "dryRun": false,
+        },
+    }))
+    .expect("review")
+}
+
+/// Cuts `body` at `cut` (per mille of its length) when `truncate`: the decoder must refuse
+/// malformed bodies in words, not panic.
+fn damaged(mut body: Vec<u8>, truncate: bool, cut: usize) -> Vec<u8> {
+    if truncate {
+        body.truncate(body.len() * cut / 1000);
+    }
+    body
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn admission_decodes_and_judges_any_review_without_panicking(
+        rt in runtime(),
+        (name, spec) in job(),
+        (_, old_spec) in job(),
+        operation in prop::sample::select(vec!["CREATE", "UPDATE", "DELETE", "CONNECT", "BOGUS"]),
+        truncate in prop::bool::weighted(0.2),
+        cut in 0usize..1000,
+        garbage in ".{0,64}",
+    ) {
+        use trainjob_operator::webhook::{self, rules};
+        let limits = Limits { max_pods_per_job: 256 };
+        let object = |spec: &Value| json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+        });
+        let old = (operation == "UPDATE").then(|| object(&old_spec));
+        let body = damaged(review("TrainJob", operation, object(&spec), old), truncate, cut);
+        prop_assert!(webhook::decode(garbage.as_bytes()).is_err());
+        if let Ok(req) = webhook::decode(&body) {
+            let job = webhook::typed::<TrainJob>(req.object.as_ref());
+            let old = webhook::typed::<TrainJob>(req.old_object.as_ref());
+            if let (Ok(Some(job)), Ok(old)) = (job, old) {
+                let fetched = serde_json::from_value::<TrainingRuntimeSpec>(rt.clone()).ok().map(|spec| {
+                    trainjob_operator::runtimes::Fetched { label: "TrainingRuntime/rt".into(), spec, deprecated: true }
+                });
+                let _ = rules::needs_runtime(&job, old.as_ref());
+                let _ = rules::trainjob(&job, old.as_ref(), fetched.as_ref(), &limits);
+                let now = Time("2026-11-25T10:05:00Z".parse().expect("time"));
+                let _ = rules::stamp_patch_times(&job, old.as_ref(), &now);
+            }
+        }
+        let runtime = json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainingRuntime",
+            "metadata": {"name": "rt", "namespace": "ns", "labels": {"trainer.kubeflow.org/support": "deprecated"}},
+            "spec": rt,
+        });
+        if let Ok(req) = webhook::decode(&damaged(review("TrainingRuntime", operation, runtime, None), truncate, cut))
+            && let Ok(Some(rt)) = webhook::typed::<trainjob_operator::api::TrainingRuntime>(req.object.as_ref())
+        {
+            let _ = rules::runtime("TrainingRuntime/rt", &rt.spec, &rt.metadata.labels.unwrap_or_default(), &limits);
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! snapshot, Secret and pods are created, tolerating "already exists".
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
@@ -17,7 +18,7 @@ use crate::gang::{self, Gang};
 use crate::lifecycle::{self, Decision, Phase};
 use crate::plan::Plan;
 use crate::ssh::{KeyPair, SshError};
-use crate::{hostfile, names, pods, quota, reasons};
+use crate::{hostfile, names, netpol, pods, quota, reasons};
 
 /// Why a decision could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +176,19 @@ pub async fn decision(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &decision.delete {
         delete_pod(&pods, name).await?;
+    }
+    // Before the first pod, so no pod of the job is ever reachable from outside it.
+    if ctx.settings.network_policies && !decision.create.is_empty() && inputs.pods.is_empty() {
+        let policy = netpol::network_policy(job, plan);
+        let name = job.name_any();
+        match Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+            .create(&create_params(), &policy)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(write_err("NetworkPolicy", &name, "creating the job's NetworkPolicy".into())(e)),
+        }
     }
     // The gang's objects come before its first member.
     let members = decision

@@ -48,6 +48,8 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Keep a finished job's SSH Secret (for debugging) instead of deleting it.
     pub keep_ssh_secrets: bool,
+    /// Give each job a NetworkPolicy that admits only its own pods.
+    pub network_policies: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             limits: Limits::default(),
             cluster_domain: crate::plan::DEFAULT_CLUSTER_DOMAIN.into(),
             keep_ssh_secrets: false,
+            network_policies: false,
         }
     }
 }

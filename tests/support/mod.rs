@@ -225,8 +225,10 @@ impl Operator {
                             let _ = admitting_tx.send(());
                         });
                     }
+                    // As config/default runs it.
                     let settings = controller::Settings {
                         instance: "test-operator".into(),
+                        network_policies: true,
                         ..Default::default()
                     };
                     controller::run(client, settings, m, stopped()).await;
