@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster from KUBECONFIG or the in-cluster service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD as YAML, or write one file per CRD into a directory.
     Crd {
         /// Directory to write `<group>_<plural>.yaml` files into, instead of stdout.
@@ -101,7 +101,7 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Crd { out_dir } => print_crds(out_dir),
         Command::Version => {
             println!("trainjob-operator {}", env!("CARGO_PKG_VERSION"));

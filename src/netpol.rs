@@ -30,7 +30,12 @@ pub fn network_policy(job: &TrainJob, plan: &Plan) -> NetworkPolicy {
         .filter_map(|j| j.template.spec.as_ref())
         .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
         .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.container_port))
+        .map(|p| {
+            (
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.container_port,
+            )
+        })
         .collect();
     let ports = (!declared.is_empty()).then(|| {
         declared
@@ -88,10 +93,28 @@ mod tests {
         let p = plan_with(&j, "mpi-openmpi", |rt| {
             let jobs = &mut rt.template.spec.as_mut().expect("spec").replicated_jobs;
             for rjob in jobs.iter_mut() {
-                let pod = rjob.template.spec.as_mut().expect("job").template.spec.as_mut().expect("pod");
-                pod.containers[0].ports = Some(vec![serde_json::from_value(json!({"containerPort": 22})).expect("port")]);
+                let pod = rjob
+                    .template
+                    .spec
+                    .as_mut()
+                    .expect("job")
+                    .template
+                    .spec
+                    .as_mut()
+                    .expect("pod");
+                pod.containers[0].ports = Some(vec![
+                    serde_json::from_value(json!({"containerPort": 22})).expect("port"),
+                ]);
             }
-            let pod = jobs[0].template.spec.as_mut().expect("job").template.spec.as_mut().expect("pod");
+            let pod = jobs[0]
+                .template
+                .spec
+                .as_mut()
+                .expect("job")
+                .template
+                .spec
+                .as_mut()
+                .expect("pod");
             pod.containers[0].ports = Some(vec![
                 serde_json::from_value(json!({"containerPort": 22})).expect("port"),
                 serde_json::from_value(json!({"containerPort": 5353, "protocol": "UDP"})).expect("port"),

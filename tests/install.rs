@@ -104,6 +104,7 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
         .logs(&name, &LogParams::default())
         .await
         .expect("operator log");
+    support::logs::record(&log);
     assert!(log.contains("connected; watching TrainJobs"), "{log}");
     assert!(log.contains("TrainJob completed successfully"), "{log}");
 }

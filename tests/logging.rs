@@ -72,6 +72,8 @@ fn logs(format: &str) -> Vec<String> {
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         lines.push(line);
     }
+    // The key scan reads these too.
+    support::logs::record(&lines.join("\n"));
     let status = running.0.wait().expect("wait");
     assert!(
         status.success(),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::jobs::{
     EXIT, HOLD, annotate, create_job, install_gang_crd, pod_meta, runtime, setup, wait_condition, wait_pods,
 };
-use support::{DEADLINE, Identity, admitting_operator, audited_bed, client, eventually};
+use support::{DEADLINE, Identity, admitting_operator, bed, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::gang::Plugin;
 
@@ -48,7 +48,7 @@ fn granted() -> BTreeSet<(String, String, String)> {
 
 /// Every request of the operator in the audit log: (group, resource, verb) and refusals.
 fn used() -> (BTreeSet<(String, String, String)>, Vec<String>) {
-    let log = std::fs::read_to_string(audited_bed().audit_log()).expect("audit log");
+    let log = std::fs::read_to_string(bed().audit_log()).expect("audit log");
     let mut used = BTreeSet::new();
     let mut refused = Vec::new();
     for line in log.lines() {
@@ -234,7 +234,7 @@ async fn missing_runtime() {
 
 #[tokio::test]
 async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
-    audited_bed();
+    bed();
     // With admission on, as installed: the webhook's reads and its CA publishing count too.
     admitting_operator();
     futures::join!(

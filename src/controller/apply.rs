@@ -187,7 +187,13 @@ pub async fn decision(
         {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
-            Err(e) => return Err(write_err("NetworkPolicy", &name, "creating the job's NetworkPolicy".into())(e)),
+            Err(e) => {
+                return Err(write_err(
+                    "NetworkPolicy",
+                    &name,
+                    "creating the job's NetworkPolicy".into(),
+                )(e));
+            }
         }
     }
     // The gang's objects come before its first member.

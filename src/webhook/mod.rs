@@ -383,17 +383,35 @@ mod tests {
     #[test]
     fn fips_mode_offers_only_aes_gcm_suites_and_nist_curves() {
         let suites = |c: &rustls::ServerConfig| -> Vec<String> {
-            c.crypto_provider().cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect()
+            c.crypto_provider()
+                .cipher_suites
+                .iter()
+                .map(|s| format!("{:?}", s.suite()))
+                .collect()
         };
         let groups = |c: &rustls::ServerConfig| -> Vec<String> {
-            c.crypto_provider().kx_groups.iter().map(|g| format!("{:?}", g.name())).collect()
+            c.crypto_provider()
+                .kx_groups
+                .iter()
+                .map(|g| format!("{:?}", g.name()))
+                .collect()
         };
         let default = tls_config(&bundle(), false).expect("default");
-        assert!(suites(&default).iter().any(|s| s.contains("CHACHA20")), "{:?}", suites(&default));
+        assert!(
+            suites(&default).iter().any(|s| s.contains("CHACHA20")),
+            "{:?}",
+            suites(&default)
+        );
         assert!(groups(&default).contains(&"X25519".to_string()));
         let fips = tls_config(&bundle(), true).expect("fips");
         assert!(!suites(&fips).is_empty());
-        assert!(suites(&fips).iter().all(|s| s.contains("AES") && s.contains("GCM")), "{:?}", suites(&fips));
+        assert!(
+            suites(&fips)
+                .iter()
+                .all(|s| s.contains("AES") && s.contains("GCM")),
+            "{:?}",
+            suites(&fips)
+        );
         assert_eq!(groups(&fips), ["secp256r1", "secp384r1"]);
     }
 
@@ -402,7 +420,10 @@ mod tests {
         let mut mixed = bundle();
         mixed.key = bundle().key;
         let err = tls_config(&mixed, false).expect_err("mismatch");
-        assert!(err.starts_with("the serving certificate and key do not match"), "{err}");
+        assert!(
+            err.starts_with("the serving certificate and key do not match"),
+            "{err}"
+        );
         let mut garbage = bundle();
         garbage.key = "not a key".into();
         assert_eq!(
@@ -413,8 +434,15 @@ mod tests {
 
     #[test]
     fn malformed_reviews_are_refused_in_words() {
-        assert!(decode(b"{").expect_err("truncated").starts_with("the body is not an AdmissionReview"));
+        assert!(
+            decode(b"{")
+                .expect_err("truncated")
+                .starts_with("the body is not an AdmissionReview")
+        );
         let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
-        assert_eq!(decode(empty).expect_err("no request"), "the AdmissionReview carries no request");
+        assert_eq!(
+            decode(empty).expect_err("no request"),
+            "the AdmissionReview carries no request"
+        );
     }
 }

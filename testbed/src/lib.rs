@@ -8,6 +8,7 @@
 
 mod admission;
 pub use admission::WebhookCopy;
+pub mod keyscan;
 mod kueue;
 mod node;
 mod process;
@@ -171,7 +172,7 @@ pub struct BedConfig {
     /// runtimes, which its webhook reads.
     pub kueue: bool,
     /// Record every request of the operator's identity in the API server's audit log
-    /// ([`Bed::audit_log`]), one JSON object per line.
+    /// ([`Bed::audit_log`]), one JSON object per line, with the bodies of its writes.
     pub audit: bool,
 }
 
@@ -331,10 +332,11 @@ impl Bed {
         let gates = "--feature-gates=GenericWorkload=true,GangScheduling=true";
         let mut audit = Vec::new();
         if config.audit {
-            // Metadata (verb, resource, user, response code) of the operator's requests only.
+            // The operator's requests only: the bodies of its writes (for the key scan, see
+            // `keyscan`), the metadata (verb, resource, response code) of the rest.
             let policy = format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    users: [\"{}\"]\n  - level: None\n",
-                Identity::Operator.user()
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: None\n",
+                user = Identity::Operator.user()
             );
             std::fs::write(self.path("audit-policy.yaml"), policy)
                 .map_err(|source| io("writing the audit policy".into(), source))?;

@@ -39,16 +39,11 @@ pub fn kueue_bed() -> &'static Bed {
     })
 }
 
-/// The control plane of this test binary, recording the operator's requests in its audit log.
-pub fn audited_bed() -> &'static Bed {
-    bed_with(|| BedConfig {
-        audit: true,
-        ..BedConfig::default()
-    })
-}
-
 /// The control plane of this test binary; the first caller's `config` decides how it starts.
+/// Every bed records the operator's requests in its audit log (`tests/privileges.rs` and the key
+/// scan read it), and the operator's log lines are captured for the key scan.
 fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
+    logs::capture();
     let result = BED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -56,7 +51,12 @@ fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 let bed = match runtime {
-                    Ok(rt) => rt.block_on(Bed::start(config())).map_err(|e| e.to_string()),
+                    Ok(rt) => rt
+                        .block_on(Bed::start(BedConfig {
+                            audit: true,
+                            ..config()
+                        }))
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(format!("building a runtime: {e}")),
                 };
                 let _ = tx.send(bed);
@@ -70,6 +70,8 @@ fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed
             .unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
         if let Ok(bed) = &bed {
             trainjob_testbed::remove_dir_at_exit(bed.dir().to_path_buf());
+            // Registered after the removal, so it runs before it (exit handlers run in reverse).
+            logs::scan_keys_at_exit(bed.audit_log());
         }
         bed
     });
