@@ -4,8 +4,9 @@
 # with it) and calls this script to set the host up and to put it back.
 #
 #   hack/node.sh deps            install the Debian packages (idempotent; needs root)
-#   hack/node.sh build           deps, kubelet (hack/controlplane.sh), CoreDNS, images; prints
-#                                "kubelet PATH", "coredns PATH" and "image NAME ARCHIVE" lines
+#   hack/node.sh build           deps, kubelet (hack/controlplane.sh), CoreDNS, kube-router (the
+#                                NetworkPolicy enforcer), images; prints "kubelet PATH",
+#                                "coredns PATH", "kube-router PATH", "image NAME ARCHIVE" lines
 #   hack/node.sh prepare DIR     save host state, create the bridge, write every config into DIR
 #   hack/node.sh cleanup         stop what a node left behind and restore the saved host state;
 #                                safe to run at any time, also after a crash
@@ -18,8 +19,10 @@ cache_root=${TRAINJOB_BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainjob-operat
 state=/run/trainjob-testbed-node
 bridge=tjbed0
 subnet=10.244.0
-packages=(containerd runc containernetworking-plugins catatonit mmdebstrap iptables conntrack iproute2)
-sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward)
+packages=(containerd runc containernetworking-plugins catatonit mmdebstrap iptables conntrack iproute2 ipset)
+sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables)
+# kube-router enforces NetworkPolicies on the node (firewall only: no routing, no service proxy).
+kube_router_version=v2.1.0
 # Paths kubelet and containerd create whatever their root directories are.
 fixed_paths=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd)
 
@@ -55,12 +58,26 @@ coredns() {
   echo "coredns $bin"
 }
 
+kube_router() {
+  local bin="$cache_root/kube-router-$kube_router_version/kube-router"
+  if [[ ! -x "$bin" ]]; then
+    echo ">> building kube-router $kube_router_version into $bin (about 3 minutes)" >&2
+    local start=$SECONDS
+    mkdir -p "$(dirname "$bin")"
+    GOBIN="$(dirname "$bin")" GOFLAGS=-buildvcs=false \
+      go install "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$kube_router_version" >&2
+    echo ">> built kube-router in $((SECONDS - start))s" >&2
+  fi
+  echo "kube-router $bin"
+}
+
 build() {
   deps
   local bin
   bin=$("$here/controlplane.sh")
   echo "kubelet $bin/kubelet"
   coredns
+  kube_router
   "$here/images.sh" | sed 's/^/image /'
 }
 
@@ -69,6 +86,8 @@ prepare() {
   [[ -e "$state" ]] && cleanup
   mkdir -p "$state" "$dir"/{containerd,state,cni/net.d,ipam,opt,kubelet}
   echo "$dir" > "$state/dir"
+  # bridge-nf-call-iptables exists only with br_netfilter loaded.
+  modprobe br_netfilter 2>/dev/null || true
   for s in "${sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$state/sysctls"
   for p in "${fixed_paths[@]}"; do [[ -e "$p" ]] || echo "$p"; done > "$state/created"
 
@@ -76,6 +95,8 @@ prepare() {
   ip addr add "$subnet.1/24" dev "$bridge"
   ip link set "$bridge" up
   sysctl -qw net.ipv4.ip_forward=1
+  # Bridged pod-to-pod traffic must pass iptables for kube-router's NetworkPolicy rules.
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
   # There is no kube-proxy: forward the `kubernetes` Service to the API server, as it would.
   if [[ -n "${API_PORT:-}" ]]; then
     iptables -t nat -N TRAINJOB-BED
@@ -178,6 +199,7 @@ cleanup() {
   if [[ -n "$dir" ]]; then
     kill_matching "kubelet --config=$dir/kubelet.yaml"
     kill_matching "$dir/Corefile"
+    kill_matching "kube-router --kubeconfig=$dir/"
   fi
   # Every pod process lives in a kubepods cgroup; the shims are containerd's children.
   for procs in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
@@ -198,6 +220,12 @@ cleanup() {
   # Empty kubepods cgroups, deepest first, in every hierarchy.
   find /sys/fs/cgroup/*/kubepods* -depth -type d -exec rmdir {} \; 2>/dev/null || true
   for ipt in iptables ip6tables; do remove_kube_chains "$ipt"; done
+  # kube-router's ipsets, once no rule refers to them.
+  if command -v ipset >/dev/null; then
+    ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' | while read -r set; do
+      ipset destroy "$set" 2>/dev/null || true
+    done
+  fi
   if [[ -f "$state/sysctls" ]]; then
     while IFS= read -r kv; do sysctl -qw "$kv" || true; done < "$state/sysctls"
   fi

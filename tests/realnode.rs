@@ -451,3 +451,109 @@ async fn ssh_dns_and_key_failures_are_named_on_the_job() {
         "{bad_key}"
     );
 }
+
+/// A pod on the real node that tries, `attempts` times, to open a TCP connection to `ip:port`;
+/// it Succeeds on the first connection and Fails when none got through.
+fn probe_pod(name: &str, ns: &str, labels: Value, ip: &str, port: u16, attempts: u32) -> Pod {
+    let script = format!(
+        "for i in $(seq {attempts}); do timeout 2 bash -c '</dev/tcp/{ip}/{port}' 2>/dev/null && echo open && exit 0; sleep 1; done; echo closed; exit 1"
+    );
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {REAL_NODE: "true"},
+            "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "probe", "image": OPENMPI4.image, "imagePullPolicy": "Never",
+                "command": ["bash", "-c", script]}],
+        },
+    }))
+    .expect("probe pod")
+}
+
+/// Runs `pod` to its end; returns its phase.
+async fn phase_at_end(c: &Client, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    pods.create(&PostParams::default(), pod)
+        .await
+        .expect("create probe");
+    support::eventually(&format!("probe {name} to finish"), RUN_DEADLINE, || async {
+        let p = pods.get(&name).await.map_err(|e| e.to_string())?;
+        match p.status.and_then(|s| s.phase).as_deref() {
+            Some(phase @ ("Succeeded" | "Failed")) => Ok(phase.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn another_tenants_pod_cannot_reach_a_workers_sshd_but_the_jobs_own_pods_can() {
+    real_bed();
+    operator();
+    let job_ns = TestNs::new("guarded").await;
+    let other_ns = TestNs::new("intruder").await;
+    let c = client(support::Identity::Admin).await;
+    let ns = job_ns.name.as_str();
+    // The launcher holds the job open; the workers run sshd (port 2222), as shipped.
+    let trainer = json!({"image": OPENMPI4.image, "numNodes": 2, "command": ["sleep", "600"]});
+    create(&c, ns, "guarded", json!({"name": OPENMPI4.runtime}), trainer).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    // The launcher starts once both workers are Ready: kubelet's probes still reach them.
+    let worker = support::eventually("the launcher to run", RUN_DEADLINE, || async {
+        let launcher = pods
+            .get("guarded-launcher-0-0")
+            .await
+            .map_err(|e| e.to_string())?;
+        if launcher.status.and_then(|s| s.phase).as_deref() != Some("Running") {
+            return Err("launcher not running".into());
+        }
+        let worker = pods.get("guarded-node-0-0").await.map_err(|e| e.to_string())?;
+        worker
+            .status
+            .and_then(|s| s.pod_ip)
+            .ok_or_else(|| "no pod IP".to_string())
+    })
+    .await;
+    // kube-router has turned the job's NetworkPolicy into rules for the worker.
+    support::eventually(
+        "kube-router's rules for the worker",
+        support::DEADLINE,
+        || async {
+            let out = std::process::Command::new("iptables-save")
+                .output()
+                .map_err(|e| e.to_string())?;
+            let rules = String::from_utf8_lossy(&out.stdout);
+            if rules.contains("guarded-node-0-0") {
+                Ok(())
+            } else {
+                Err("no rule names the worker yet".into())
+            }
+        },
+    )
+    .await;
+
+    let job_label = json!({"trainer.kubeflow.org/trainjob-name": "guarded"});
+    let intruder = probe_pod("intruder", &other_ns.name, json!({}), &worker, 2222, 5);
+    let neighbour = probe_pod("neighbour", ns, json!({}), &worker, 2222, 5);
+    // Control: the same probe with the job's label gets through, so the network path works and
+    // the policy is what stops the others. (NetworkPolicies trust labels: RBAC on pods in the
+    // namespace is what keeps strangers from using this one.)
+    let member = probe_pod("member", ns, job_label, &worker, 2222, 30);
+    let (intruder, neighbour, member) = tokio::join!(
+        phase_at_end(&c, &intruder),
+        phase_at_end(&c, &neighbour),
+        phase_at_end(&c, &member)
+    );
+    assert_eq!(member, "Succeeded", "a pod of the job reaches the worker's sshd");
+    assert_eq!(
+        intruder, "Failed",
+        "another namespace's pod must not reach the worker's sshd"
+    );
+    assert_eq!(
+        neighbour, "Failed",
+        "a pod of the same namespace outside the job must not either"
+    );
+}

@@ -30,6 +30,7 @@ pub struct RealNode {
 struct Parts {
     kubelet: PathBuf,
     coredns: PathBuf,
+    kube_router: PathBuf,
     images: Vec<PathBuf>,
 }
 
@@ -48,6 +49,7 @@ fn build() -> Result<Parts, BedError> {
     let mut parts = Parts {
         kubelet: PathBuf::new(),
         coredns: PathBuf::new(),
+        kube_router: PathBuf::new(),
         images: Vec::new(),
     };
     for line in out.lines() {
@@ -55,13 +57,18 @@ fn build() -> Result<Parts, BedError> {
         match words.as_slice() {
             ["kubelet", path] => parts.kubelet = PathBuf::from(path),
             ["coredns", path] => parts.coredns = PathBuf::from(path),
+            ["kube-router", path] => parts.kube_router = PathBuf::from(path),
             ["image", _, path] => parts.images.push(PathBuf::from(path)),
             _ => {}
         }
     }
-    if !parts.kubelet.is_file() || !parts.coredns.is_file() || parts.images.is_empty() {
+    if !parts.kubelet.is_file()
+        || !parts.coredns.is_file()
+        || !parts.kube_router.is_file()
+        || parts.images.is_empty()
+    {
         return Err(BedError::Command(format!(
-            "hack/node.sh build printed no kubelet, CoreDNS or images:\n{out}"
+            "hack/node.sh build printed no kubelet, CoreDNS, kube-router or images:\n{out}"
         )));
     }
     Ok(parts)
@@ -130,6 +137,8 @@ impl RealNode {
                     .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             });
             if ready {
+                node.enforce_network_policies(&parts.kube_router, &kubeconfig, timeout)
+                    .await?;
                 return Ok(node);
             }
             node.check_alive()?;
@@ -142,6 +151,55 @@ impl RealNode {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Starts kube-router as the node's NetworkPolicy enforcer (its firewall only: the bridge
+    /// CNI routes, and there is no service proxy) once the Node exists, and waits until its
+    /// iptables chains are in place.
+    async fn enforce_network_policies(
+        &mut self,
+        binary: &Path,
+        kubeconfig: &Path,
+        timeout: Duration,
+    ) -> Result<(), BedError> {
+        // Under the node's directory, so `hack/node.sh cleanup` finds the process by it.
+        let own = self.dir.join("kube-router.kubeconfig");
+        std::fs::copy(kubeconfig, &own).map_err(|source| BedError::Io {
+            what: "copying the kubeconfig for kube-router".into(),
+            source,
+        })?;
+        let name = self.name.clone();
+        self.procs.push(Process::spawn_with(
+            Component::KubeRouter,
+            binary,
+            &[
+                &format!("--kubeconfig={}", own.display()),
+                &format!("--hostname-override={name}"),
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                "--run-loadbalancer=false",
+                "--enable-cni=false",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--metrics-port=0",
+                "--health-port=0",
+                "--iptables-sync-period=1m",
+            ],
+            &self.dir.join("kube-router.log"),
+            |command| {
+                command.env("NODE_NAME", &name);
+                Ok(())
+            },
+        )?);
+        self.wait("kube-router's firewall chains", timeout, || {
+            Command::new("iptables")
+                .args(["-S", "KUBE-ROUTER-FORWARD"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await
     }
 
     /// Imports an image archive (as `hack/images.sh` makes them) into the node's containerd.

@@ -24,6 +24,8 @@ pub enum Component {
     CoreDns,
     /// The real node.
     Kubelet,
+    /// The real node's NetworkPolicy enforcer.
+    KubeRouter,
     /// Kueue's manager (job queueing), for the Kueue contract test.
     Kueue,
 }
@@ -49,6 +51,7 @@ impl Component {
             Component::Containerd => "containerd",
             Component::CoreDns => "coredns",
             Component::Kubelet => "kubelet",
+            Component::KubeRouter => "kube-router",
             Component::Kueue => "kueue",
         }
     }
