@@ -47,10 +47,65 @@ fn shipped_crates() -> BTreeSet<String> {
 #[test]
 fn the_operator_binary_contains_no_test_bed_code() {
     let crates = shipped_crates();
-    for test_only in ["trainjob-testbed", "tempfile", "rcgen"] {
+    // rcgen is not test-only since the operator makes its own webhook CA.
+    for test_only in ["trainjob-testbed", "tempfile"] {
         assert!(
             !crates.contains(test_only),
             "{test_only} is in the operator's (non-dev) dependency tree: {crates:?}"
         );
     }
+}
+
+/// `config/certmanager` as kustomize renders it: the operator reads cert-manager's Secret from
+/// the directory it is told, cert-manager's CA injector is asked to fill both webhook
+/// configurations, and the certificate names the Service the webhooks call. (Serving from
+/// files, and reloading them, is tested against the API server in tests/admission.rs.)
+#[test]
+fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
+    let kubectl = trainjob_testbed::default_bin_dir().expect("bin dir").join("kubectl");
+    let root = trainjob_testbed::repo_root();
+    let out = std::process::Command::new(kubectl)
+        .args(["kustomize"])
+        .arg(root.join("config/certmanager"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let deployment = find("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let dir = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "TRAINJOB_WEBHOOK_CERT_DIR")
+        .expect("cert dir env")["value"]
+        .clone();
+    assert_eq!(container["volumeMounts"][0]["mountPath"], dir);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], find("Certificate")["spec"]["secretName"]);
+    for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
+        assert_eq!(
+            find(kind)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            "trainjob-system/trainjob-operator-webhook",
+            "{kind}"
+        );
+    }
+    let service = &find("ValidatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"];
+    let svc = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap_or_default(),
+        service["namespace"].as_str().unwrap_or_default()
+    );
+    assert!(
+        docs.iter().any(|d| d["kind"] == "Service" && d["metadata"]["name"] == service["name"]),
+        "the webhooks call a Service the install does not have"
+    );
+    let names = find("Certificate")["spec"]["dnsNames"].as_array().expect("dnsNames").clone();
+    assert!(names.contains(&serde_json::json!(svc)), "{names:?} lacks {svc}");
 }
