@@ -233,14 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// A DNS domain: dot-separated lower-case labels of letters, digits and `-`, without a final dot.
 fn parse_domain(s: &str) -> Result<String, String> {
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.len() <= 253 && s.split('.').all(label_ok) {
+    if trainjob_operator::names::is_dns_subdomain(s) {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not a DNS domain such as cluster.local"))

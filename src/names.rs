@@ -37,6 +37,19 @@ pub const COMPLETION_INDEX_LABEL: &str = "batch.kubernetes.io/job-completion-ind
 /// Annotation that keeps Istio from injecting a sidecar (it breaks MPI's SSH and ports).
 pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
 
+/// Whether `s` is an RFC 1123 DNS subdomain: dot-separated labels of lower-case letters, digits
+/// and `-` (not at either end of a label), 253 characters at most.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253 && s.split('.').all(label)
+}
+
 /// The SSH key Secret of a job.
 pub fn ssh_secret(job: &str) -> String {
     format!("{job}-mpi-ssh-auth")

@@ -69,7 +69,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{job, plan, plan_with};
+    use crate::fixtures::{job, plan, plan_with, runtime_pod};
 
     #[test]
     fn only_the_jobs_own_pods_may_connect_on_any_port_when_none_is_declared() {
@@ -90,34 +90,12 @@ mod tests {
     #[test]
     fn declared_ports_limit_the_rule() {
         let j = job(json!({"trainer": {"numNodes": 2}}));
+        let port = |v: serde_json::Value| serde_json::from_value(v).expect("port");
         let p = plan_with(&j, "mpi-openmpi", |rt| {
-            let jobs = &mut rt.template.spec.as_mut().expect("spec").replicated_jobs;
-            for rjob in jobs.iter_mut() {
-                let pod = rjob
-                    .template
-                    .spec
-                    .as_mut()
-                    .expect("job")
-                    .template
-                    .spec
-                    .as_mut()
-                    .expect("pod");
-                pod.containers[0].ports = Some(vec![
-                    serde_json::from_value(json!({"containerPort": 22})).expect("port"),
-                ]);
-            }
-            let pod = jobs[0]
-                .template
-                .spec
-                .as_mut()
-                .expect("job")
-                .template
-                .spec
-                .as_mut()
-                .expect("pod");
-            pod.containers[0].ports = Some(vec![
-                serde_json::from_value(json!({"containerPort": 22})).expect("port"),
-                serde_json::from_value(json!({"containerPort": 5353, "protocol": "UDP"})).expect("port"),
+            runtime_pod(rt, "launcher").containers[0].ports = Some(vec![port(json!({"containerPort": 22}))]);
+            runtime_pod(rt, "node").containers[0].ports = Some(vec![
+                port(json!({"containerPort": 22})),
+                port(json!({"containerPort": 5353, "protocol": "UDP"})),
             ]);
         });
         let np = serde_json::to_value(network_policy(&j, &p)).expect("json");

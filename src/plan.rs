@@ -86,6 +86,8 @@ pub struct Plan {
     pub subdomain: String,
     /// The cluster's DNS domain, for the pods' search path (operator setting).
     pub cluster_domain: String,
+    /// Whether the job's pods are behind its NetworkPolicy (operator setting).
+    pub network_policy: bool,
     /// Whether DNS records exist before pods are ready.
     pub publish_not_ready: bool,
     /// Whole-gang restarts allowed before the job fails.

@@ -24,10 +24,13 @@ pub const SSH_COPY_VOLUME: &str = "mpi-ssh-copy";
 pub const SSH_INIT: &str = "mpi-ssh-setup";
 /// Name of the launcher's init container that waits for its own DNS record (Hydra).
 pub const DNS_INIT: &str = "mpi-dns-wait";
-/// Name of the init container of a launcher in the gang that waits for the workers' sshd.
+/// Name of the launcher's init container that waits until SSH reaches every worker.
 pub const WORKERS_INIT: &str = "mpi-wait-workers";
-/// How long that init container waits for the workers.
-const WAIT_FOR_WORKERS_SECONDS: u32 = 600;
+/// How long it waits for the workers of a gang (they may still be starting).
+const WAIT_FOR_GANG_SECONDS: u32 = 600;
+/// How long it waits behind a NetworkPolicy (the workers are Ready; the network plugin may not
+/// yet admit the new launcher's address).
+const WAIT_FOR_POLICY_SECONDS: u32 = 60;
 /// Name of the hostfile ConfigMap volume.
 pub const HOSTFILE_VOLUME: &str = "mpi-hostfile";
 
@@ -149,7 +152,9 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
                 wait_for_own_name(&mut spec, &fqdn);
             }
             if gang::launcher_in_gang(plan) {
-                wait_for_workers(&mut spec, plan, job_name, copy);
+                wait_for_workers(&mut spec, plan, job_name, copy, WAIT_FOR_GANG_SECONDS);
+            } else if plan.network_policy {
+                wait_for_workers(&mut spec, plan, job_name, copy, WAIT_FOR_POLICY_SECONDS);
             }
         }
         for c in spec.containers.iter_mut().filter(|c| c.name == NODE) {
@@ -316,12 +321,16 @@ fn init_container(node: &Container, name: &str, script: String) -> Container {
     }
 }
 
-/// A launcher in the workers' gang is created with them, before their sshd runs. An init
-/// container (the `node` image, as the same user, with the same SSH files) waits until `ssh <host>
-/// true` works for every worker, which is exactly what mpirun needs next, for at most 10 minutes
-/// per run; after that mpirun runs anyway and reports what it finds. Images without `ssh` skip
-/// the wait.
-fn wait_for_workers(spec: &mut PodSpec, plan: &Plan, job: &str, copy: bool) {
+/// An init container (the `node` image, as the same user, with the same SSH files) that waits
+/// until SSH reaches every worker, which is exactly what mpirun needs next:
+/// - a launcher in the workers' gang is created with them, before their sshd runs;
+/// - behind a NetworkPolicy, the network plugin admits a new pod's address a moment after it
+///   starts (kube-router on a busy node: more than the 10 s ssh's own retries cover), and mpirun
+///   would fail on the first refused connection.
+///
+/// It waits at most `seconds` per run; an answer from sshd, even a refusal of the key, ends the
+/// wait (mpirun then reports what is wrong), as does an image without `ssh`.
+fn wait_for_workers(spec: &mut PodSpec, plan: &Plan, job: &str, copy: bool, seconds: u32) {
     let Some(node) = spec.containers.iter().find(|c| c.name == NODE) else {
         return;
     };
@@ -335,10 +344,11 @@ fn wait_for_workers(spec: &mut PodSpec, plan: &Plan, job: &str, copy: bool) {
         })
         .collect();
     let script = format!(
-        "command -v ssh >/dev/null || exit 0; end=$(( $(date +%s) + {WAIT_FOR_WORKERS_SECONDS} )); \
+        "command -v ssh >/dev/null || exit 0; end=$(( $(date +%s) + {seconds} )); \
 for host in {hosts}; do \
 until out=$(ssh -o BatchMode=yes -o ConnectTimeout=5 {SSH_ARGS} \"$host\" true 2>&1); do \
-if [ $(date +%s) -ge $end ]; then echo \"$host: no SSH session within {WAIT_FOR_WORKERS_SECONDS}s: $out\"; exit 0; fi; \
+case \"$out\" in *'Permission denied'*|*'Host key verification failed'*) break;; esac; \
+if [ $(date +%s) -ge $end ]; then echo \"$host: no SSH session within {seconds}s: $out\"; exit 0; fi; \
 sleep 1; done; done",
         hosts = workers.join(" "),
         SSH_ARGS = env::SSH_ARGS,

@@ -293,17 +293,7 @@ mod tests {
         );
         let ok = job(json!({"trainer": {"numNodes": 2}}));
         let p = crate::fixtures::plan_with(&ok, "mpi-openmpi", |rt| {
-            let jobs = &mut rt.template.spec.as_mut().expect("spec").replicated_jobs;
-            let pod = jobs[0]
-                .template
-                .spec
-                .as_mut()
-                .expect("job")
-                .template
-                .spec
-                .as_mut()
-                .expect("pod");
-            pod.containers[0].image = Some("busybox:".into());
+            crate::fixtures::runtime_pod(rt, "node").containers[0].image = Some("busybox:".into());
         });
         let err = validate(&ok, "ClusterTrainingRuntime/x", &p, &Limits::default()).expect_err("bad image");
         assert!(

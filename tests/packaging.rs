@@ -62,7 +62,9 @@ fn the_operator_binary_contains_no_test_bed_code() {
 /// files, and reloading them, is tested against the API server in tests/admission.rs.)
 #[test]
 fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
-    let kubectl = trainjob_testbed::default_bin_dir().expect("bin dir").join("kubectl");
+    let kubectl = trainjob_testbed::default_bin_dir()
+        .expect("bin dir")
+        .join("kubectl");
     let root = trainjob_testbed::repo_root();
     let out = std::process::Command::new(kubectl)
         .args(["kustomize"])
@@ -88,7 +90,10 @@ fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
         .expect("cert dir env")["value"]
         .clone();
     assert_eq!(container["volumeMounts"][0]["mountPath"], dir);
-    assert_eq!(pod["volumes"][0]["secret"]["secretName"], find("Certificate")["spec"]["secretName"]);
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        find("Certificate")["spec"]["secretName"]
+    );
     for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
         assert_eq!(
             find(kind)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
@@ -103,9 +108,13 @@ fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
         service["namespace"].as_str().unwrap_or_default()
     );
     assert!(
-        docs.iter().any(|d| d["kind"] == "Service" && d["metadata"]["name"] == service["name"]),
+        docs.iter()
+            .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == service["name"]),
         "the webhooks call a Service the install does not have"
     );
-    let names = find("Certificate")["spec"]["dnsNames"].as_array().expect("dnsNames").clone();
+    let names = find("Certificate")["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .clone();
     assert!(names.contains(&serde_json::json!(svc)), "{names:?} lacks {svc}");
 }

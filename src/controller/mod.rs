@@ -179,6 +179,7 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let inputs = dereference::inputs(job, ctx, active).await?;
     let mut plan = resolve(job, &inputs.runtime.label, &inputs.runtime.spec)?;
     plan.cluster_domain.clone_from(&ctx.settings.cluster_domain);
+    plan.network_policy = ctx.settings.network_policies;
     validate(job, &inputs.runtime.label, &plan, &ctx.settings.limits)?;
     let pods = inputs.pods.iter().map(AsRef::as_ref);
     let seen = lifecycle::Seen {

@@ -418,10 +418,51 @@ fn a_launcher_that_runs_ranks_is_in_the_gang_and_waits_for_the_workers_sshd() {
     );
     assert!(script.contains("ssh -o BatchMode=yes"), "{script}");
     assert!(script.contains("\"$host\" true"), "{script}");
+    assert!(
+        script.contains("+ 600 ))"),
+        "a gang may still be starting: {script}"
+    );
+    assert!(
+        script.contains("*'Permission denied'*|*'Host key verification failed'*) break"),
+        "sshd answered: mpirun says what is wrong: {script}"
+    );
     assert_eq!(
         inits.last().map(|c| c.name.as_str()),
         Some(WORKERS_INIT),
         "after the key copy, so that ssh finds the keys"
+    );
+}
+
+#[test]
+fn behind_a_network_policy_the_launcher_waits_until_ssh_reaches_every_worker() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    let at = PodIndex {
+        job_index: 0,
+        index: 0,
+    };
+    let waits = |p: &Plan| {
+        let launcher = pod(&j, p, p.job(Role::Launcher).expect("launcher"), at, 0);
+        let inits = launcher.spec.and_then(|s| s.init_containers).unwrap_or_default();
+        inits
+            .iter()
+            .find(|c| c.name == WORKERS_INIT)
+            .map(|c| c.command.clone().unwrap_or_default().join(" "))
+    };
+    assert_eq!(
+        waits(&p),
+        None,
+        "no policy: the Ready workers are reachable at once"
+    );
+    p.network_policy = true;
+    let script = waits(&p).expect("waits behind the policy");
+    assert!(
+        script.contains("for host in pi-node-0-0 pi-node-0-1; do"),
+        "{script}"
+    );
+    assert!(
+        script.contains("+ 60 ))"),
+        "a short wait: the workers are Ready already: {script}"
     );
 }
 

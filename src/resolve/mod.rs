@@ -256,6 +256,7 @@ pub fn resolve(
         launcher_as_node,
         subdomain: subdomain(job, runtime),
         cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+        network_policy: false,
         publish_not_ready: network
             .and_then(|n| n.publish_not_ready_addresses)
             .unwrap_or(true),

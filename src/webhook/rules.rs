@@ -111,16 +111,8 @@ fn domain_prefixed(manager: &str) -> bool {
     let Some((domain, path)) = manager.split_once('/') else {
         return false;
     };
-    let label = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     domain.contains('.')
-        && domain.len() <= 253
-        && domain.split('.').all(label)
+        && crate::names::is_dns_subdomain(domain)
         && !path.is_empty()
         && !path.split('/').any(str::is_empty)
 }

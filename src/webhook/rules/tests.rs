@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::fixtures::{job, shipped_runtime};
+use crate::fixtures::{job, runtime_pod, shipped_runtime};
 
 fn fetched(name: &str) -> Fetched {
     Fetched {
@@ -185,17 +185,7 @@ fn runtimes_need_exactly_one_policy_and_the_mpi_shape() {
     );
 
     let mut no_node = good.clone();
-    let jobs = &mut no_node.template.spec.as_mut().expect("spec").replicated_jobs;
-    let pod = jobs[launcher]
-        .template
-        .spec
-        .as_mut()
-        .expect("job")
-        .template
-        .spec
-        .as_mut()
-        .expect("pod");
-    pod.containers[0].name = "main".into();
+    runtime_pod(&mut no_node, "launcher").containers[0].name = "main".into();
     let err = runtime("ClusterTrainingRuntime/x", &no_node, &labels, &limits).expect_err("container");
     assert!(
         err.ends_with("(\"launcher\"): a replicated job labelled trainer.kubeflow.org/trainjob-ancestor-step=trainer needs a container named \"node\""),
