@@ -118,3 +118,41 @@ fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
         .clone();
     assert!(names.contains(&serde_json::json!(svc)), "{names:?} lacks {svc}");
 }
+
+/// FIPS mode refuses a key algorithm FIPS 186-4 does not approve before it touches a cluster,
+/// and names the ones it accepts; an approved one passes that check (and then needs a cluster).
+#[test]
+fn fips_mode_refuses_a_non_fips_key_algorithm_at_start() {
+    let run = |algorithm: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainjob-operator"))
+            .args([
+                "run",
+                "--fips",
+                "--ssh-key-algorithm",
+                algorithm,
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--webhook-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("running the operator")
+    };
+    let refused = run("ed25519");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(
+            "--ssh-key-algorithm ed25519 is not FIPS-approved; use ecdsa-p256, ecdsa-p384, ecdsa-p521 or rsa-3072"
+        ),
+        "{stderr}"
+    );
+    let approved = run("ecdsa-p384");
+    let stderr = String::from_utf8_lossy(&approved.stderr);
+    assert!(!stderr.contains("FIPS"), "{stderr}");
+    assert!(
+        stderr.contains("connecting to Kubernetes"),
+        "it got past the check: {stderr}"
+    );
+}

@@ -1,8 +1,9 @@
 //! Least privilege, measured: with the API server's audit log recording every request of the
 //! operator's identity, jobs go through everything the operator does (completion, failure with a
-//! log read, suspension, deletion, quota, native, coscheduling and Volcano gangs, a permanent
-//! error). Then no request may have been refused (403), and every verb on every resource the
-//! shipped ClusterRole grants must have been used: a right nobody uses is a right to remove.
+//! log read, suspension, deletion, quota, native, coscheduling and Volcano gangs, NetworkPolicies,
+//! a job refused at admission), with the admission webhook serving and publishing its CA. Then no
+//! request may have been refused (403), and every verb on every resource the shipped ClusterRole
+//! grants must have been used: a right nobody uses is a right to remove.
 
 mod support;
 
