@@ -284,6 +284,27 @@ async fn runtimes_are_checked_and_deprecated_ones_warn() {
         "{err}"
     );
 
+    // Runtime defaults come from the CRD schema, applied by the API server before admission.
+    let bare = json!({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainingRuntime",
+    "metadata": {"name": "bare", "namespace": ns},
+    "spec": {"mlPolicy": {"mpi": {}}, "template": {"spec": {"replicatedJobs": [
+        {"name": "launcher", "template": {"spec": {"template": {"spec": {"containers": [{"name": "node", "image": "mpi:1"}]}}}}},
+        {"name": "node", "template": {"spec": {"template": {"spec": {"containers": [{"name": "node", "image": "mpi:1"}]}}}}},
+    ]}}}});
+    apply(&bare.to_string()).expect("a bare MPI runtime is admitted");
+    let stored = Api::<trainjob_operator::api::TrainingRuntime>::namespaced(c.clone(), ns)
+        .get("bare")
+        .await
+        .expect("get");
+    let mpi = stored.spec.ml_policy.and_then(|p| p.mpi).expect("mpi");
+    assert_eq!(mpi.num_proc_per_node, Some(1));
+    assert_eq!(mpi.ssh_auth_mount_path.as_deref(), Some("/root/.ssh"));
+    assert_eq!(mpi.run_launcher_as_node, Some(false));
+    assert_eq!(
+        serde_json::to_value(mpi.mpi_implementation).expect("json"),
+        json!("OpenMPI")
+    );
+
     // A deprecated runtime is admitted with a warning, and so is every job on it.
     let out = bed()
         .kubectl_as(
