@@ -146,6 +146,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let stop_on_webhook_failure = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight reconciles");
@@ -198,7 +199,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 webhook_ready,
                 stopped(),
             );
-            Some(tokio::spawn(serve))
+            // A webhook that cannot serve (its port taken, say) leaves every TrainJob create
+            // refused: stop the process, so that it is restarted and the failure is seen.
+            Some(tokio::spawn(async move {
+                let result = serve.await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the admission webhook stopped; shutting down");
+                    let _ = stop_on_webhook_failure.send(true);
+                }
+                result
+            }))
         }
         None => None,
     };
