@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{Identity, Operator, bed, client};
+use support::{Identity, Operator, bed, bench_bed, client};
 use trainjob_operator::api::{ClusterTrainingRuntime, TrainJob};
 use trainjob_operator::lifecycle::{decide, now};
 use trainjob_operator::pods;
@@ -96,7 +96,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn macro_bench(jobs: usize, nodes: i32) {
-    bed().apply_kustomization("config/runtimes").expect("runtimes");
+    bench_bed()
+        .apply_kustomization("config/runtimes")
+        .expect("runtimes");
     let operator = Operator::start();
     let ns = bed().namespace("bench").await.expect("namespace");
     let c = client(Identity::Admin).await;

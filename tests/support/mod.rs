@@ -23,6 +23,12 @@ pub fn bed() -> &'static Bed {
     bed_with(BedConfig::default)
 }
 
+/// The control plane of the benchmarks: as [`bed`], without the audit log and the key scan,
+/// whose writes would be timed too.
+pub fn bench_bed() -> &'static Bed {
+    started(false, BedConfig::default)
+}
+
 /// The control plane of this test binary with a real node next to the kwok nodes.
 pub fn real_bed() -> &'static Bed {
     bed_with(|| BedConfig {
@@ -40,11 +46,18 @@ pub fn kueue_bed() -> &'static Bed {
 }
 
 /// The control plane of this test binary; the first caller's `config` decides how it starts.
-/// Every bed records the operator's requests in its audit log (`tests/privileges.rs` and the key
-/// scan read it), and the operator's log lines are captured for the key scan.
+/// Every test bed records the operator's requests in its audit log (`tests/privileges.rs` and
+/// the key scan read it), and the operator's log lines are captured for the key scan.
 fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
-    logs::capture();
+    started(true, config)
+}
+
+/// The bed, started on first use as `audited` (audit log, captured logs, key scan) or not.
+fn started(audited: bool, config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
     let result = BED.get_or_init(|| {
+        if audited {
+            logs::capture();
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("testbed".into())
@@ -53,7 +66,7 @@ fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed
                 let bed = match runtime {
                     Ok(rt) => rt
                         .block_on(Bed::start(BedConfig {
-                            audit: true,
+                            audit: audited,
                             ..config()
                         }))
                         .map_err(|e| e.to_string()),
@@ -71,7 +84,9 @@ fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed
         if let Ok(bed) = &bed {
             trainjob_testbed::remove_dir_at_exit(bed.dir().to_path_buf());
             // Registered after the removal, so it runs before it (exit handlers run in reverse).
-            logs::scan_keys_at_exit(bed.audit_log());
+            if audited {
+                logs::scan_keys_at_exit(bed.audit_log());
+            }
         }
         bed
     });
