@@ -212,22 +212,38 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
 #[tokio::test]
 async fn a_pod_the_api_server_rejects_fails_the_job_with_its_reason() {
     let (ns, c) = setup("rejected").await;
-    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
-    // The CRD cannot know that requests may not exceed limits; the pod validation does.
-    let spec = json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
-        "requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}});
-    let jobs = create_job(&c, &ns.name, "pi", "rt", spec).await;
+    // The CRD cannot know which DNS policies exist, and neither does the operator; the pod
+    // validation does. (Without the webhook in this bed, the runtime is not checked either.)
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |rt| {
+        pod_spec(rt, "node")["dnsPolicy"] = json!("Bogus");
+    })
+    .await;
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 2}})).await;
     let (reason, message) = failed(&jobs, "pi").await;
     assert_eq!(reason, "ObjectRejected");
     assert!(
         message.starts_with("the API server rejected pod pi-node-0-0: Pod \"pi-node-0-0\" is invalid:"),
         "{message}"
     );
-    assert!(
-        message.contains("must be less than or equal to cpu limit"),
-        "{message}"
-    );
+    assert!(message.contains("Unsupported value: \"Bogus\""), "{message}");
     not_retried("object_rejected", 1).await;
+    assert!(pods_of(&c, &ns.name, "pi").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_above_its_limit_fails_before_any_pod_where_no_webhook_refused_it() {
+    let (ns, c) = setup("over-limit").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    let spec = json!({"trainer": {"numNodes": 2, "resourcesPerNode": {
+        "requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}});
+    let jobs = create_job(&c, &ns.name, "pi", "rt", spec).await;
+    let (reason, message) = failed(&jobs, "pi").await;
+    assert_eq!(reason, "InvalidSpec");
+    assert_eq!(
+        message,
+        "spec.trainer.resourcesPerNode: requests.cpu 2 is more than limits.cpu 1; lower the request or raise the limit"
+    );
+    not_retried("request_over_limit", 1).await;
     assert!(pods_of(&c, &ns.name, "pi").await.is_empty());
 }
 
