@@ -41,4 +41,9 @@ cat >&2 <<EOF
 EOF
 # The webhook is registered by URL on loopback, so its self-managed certificate is for 127.0.0.1.
 KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run --http-addr 127.0.0.1:8080 \
-  --webhook-addr "127.0.0.1:$webhook_port" --webhook-hosts 127.0.0.1
+  --webhook-addr "127.0.0.1:$webhook_port" --webhook-hosts 127.0.0.1 &
+operator=$!
+# In the background and waited for, so that a SIGTERM to this script (not only Ctrl-C) runs the
+# trap at once: bash defers traps while a foreground command runs.
+trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null; kill -INT $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
+wait $operator
