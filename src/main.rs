@@ -170,21 +170,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(webhook_ready) => {
             let certs = match args.webhook_cert_dir {
                 Some(dir) => webhook::certs::Source::Files(dir),
-                None => {
-                    let (svc, ns) = (&args.webhook_service, &args.namespace);
-                    let mut hosts = vec![
-                        format!("{svc}.{ns}.svc"),
-                        format!("{svc}.{ns}.svc.{}", args.cluster_domain),
-                    ];
-                    hosts.extend(args.webhook_hosts);
-                    webhook::certs::Source::SelfManaged(webhook::certs::SelfManaged {
-                        namespace: args.namespace.clone(),
-                        secret: format!("{svc}-certs"),
-                        hosts,
-                        validity: args.webhook_cert_validity,
-                        configuration: args.webhook_configuration,
-                    })
-                }
+                None => webhook::certs::Source::SelfManaged(webhook::certs::SelfManaged::for_service(
+                    &args.webhook_service,
+                    &args.namespace,
+                    &args.cluster_domain,
+                    args.webhook_hosts,
+                    args.webhook_cert_validity,
+                    &args.webhook_configuration,
+                )),
             };
             let settings = webhook::Settings {
                 addr: args.webhook_addr,

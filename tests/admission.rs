@@ -462,10 +462,7 @@ const COPY_MAX_PODS: u32 = 3;
 /// namespace only, so the shared operator's admission is untouched. It runs as admin: its
 /// certificate Secret is not the one the shipped Role grants.
 async fn second_webhook(ns: &str, name: &str, source: certs::Source, ca: Option<String>) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = support::free_port();
     let copy = trainjob_testbed::WebhookCopy {
         name: Some(name.into()),
         namespace: Some(ns.into()),

@@ -50,6 +50,33 @@ pub struct SelfManaged {
     pub configuration: String,
 }
 
+impl SelfManaged {
+    /// For the webhook behind Service `service` in `namespace`: a certificate for the Service's
+    /// names (short and with the cluster domain) plus `extra_hosts`, kept in Secret
+    /// `<service>-certs` (the name `config/rbac` lets the operator replace).
+    pub fn for_service(
+        service: &str,
+        namespace: &str,
+        cluster_domain: &str,
+        extra_hosts: Vec<String>,
+        validity: Duration,
+        configuration: &str,
+    ) -> SelfManaged {
+        let mut hosts = vec![
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.{cluster_domain}"),
+        ];
+        hosts.extend(extra_hosts);
+        SelfManaged {
+            namespace: namespace.into(),
+            secret: format!("{service}-certs"),
+            hosts,
+            validity,
+            configuration: configuration.into(),
+        }
+    }
+}
+
 /// A certificate chain to serve, and the CAs clients should trust.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Bundle {
@@ -356,6 +383,35 @@ mod tests {
             validity: Duration::from_secs(90 * 24 * 3600),
             configuration: "trainjob-operator".into(),
         }
+    }
+
+    #[test]
+    fn the_shipped_service_gets_the_secret_the_shipped_role_may_replace() {
+        let cfg = SelfManaged::for_service(
+            "trainjob-operator-webhook",
+            "trainjob-system",
+            "cluster.local",
+            vec!["127.0.0.1".into()],
+            Duration::from_secs(60),
+            "trainjob-operator",
+        );
+        assert_eq!(
+            cfg.hosts,
+            [
+                "trainjob-operator-webhook.trainjob-system.svc",
+                "trainjob-operator-webhook.trainjob-system.svc.cluster.local",
+                "127.0.0.1",
+            ]
+        );
+        let role = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/rbac/webhook_role.yaml"
+        ))
+        .expect("webhook_role.yaml");
+        assert!(
+            role.contains(&format!("resourceNames: [{}]", cfg.secret)),
+            "{role}"
+        );
     }
 
     #[test]

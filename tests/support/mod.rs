@@ -220,13 +220,18 @@ impl Operator {
                             .expect("registering the webhooks");
                         let settings = webhook::Settings {
                             addr: std::net::SocketAddr::from(([127, 0, 0, 1], webhook_port)),
-                            certs: webhook::certs::Source::SelfManaged(webhook::certs::SelfManaged {
-                                namespace: "trainjob-system".into(),
-                                secret: "trainjob-operator-webhook-certs".into(),
-                                hosts: vec!["127.0.0.1".into()],
-                                validity: Duration::from_secs(90 * 24 * 3600),
-                                configuration: WEBHOOK_CONFIGURATION.into(),
-                            }),
+                            // As config/default installs it, plus the loopback address the bed
+                            // registers the webhooks at.
+                            certs: webhook::certs::Source::SelfManaged(
+                                webhook::certs::SelfManaged::for_service(
+                                    "trainjob-operator-webhook",
+                                    "trainjob-system",
+                                    trainjob_operator::plan::DEFAULT_CLUSTER_DOMAIN,
+                                    vec!["127.0.0.1".into()],
+                                    Duration::from_secs(90 * 24 * 3600),
+                                    WEBHOOK_CONFIGURATION,
+                                ),
+                            ),
                             limits: Default::default(),
                             fips: false,
                         };
@@ -330,7 +335,8 @@ fn shared_operator(admission: bool) -> &'static Operator {
     })
 }
 
-fn free_port() -> u16 {
+/// A TCP port nobody listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
