@@ -139,6 +139,8 @@ pub struct FakeNode {
     pub gpus: u32,
     /// Extra labels, for tests that steer pods with node selectors.
     pub labels: BTreeMap<String, String>,
+    /// How many pods the node takes (a kubelet's default is 110).
+    pub pods: u32,
 }
 
 impl FakeNode {
@@ -150,8 +152,22 @@ impl FakeNode {
             memory: "256Gi".into(),
             gpus,
             labels: BTreeMap::new(),
+            pods: 110,
         }
     }
+}
+
+/// What the API server's audit log records of the operator's identity's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Audit {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Every request; the bodies of creates, updates and patches.
+    Bodies,
+    /// Writes only (create, update, patch, delete, deletecollection), without bodies: what a
+    /// benchmark counts.
+    Writes,
 }
 
 /// Start-up options.
@@ -171,9 +187,8 @@ pub struct BedConfig {
     /// Also start Kueue with its TrainJob integration (see `hack/kueue.sh`); installs the shipped
     /// runtimes, which its webhook reads.
     pub kueue: bool,
-    /// Record every request of the operator's identity in the API server's audit log
-    /// ([`Bed::audit_log`]), one JSON object per line, with the bodies of its writes.
-    pub audit: bool,
+    /// What of the operator's requests the API server's audit log ([`Bed::audit_log`]) records.
+    pub audit: Audit,
 }
 
 impl Default for BedConfig {
@@ -187,7 +202,7 @@ impl Default for BedConfig {
             timeout: Duration::from_secs(120),
             real_node: false,
             kueue: false,
-            audit: false,
+            audit: Audit::Off,
         }
     }
 }
@@ -331,12 +346,21 @@ impl Bed {
 
         let gates = "--feature-gates=GenericWorkload=true,GangScheduling=true";
         let mut audit = Vec::new();
-        if config.audit {
-            // The operator's requests only: the bodies of its writes (for the key scan, see
-            // `keyscan`), the metadata (verb, resource, response code) of the rest.
+        let user = Identity::Operator.user();
+        let rules = match config.audit {
+            Audit::Off => None,
+            // The bodies of its writes (for the key scan, see `keyscan`), the metadata (verb,
+            // resource, response code) of the rest.
+            Audit::Bodies => Some(format!(
+                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n"
+            )),
+            Audit::Writes => Some(format!(
+                "  - level: Metadata\n    users: [\"{user}\"]\n    verbs: [create, update, patch, delete, deletecollection]\n"
+            )),
+        };
+        if let Some(rules) = rules {
             let policy = format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: None\n",
-                user = Identity::Operator.user()
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n{rules}  - level: None\n"
             );
             std::fs::write(self.path("audit-policy.yaml"), policy)
                 .map_err(|source| io("writing the audit policy".into(), source))?;
@@ -346,7 +370,10 @@ impl Bed {
             ));
             audit.push(format!("--audit-log-path={}", self.audit_log().display()));
             audit.push("--audit-log-format=json".into());
-            audit.push("--audit-log-mode=blocking".into());
+            // Blocking: a test reads the log right after the request it looks for. Counting
+            // writes needs no such promise, and batching keeps the log off the timed path.
+            let mode = if config.audit == Audit::Writes { "batch" } else { "blocking" };
+            audit.push(format!("--audit-log-mode={mode}"));
         }
         // Pods on a real node reach the API server as in-cluster clients do, through the
         // `kubernetes` Service (hack/node.sh forwards it to the bridge), with projected
@@ -443,6 +470,10 @@ impl Bed {
                 "--secure-port=0",
                 "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
                 "--use-service-account-credentials=false",
+                // The defaults (20/30) are sized for shared production API servers; a burst of
+                // thousands of pods would wait on the garbage collector and job controllers.
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
                 &format!("--service-account-private-key-file={}", self.path("sa.key").display()),
                 &format!("--root-ca-file={}", self.path("pki/apiserver.crt").display()),
                 gates,
@@ -450,7 +481,15 @@ impl Bed {
         )?;
         self.spawn(
             Component::Scheduler,
-            &[&kc, "--leader-elect=false", "--secure-port=0", gates],
+            // QPS 50 (the default) binds a burst of thousands of pods in minutes.
+            &[
+                &kc,
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--kube-api-qps=1000",
+                "--kube-api-burst=2000",
+                gates,
+            ],
         )?;
         let stages = repo_root().join("hack/kwok/stages.yaml");
         self.spawn(
@@ -504,7 +543,7 @@ impl Bed {
         let mut capacity = BTreeMap::from([
             ("cpu".to_string(), Quantity(node.cpu.clone())),
             ("memory".to_string(), Quantity(node.memory.clone())),
-            ("pods".to_string(), Quantity("110".into())),
+            ("pods".to_string(), Quantity(node.pods.to_string())),
         ]);
         if node.gpus > 0 {
             capacity.insert("nvidia.com/gpu".into(), Quantity(node.gpus.to_string()));

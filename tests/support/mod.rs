@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use trainjob_testbed::Identity;
-use trainjob_testbed::{Bed, BedConfig};
+use trainjob_testbed::{Audit, Bed, BedConfig};
 
 static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
 
@@ -23,10 +23,10 @@ pub fn bed() -> &'static Bed {
     bed_with(BedConfig::default)
 }
 
-/// The control plane of the benchmarks: as [`bed`], without the audit log and the key scan,
-/// whose writes would be timed too.
-pub fn bench_bed() -> &'static Bed {
-    started(false, BedConfig::default)
+/// The control plane of the benchmarks, started with `config`: its audit log counts the
+/// operator's writes but holds no bodies, and there is no key scan (neither would be timed).
+pub fn bench_bed(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
+    started(Audit::Writes, config)
 }
 
 /// The control plane of this test binary with a real node next to the kwok nodes.
@@ -49,11 +49,13 @@ pub fn kueue_bed() -> &'static Bed {
 /// Every test bed records the operator's requests in its audit log (`tests/privileges.rs` and
 /// the key scan read it), and the operator's log lines are captured for the key scan.
 fn bed_with(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
-    started(true, config)
+    started(Audit::Bodies, config)
 }
 
-/// The bed, started on first use as `audited` (audit log, captured logs, key scan) or not.
-fn started(audited: bool, config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
+/// The bed, started on first use with `audit`; with bodies audited, also the captured logs and
+/// the key scan.
+fn started(audit: Audit, config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
+    let audited = audit == Audit::Bodies;
     let result = BED.get_or_init(|| {
         if audited {
             logs::capture();
@@ -66,7 +68,7 @@ fn started(audited: bool, config: impl FnOnce() -> BedConfig + Send + 'static) -
                 let bed = match runtime {
                     Ok(rt) => rt
                         .block_on(Bed::start(BedConfig {
-                            audit: audited,
+                            audit,
                             ..config()
                         }))
                         .map_err(|e| e.to_string()),
@@ -346,7 +348,8 @@ pub fn free_port() -> u16 {
 /// The API server picks up webhook configurations (and their caBundle) asynchronously: until a
 /// dry-run TrainJob on a missing runtime is refused by the operator's webhook, a test's first
 /// request could pass unchecked.
-async fn wait_for_admission() {
+/// Waits until the API server calls the operator's validating webhook.
+pub async fn wait_for_admission() {
     let admin = client(Identity::Admin).await;
     let jobs: kube::Api<trainjob_operator::api::TrainJob> = kube::Api::namespaced(admin, "default");
     let probe: trainjob_operator::api::TrainJob = serde_json::from_value(serde_json::json!({
