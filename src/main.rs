@@ -126,7 +126,7 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use trainjob_operator::{controller, metrics::Metrics, server, webhook};
 
     logging::init(args.log_format);
@@ -213,7 +213,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .list(&kube::api::ListParams::default().limit(1))
         .await
         .context("listing TrainJobs failed; are the CRDs installed? (kubectl apply --server-side -k crds)")?;
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(server = %version.git_version, ssh_key_algorithm = %args.ssh_key_algorithm, "connected; watching TrainJobs");
 
     let settings = controller::Settings {
@@ -225,7 +224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         keep_ssh_secrets: args.keep_ssh_secrets,
         network_policies: args.network_policies,
     };
-    controller::run(client, settings, metrics, stopped()).await;
+    controller::run(client, settings, metrics, ready, stopped()).await;
     http.await.context("HTTP server task")?.context("HTTP server")?;
     if let Some(webhook) = webhook {
         webhook.await.context("webhook task")?.context("webhook server")?;

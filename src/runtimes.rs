@@ -1,7 +1,10 @@
-//! The runtime a TrainJob references, fetched from the API server. Shared by the first reconcile
-//! and by admission, so both refuse a missing runtime in the same words.
+//! The runtime a TrainJob references, from a watch cache or the API server. Shared by the first
+//! reconcile and by admission, so both refuse a missing runtime in the same words.
 
+use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
@@ -69,23 +72,74 @@ pub struct Fetched {
     pub deprecated: bool,
 }
 
-/// Fetches the runtime `job` references; a TrainingRuntime only from `namespace`, the job's own.
-pub async fn fetch(client: &Client, job: &TrainJob, namespace: &str) -> Result<Fetched, LookupError> {
+/// Every runtime as the watch last saw it, so that admitting a job and its first reconcile read
+/// no runtime from the API server. A runtime the cache does not hold (yet) is still read from
+/// the API server, so one created a moment ago is found, and a missing one refused in the same
+/// words.
+#[derive(Clone)]
+pub struct Cache {
+    cluster: Store<ClusterTrainingRuntime>,
+    namespaced: Store<TrainingRuntime>,
+}
+
+impl Cache {
+    /// Starts watching both kinds of runtime on the current tokio runtime.
+    pub fn start(client: &Client) -> Cache {
+        let (cluster, writer) = reflector::store();
+        let watch = watcher(Api::<ClusterTrainingRuntime>::all(client.clone()), Default::default())
+            .default_backoff()
+            .reflect(writer);
+        tokio::spawn(watch.for_each(|_| async {}));
+        let (namespaced, writer) = reflector::store();
+        let watch = watcher(Api::<TrainingRuntime>::all(client.clone()), Default::default())
+            .default_backoff()
+            .reflect(writer);
+        tokio::spawn(watch.for_each(|_| async {}));
+        Cache { cluster, namespaced }
+    }
+
+    /// Resolves once both kinds have been listed.
+    pub async fn ready(&self) {
+        let _ = self.cluster.wait_until_ready().await;
+        let _ = self.namespaced.wait_until_ready().await;
+    }
+}
+
+fn deprecated(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(SUPPORT_LABEL).map(String::as_str) == Some(DEPRECATED)
+}
+
+/// Fetches the runtime `job` references (from `cache` when it holds it); a TrainingRuntime only
+/// from `namespace`, the job's own.
+pub async fn fetch(
+    client: &Client,
+    cache: Option<&Cache>,
+    job: &TrainJob,
+    namespace: &str,
+) -> Result<Fetched, LookupError> {
     let r = &job.spec.runtime_ref;
     let kind = r.kind.as_deref().unwrap_or("ClusterTrainingRuntime");
     let group = r.api_group.as_deref().unwrap_or(GROUP);
-    let deprecated = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(SUPPORT_LABEL).map(String::as_str) == Some(DEPRECATED)
-    };
     let fetched = match (group, kind) {
-        (GROUP, "ClusterTrainingRuntime") => Api::<ClusterTrainingRuntime>::all(client.clone())
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec.0))),
-        (GROUP, "TrainingRuntime") => Api::<TrainingRuntime>::namespaced(client.clone(), namespace)
-            .get_opt(&r.name)
-            .await
-            .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec))),
+        (GROUP, "ClusterTrainingRuntime") => {
+            match cache.and_then(|c| c.cluster.get(&ObjectRef::new(&r.name))) {
+                Some(rt) => Ok(Some((deprecated(rt.labels()), rt.spec.0.clone()))),
+                None => Api::<ClusterTrainingRuntime>::all(client.clone())
+                    .get_opt(&r.name)
+                    .await
+                    .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec.0))),
+            }
+        }
+        (GROUP, "TrainingRuntime") => {
+            let key = ObjectRef::new(&r.name).within(namespace);
+            match cache.and_then(|c| c.namespaced.get(&key)) {
+                Some(rt) => Ok(Some((deprecated(rt.labels()), rt.spec.clone()))),
+                None => Api::<TrainingRuntime>::namespaced(client.clone(), namespace)
+                    .get_opt(&r.name)
+                    .await
+                    .map(|o| o.map(|rt| (deprecated(rt.labels()), rt.spec))),
+            }
+        }
         _ => {
             return Err(LookupError::Unsupported {
                 kind: kind.into(),

@@ -1,7 +1,7 @@
-//! Apply: carries out a [`Decision`]. In order: freeze a freshly fetched runtime, create the SSH
-//! Secret once, keep the hostfile and Service as built (written only when the cache shows
-//! drift), write the status (so a restart is counted before its pods go), delete, then create
-//! pods. The hostfile, Service and status are server-side applied under one field manager; the
+//! Apply: carries out a [`Decision`]. In order: at once, freeze a freshly fetched runtime, create
+//! the SSH Secret and NetworkPolicy once, and keep the hostfile and Service as built (written
+//! only when the cache shows drift); then write the status (so a restart is counted before its
+//! pods go), delete, and create pods. The hostfile, Service and status are server-side applied under one field manager; the
 //! snapshot, Secret and pods are created, tolerating "already exists".
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
@@ -114,88 +114,95 @@ fn create_params() -> PostParams {
     }
 }
 
-/// Carries out `decision` for `job`.
+/// Carries out `decision` for `job`. Returns how soon to come back when a status that differs
+/// only in pod counts was held back (see [`super::clock`]).
 pub async fn decision(
     job: &TrainJob,
     ctx: &Context,
     plan: &Plan,
     inputs: &Inputs,
     decision: &Decision,
-) -> Result<(), Error> {
+) -> Result<Option<std::time::Duration>, Error> {
     let ns = job.namespace().unwrap_or_default();
-    if inputs.runtime.fresh {
-        freeze(job, ctx, &ns, inputs).await?;
-    }
-    if !decision.create.is_empty() && inputs.pods.is_empty() {
+    let first_pods = !decision.create.is_empty() && inputs.pods.is_empty();
+    if first_pods {
         check_quota(job, ctx, plan, &ns, decision.status.restarts.unwrap_or(0)).await?;
     }
-    if decision.phase.is_some_and(Phase::needs_children) {
-        if !inputs.secret_exists {
-            create_secret(job, ctx, &ns).await?;
+    // The job's other children do not depend on each other: written at once, one round trip
+    // instead of five. All are in place before the first pod.
+    let children = decision.phase.is_some_and(Phase::needs_children);
+    let freeze = async {
+        match inputs.runtime.fresh {
+            true => freeze(job, ctx, &ns, inputs).await,
+            false => Ok(()),
         }
+    };
+    let secret = async {
+        match children && !inputs.secret_exists {
+            true => create_secret(job, ctx, &ns).await,
+            false => Ok(()),
+        }
+    };
+    let hostfile = async {
         let cm = hostfile::configmap(job, plan);
-        if inputs
-            .hostfile
-            .as_ref()
-            .is_none_or(|cached| cached.data != cm.data)
-        {
-            let name = names::hostfile_configmap(&job.name_any());
-            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-                .patch(&name, &apply_params(), &Patch::Apply(&cm))
-                .await
-                .map_err(write_err(
-                    "ConfigMap",
-                    &name,
-                    "applying the hostfile ConfigMap".into(),
-                ))?;
+        if !children || inputs.hostfile.as_ref().is_some_and(|cached| cached.data == cm.data) {
+            return Ok(());
         }
+        let name = names::hostfile_configmap(&job.name_any());
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &apply_params(), &Patch::Apply(&cm))
+            .await
+            .map(|_| ())
+            .map_err(write_err("ConfigMap", &name, "applying the hostfile ConfigMap".into()))
+    };
+    let service = async {
         let svc = pods::service(job, plan);
-        if inputs
-            .service
-            .as_ref()
-            .is_none_or(|cached| !service_matches(cached, &svc))
-        {
-            Api::<Service>::namespaced(ctx.client.clone(), &ns)
-                .patch(&plan.subdomain, &apply_params(), &Patch::Apply(&svc))
-                .await
-                .map_err(write_err(
-                    "Service",
-                    &plan.subdomain,
-                    "applying the headless Service".into(),
-                ))?;
+        if !children || inputs.service.as_ref().is_some_and(|cached| service_matches(cached, &svc)) {
+            return Ok(());
         }
-    }
+        Api::<Service>::namespaced(ctx.client.clone(), &ns)
+            .patch(&plan.subdomain, &apply_params(), &Patch::Apply(&svc))
+            .await
+            .map(|_| ())
+            .map_err(write_err("Service", &plan.subdomain, "applying the headless Service".into()))
+    };
+    // Before the first pod, so no pod of the job is ever reachable from outside it.
+    let policy = async {
+        if !(ctx.settings.network_policies && first_pods) {
+            return Ok(());
+        }
+        let policy = netpol::network_policy(job, plan);
+        match Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+            .create(&create_params(), &policy)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(write_err(
+                "NetworkPolicy",
+                &job.name_any(),
+                "creating the job's NetworkPolicy".into(),
+            )(e)),
+        }
+    };
+    futures::try_join!(freeze, secret, hostfile, service, policy)?;
     // Before the status that finishes the job: should the delete fail, the retry still knows
     // the job is finishing.
     if finishing(job, &decision.status) && !ctx.settings.keep_ssh_secrets {
         delete_secret(job, ctx).await?;
     }
+    let mut held = None;
     if job.status.as_ref() != Some(&decision.status) {
-        write_status(job, ctx, &decision.status).await?;
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for name in &decision.delete {
-        delete_pod(&pods, name).await?;
-    }
-    // Before the first pod, so no pod of the job is ever reachable from outside it.
-    if ctx.settings.network_policies && !decision.create.is_empty() && inputs.pods.is_empty() {
-        let policy = netpol::network_policy(job, plan);
-        let name = job.name_any();
-        match Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
-            .create(&create_params(), &policy)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 409) => {}
-            Err(e) => {
-                return Err(write_err(
-                    "NetworkPolicy",
-                    &name,
-                    "creating the job's NetworkPolicy".into(),
-                )(e));
+        match ctx.clocks.status_wait(job) {
+            Some(wait) if counts_only(job.status.as_ref(), &decision.status) => held = Some(wait),
+            _ => {
+                write_status(job, ctx, &decision.status).await?;
+                ctx.clocks.status_written(job);
             }
         }
     }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    delete_pods(job, ctx, &pods, &inputs.pods, &decision.delete).await?;
     // The gang's objects come before its first member.
     let members = decision
         .create
@@ -208,18 +215,109 @@ pub async fn decision(
     if members && gang::plugin_members(plan).is_some() {
         create_plugin_pod_group(job, ctx, plan, &ns, attempt).await?;
     }
-    for (i, at) in &decision.create {
-        let pod = pods::pod(job, plan, &plan.jobs[*i], *at, attempt);
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        // Create, never apply: a pod that exists already (the watch has not shown it yet) must
-        // not be updated, e.g. re-gated after Kueue removed its scheduling gates.
-        match pods.create(&create_params(), &pod).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 409) => {}
-            Err(e) => return Err(write_err("pod", &name, format!("creating pod {name}"))(e)),
-        }
+    let wanted: Vec<Pod> = decision
+        .create
+        .iter()
+        .map(|(i, at)| pods::pod(job, plan, &plan.jobs[*i], *at, attempt))
+        .collect();
+    create_pods(job, ctx, &pods, wanted).await?;
+    Ok(held)
+}
+
+/// Whether `new` differs from `old` in `jobsStatus` alone: pod counts, no condition or restart.
+fn counts_only(old: Option<&TrainJobStatus>, new: &TrainJobStatus) -> bool {
+    let old = TrainJobStatus {
+        jobs_status: new.jobs_status.clone(),
+        ..old.cloned().unwrap_or_default()
+    };
+    old == *new
+}
+
+/// Creates pods in batches that double while every create succeeds (1, 2, 4, ...), as the Job
+/// controller does: a job's pods appear about as fast as the API server takes them, while a
+/// create that will fail for all of them (an invalid template, a quota) fails once, not
+/// hundreds of times. [`Context::writes`] bounds the creates in flight across all jobs.
+async fn create_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, wanted: Vec<Pod>) -> Result<(), Error> {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let mut wanted = wanted.into_iter().peekable();
+    let mut batch = 1;
+    while wanted.peek().is_some() {
+        let creates: Vec<_> = wanted.by_ref().take(batch).map(|pod| create_pod(ctx, api, uid, pod)).collect();
+        futures::future::join_all(creates)
+            .await
+            .into_iter()
+            .collect::<Result<(), Error>>()?;
+        batch = (batch * 2).min(MAX_CREATE_BATCH);
     }
     Ok(())
+}
+
+/// Creates one pod of the job with `uid`, and awaits it in the watch (see `expectations`).
+async fn create_pod(ctx: &Context, api: &Api<Pod>, uid: &str, pod: Pod) -> Result<(), Error> {
+    let _permit = ctx.writes.acquire().await;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    // Create, never apply: a pod that exists already (the watch has not shown it yet) must not
+    // be updated, e.g. re-gated after Kueue removed its scheduling gates.
+    match api.create(&create_params(), &pod).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {}
+        Err(e) => return Err(write_err("pod", &name, format!("creating pod {name}"))(e)),
+    }
+    ctx.expected.created(uid, [name]);
+    Ok(())
+}
+
+/// The largest batch of one job's creates; [`Context::writes`] bounds all jobs together.
+const MAX_CREATE_BATCH: usize = 64;
+
+/// Deletes the pods named in `delete`. When they are exactly the job's live workers (a job that
+/// completed or failed), one collection delete removes them all instead of one request each.
+async fn delete_pods(
+    job: &TrainJob,
+    ctx: &Context,
+    api: &Api<Pod>,
+    cached: &[std::sync::Arc<Pod>],
+    delete: &[String],
+) -> Result<(), Error> {
+    if delete.len() > 1 {
+        let live_workers: std::collections::BTreeSet<&str> = cached
+            .iter()
+            .filter(|p| live_worker(p))
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        let deleting: std::collections::BTreeSet<&str> = delete.iter().map(String::as_str).collect();
+        if live_workers == deleting {
+            let params = kube::api::ListParams::default()
+                .labels(&format!(
+                    "{}={},{}=node",
+                    names::TRAINJOB_NAME_LABEL,
+                    job.name_any(),
+                    names::JOB_ROLE_LABEL
+                ))
+                .fields("status.phase!=Succeeded,status.phase!=Failed");
+            return api
+                .delete_collection(&DeleteParams::background(), &params)
+                .await
+                .map(|_| ())
+                .map_err(|source| Error::Kube {
+                    action: format!("deleting the workers of {}", job.name_any()),
+                    source,
+                });
+        }
+    }
+    let deletes: Vec<_> = delete.iter().map(|name| delete_pod(api, name, Some(ctx))).collect();
+    futures::future::join_all(deletes).await.into_iter().collect()
+}
+
+/// A worker pod that is Pending or Running and not being deleted: what a collection delete of
+/// the job's unfinished workers selects (it also re-deletes pods on their way out, harmlessly).
+fn live_worker(pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    let role = labels.and_then(|l| l.get(names::JOB_ROLE_LABEL)).map(String::as_str);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    role == Some("node")
+        && pod.metadata.deletion_timestamp.is_none()
+        && matches!(phase, Some("Pending" | "Running"))
 }
 
 /// Before the job's first pod: does the whole job fit in the namespace's ResourceQuotas?
@@ -435,13 +533,18 @@ pub async fn stop_pods(job: &TrainJob, ctx: &Context, pods: &[std::sync::Arc<Pod
             )
     };
     for pod in pods.iter().filter(running) {
-        delete_pod(&api, &pod.name_any()).await?;
+        delete_pod(&api, &pod.name_any(), Some(ctx)).await?;
     }
     Ok(())
 }
 
-/// Deletes a pod; one that is already gone is fine.
-async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
+/// Deletes a pod (within the bound on pod writes, given the context); one that is already gone
+/// is fine.
+async fn delete_pod(api: &Api<Pod>, name: &str, ctx: Option<&Context>) -> Result<(), Error> {
+    let _permit = match ctx {
+        Some(ctx) => Some(ctx.writes.acquire().await),
+        None => None,
+    };
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),

@@ -297,7 +297,7 @@ async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<
         });
     }
 
-    let fetched = runtimes::fetch(&ctx.client, job, ns).await?;
+    let fetched = runtimes::fetch(&ctx.client, Some(&ctx.runtimes), job, ns).await?;
     Ok(Runtime {
         label: fetched.label,
         spec: fetched.spec,

@@ -6,7 +6,9 @@
 
 mod apply;
 mod backoff;
+mod clock;
 mod dereference;
+mod expectations;
 mod index;
 mod observe;
 
@@ -115,7 +117,16 @@ pub struct Context {
     recorder: Recorder,
     backoff: Backoff,
     in_flight: AtomicUsize,
+    /// Pod creates and deletes in flight across all reconciles: below the API server's default
+    /// limit of 200 mutating requests, so a burst is queued here rather than refused there.
+    writes: tokio::sync::Semaphore,
+    clocks: Arc<clock::Clocks>,
+    runtimes: crate::runtimes::Cache,
+    expected: expectations::Expectations,
 }
+
+/// Pod writes in flight at once (see [`Context::writes`]).
+const MAX_POD_WRITES: usize = 64;
 
 /// Counts a reconcile as in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
@@ -147,6 +158,7 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
         // Owner references remove the children; only the phase gauge needs forgetting.
         let (ns, name) = key(&job);
         ctx.metrics.set_phase(&ns, &name, None);
+        forget(&ctx, &job);
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
@@ -186,10 +198,19 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
         launcher_log: inputs.launcher_log.as_deref(),
         gang: inputs.gang.as_ref(),
     };
-    let decision = lifecycle::decide_with(job, &plan, pods, &now, seen);
-    apply::decision(job, ctx, &plan, &inputs, &decision).await?;
+    let mut decision = lifecycle::decide_with(job, &plan, pods, &now, seen);
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let awaited = ctx.expected.awaited(uid, &inputs.pods);
+    if !awaited.is_empty() {
+        let job_name = job.name_any();
+        decision.create.retain(|(i, at)| {
+            !awaited.contains(&names::pod(&job_name, &plan.jobs[*i].name, at.job_index, at.index))
+        });
+    }
+    let held = apply::decision(job, ctx, &plan, &inputs, &decision).await?;
     observe::decision(job, ctx, &plan, &inputs, &decision, &now).await;
-    Ok(Action::requeue(decision.requeue_after.unwrap_or(DRIFT_CHECK)))
+    let wake = [decision.requeue_after, held].into_iter().flatten().min();
+    Ok(Action::requeue(wake.unwrap_or(DRIFT_CHECK)))
 }
 
 /// A permanent error: `Failed` with the error's reason and message, its running pods stopped,
@@ -211,6 +232,12 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
     Ok(Action::await_change())
 }
 
+/// Drops what is remembered in memory about a job that finished or is gone.
+fn forget(ctx: &Context, job: &TrainJob) {
+    ctx.clocks.forget(job);
+    ctx.expected.forget(job.metadata.uid.as_deref().unwrap_or_default());
+}
+
 fn key(job: &TrainJob) -> (String, String) {
     (job.namespace().unwrap_or_default(), job.name_any())
 }
@@ -230,11 +257,13 @@ pub fn error_policy(job: Arc<TrainJob>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(retry)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Sets `ready` once every watch cache has
+/// listed: from then on a new job is reconciled at once, without waiting for them.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let managed =
@@ -272,14 +301,40 @@ pub async fn run(
         services,
         backoff: Backoff::default(),
         in_flight: AtomicUsize::new(0),
+        writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
+        clocks: Arc::default(),
+        runtimes: crate::runtimes::Cache::start(&client),
+        expected: Default::default(),
     });
     let shutdown = shutdown.shared();
 
-    let controller = Controller::new(
+    // The jobs' own watch notes when each new job was first seen (see `clock`).
+    let (jobs, writer) = reflector::store();
+    let clocks = ctx.clocks.clone();
+    let job_events = watcher(
         Api::<TrainJob>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    );
-    let jobs = controller.store();
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect_ok(move |event| match event {
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => clocks.saw(job),
+        // A job deleted before it finished is never reconciled again: forget it here.
+        watcher::Event::Delete(job) => clocks.forget(job),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    })
+    .applied_objects();
+    let controller = Controller::for_stream(job_events, jobs.clone());
+    let synced = (ctx.clone(), jobs.clone());
+    tokio::spawn(async move {
+        let (ctx, jobs) = synced;
+        ctx.pods.ready().await;
+        let _ = ctx.configmaps.wait_until_ready().await;
+        let _ = ctx.services.wait_until_ready().await;
+        let _ = jobs.wait_until_ready().await;
+        ctx.runtimes.ready().await;
+        ready.store(true, Ordering::Relaxed);
+    });
     let by_namespaced = jobs.clone();
     let reconciles = controller
         .owns_stream(pod_events)

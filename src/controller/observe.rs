@@ -17,30 +17,36 @@ use crate::reasons::{condition, event};
 
 /// After a decision was applied.
 pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision, now: &Time) {
+    let mut notes = lifecycle::events(&job.name_any(), plan, job.status.as_ref(), d);
     if inputs.runtime.fresh {
         ctx.metrics.jobs_created.get_or_create(&job_labels(job)).inc();
-        let message = format!(
+        let frozen = format!(
             "using {}; later edits to it do not affect this job",
             inputs.runtime.label
         );
-        record(
-            ctx,
-            job,
-            &Note {
-                severity: Severity::Normal,
-                reason: event::RUNTIME_FROZEN.into(),
-                message,
-            },
-        )
-        .await;
+        // Said with the first pods when they come in the same pass: one Event, not two.
+        match notes.iter_mut().find(|n| n.reason == event::PODS_CREATED) {
+            Some(created) => created.message = format!("{frozen}; {}", created.message),
+            None => notes.insert(
+                0,
+                Note {
+                    severity: Severity::Normal,
+                    reason: event::RUNTIME_FROZEN.into(),
+                    message: frozen,
+                },
+            ),
+        }
     }
-    for note in lifecycle::events(&job.name_any(), plan, job.status.as_ref(), d) {
-        record(ctx, job, &note).await;
+    for note in &notes {
+        record(ctx, job, note).await;
     }
-    milestones(job, ctx, plan, inputs, d, now);
+    milestones(job, ctx, plan, inputs, d);
     outcome(job, ctx, &d.status, now);
     ctx.metrics
         .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), d.phase);
+    if lifecycle::finished(Some(&d.status)) {
+        super::forget(ctx, job);
+    }
 }
 
 /// After a permanent error failed the job with `status`.
@@ -51,6 +57,7 @@ pub async fn failure(job: &TrainJob, ctx: &Context, status: &TrainJobStatus, now
     outcome(job, ctx, status, now);
     ctx.metrics
         .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), None);
+    super::forget(ctx, job);
 }
 
 fn job_labels(job: &TrainJob) -> JobLabels {
@@ -60,16 +67,20 @@ fn job_labels(job: &TrainJob) -> JobLabels {
     }
 }
 
-fn since_creation(job: &TrainJob, now: &Time) -> f64 {
-    job.metadata
-        .creation_timestamp
-        .as_ref()
+/// Time since the operator first saw the job (millisecond precision); for a job an earlier
+/// run of the operator took on, since its creation (whole seconds).
+fn since_creation(ctx: &Context, job: &TrainJob) -> f64 {
+    // Now, after the writes: `now` of the reconcile is from before them.
+    let now = lifecycle::now();
+    ctx.clocks
+        .first_seen(job)
+        .or_else(|| job.metadata.creation_timestamp.clone())
         .map(|c| now.0.duration_since(c.0).as_secs_f64().max(0.0))
         .unwrap_or(0.0)
 }
 
 /// Time to the first launcher and to the full set of workers, on the first attempt only.
-fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision, now: &Time) {
+fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision) {
     if d.status.restarts.unwrap_or(0) != 0 {
         return;
     }
@@ -82,7 +93,7 @@ fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &D
     if created(Role::Launcher) > 0 {
         ctx.metrics
             .time_to_launcher_created
-            .observe(since_creation(job, now));
+            .observe(since_creation(ctx, job));
     }
     if created(Role::Node) > 0 {
         let workers = plan.job(Role::Node).map(|j| j.pods()).unwrap_or(0);
@@ -92,7 +103,7 @@ fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &D
             .filter(|p| p.labels().get(crate::names::JOB_ROLE_LABEL).map(String::as_str) == Some("node"))
             .count();
         if (existing + created(Role::Node)) as i64 >= workers {
-            ctx.metrics.time_to_pods_created.observe(since_creation(job, now));
+            ctx.metrics.time_to_pods_created.observe(since_creation(ctx, job));
         }
     }
 }
@@ -108,7 +119,7 @@ fn outcome(job: &TrainJob, ctx: &Context, new: &TrainJobStatus, now: &Time) {
     };
     if became(condition::COMPLETE) {
         ctx.metrics.jobs_completed.get_or_create(&job_labels(job)).inc();
-        ctx.metrics.time_to_complete.observe(since_creation(job, now));
+        ctx.metrics.time_to_complete.observe(since_creation(ctx, job));
     }
     if became(condition::GANG_SCHEDULED) {
         // From when the gang was first seen waiting, else from the job's creation.
@@ -124,7 +135,7 @@ fn outcome(job: &TrainJob, ctx: &Context, new: &TrainJobStatus, now: &Time) {
             });
         ctx.metrics
             .time_to_gang_scheduled
-            .observe(waiting_since.unwrap_or_else(|| since_creation(job, now)));
+            .observe(waiting_since.unwrap_or_else(|| since_creation(ctx, job)));
     }
     if became(condition::FAILED) {
         let reason = new

@@ -104,10 +104,15 @@ pub fn events(job: &str, plan: &Plan, old: Option<&TrainJobStatus>, decision: &D
     let launcher = decision.create.iter().any(|(i, _)| role(*i) == Role::Launcher);
     let with_workers = decision.create.iter().any(|(i, _)| role(*i) == Role::Node);
     let has_workers = plan.job(Role::Node).is_some_and(|j| j.pods() > 0);
+    // An Event's note holds at most 1 kB: a wide job's pods are counted, not listed.
+    let pods = match names.as_slice() {
+        [first, .., last] if names.len() > 4 => format!("{} pods, {first} … {last}", names.len()),
+        _ => names.join(", "),
+    };
     let message = if launcher && has_workers && !with_workers {
-        format!("every worker is ready; creating {}", names.join(", "))
+        format!("every worker is ready; creating {pods}")
     } else {
-        format!("creating {}", names.join(", "))
+        format!("creating {pods}")
     };
     let reason = if launcher {
         event::LAUNCHER_CREATED

@@ -57,10 +57,13 @@ struct Webhook {
     client: Client,
     limits: Limits,
     metrics: Arc<Metrics>,
+    runtimes: runtimes::Cache,
 }
 
-/// The router, separate from serving so tests can call it without TLS.
+/// The router, separate from serving so tests can call it without TLS. Starts the runtime
+/// cache on the current tokio runtime.
 pub fn router(client: Client, limits: Limits, metrics: Arc<Metrics>) -> Router {
+    let runtimes = runtimes::Cache::start(&client);
     Router::new()
         .route(MUTATE_TRAINJOB, post(mutate_trainjob))
         .route(VALIDATE_TRAINJOB, post(validate_trainjob))
@@ -70,6 +73,7 @@ pub fn router(client: Client, limits: Limits, metrics: Arc<Metrics>) -> Router {
             client,
             limits,
             metrics,
+            runtimes,
         })
 }
 
@@ -176,7 +180,7 @@ async fn check_trainjob(w: &Webhook, req: &AdmissionRequest<DynamicObject>) -> r
     let old = typed::<TrainJob>(req.old_object.as_ref())?;
     let namespace = req.namespace.as_deref().unwrap_or_default();
     let runtime = if rules::needs_runtime(&job, old.as_ref()) {
-        match runtimes::fetch(&w.client, &job, namespace).await {
+        match runtimes::fetch(&w.client, Some(&w.runtimes), &job, namespace).await {
             Ok(rt) => Some(rt),
             // An existing job runs on its frozen copy; a runtime deleted since changes nothing.
             Err(LookupError::NotFound { .. }) if old.is_some() => None,

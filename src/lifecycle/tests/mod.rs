@@ -143,6 +143,23 @@ fn workers_first_then_the_launcher_once_all_are_ready() {
 }
 
 #[test]
+fn a_wide_jobs_pods_are_counted_in_its_event_not_listed() {
+    let narrow = job(json!({"trainer": {"numNodes": 4}}));
+    let p = plan(&narrow, "mpi-openmpi");
+    let d = decide(&narrow, &p, &[], &at(T0));
+    assert_eq!(
+        notes(&narrow, &p, &d)[0].message,
+        "creating pi-node-0-0, pi-node-0-1, pi-node-0-2, pi-node-0-3"
+    );
+    let wide = job(json!({"trainer": {"numNodes": 512}}));
+    let p = plan(&wide, "mpi-openmpi");
+    let d = decide(&wide, &p, &[], &at(T0));
+    let message = &notes(&wide, &p, &d)[0].message;
+    assert_eq!(message, "creating 512 pods, pi-node-0-0 … pi-node-0-511");
+    assert!(message.len() < 1024, "an Event's note holds at most 1 kB");
+}
+
+#[test]
 fn launcher_success_completes_the_job_and_removes_workers() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     let d = decide(&j, &p, &pods, &at(T0));

@@ -1,0 +1,139 @@
+//! Per-job times kept in memory, keyed by the job's uid, for jobs that have not finished:
+//! - when the operator first saw the job, so its latency histograms count from there with the
+//!   watch's precision instead of from the whole-second `creationTimestamp`;
+//! - when it last wrote the job's status, so that a change in pod counts alone is written at
+//!   most once per [`STATUS_INTERVAL`] (conditions are always written at once).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::TrainJob;
+use crate::lifecycle;
+
+/// How often pod counts alone reach a job's status. A job's pods turn Running and Ready one by
+/// one; a write every few seconds shows that to users and Kueue soon enough (Kueue waits minutes
+/// for pods to be ready), where one write per pod event cost the API server more than the pods
+/// themselves did. Conditions are never held back.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct JobClock {
+    /// First seen by the watch, as wall-clock time, before any status was written.
+    first_seen: Option<Time>,
+    /// Monotonic time of the first sight, else of the first status write.
+    since: Option<Instant>,
+    last_status: Option<Instant>,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct Clocks {
+    jobs: Mutex<HashMap<String, JobClock>>,
+}
+
+fn uid(job: &TrainJob) -> Option<&str> {
+    job.metadata.uid.as_deref()
+}
+
+impl Clocks {
+    fn with<T>(&self, job: &TrainJob, f: impl FnOnce(&mut HashMap<String, JobClock>, &str) -> T) -> Option<T> {
+        let uid = uid(job)?;
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        Some(f(&mut jobs, uid))
+    }
+
+    /// Notes a job the watch delivered. Only a job nobody has reconciled yet (no status) is
+    /// new; one that has a status was seen by an earlier run of the operator.
+    pub fn saw(&self, job: &TrainJob) {
+        if job.status.is_some() {
+            return;
+        }
+        self.with(job, |jobs, uid| {
+            jobs.entry(uid.to_string()).or_insert_with(|| JobClock {
+                first_seen: Some(lifecycle::now()),
+                since: Some(Instant::now()),
+                last_status: None,
+            });
+        });
+    }
+
+    /// When the operator first saw the job, if this run of it did.
+    pub fn first_seen(&self, job: &TrainJob) -> Option<Time> {
+        self.with(job, |jobs, uid| jobs.get(uid).and_then(|c| c.first_seen.clone()))
+            .flatten()
+    }
+
+    /// How long a status that differs only in pod counts should wait; `None`: write it now.
+    pub fn status_wait(&self, job: &TrainJob) -> Option<Duration> {
+        self.with(job, |jobs, uid| {
+            let clock = jobs.get(uid)?;
+            let since = clock.last_status.or(clock.since)?;
+            STATUS_INTERVAL.checked_sub(since.elapsed()).filter(|d| !d.is_zero())
+        })
+        .flatten()
+    }
+
+    /// Notes that the job's status was just written.
+    pub fn status_written(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| {
+            jobs.entry(uid.to_string()).or_default().last_status = Some(Instant::now());
+        });
+    }
+
+    /// Forgets a job that finished or is gone.
+    pub fn forget(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| jobs.remove(uid));
+    }
+
+    /// Jobs remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(status: Option<serde_json::Value>) -> TrainJob {
+        let mut value = json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": "pi", "namespace": "ns", "uid": "u1"},
+            "spec": {"runtimeRef": {"name": "mpi"}},
+        });
+        if let Some(status) = status {
+            value["status"] = status;
+        }
+        serde_json::from_value(value).expect("job")
+    }
+
+    #[test]
+    fn a_new_job_counts_from_first_sight_and_its_pod_counts_wait_for_the_interval() {
+        let clocks = Clocks::default();
+        let new = job(None);
+        assert_eq!(clocks.status_wait(&new), None, "unknown job: write at once");
+        clocks.saw(&new);
+        let first = clocks.first_seen(&new).expect("first seen");
+        clocks.saw(&new);
+        assert_eq!(clocks.first_seen(&new), Some(first), "the first sight stays");
+        assert!(clocks.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
+        clocks.status_written(&new);
+        assert!(clocks.status_wait(&new).is_some());
+        clocks.forget(&new);
+        assert_eq!((clocks.len(), clocks.first_seen(&new)), (0, None));
+    }
+
+    #[test]
+    fn a_job_an_earlier_run_reconciled_is_not_timed_from_now() {
+        let clocks = Clocks::default();
+        let old = job(Some(json!({"jobsStatus": []})));
+        clocks.saw(&old);
+        assert_eq!((clocks.first_seen(&old), clocks.len()), (None, 0));
+        assert_eq!(clocks.status_wait(&old), None);
+    }
+}
