@@ -30,14 +30,17 @@ lint: ## Check formatting and clippy (warnings are errors)
 
 test: bed ## Unit tests and integration tests against the local control plane (and its real node)
 	hack/test-deps.sh
+	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	rm -rf $(TARGET_DIR)/tmp/keyscan
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) test --locked --workspace -- --skip no_private_key_material_anywhere
 	# Last: every test binary above left a key-scan report of its bed's audit log and logs.
 	$(CARGO) test --locked --test keyscan
 
-bench: bed ## Benchmarks: the pure core, and jobs through the operator on the local control plane
-	$(CARGO) bench --locked --bench operator
+bench: bed ## Benchmarks against a plain-client floor; writes BENCHMARKS.md (BENCH_SCALE=quick: a few minutes)
+	hack/bench-deps.sh
+	$(CARGO) build --release --locked -p trainjob-operator
+	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1

@@ -1,0 +1,561 @@
+//! `make bench`: how fast the operator turns TrainJobs into pods on the local control plane,
+//! against a floor measured in the same run (a plain client creating the same objects with no
+//! operator), and how fast its pure core is. Writes `BENCHMARKS.md` (tables and charts) and
+//! `benches/results/`. Asserts nothing about time.
+//!
+//! `BENCH_SCALE=quick` runs every scenario small, to check the harness in a few minutes.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod audit;
+mod floor;
+mod model;
+mod opproc;
+mod report;
+mod watch;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use support::{Identity, bench_bed};
+use trainjob_operator::api::{ClusterTrainingRuntime, TrainJob, TrainingRuntimeSpec};
+use trainjob_operator::lifecycle::{decide, now};
+use trainjob_operator::pods;
+use trainjob_operator::resolve::resolve;
+use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
+use trainjob_testbed::{Bed, BedConfig, FakeNode};
+
+use model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
+use opproc::{OperatorProcess, metric_sum};
+use watch::{Recorder, Seen};
+
+/// Kwok nodes, and pods each takes: room for a 1000-job burst's 9000 pods at once.
+const NODES: u32 = 16;
+const PODS_PER_NODE: u32 = 1000;
+/// Jobs (or a job's objects, for the floor) submitted at once in a burst: the operator's
+/// default reconcile concurrency, so the floor gets the same parallelism.
+const SUBMITTERS: usize = 8;
+
+fn time<T>(micro: &mut BTreeMap<String, f64>, label: &str, iterations: u32, mut f: impl FnMut() -> T) {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(f());
+    }
+    let per = start.elapsed() / iterations;
+    println!("{label:<52} {:>12.3} µs/op  ({iterations} runs)", per.as_secs_f64() * 1e6);
+    micro.insert(label.into(), per.as_secs_f64() * 1e6);
+}
+
+fn job(name: &str, ns: &str, nodes: u32) -> TrainJob {
+    serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"runtimeRef": {"name": "mpi-openmpi"}, "trainer": {"numNodes": nodes}},
+    }))
+    .expect("job")
+}
+
+fn shipped_runtime() -> TrainingRuntimeSpec {
+    let path = trainjob_testbed::repo_root().join("config/runtimes/mpi-openmpi.yaml");
+    let rt: ClusterTrainingRuntime =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime")).expect("yaml");
+    rt.spec.0
+}
+
+fn micro() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let runtime = shipped_runtime();
+    let mut j = job("pi", "bench", 32);
+    j.metadata.uid = Some("u".into());
+    time(&mut out, "resolve a 32-node job", 2000, || resolve(&j, "rt", &runtime).expect("plan"));
+    let plan = resolve(&j, "rt", &runtime).expect("plan");
+    time(&mut out, "build all 33 pods + hostfile + service", 500, || {
+        (
+            pods::of_jobs(&j, &plan, 0, |_| true),
+            trainjob_operator::hostfile::configmap(&j, &plan),
+            pods::service(&j, &plan),
+        )
+    });
+    let running: Vec<_> = pods::of_jobs(&j, &plan, 0, |_| true)
+        .into_iter()
+        .map(|mut pod| {
+            pod.status = Some(
+                serde_json::from_value(
+                    json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+                )
+                .expect("status"),
+            );
+            pod
+        })
+        .collect();
+    let t = now();
+    time(&mut out, "decide() for a running 32-node job (33 pods)", 2000, || {
+        decide(&j, &plan, &running, &t)
+    });
+    for (algorithm, n) in [
+        (KeyAlgorithm::Ed25519, 200),
+        (KeyAlgorithm::EcdsaP256, 200),
+        (KeyAlgorithm::EcdsaP384, 50),
+        (KeyAlgorithm::Rsa3072, 2),
+    ] {
+        time(&mut out, &format!("generate an SSH key ({algorithm})"), n, || {
+            KeyPair::generate(algorithm, "bench").expect("key")
+        });
+    }
+    out
+}
+
+/// Who does a scenario's API work.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Floor,
+    Operator,
+}
+
+/// How a scenario's jobs arrive.
+#[derive(Clone, Copy)]
+enum Arrival {
+    /// One at a time, each after the previous one finished.
+    Sequential,
+    /// All at once (as fast as [`SUBMITTERS`] clients can send them).
+    Burst,
+}
+
+struct Bench {
+    bed: &'static Bed,
+    admin: Client,
+    operator_identity: Client,
+    runtime: TrainingRuntimeSpec,
+    memory: Vec<MemorySample>,
+    deadline: Duration,
+}
+
+/// What a scenario does beyond running its jobs.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    /// Keep the operator's namespace (its finished jobs) afterwards.
+    keep: bool,
+    /// Sample the operator's memory against jobs in the cluster every second.
+    sample_memory: bool,
+    /// Jobs already in the cluster that the operator reconciles at start-up, before timing.
+    settle: u32,
+}
+
+struct Outcome {
+    run: Run,
+    /// The namespace the run used, for the caller to keep or delete.
+    ns: String,
+}
+
+impl Bench {
+    /// Runs `jobs` jobs of `workers` workers through `mode`, returns what it measured.
+    async fn run(&mut self, mode: Mode, arrival: Arrival, jobs: u32, workers: u32, opts: Options) -> Outcome {
+        let prefix = match mode {
+            Mode::Floor => "floor",
+            Mode::Operator => "operator",
+        };
+        let ns = self.bed.namespace(prefix).await.expect("namespace");
+        let recorder = Recorder::start(&self.admin, &ns).await;
+        let mark = audit::Mark::now(self.bed.audit_log());
+        let operator = match mode {
+            Mode::Floor => None,
+            Mode::Operator => Some(self.start_operator(&ns, opts.settle).await),
+        };
+        let (cpu0, metrics0) = match &operator {
+            Some(op) => (op.cpu_s(), op.metrics().await),
+            None => (0.0, String::new()),
+        };
+        let done = move |s: &Seen| match mode {
+            Mode::Floor => s.launcher_succeeded.is_some(),
+            Mode::Operator => s.complete.is_some(),
+        };
+        let t0 = Instant::now();
+        let deadline = t0 + self.deadline;
+        let names: Vec<String> = (0..jobs).map(|i| format!("job-{i}")).collect();
+        let submitted: RefCell<BTreeMap<String, Instant>> = RefCell::default();
+        let submit = |name: String| {
+            let (admin, operator_identity, runtime, ns) =
+                (self.admin.clone(), self.operator_identity.clone(), &self.runtime, ns.clone());
+            async move {
+                let j = job(&name, &ns, workers);
+                let at = Instant::now();
+                match mode {
+                    Mode::Operator => {
+                        Api::<TrainJob>::namespaced(admin, &ns)
+                            .create(&PostParams::default(), &j)
+                            .await
+                            .expect("creating a TrainJob");
+                    }
+                    Mode::Floor => {
+                        let mut j = j;
+                        j.metadata.uid = Some(format!("floor-{name}"));
+                        floor::create_job(&operator_identity, &j, runtime).await;
+                    }
+                }
+                (name, at)
+            }
+        };
+        let work = async {
+            match arrival {
+                Arrival::Sequential => {
+                    for name in names.clone() {
+                        let (name, at) = submit(name).await;
+                        submitted.borrow_mut().insert(name.clone(), at);
+                        while !recorder.snapshot().get(&name).is_some_and(done) && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                Arrival::Burst => {
+                    let mut stream = futures::stream::iter(names.clone()).map(submit).buffer_unordered(SUBMITTERS);
+                    while let Some((name, at)) = stream.next().await {
+                        submitted.borrow_mut().insert(name, at);
+                    }
+                }
+            }
+            while recorder.count(done) < jobs as usize && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // Alongside: the operator's memory against the jobs it has in its cache, every second.
+        let samples = RefCell::new(Vec::new());
+        let sampler = async {
+            let Some(op) = operator.as_ref().filter(|_| opts.sample_memory) else {
+                return std::future::pending().await;
+            };
+            loop {
+                let existing = opts.settle as usize;
+                samples.borrow_mut().push(MemorySample {
+                    t_s: t0.elapsed().as_secs_f64(),
+                    jobs: (existing + submitted.borrow().len()) as u32,
+                    finished: (existing + recorder.count(done)) as u32,
+                    rss_mib: op.rss_mib(),
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = sampler => {}
+        }
+        self.memory.extend(samples.into_inner());
+        let submitted = submitted.into_inner();
+        let seen = recorder.snapshot();
+        let mut run = measure(&submitted, &seen, t0, workers as usize, done);
+        if mode == Mode::Operator {
+            // The workers go after Complete: count those deletes too.
+            self.wait_for_cleanup(&ns).await;
+        }
+        let writes = mark
+            .writes_since(&self.operator_identity, Identity::Operator.user(), &ns)
+            .await;
+        run.writes_per_job = writes.values().sum::<u64>() as f64 / jobs as f64;
+        run.writes = writes;
+        if let Some(op) = operator {
+            let metrics = op.metrics().await;
+            let delta = |name: &str| metric_sum(&metrics, name) - metric_sum(&metrics0, name);
+            run.peak_rss_mib = Some(op.peak_rss_mib());
+            run.cpu_s = Some(op.cpu_s() - cpu0);
+            run.reconcile_errors = Some(delta("trainjob_reconcile_errors_total") as u64);
+            let count = delta("trainjob_pods_created_after_seconds_count");
+            if count > 0.0 {
+                run.operator_pods_created_mean_ms =
+                    Some(delta("trainjob_pods_created_after_seconds_sum") / count * 1000.0);
+            }
+            op.stop();
+        }
+        println!(
+            "  {prefix:<8} workers created p50 {:>8.1} ms p99 {:>8.1} ms | all workers {:>7.2} s | all done {:>7.2} s | writes/job {:>5.1} | incomplete {}",
+            run.workers_created.p50_ms,
+            run.workers_created.p99_ms,
+            run.all_workers_created_s,
+            run.all_complete_s,
+            run.writes_per_job,
+            run.incomplete
+        );
+        Outcome { run, ns }
+    }
+
+    /// Starts the operator; with `settle` jobs already in the cluster, waits until it has
+    /// reconciled that many (its start-up pass), so a scenario times only its own jobs.
+    async fn start_operator(&self, ns: &str, settle: u32) -> OperatorProcess {
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
+        let args = ["--network-policies".to_string(), "--disable-webhook".into()];
+        let op = OperatorProcess::start(self.bed, support::free_port(), &args, log).await;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while metric_sum(&op.metrics().await, "trainjob_reconcile_duration_seconds_count") < f64::from(settle) {
+            assert!(Instant::now() < deadline, "the operator did not reconcile the {settle} existing jobs in 5 minutes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        op
+    }
+
+    /// Waits until the operator has removed every finished job's workers from `ns`.
+    async fn wait_for_cleanup(&self, ns: &str) {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.admin.clone(), ns);
+        let workers = kube::api::ListParams::default()
+            .labels(&format!("{}=node", trainjob_operator::names::JOB_ROLE_LABEL));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while api.list(&workers).await.map(|l| !l.items.is_empty()).unwrap_or(true) {
+            if Instant::now() > deadline {
+                println!("  (workers still present in {ns} after 5 minutes)");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes a namespace and waits until it is gone, so the next scenario starts quiet.
+    async fn delete_namespace(&self, ns: &str) {
+        let api: Api<Namespace> = Api::all(self.admin.clone());
+        let _ = api.delete(ns, &DeleteParams::background()).await;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while api.get_opt(ns).await.ok().flatten().is_some() {
+            assert!(Instant::now() < deadline, "namespace {ns} was not deleted in 10 minutes");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One scenario: the floor, then the operator. Both namespaces are deleted afterwards
+    /// unless `opts.keep` (the operator's finished jobs then stay for the steady state).
+    async fn scenario(&mut self, kind: &str, name: &str, arrival: Arrival, jobs: u32, workers: u32, opts: Options) -> Scenario {
+        println!("== {name}");
+        let floor = self.run(Mode::Floor, arrival, jobs, workers, Options::default()).await;
+        self.delete_namespace(&floor.ns).await;
+        let operator = self.run(Mode::Operator, arrival, jobs, workers, opts).await;
+        if !opts.keep {
+            self.delete_namespace(&operator.ns).await;
+        }
+        Scenario {
+            kind: kind.into(),
+            name: name.into(),
+            jobs,
+            workers,
+            floor: floor.run,
+            operator: operator.run,
+        }
+    }
+}
+
+/// Latencies from each job's submission, and the scenario's makespans from its start.
+fn measure(
+    submitted: &BTreeMap<String, Instant>,
+    seen: &std::collections::HashMap<String, Seen>,
+    t0: Instant,
+    workers: usize,
+    done: impl Fn(&Seen) -> bool,
+) -> Run {
+    let (mut w, mut l, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut last_worker, mut last_done) = (Duration::ZERO, Duration::ZERO);
+    let mut incomplete = 0;
+    for (name, at) in submitted {
+        let Some(s) = seen.get(name) else {
+            incomplete += 1;
+            continue;
+        };
+        if let Some(t) = s.workers_created(workers) {
+            w.push(t.saturating_duration_since(*at));
+            last_worker = last_worker.max(t.saturating_duration_since(t0));
+        }
+        if let Some(t) = s.launcher {
+            l.push(t.saturating_duration_since(*at));
+        }
+        let finished = if done(s) { s.complete.or(s.launcher_succeeded) } else { None };
+        match finished {
+            Some(t) => {
+                c.push(t.saturating_duration_since(*at));
+                last_done = last_done.max(t.saturating_duration_since(t0));
+            }
+            None => incomplete += 1,
+        }
+    }
+    Run {
+        workers_created: Percentiles::of(&w),
+        launcher_created: Percentiles::of(&l),
+        complete: Percentiles::of(&c),
+        all_workers_created_s: last_worker.as_secs_f64(),
+        all_complete_s: last_done.as_secs_f64(),
+        incomplete,
+        ..Default::default()
+    }
+}
+
+/// Sequential TrainJob creates (suspended, so nothing else runs) in a fresh namespace: the time
+/// each create takes.
+async fn creates(bed: &Bed, admin: &Client, count: u32) -> Vec<Duration> {
+    let ns = bed.namespace("admit").await.expect("namespace");
+    let api: Api<TrainJob> = Api::namespaced(admin.clone(), &ns);
+    let mut took = Vec::new();
+    for i in 0..count {
+        let mut j = job(&format!("job-{i}"), &ns, 4);
+        j.spec.suspend = Some(true);
+        let start = Instant::now();
+        api.create(&PostParams::default(), &j).await.expect("create");
+        took.push(start.elapsed());
+    }
+    took
+}
+
+/// What admission adds to a create: the same creates without the webhook (the floor), then with
+/// the shipped webhook configurations calling the operator (runtime lookup, rules, audit line).
+async fn admission(bed: &'static Bed, admin: &Client, count: u32) -> Admission {
+    println!("== admission: {count} creates");
+    let floor = Percentiles::of(&creates(bed, admin, count).await);
+    let port = support::free_port();
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-admission.log");
+    let args = [format!("--webhook-addr=127.0.0.1:{port}"), "--webhook-hosts=127.0.0.1".into()];
+    // Registered first: the operator puts its CA into the configurations as it starts.
+    bed.register_operator_webhooks(port).await.expect("registering the webhooks");
+    let operator = OperatorProcess::start(bed, support::free_port(), &args, log).await;
+    support::wait_for_admission().await;
+    let webhook = Percentiles::of(&creates(bed, admin, count).await);
+    operator.stop();
+    println!(
+        "  create p50 {:.1} ms without the webhook, {:.1} ms with it",
+        floor.p50_ms, webhook.p50_ms
+    );
+    Admission { creates: count, floor, webhook }
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    BTreeMap::from([
+        ("cpu".into(), model),
+        ("cores".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string()),
+        ("memory".into(), memory),
+        ("kernel".into(), command_line("uname", &["-r"])),
+    ])
+}
+
+async fn versions(admin: &Client) -> BTreeMap<String, String> {
+    let bin = trainjob_testbed::default_bin_dir().expect("bin dir");
+    BTreeMap::from([
+        ("operator".into(), format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["rev-parse", "--short", "HEAD"]))),
+        ("kubernetes".into(), admin.apiserver_version().await.map(|v| v.git_version).unwrap_or_default()),
+        ("kwok".into(), command_line(&bin.join("kwok").display().to_string(), &["--version"])),
+        ("rustc".into(), command_line("rustc", &["--version"])),
+    ])
+}
+
+fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
+    std::fs::create_dir_all(results).expect("results dir");
+    let json = serde_json::to_string_pretty(report).expect("json");
+    std::fs::write(results.join("BENCHMARKS.json"), json).expect("writing BENCHMARKS.json");
+    let charts = report::charts(report, results).expect("drawing the charts");
+    // BENCHMARKS.md sits at the repository root, the charts next to the JSON.
+    let (md_path, prefix) = if in_repo {
+        (trainjob_testbed::repo_root().join("BENCHMARKS.md"), "benches/results/")
+    } else {
+        (results.join("BENCHMARKS.md"), "")
+    };
+    let charts: Vec<(String, String)> = charts
+        .into_iter()
+        .map(|(title, file)| (title, format!("{prefix}{file}")))
+        .collect();
+    std::fs::write(md_path, report::markdown(report, &charts)).expect("writing BENCHMARKS.md");
+}
+
+fn main() {
+    let quick = std::env::var("BENCH_SCALE").is_ok_and(|s| s == "quick");
+    println!("== pure core (no server) ==");
+    let micro = micro();
+    // BENCH_OUT: somewhere else than the repository (BENCHMARKS.md included), e.g. to compare.
+    let out = std::env::var_os("BENCH_OUT").map(PathBuf::from);
+    let results = out.clone().unwrap_or_else(|| trainjob_testbed::repo_root().join("benches/results"));
+    std::fs::create_dir_all(&results).expect("results dir");
+    let bed = bench_bed(|| BedConfig {
+        nodes: (0..NODES)
+            .map(|i| FakeNode {
+                pods: PODS_PER_NODE,
+                memory: "4Ti".into(),
+                ..FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
+            })
+            .collect(),
+        ..BedConfig::default()
+    });
+    bed.apply_kustomization("config/runtimes").expect("runtimes");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let admin = bed.client(Identity::Admin).await.expect("admin client");
+        let mut bench = Bench {
+            bed,
+            operator_identity: bed.client(Identity::Operator).await.expect("operator client"),
+            runtime: shipped_runtime(),
+            memory: Vec::new(),
+            deadline: Duration::from_secs(if quick { 120 } else { 900 }),
+            admin: admin.clone(),
+        };
+        let mut report = Report {
+            date: now().0.to_string(),
+            machine: machine(),
+            versions: versions(&admin).await,
+            nodes: NODES,
+            pods_per_node: PODS_PER_NODE,
+            operator_settings: BTreeMap::from([
+                ("--concurrency".into(), "8 (default)".into()),
+                ("--network-policies".into(), "on (as config/default)".into()),
+                ("admission webhook".into(), "off (the floor has none either)".into()),
+            ]),
+            micro,
+            ..Default::default()
+        };
+        let (lone, bursts, widths, big): (u32, &[u32], &[u32], u32) = if quick {
+            (3, &[10], &[2, 8, 32], 50)
+        } else {
+            (20, &[100], &[2, 8, 32, 128, 512], 1000)
+        };
+        let s = bench.scenario("lone", &format!("{lone} jobs one after another × 8 workers"), Arrival::Sequential, lone, 8, Options::default()).await;
+        report.scenarios.push(s);
+        for &n in bursts {
+            let s = bench.scenario("burst", &format!("burst of {n} jobs × 8 workers"), Arrival::Burst, n, 8, Options::default()).await;
+            report.scenarios.push(s);
+        }
+        for &w in widths {
+            let s = bench.scenario("width", &format!("one job × {w} workers"), Arrival::Sequential, 1, w, Options::default()).await;
+            report.scenarios.push(s);
+        }
+        let s = bench.scenario("burst", &format!("burst of {big} jobs × 8 workers"), Arrival::Burst, big, 8, Options { keep: true, sample_memory: true, settle: 0 }).await;
+        report.scenarios.push(s);
+        let s = bench
+            .scenario("steady", &format!("{lone} jobs one after another, {big} finished jobs kept"), Arrival::Sequential, lone, 8, Options { keep: false, sample_memory: true, settle: big })
+            .await;
+        report.scenarios.push(s);
+        report.memory = std::mem::take(&mut bench.memory);
+        // Last: the webhook stays registered once it is.
+        report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }).await);
+        write_outputs(&report, &results, out.is_none());
+        println!("wrote BENCHMARKS.md and {}", results.display());
+    });
+}

@@ -1,0 +1,153 @@
+//! What `make bench` measures, as it is written to `BENCHMARKS.json` and rendered into
+//! `BENCHMARKS.md`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One whole `make bench` run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// When the run started (RFC 3339, UTC).
+    pub date: String,
+    /// CPU model, cores, memory, kernel.
+    pub machine: BTreeMap<String, String>,
+    /// Component versions: operator commit, Kubernetes, kwok, Rust.
+    pub versions: BTreeMap<String, String>,
+    /// Kwok nodes in the bed and how many pods each takes.
+    pub nodes: u32,
+    /// Pods per node.
+    pub pods_per_node: u32,
+    /// Operator settings that matter for the figures (`--concurrency`, ...).
+    pub operator_settings: BTreeMap<String, String>,
+    /// Scenarios, in the order they ran.
+    pub scenarios: Vec<Scenario>,
+    /// Operator RSS against TrainJobs in its cache, sampled while the 1000-job burst ran and
+    /// while its finished jobs were kept (steady state).
+    pub memory: Vec<MemorySample>,
+    /// Pure-core micro benchmarks: label → microseconds per operation.
+    pub micro: BTreeMap<String, f64>,
+    /// What admission adds to a TrainJob create.
+    pub admission: Option<Admission>,
+}
+
+/// TrainJob creates one at a time, without and with the operator's admission webhook.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Admission {
+    /// Creates in each run.
+    pub creates: u32,
+    /// Without the webhook.
+    pub floor: Percentiles,
+    /// With the shipped webhook configurations calling the operator.
+    pub webhook: Percentiles,
+}
+
+/// One scenario, run once by the plain client (the floor) and once through the operator.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Scenario {
+    /// `lone`, `burst`, `width` or `steady`.
+    pub kind: String,
+    /// Human-readable name, e.g. "burst of 100 jobs × 8 workers".
+    pub name: String,
+    /// TrainJobs in the scenario.
+    pub jobs: u32,
+    /// Workers per job (`numNodes`).
+    pub workers: u32,
+    /// The plain client creating the same objects with no operator.
+    pub floor: Run,
+    /// The operator (release build, its own process).
+    pub operator: Run,
+}
+
+/// One run of a scenario. Latencies run from the moment each job was created (the floor: the
+/// moment it started creating the job's objects), as the bench's own watch saw the objects.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Run {
+    /// Create → the job's last worker pod created.
+    pub workers_created: Percentiles,
+    /// Create → the launcher pod created.
+    pub launcher_created: Percentiles,
+    /// Create → Complete (the floor: the launcher Succeeded).
+    pub complete: Percentiles,
+    /// First create → the last worker of the whole scenario created, in seconds.
+    pub all_workers_created_s: f64,
+    /// First create → the last job Complete, in seconds.
+    pub all_complete_s: f64,
+    /// Jobs that did not reach each point before the deadline.
+    pub incomplete: u32,
+    /// API writes by the operator's identity, by `verb resource[/subresource]`, summed over the
+    /// scenario (from the API server's audit log).
+    pub writes: BTreeMap<String, u64>,
+    /// All writes divided by jobs.
+    pub writes_per_job: f64,
+    /// Operator's peak resident memory during the scenario, MiB (none for the floor).
+    pub peak_rss_mib: Option<f64>,
+    /// Operator CPU time (user + system) during the scenario, seconds.
+    pub cpu_s: Option<f64>,
+    /// `trainjob_reconcile_errors_total` summed over labels, during the scenario.
+    pub reconcile_errors: Option<u64>,
+    /// The operator's own `trainjob_pods_created_after_seconds` mean during the scenario, ms,
+    /// to compare with `workers_created` measured by the bench's watch.
+    pub operator_pods_created_mean_ms: Option<f64>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub n: u32,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (any order).
+    pub fn of(samples: &[Duration]) -> Percentiles {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            if ms.is_empty() {
+                0.0
+            } else {
+                let rank = (p * ms.len() as f64).ceil() as usize;
+                ms[rank.clamp(1, ms.len()) - 1]
+            }
+        };
+        Percentiles {
+            n: ms.len() as u32,
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: ms.last().copied().unwrap_or(0.0),
+            mean_ms: if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
+        }
+    }
+}
+
+/// Operator memory with a number of TrainJobs in its cache.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Seconds since the sampled phase started.
+    pub t_s: f64,
+    /// TrainJobs that exist (and so are in the operator's cache).
+    pub jobs: u32,
+    /// Of those, finished.
+    pub finished: u32,
+    /// Resident memory, MiB.
+    pub rss_mib: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_rank() {
+        use super::*;
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&d);
+        assert_eq!((p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms), (50.0, 90.0, 99.0, 100.0));
+    }
+}

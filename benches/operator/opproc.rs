@@ -1,0 +1,144 @@
+//! The release operator as its own process, as `config/default` runs it, and what it costs:
+//! resident memory and CPU time from `/proc`, counters from its `/metrics`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trainjob_testbed::{Bed, Identity};
+
+/// A running operator process; dropping it stops it.
+pub struct OperatorProcess {
+    child: Child,
+    /// Base URL of `/metrics` and `/readyz`.
+    pub http: String,
+    ticks_per_s: f64,
+}
+
+/// The binary `make bench` built: `$TRAINJOB_OPERATOR_BINARY`, else `target/release`.
+pub fn binary() -> PathBuf {
+    std::env::var_os("TRAINJOB_OPERATOR_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| trainjob_testbed::repo_root().join("target/release/trainjob-operator"))
+}
+
+impl OperatorProcess {
+    /// Starts the operator under its own identity with `args` on top of the defaults (give
+    /// `--disable-webhook` or the webhook's address), and waits until it is ready.
+    pub async fn start(bed: &Bed, port: u16, args: &[String], log: PathBuf) -> OperatorProcess {
+        let binary = binary();
+        assert!(
+            binary.is_file(),
+            "{} is missing: `make bench` builds it (cargo build --release)",
+            binary.display()
+        );
+        let log = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(&binary)
+            .arg("run")
+            .arg(format!("--http-addr=127.0.0.1:{port}"))
+            .arg("--log-format=json")
+            .args(args)
+            .env("KUBECONFIG", bed.kubeconfig_path(Identity::Operator))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting the operator");
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let operator = OperatorProcess {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            ticks_per_s,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::support::http_get(&format!("{}/readyz", operator.http), "text/plain")
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the operator never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        operator
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    fn status_kib(&self, field: &str) -> f64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Resident memory now, MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") / 1024.0
+    }
+
+    /// Peak resident memory since start, MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") / 1024.0
+    }
+
+    /// CPU time (user + system) since start, seconds.
+    pub fn cpu_s(&self) -> f64 {
+        let stat = self.proc_file("stat");
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name and state.
+        (ticks(11) + ticks(12)) / self.ticks_per_s
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        crate::support::http_get(&format!("{}/metrics", self.http), "text/plain")
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Stops it with SIGTERM, as the kubelet would, and waits.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signals a child this process started and has not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Sum of a metric's samples (every label set), from Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

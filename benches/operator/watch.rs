@@ -1,0 +1,149 @@
+//! The bench's own view of a scenario: a watch on one namespace's pods and TrainJobs that notes,
+//! with the bench's monotonic clock, when it first saw each milestone of each job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use trainjob_operator::api::TrainJob;
+use trainjob_operator::names;
+
+/// When the watch first saw each thing of one job.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// First sight of each worker pod, by name.
+    pub workers: BTreeMap<String, Instant>,
+    /// First sight of a launcher pod.
+    pub launcher: Option<Instant>,
+    /// First sight of the launcher Succeeded.
+    pub launcher_succeeded: Option<Instant>,
+    /// First sight of the TrainJob's `Complete` condition.
+    pub complete: Option<Instant>,
+}
+
+impl Seen {
+    /// When the `n`-th worker appeared: all of an `n`-worker job created.
+    pub fn workers_created(&self, n: usize) -> Option<Instant> {
+        let mut at: Vec<Instant> = self.workers.values().copied().collect();
+        at.sort();
+        (at.len() >= n && n > 0).then(|| at[n - 1])
+    }
+}
+
+/// Milestones by job name, filled by two watch tasks until dropped.
+pub struct Recorder {
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Starts watching `ns`; returns once both watches have listed (so nothing is missed).
+    pub async fn start(client: &Client, ns: &str) -> Recorder {
+        let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let jobs: Api<TrainJob> = Api::namespaced(client.clone(), ns);
+        let pod_task = {
+            let (seen, ready) = (seen.clone(), ready_tx.clone());
+            tokio::spawn(async move {
+                let config = watcher::Config::default()
+                    .labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+                let mut events = std::pin::pin!(watcher::watcher(pods, config));
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => note_pod(&seen, &pod),
+                        Ok(Event::InitDone) => {
+                            let _ = ready.send(()).await;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        let job_task = {
+            let (seen, ready) = (seen.clone(), ready_tx);
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(watcher::watcher(jobs, watcher::Config::default()));
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(Event::Apply(job) | Event::InitApply(job)) => note_job(&seen, &job),
+                        Ok(Event::InitDone) => {
+                            let _ = ready.send(()).await;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        for _ in 0..2 {
+            ready_rx.recv().await;
+        }
+        Recorder {
+            seen,
+            tasks: vec![pod_task, job_task],
+        }
+    }
+
+    /// What was seen so far, by job name.
+    pub fn snapshot(&self) -> HashMap<String, Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// How many jobs have reached `done` so far.
+    pub fn count(&self, done: impl Fn(&Seen) -> bool) -> usize {
+        self.seen
+            .lock()
+            .map(|s| s.values().filter(|s| done(s)).count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn note_pod(seen: &Mutex<HashMap<String, Seen>>, pod: &Pod) {
+    let now = Instant::now();
+    let labels = pod.labels();
+    let Some(job) = labels.get(names::TRAINJOB_NAME_LABEL) else {
+        return;
+    };
+    let Ok(mut seen) = seen.lock() else { return };
+    let entry = seen.entry(job.clone()).or_default();
+    match labels.get(names::JOB_ROLE_LABEL).map(String::as_str) {
+        Some("launcher") => {
+            entry.launcher.get_or_insert(now);
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Succeeded") {
+                entry.launcher_succeeded.get_or_insert(now);
+            }
+        }
+        _ => {
+            entry.workers.entry(pod.name_any()).or_insert(now);
+        }
+    }
+}
+
+fn note_job(seen: &Mutex<HashMap<String, Seen>>, job: &TrainJob) {
+    let complete = job.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    });
+    if !complete {
+        return;
+    }
+    let now = Instant::now();
+    if let Ok(mut seen) = seen.lock() {
+        seen.entry(job.name_any()).or_default().complete.get_or_insert(now);
+    }
+}
