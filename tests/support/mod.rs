@@ -206,12 +206,12 @@ impl Operator {
                             let _ = rx.wait_for(|s| *s).await;
                         }
                     };
-                    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let webhook_ready =
                         webhook_port.map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
                     let health = server::Health {
                         metrics: m.clone(),
-                        ready,
+                        ready: ready.clone(),
                         webhook: webhook_ready.clone(),
                     };
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -255,7 +255,7 @@ impl Operator {
                         network_policies: true,
                         ..Default::default()
                     };
-                    controller::run(client, settings, m, stopped()).await;
+                    controller::run(client, settings, m, ready, stopped()).await;
                     let _ = http.await;
                 };
                 // A kill drops the operator mid-flight, like a crashed process: in-progress
