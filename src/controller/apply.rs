@@ -115,7 +115,7 @@ fn create_params() -> PostParams {
 }
 
 /// Carries out `decision` for `job`. Returns how soon to come back when a status that differs
-/// only in pod counts was held back (see [`super::clock`]).
+/// only in pod counts was held back (see [`super::memory`]).
 pub async fn decision(
     job: &TrainJob,
     ctx: &Context,
@@ -193,11 +193,11 @@ pub async fn decision(
     }
     let mut held = None;
     if job.status.as_ref() != Some(&decision.status) {
-        match ctx.clocks.status_wait(job) {
+        match ctx.memory.status_wait(job) {
             Some(wait) if counts_only(job.status.as_ref(), &decision.status) => held = Some(wait),
             _ => {
                 write_status(job, ctx, &decision.status).await?;
-                ctx.clocks.status_written(job);
+                ctx.memory.status_written(job);
             }
         }
     }
@@ -455,8 +455,10 @@ async fn create_secret(job: &TrainJob, ctx: &Context, ns: &str) -> Result<(), Er
     {
         Ok(_) => {
             tracing::info!(job = %job.name_any(), namespace = %ns, %algorithm, "created SSH Secret");
+            ctx.memory.secret_exists(job);
             Ok(())
         }
+        // Someone else's: the next reconcile reads it and checks its owner.
         Err(e) if is_status(&e, 409) => Ok(()),
         Err(e) => Err(write_err("Secret", &name, "creating the SSH Secret".into())(e)),
     }

@@ -120,14 +120,19 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         if let Some(svc) = &service {
             check_owner(job, "Service", &svc.metadata)?;
         }
-        // Secrets are not watched: the operator may only get the ones it names.
-        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&names::ssh_secret(&name))
-            .await
-            .map_err(kube_err("the SSH Secret"))?;
-        if let Some(secret) = secret {
-            check_owner(job, "Secret", &secret.metadata)?;
-            secret_exists = true;
+        // Secrets are not watched (the operator may only get the ones it names): read once,
+        // then remembered.
+        secret_exists = ctx.memory.secret_known(job);
+        if !secret_exists {
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&names::ssh_secret(&name))
+                .await
+                .map_err(kube_err("the SSH Secret"))?;
+            if let Some(secret) = secret {
+                check_owner(job, "Secret", &secret.metadata)?;
+                ctx.memory.secret_exists(job);
+                secret_exists = true;
+            }
         }
     }
     let pods = ctx.pods.of(&ns, &name);

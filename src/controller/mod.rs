@@ -6,7 +6,7 @@
 
 mod apply;
 mod backoff;
-mod clock;
+mod memory;
 mod dereference;
 mod expectations;
 mod index;
@@ -120,7 +120,7 @@ pub struct Context {
     /// Pod creates and deletes in flight across all reconciles: below the API server's default
     /// limit of 200 mutating requests, so a burst is queued here rather than refused there.
     writes: tokio::sync::Semaphore,
-    clocks: Arc<clock::Clocks>,
+    memory: Arc<memory::Memory>,
     runtimes: crate::runtimes::Cache,
     expected: expectations::Expectations,
 }
@@ -234,7 +234,7 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
 
 /// Drops what is remembered in memory about a job that finished or is gone.
 fn forget(ctx: &Context, job: &TrainJob) {
-    ctx.clocks.forget(job);
+    ctx.memory.forget(job);
     ctx.expected.forget(job.metadata.uid.as_deref().unwrap_or_default());
 }
 
@@ -272,7 +272,7 @@ pub async fn run(
     let index = pods.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
+        .modify(trim_pod)
         .inspect_ok(move |event| index.apply(event))
         .touched_objects();
     let (configmaps, writer) = reflector::store();
@@ -302,25 +302,26 @@ pub async fn run(
         backoff: Backoff::default(),
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
-        clocks: Arc::default(),
+        memory: Arc::default(),
         runtimes: crate::runtimes::Cache::start(&client),
         expected: Default::default(),
     });
     let shutdown = shutdown.shared();
 
-    // The jobs' own watch notes when each new job was first seen (see `clock`).
+    // The jobs' own watch notes when each new job was first seen (see `memory`).
     let (jobs, writer) = reflector::store();
-    let clocks = ctx.clocks.clone();
+    let memory = ctx.memory.clone();
     let job_events = watcher(
         Api::<TrainJob>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(|j| j.managed_fields_mut().clear())
     .reflect(writer)
     .inspect_ok(move |event| match event {
-        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => clocks.saw(job),
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => memory.saw(job),
         // A job deleted before it finished is never reconciled again: forget it here.
-        watcher::Event::Delete(job) => clocks.forget(job),
+        watcher::Event::Delete(job) => memory.forget(job),
         watcher::Event::Init | watcher::Event::InitDone => {}
     })
     .applied_objects();
@@ -371,6 +372,19 @@ pub async fn run(
     tokio::select! {
         _ = reconciles => {}
         _ = drained => {}
+    }
+}
+
+/// What the pod cache keeps of a pod: what reconciles read (metadata, the node it is bound to,
+/// the status). The rest of the spec, most of a pod's bytes, is the operator's own template; a
+/// burst of thousands of pods held whole took most of the operator's memory.
+fn trim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
     }
 }
 

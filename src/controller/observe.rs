@@ -72,7 +72,7 @@ fn job_labels(job: &TrainJob) -> JobLabels {
 fn since_creation(ctx: &Context, job: &TrainJob) -> f64 {
     // Now, after the writes: `now` of the reconcile is from before them.
     let now = lifecycle::now();
-    ctx.clocks
+    ctx.memory
         .first_seen(job)
         .or_else(|| job.metadata.creation_timestamp.clone())
         .map(|c| now.0.duration_since(c.0).as_secs_f64().max(0.0))

@@ -1,8 +1,11 @@
-//! Per-job times kept in memory, keyed by the job's uid, for jobs that have not finished:
-//! - when the operator first saw the job, so its latency histograms count from there with the
-//!   watch's precision instead of from the whole-second `creationTimestamp`;
+//! What the operator remembers between reconciles about each job that has not finished, keyed
+//! by the job's uid:
+//! - when it first saw the job, so its latency histograms count from there with the watch's
+//!   precision instead of from the whole-second `creationTimestamp`;
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
-//!   most once per [`STATUS_INTERVAL`] (conditions are always written at once).
+//!   most once per [`STATUS_INTERVAL`] (conditions are always written at once);
+//! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
+//!   watched: the operator may only get the ones it names).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,26 +23,27 @@ use crate::lifecycle;
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
-struct JobClock {
+struct Remembered {
     /// First seen by the watch, as wall-clock time, before any status was written.
     first_seen: Option<Time>,
     /// Monotonic time of the first sight, else of the first status write.
     since: Option<Instant>,
     last_status: Option<Instant>,
+    secret: bool,
 }
 
 /// See the module documentation.
 #[derive(Default)]
-pub struct Clocks {
-    jobs: Mutex<HashMap<String, JobClock>>,
+pub struct Memory {
+    jobs: Mutex<HashMap<String, Remembered>>,
 }
 
 fn uid(job: &TrainJob) -> Option<&str> {
     job.metadata.uid.as_deref()
 }
 
-impl Clocks {
-    fn with<T>(&self, job: &TrainJob, f: impl FnOnce(&mut HashMap<String, JobClock>, &str) -> T) -> Option<T> {
+impl Memory {
+    fn with<T>(&self, job: &TrainJob, f: impl FnOnce(&mut HashMap<String, Remembered>, &str) -> T) -> Option<T> {
         let uid = uid(job)?;
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         Some(f(&mut jobs, uid))
@@ -52,10 +56,10 @@ impl Clocks {
             return;
         }
         self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_insert_with(|| JobClock {
+            jobs.entry(uid.to_string()).or_insert_with(|| Remembered {
                 first_seen: Some(lifecycle::now()),
                 since: Some(Instant::now()),
-                last_status: None,
+                ..Remembered::default()
             });
         });
     }
@@ -81,6 +85,17 @@ impl Clocks {
         self.with(job, |jobs, uid| {
             jobs.entry(uid.to_string()).or_default().last_status = Some(Instant::now());
         });
+    }
+
+    /// Whether the job's SSH Secret is known to exist.
+    pub fn secret_known(&self, job: &TrainJob) -> bool {
+        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.secret))
+            .unwrap_or(false)
+    }
+
+    /// Notes that the job's SSH Secret exists (created, or read).
+    pub fn secret_exists(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| jobs.entry(uid.to_string()).or_default().secret = true);
     }
 
     /// Forgets a job that finished or is gone.
@@ -113,27 +128,31 @@ mod tests {
     }
 
     #[test]
-    fn a_new_job_counts_from_first_sight_and_its_pod_counts_wait_for_the_interval() {
-        let clocks = Clocks::default();
+    fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remembered() {
+        let memory = Memory::default();
         let new = job(None);
-        assert_eq!(clocks.status_wait(&new), None, "unknown job: write at once");
-        clocks.saw(&new);
-        let first = clocks.first_seen(&new).expect("first seen");
-        clocks.saw(&new);
-        assert_eq!(clocks.first_seen(&new), Some(first), "the first sight stays");
-        assert!(clocks.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
-        clocks.status_written(&new);
-        assert!(clocks.status_wait(&new).is_some());
-        clocks.forget(&new);
-        assert_eq!((clocks.len(), clocks.first_seen(&new)), (0, None));
+        assert_eq!(memory.status_wait(&new), None, "unknown job: write at once");
+        memory.saw(&new);
+        let first = memory.first_seen(&new).expect("first seen");
+        memory.saw(&new);
+        assert_eq!(memory.first_seen(&new), Some(first), "the first sight stays");
+        assert!(memory.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
+        memory.status_written(&new);
+        assert!(memory.status_wait(&new).is_some());
+        assert!(!memory.secret_known(&new));
+        memory.secret_exists(&new);
+        assert!(memory.secret_known(&new));
+        memory.forget(&new);
+        assert_eq!((memory.len(), memory.first_seen(&new)), (0, None));
+        assert!(!memory.secret_known(&new), "a finished job's Secret is read again, if ever");
     }
 
     #[test]
     fn a_job_an_earlier_run_reconciled_is_not_timed_from_now() {
-        let clocks = Clocks::default();
+        let memory = Memory::default();
         let old = job(Some(json!({"jobsStatus": []})));
-        clocks.saw(&old);
-        assert_eq!((clocks.first_seen(&old), clocks.len()), (None, 0));
-        assert_eq!(clocks.status_wait(&old), None);
+        memory.saw(&old);
+        assert_eq!((memory.first_seen(&old), memory.len()), (None, 0));
+        assert_eq!(memory.status_wait(&old), None);
     }
 }
