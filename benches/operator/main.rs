@@ -147,6 +147,8 @@ struct Options {
     sample_memory: bool,
     /// Jobs already in the cluster that the operator reconciles at start-up, before timing.
     settle: u32,
+    /// The operator's `--concurrency`, when not its default.
+    concurrency: Option<u16>,
 }
 
 struct Outcome {
@@ -167,7 +169,7 @@ impl Bench {
         let mark = audit::Mark::now(self.bed.audit_log());
         let operator = match mode {
             Mode::Floor => None,
-            Mode::Operator => Some(self.start_operator(&ns, opts.settle).await),
+            Mode::Operator => Some(self.start_operator(&ns, opts).await),
         };
         let (cpu0, metrics0) = match &operator {
             Some(op) => (op.cpu_s(), op.metrics().await),
@@ -286,9 +288,11 @@ impl Bench {
 
     /// Starts the operator; with `settle` jobs already in the cluster, waits until it has
     /// reconciled that many (its start-up pass), so a scenario times only its own jobs.
-    async fn start_operator(&self, ns: &str, settle: u32) -> OperatorProcess {
+    async fn start_operator(&self, ns: &str, opts: Options) -> OperatorProcess {
+        let settle = opts.settle;
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
-        let args = ["--network-policies".to_string(), "--disable-webhook".into()];
+        let mut args = vec!["--network-policies".to_string(), "--disable-webhook".into()];
+        args.extend(opts.concurrency.map(|n| format!("--concurrency={n}")));
         let op = OperatorProcess::start(self.bed, support::free_port(), &args, log).await;
         let deadline = Instant::now() + Duration::from_secs(300);
         while metric_sum(&op.metrics().await, "trainjob_reconcile_duration_seconds_count") < f64::from(settle) {
@@ -546,10 +550,18 @@ fn main() {
             let s = bench.scenario("width", &format!("one job × {w} workers"), Arrival::Sequential, 1, w, Options::default()).await;
             report.scenarios.push(s);
         }
-        let s = bench.scenario("burst", &format!("burst of {big} jobs × 8 workers"), Arrival::Burst, big, 8, Options { keep: true, sample_memory: true, settle: 0 }).await;
+        // The default --concurrency, chosen from these.
+        for c in [4, 8, 16, 32] {
+            let n = bursts[0];
+            let opts = Options { concurrency: Some(c), ..Options::default() };
+            let s = bench.scenario("concurrency", &format!("burst of {n} jobs × 8 workers, --concurrency {c}"), Arrival::Burst, n, 8, opts).await;
+            report.scenarios.push(s);
+        }
+        let opts = Options { keep: true, sample_memory: true, ..Options::default() };
+        let s = bench.scenario("burst", &format!("burst of {big} jobs × 8 workers"), Arrival::Burst, big, 8, opts).await;
         report.scenarios.push(s);
         let s = bench
-            .scenario("steady", &format!("{lone} jobs one after another, {big} finished jobs kept"), Arrival::Sequential, lone, 8, Options { keep: false, sample_memory: true, settle: big })
+            .scenario("steady", &format!("{lone} jobs one after another, {big} finished jobs kept"), Arrival::Sequential, lone, 8, Options { sample_memory: true, settle: big, ..Options::default() })
             .await;
         report.scenarios.push(s);
         report.memory = std::mem::take(&mut bench.memory);

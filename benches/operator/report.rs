@@ -17,11 +17,12 @@ use plotters::prelude::*;
 use crate::model::{MemorySample, Percentiles, Report, Run, Scenario};
 
 /// Scenario kinds in the order their sections appear; kinds not listed follow, in run order.
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     ("lone", "Lone job"),
     ("burst", "Bursts"),
     ("width", "Width"),
     ("steady", "Steady state"),
+    ("concurrency", "Reconcile concurrency"),
 ];
 
 /// Renders `BENCHMARKS.md`. `charts` are (title, path relative to the document) pairs, as

@@ -326,16 +326,7 @@ pub async fn run(
     })
     .applied_objects();
     let controller = Controller::for_stream(job_events, jobs.clone());
-    let synced = (ctx.clone(), jobs.clone());
-    tokio::spawn(async move {
-        let (ctx, jobs) = synced;
-        ctx.pods.ready().await;
-        let _ = ctx.configmaps.wait_until_ready().await;
-        let _ = ctx.services.wait_until_ready().await;
-        let _ = jobs.wait_until_ready().await;
-        ctx.runtimes.ready().await;
-        ready.store(true, Ordering::Relaxed);
-    });
+    tokio::spawn(signal_ready(ctx.clone(), jobs.clone(), ready));
     let by_namespaced = jobs.clone();
     let reconciles = controller
         .owns_stream(pod_events)
@@ -373,6 +364,52 @@ pub async fn run(
         _ = reconciles => {}
         _ = drained => {}
     }
+}
+
+/// Sets `ready` once every watch cache has listed; says which ones it still waits for every
+/// 30 s until then.
+async fn signal_ready(ctx: Arc<Context>, jobs: Store<TrainJob>, ready: Arc<std::sync::atomic::AtomicBool>) {
+    let started = Instant::now();
+    let pending = std::sync::Mutex::new(vec!["pods", "configmaps", "services", "trainjobs", "runtimes"]);
+    let listed = |what: &'static str| {
+        pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != what);
+    };
+    let all = async {
+        futures::join!(
+            async {
+                ctx.pods.ready().await;
+                listed("pods");
+            },
+            async {
+                let _ = ctx.configmaps.wait_until_ready().await;
+                listed("configmaps");
+            },
+            async {
+                let _ = ctx.services.wait_until_ready().await;
+                listed("services");
+            },
+            async {
+                let _ = jobs.wait_until_ready().await;
+                listed("trainjobs");
+            },
+            async {
+                ctx.runtimes.ready().await;
+                listed("runtimes");
+            },
+        )
+    };
+    let mut all = std::pin::pin!(all);
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                let waiting = pending.lock().map(|p| p.join(", ")).unwrap_or_default();
+                tracing::warn!(waiting_for = %waiting, "watch caches not listed yet; not ready");
+            }
+        }
+    }
+    tracing::info!(after_ms = started.elapsed().as_millis() as u64, "watch caches listed; ready");
+    ready.store(true, Ordering::Relaxed);
 }
 
 /// What the pod cache keeps of a pod: what reconciles read (metadata, the node it is bound to,
