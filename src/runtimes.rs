@@ -86,9 +86,12 @@ impl Cache {
     /// Starts watching both kinds of runtime on the current tokio runtime.
     pub fn start(client: &Client) -> Cache {
         let (cluster, writer) = reflector::store();
-        let watch = watcher(Api::<ClusterTrainingRuntime>::all(client.clone()), Default::default())
-            .default_backoff()
-            .reflect(writer);
+        let watch = watcher(
+            Api::<ClusterTrainingRuntime>::all(client.clone()),
+            Default::default(),
+        )
+        .default_backoff()
+        .reflect(writer);
         tokio::spawn(watch.for_each(|_| async {}));
         let (namespaced, writer) = reflector::store();
         let watch = watcher(Api::<TrainingRuntime>::all(client.clone()), Default::default())

@@ -254,8 +254,10 @@ async fn four_node_openmpi_job_runs_in_order_and_completes() {
     }
     // The frozen runtime is named with the first pods: one Event rather than two.
     assert!(
-        events.iter().any(|(r, note)| r == "PodsCreated"
-            && note.starts_with("using TrainingRuntime/openmpi; later edits")),
+        events
+            .iter()
+            .any(|(r, note)| r == "PodsCreated"
+                && note.starts_with("using TrainingRuntime/openmpi; later edits")),
         "{events:?}"
     );
     assert_eq!(events.len(), 3, "one Event per step: {events:?}");

@@ -220,7 +220,10 @@ async fn missing_runtime() {
     let (ns, c) = setup("priv-missing").await;
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
     for (kind, want) in [
-        ("ClusterTrainingRuntime", "ClusterTrainingRuntime \"no-such-runtime\" not found"),
+        (
+            "ClusterTrainingRuntime",
+            "ClusterTrainingRuntime \"no-such-runtime\" not found",
+        ),
         ("TrainingRuntime", "TrainingRuntime \"no-such-runtime\" not found"),
     ] {
         let job: TrainJob = serde_json::from_value(json!({

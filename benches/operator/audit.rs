@@ -75,7 +75,10 @@ impl Mark {
             if marked {
                 return writes;
             }
-            assert!(Instant::now() < deadline, "the audit log never showed {marker_name}");
+            assert!(
+                Instant::now() < deadline,
+                "the audit log never showed {marker_name}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

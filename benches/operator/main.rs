@@ -40,8 +40,8 @@ use watch::{Recorder, Seen};
 /// Kwok nodes, and pods each takes: room for a 1000-job burst's 9000 pods at once.
 const NODES: u32 = 16;
 const PODS_PER_NODE: u32 = 1000;
-/// Jobs (or a job's objects, for the floor) submitted at once in a burst: the operator's
-/// default reconcile concurrency, so the floor gets the same parallelism.
+/// Jobs (or a job's objects, for the floor) submitted at once in a burst, by the floor as by
+/// the client creating TrainJobs.
 const SUBMITTERS: usize = 8;
 
 fn time<T>(micro: &mut BTreeMap<String, f64>, label: &str, iterations: u32, mut f: impl FnMut() -> T) {
@@ -50,7 +50,10 @@ fn time<T>(micro: &mut BTreeMap<String, f64>, label: &str, iterations: u32, mut 
         std::hint::black_box(f());
     }
     let per = start.elapsed() / iterations;
-    println!("{label:<52} {:>12.3} µs/op  ({iterations} runs)", per.as_secs_f64() * 1e6);
+    println!(
+        "{label:<52} {:>12.3} µs/op  ({iterations} runs)",
+        per.as_secs_f64() * 1e6
+    );
     micro.insert(label.into(), per.as_secs_f64() * 1e6);
 }
 
@@ -75,7 +78,9 @@ fn micro() -> BTreeMap<String, f64> {
     let runtime = shipped_runtime();
     let mut j = job("pi", "bench", 32);
     j.metadata.uid = Some("u".into());
-    time(&mut out, "resolve a 32-node job", 2000, || resolve(&j, "rt", &runtime).expect("plan"));
+    time(&mut out, "resolve a 32-node job", 2000, || {
+        resolve(&j, "rt", &runtime).expect("plan")
+    });
     let plan = resolve(&j, "rt", &runtime).expect("plan");
     time(&mut out, "build all 33 pods + hostfile + service", 500, || {
         (
@@ -97,9 +102,12 @@ fn micro() -> BTreeMap<String, f64> {
         })
         .collect();
     let t = now();
-    time(&mut out, "decide() for a running 32-node job (33 pods)", 2000, || {
-        decide(&j, &plan, &running, &t)
-    });
+    time(
+        &mut out,
+        "decide() for a running 32-node job (33 pods)",
+        2000,
+        || decide(&j, &plan, &running, &t),
+    );
     for (algorithm, n) in [
         (KeyAlgorithm::Ed25519, 200),
         (KeyAlgorithm::EcdsaP256, 200),
@@ -184,8 +192,12 @@ impl Bench {
         let names: Vec<String> = (0..jobs).map(|i| format!("job-{i}")).collect();
         let submitted: RefCell<BTreeMap<String, Instant>> = RefCell::default();
         let submit = |name: String| {
-            let (admin, operator_identity, runtime, ns) =
-                (self.admin.clone(), self.operator_identity.clone(), &self.runtime, ns.clone());
+            let (admin, operator_identity, runtime, ns) = (
+                self.admin.clone(),
+                self.operator_identity.clone(),
+                &self.runtime,
+                ns.clone(),
+            );
             async move {
                 let j = job(&name, &ns, workers);
                 let at = Instant::now();
@@ -217,7 +229,9 @@ impl Bench {
                     }
                 }
                 Arrival::Burst => {
-                    let mut stream = futures::stream::iter(names.clone()).map(submit).buffer_unordered(SUBMITTERS);
+                    let mut stream = futures::stream::iter(names.clone())
+                        .map(submit)
+                        .buffer_unordered(SUBMITTERS);
                     while let Some((name, at)) = stream.next().await {
                         submitted.borrow_mut().insert(name, at);
                     }
@@ -289,16 +303,11 @@ impl Bench {
     /// Starts the operator; with `settle` jobs already in the cluster, waits until it has
     /// reconciled that many (its start-up pass), so a scenario times only its own jobs.
     async fn start_operator(&self, ns: &str, opts: Options) -> OperatorProcess {
-        let settle = opts.settle;
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
         let mut args = vec!["--network-policies".to_string(), "--disable-webhook".into()];
         args.extend(opts.concurrency.map(|n| format!("--concurrency={n}")));
         let op = OperatorProcess::start(self.bed, support::free_port(), &args, log).await;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while metric_sum(&op.metrics().await, "trainjob_reconcile_duration_seconds_count") < f64::from(settle) {
-            assert!(Instant::now() < deadline, "the operator did not reconcile the {settle} existing jobs in 5 minutes");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        settle(&op, opts.settle).await;
         op
     }
 
@@ -308,7 +317,12 @@ impl Bench {
         let workers = kube::api::ListParams::default()
             .labels(&format!("{}=node", trainjob_operator::names::JOB_ROLE_LABEL));
         let deadline = Instant::now() + Duration::from_secs(300);
-        while api.list(&workers).await.map(|l| !l.items.is_empty()).unwrap_or(true) {
+        while api
+            .list(&workers)
+            .await
+            .map(|l| !l.items.is_empty())
+            .unwrap_or(true)
+        {
             if Instant::now() > deadline {
                 println!("  (workers still present in {ns} after 5 minutes)");
                 return;
@@ -323,16 +337,29 @@ impl Bench {
         let _ = api.delete(ns, &DeleteParams::background()).await;
         let deadline = Instant::now() + Duration::from_secs(600);
         while api.get_opt(ns).await.ok().flatten().is_some() {
-            assert!(Instant::now() < deadline, "namespace {ns} was not deleted in 10 minutes");
+            assert!(
+                Instant::now() < deadline,
+                "namespace {ns} was not deleted in 10 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// One scenario: the floor, then the operator. Both namespaces are deleted afterwards
     /// unless `opts.keep` (the operator's finished jobs then stay for the steady state).
-    async fn scenario(&mut self, kind: &str, name: &str, arrival: Arrival, jobs: u32, workers: u32, opts: Options) -> Scenario {
+    async fn scenario(
+        &mut self,
+        kind: &str,
+        name: &str,
+        arrival: Arrival,
+        jobs: u32,
+        workers: u32,
+        opts: Options,
+    ) -> Scenario {
         println!("== {name}");
-        let floor = self.run(Mode::Floor, arrival, jobs, workers, Options::default()).await;
+        let floor = self
+            .run(Mode::Floor, arrival, jobs, workers, Options::default())
+            .await;
         self.delete_namespace(&floor.ns).await;
         let operator = self.run(Mode::Operator, arrival, jobs, workers, opts).await;
         if !opts.keep {
@@ -372,7 +399,11 @@ fn measure(
         if let Some(t) = s.launcher {
             l.push(t.saturating_duration_since(*at));
         }
-        let finished = if done(s) { s.complete.or(s.launcher_succeeded) } else { None };
+        let finished = if done(s) {
+            s.complete.or(s.launcher_succeeded)
+        } else {
+            None
+        };
         match finished {
             Some(t) => {
                 c.push(t.saturating_duration_since(*at));
@@ -389,6 +420,18 @@ fn measure(
         all_complete_s: last_done.as_secs_f64(),
         incomplete,
         ..Default::default()
+    }
+}
+
+/// Waits until the operator has reconciled `jobs` jobs (its start-up pass over those there).
+async fn settle(op: &OperatorProcess, jobs: u32) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while metric_sum(&op.metrics().await, "trainjob_reconcile_duration_seconds_count") < f64::from(jobs) {
+        assert!(
+            Instant::now() < deadline,
+            "the operator did not reconcile the {jobs} existing jobs in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -410,23 +453,34 @@ async fn creates(bed: &Bed, admin: &Client, count: u32) -> Vec<Duration> {
 
 /// What admission adds to a create: the same creates without the webhook (the floor), then with
 /// the shipped webhook configurations calling the operator (runtime lookup, rules, audit line).
-async fn admission(bed: &'static Bed, admin: &Client, count: u32) -> Admission {
+async fn admission(bed: &'static Bed, admin: &Client, count: u32, existing: u32) -> Admission {
     println!("== admission: {count} creates");
     let floor = Percentiles::of(&creates(bed, admin, count).await);
     let port = support::free_port();
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-admission.log");
-    let args = [format!("--webhook-addr=127.0.0.1:{port}"), "--webhook-hosts=127.0.0.1".into()];
+    let args = [
+        format!("--webhook-addr=127.0.0.1:{port}"),
+        "--webhook-hosts=127.0.0.1".into(),
+    ];
     // Registered first: the operator puts its CA into the configurations as it starts.
-    bed.register_operator_webhooks(port).await.expect("registering the webhooks");
+    bed.register_operator_webhooks(port)
+        .await
+        .expect("registering the webhooks");
     let operator = OperatorProcess::start(bed, support::free_port(), &args, log).await;
     support::wait_for_admission().await;
+    // Its start-up pass over the jobs already there would be timed too.
+    settle(&operator, existing).await;
     let webhook = Percentiles::of(&creates(bed, admin, count).await);
     operator.stop();
     println!(
         "  create p50 {:.1} ms without the webhook, {:.1} ms with it",
         floor.p50_ms, webhook.p50_ms
     );
-    Admission { creates: count, floor, webhook }
+    Admission {
+        creates: count,
+        floor,
+        webhook,
+    }
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
@@ -453,7 +507,13 @@ fn machine() -> BTreeMap<String, String> {
         .unwrap_or_default();
     BTreeMap::from([
         ("cpu".into(), model),
-        ("cores".into(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0).to_string()),
+        (
+            "cores".into(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+                .to_string(),
+        ),
         ("memory".into(), memory),
         ("kernel".into(), command_line("uname", &["-r"])),
     ])
@@ -462,9 +522,26 @@ fn machine() -> BTreeMap<String, String> {
 async fn versions(admin: &Client) -> BTreeMap<String, String> {
     let bin = trainjob_testbed::default_bin_dir().expect("bin dir");
     BTreeMap::from([
-        ("operator".into(), format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["rev-parse", "--short", "HEAD"]))),
-        ("kubernetes".into(), admin.apiserver_version().await.map(|v| v.git_version).unwrap_or_default()),
-        ("kwok".into(), command_line(&bin.join("kwok").display().to_string(), &["--version"])),
+        (
+            "operator".into(),
+            format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                command_line("git", &["rev-parse", "--short", "HEAD"])
+            ),
+        ),
+        (
+            "kubernetes".into(),
+            admin
+                .apiserver_version()
+                .await
+                .map(|v| v.git_version)
+                .unwrap_or_default(),
+        ),
+        (
+            "kwok".into(),
+            command_line(&bin.join("kwok").display().to_string(), &["--version"]),
+        ),
         ("rustc".into(), command_line("rustc", &["--version"])),
     ])
 }
@@ -476,7 +553,10 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
     let charts = report::charts(report, results).expect("drawing the charts");
     // BENCHMARKS.md sits at the repository root, the charts next to the JSON.
     let (md_path, prefix) = if in_repo {
-        (trainjob_testbed::repo_root().join("BENCHMARKS.md"), "benches/results/")
+        (
+            trainjob_testbed::repo_root().join("BENCHMARKS.md"),
+            "benches/results/",
+        )
     } else {
         (results.join("BENCHMARKS.md"), "")
     };
@@ -493,7 +573,9 @@ fn main() {
     let micro = micro();
     // BENCH_OUT: somewhere else than the repository (BENCHMARKS.md included), e.g. to compare.
     let out = std::env::var_os("BENCH_OUT").map(PathBuf::from);
-    let results = out.clone().unwrap_or_else(|| trainjob_testbed::repo_root().join("benches/results"));
+    let results = out
+        .clone()
+        .unwrap_or_else(|| trainjob_testbed::repo_root().join("benches/results"));
     std::fs::create_dir_all(&results).expect("results dir");
     let bed = bench_bed(|| BedConfig {
         nodes: (0..NODES)
@@ -528,9 +610,12 @@ fn main() {
             nodes: NODES,
             pods_per_node: PODS_PER_NODE,
             operator_settings: BTreeMap::from([
-                ("--concurrency".into(), "8 (default)".into()),
+                ("--concurrency".into(), "32 (default)".into()),
                 ("--network-policies".into(), "on (as config/default)".into()),
-                ("admission webhook".into(), "off (the floor has none either)".into()),
+                (
+                    "admission webhook".into(),
+                    "off (the floor has none either)".into(),
+                ),
             ]),
             micro,
             ..Default::default()
@@ -540,33 +625,96 @@ fn main() {
         } else {
             (20, &[100], &[2, 8, 32, 128, 512], 1000)
         };
-        let s = bench.scenario("lone", &format!("{lone} jobs one after another × 8 workers"), Arrival::Sequential, lone, 8, Options::default()).await;
+        let s = bench
+            .scenario(
+                "lone",
+                &format!("{lone} jobs one after another × 8 workers"),
+                Arrival::Sequential,
+                lone,
+                8,
+                Options::default(),
+            )
+            .await;
         report.scenarios.push(s);
         for &n in bursts {
-            let s = bench.scenario("burst", &format!("burst of {n} jobs × 8 workers"), Arrival::Burst, n, 8, Options::default()).await;
+            let s = bench
+                .scenario(
+                    "burst",
+                    &format!("burst of {n} jobs × 8 workers"),
+                    Arrival::Burst,
+                    n,
+                    8,
+                    Options::default(),
+                )
+                .await;
             report.scenarios.push(s);
         }
         for &w in widths {
-            let s = bench.scenario("width", &format!("one job × {w} workers"), Arrival::Sequential, 1, w, Options::default()).await;
+            let s = bench
+                .scenario(
+                    "width",
+                    &format!("one job × {w} workers"),
+                    Arrival::Sequential,
+                    1,
+                    w,
+                    Options::default(),
+                )
+                .await;
             report.scenarios.push(s);
         }
         // The default --concurrency, chosen from these.
         for c in [4, 8, 16, 32] {
             let n = bursts[0];
-            let opts = Options { concurrency: Some(c), ..Options::default() };
-            let s = bench.scenario("concurrency", &format!("burst of {n} jobs × 8 workers, --concurrency {c}"), Arrival::Burst, n, 8, opts).await;
+            let opts = Options {
+                concurrency: Some(c),
+                ..Options::default()
+            };
+            let s = bench
+                .scenario(
+                    "concurrency",
+                    &format!("burst of {n} jobs × 8 workers, --concurrency {c}"),
+                    Arrival::Burst,
+                    n,
+                    8,
+                    opts,
+                )
+                .await;
             report.scenarios.push(s);
         }
-        let opts = Options { keep: true, sample_memory: true, ..Options::default() };
-        let s = bench.scenario("burst", &format!("burst of {big} jobs × 8 workers"), Arrival::Burst, big, 8, opts).await;
+        let opts = Options {
+            keep: true,
+            sample_memory: true,
+            ..Options::default()
+        };
+        let s = bench
+            .scenario(
+                "burst",
+                &format!("burst of {big} jobs × 8 workers"),
+                Arrival::Burst,
+                big,
+                8,
+                opts,
+            )
+            .await;
         report.scenarios.push(s);
         let s = bench
-            .scenario("steady", &format!("{lone} jobs one after another, {big} finished jobs kept"), Arrival::Sequential, lone, 8, Options { sample_memory: true, settle: big, ..Options::default() })
+            .scenario(
+                "steady",
+                &format!("{lone} jobs one after another, {big} finished jobs kept"),
+                Arrival::Sequential,
+                lone,
+                8,
+                Options {
+                    sample_memory: true,
+                    settle: big,
+                    ..Options::default()
+                },
+            )
             .await;
         report.scenarios.push(s);
         report.memory = std::mem::take(&mut bench.memory);
         // Last: the webhook stays registered once it is.
-        report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }).await);
+        report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }, big).await);
         write_outputs(&report, &results, out.is_none());
         println!("wrote BENCHMARKS.md and {}", results.display());
     });

@@ -123,7 +123,11 @@ impl Percentiles {
             p90_ms: at(0.90),
             p99_ms: at(0.99),
             max_ms: ms.last().copied().unwrap_or(0.0),
-            mean_ms: if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
+            mean_ms: if ms.is_empty() {
+                0.0
+            } else {
+                ms.iter().sum::<f64>() / ms.len() as f64
+            },
         }
     }
 }
@@ -148,6 +152,9 @@ mod tests {
         use super::*;
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let p = Percentiles::of(&d);
-        assert_eq!((p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms),
+            (50.0, 90.0, 99.0, 100.0)
+        );
     }
 }

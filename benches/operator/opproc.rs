@@ -41,7 +41,10 @@ impl OperatorProcess {
             .args(args)
             .env("KUBECONFIG", bed.kubeconfig_path(Identity::Operator))
             // BENCH_OPERATOR_LOG: the operator's RUST_LOG, e.g. to see its watches.
-            .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -61,7 +64,10 @@ impl OperatorProcess {
             if Instant::now() > deadline {
                 // Its reconciles wait for the caches themselves: time the scenario anyway, and
                 // leave the reason to its log.
-                println!("  (the operator was not ready after 60 s; see {})", log_path.display());
+                println!(
+                    "  (the operator was not ready after 60 s; see {})",
+                    log_path.display()
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

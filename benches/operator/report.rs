@@ -142,9 +142,16 @@ impl Display for Markdown<'_> {
                 a.creates
             )?;
             let row = |label: &str, p: &Percentiles| {
-                vec![cell(label), format!("{:.1}", p.p50_ms), format!("{:.1}", p.p99_ms)]
+                vec![
+                    cell(label),
+                    format!("{:.1}", p.p50_ms),
+                    format!("{:.1}", p.p99_ms),
+                ]
             };
-            let rows = vec![row("without the webhook", &a.floor), row("with the webhook", &a.webhook)];
+            let rows = vec![
+                row("without the webhook", &a.floor),
+                row("with the webhook", &a.webhook),
+            ];
             table(f, &["Create", "p50 (ms)", "p99 (ms)"], &rows)?;
         }
 

@@ -51,8 +51,11 @@ impl Recorder {
         let pod_task = {
             let (seen, ready) = (seen.clone(), ready_tx.clone());
             tokio::spawn(async move {
-                let config = watcher::Config::default()
-                    .labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+                let config = watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    names::MANAGED_BY_LABEL,
+                    names::MANAGED_BY
+                ));
                 let mut events = std::pin::pin!(watcher::watcher(pods, config));
                 while let Some(event) = events.next().await {
                     match event {
@@ -144,6 +147,9 @@ fn note_job(seen: &Mutex<HashMap<String, Seen>>, job: &TrainJob) {
     }
     let now = Instant::now();
     if let Ok(mut seen) = seen.lock() {
-        seen.entry(job.name_any()).or_default().complete.get_or_insert(now);
+        seen.entry(job.name_any())
+            .or_default()
+            .complete
+            .get_or_insert(now);
     }
 }

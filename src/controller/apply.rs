@@ -145,7 +145,12 @@ pub async fn decision(
     };
     let hostfile = async {
         let cm = hostfile::configmap(job, plan);
-        if !children || inputs.hostfile.as_ref().is_some_and(|cached| cached.data == cm.data) {
+        if !children
+            || inputs
+                .hostfile
+                .as_ref()
+                .is_some_and(|cached| cached.data == cm.data)
+        {
             return Ok(());
         }
         let name = names::hostfile_configmap(&job.name_any());
@@ -153,18 +158,31 @@ pub async fn decision(
             .patch(&name, &apply_params(), &Patch::Apply(&cm))
             .await
             .map(|_| ())
-            .map_err(write_err("ConfigMap", &name, "applying the hostfile ConfigMap".into()))
+            .map_err(write_err(
+                "ConfigMap",
+                &name,
+                "applying the hostfile ConfigMap".into(),
+            ))
     };
     let service = async {
         let svc = pods::service(job, plan);
-        if !children || inputs.service.as_ref().is_some_and(|cached| service_matches(cached, &svc)) {
+        if !children
+            || inputs
+                .service
+                .as_ref()
+                .is_some_and(|cached| service_matches(cached, &svc))
+        {
             return Ok(());
         }
         Api::<Service>::namespaced(ctx.client.clone(), &ns)
             .patch(&plan.subdomain, &apply_params(), &Patch::Apply(&svc))
             .await
             .map(|_| ())
-            .map_err(write_err("Service", &plan.subdomain, "applying the headless Service".into()))
+            .map_err(write_err(
+                "Service",
+                &plan.subdomain,
+                "applying the headless Service".into(),
+            ))
     };
     // Before the first pod, so no pod of the job is ever reachable from outside it.
     let policy = async {
@@ -242,7 +260,11 @@ async fn create_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, wanted: Vec<
     let mut wanted = wanted.into_iter().peekable();
     let mut batch = 1;
     while wanted.peek().is_some() {
-        let creates: Vec<_> = wanted.by_ref().take(batch).map(|pod| create_pod(ctx, api, uid, pod)).collect();
+        let creates: Vec<_> = wanted
+            .by_ref()
+            .take(batch)
+            .map(|pod| create_pod(ctx, api, uid, pod))
+            .collect();
         futures::future::join_all(creates)
             .await
             .into_iter()
@@ -305,7 +327,10 @@ async fn delete_pods(
                 });
         }
     }
-    let deletes: Vec<_> = delete.iter().map(|name| delete_pod(api, name, Some(ctx))).collect();
+    let deletes: Vec<_> = delete
+        .iter()
+        .map(|name| delete_pod(api, name, Some(ctx)))
+        .collect();
     futures::future::join_all(deletes).await.into_iter().collect()
 }
 
@@ -313,7 +338,9 @@ async fn delete_pods(
 /// the job's unfinished workers selects (it also re-deletes pods on their way out, harmlessly).
 fn live_worker(pod: &Pod) -> bool {
     let labels = pod.metadata.labels.as_ref();
-    let role = labels.and_then(|l| l.get(names::JOB_ROLE_LABEL)).map(String::as_str);
+    let role = labels
+        .and_then(|l| l.get(names::JOB_ROLE_LABEL))
+        .map(String::as_str);
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     role == Some("node")
         && pod.metadata.deletion_timestamp.is_none()

@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(e.awaited("u", &[pod("a")]), HashSet::from(["b".to_string()]));
         assert_eq!(e.awaited("other", &[]), HashSet::new());
         assert_eq!(e.awaited("u", &[pod("b")]), HashSet::new());
-        assert!(e.jobs.lock().expect("lock").is_empty(), "a satisfied job is forgotten");
+        assert!(
+            e.jobs.lock().expect("lock").is_empty(),
+            "a satisfied job is forgotten"
+        );
         e.created("u", ["c".to_string()]);
         e.forget("u");
         assert_eq!(e.awaited("u", &[]), HashSet::new());

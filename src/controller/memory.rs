@@ -43,7 +43,11 @@ fn uid(job: &TrainJob) -> Option<&str> {
 }
 
 impl Memory {
-    fn with<T>(&self, job: &TrainJob, f: impl FnOnce(&mut HashMap<String, Remembered>, &str) -> T) -> Option<T> {
+    fn with<T>(
+        &self,
+        job: &TrainJob,
+        f: impl FnOnce(&mut HashMap<String, Remembered>, &str) -> T,
+    ) -> Option<T> {
         let uid = uid(job)?;
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         Some(f(&mut jobs, uid))
@@ -75,7 +79,9 @@ impl Memory {
         self.with(job, |jobs, uid| {
             let clock = jobs.get(uid)?;
             let since = clock.last_status.or(clock.since)?;
-            STATUS_INTERVAL.checked_sub(since.elapsed()).filter(|d| !d.is_zero())
+            STATUS_INTERVAL
+                .checked_sub(since.elapsed())
+                .filter(|d| !d.is_zero())
         })
         .flatten()
     }
@@ -95,7 +101,9 @@ impl Memory {
 
     /// Notes that the job's SSH Secret exists (created, or read).
     pub fn secret_exists(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| jobs.entry(uid.to_string()).or_default().secret = true);
+        self.with(job, |jobs, uid| {
+            jobs.entry(uid.to_string()).or_default().secret = true
+        });
     }
 
     /// Forgets a job that finished or is gone.
@@ -144,7 +152,10 @@ mod tests {
         assert!(memory.secret_known(&new));
         memory.forget(&new);
         assert_eq!((memory.len(), memory.first_seen(&new)), (0, None));
-        assert!(!memory.secret_known(&new), "a finished job's Secret is read again, if ever");
+        assert!(
+            !memory.secret_known(&new),
+            "a finished job's Secret is read again, if ever"
+        );
     }
 
     #[test]

@@ -6,10 +6,10 @@
 
 mod apply;
 mod backoff;
-mod memory;
 mod dereference;
 mod expectations;
 mod index;
+mod memory;
 mod observe;
 
 use std::sync::Arc;
@@ -58,7 +58,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             ssh_algorithm: KeyAlgorithm::default(),
-            concurrency: 8,
+            concurrency: 32,
             instance: "trainjob-operator".into(),
             limits: Limits::default(),
             cluster_domain: crate::plan::DEFAULT_CLUSTER_DOMAIN.into(),
@@ -204,7 +204,12 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     if !awaited.is_empty() {
         let job_name = job.name_any();
         decision.create.retain(|(i, at)| {
-            !awaited.contains(&names::pod(&job_name, &plan.jobs[*i].name, at.job_index, at.index))
+            !awaited.contains(&names::pod(
+                &job_name,
+                &plan.jobs[*i].name,
+                at.job_index,
+                at.index,
+            ))
         });
     }
     let held = apply::decision(job, ctx, &plan, &inputs, &decision).await?;
@@ -235,7 +240,8 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
 /// Drops what is remembered in memory about a job that finished or is gone.
 fn forget(ctx: &Context, job: &TrainJob) {
     ctx.memory.forget(job);
-    ctx.expected.forget(job.metadata.uid.as_deref().unwrap_or_default());
+    ctx.expected
+        .forget(job.metadata.uid.as_deref().unwrap_or_default());
 }
 
 fn key(job: &TrainJob) -> (String, String) {
@@ -372,7 +378,10 @@ async fn signal_ready(ctx: Arc<Context>, jobs: Store<TrainJob>, ready: Arc<std::
     let started = Instant::now();
     let pending = std::sync::Mutex::new(vec!["pods", "configmaps", "services", "trainjobs", "runtimes"]);
     let listed = |what: &'static str| {
-        pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != what);
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != what);
     };
     let all = async {
         futures::join!(
@@ -408,7 +417,10 @@ async fn signal_ready(ctx: Arc<Context>, jobs: Store<TrainJob>, ready: Arc<std::
             }
         }
     }
-    tracing::info!(after_ms = started.elapsed().as_millis() as u64, "watch caches listed; ready");
+    tracing::info!(
+        after_ms = started.elapsed().as_millis() as u64,
+        "watch caches listed; ready"
+    );
     ready.store(true, Ordering::Relaxed);
 }
 

@@ -372,7 +372,11 @@ impl Bed {
             audit.push("--audit-log-format=json".into());
             // Blocking: a test reads the log right after the request it looks for. Counting
             // writes needs no such promise, and batching keeps the log off the timed path.
-            let mode = if config.audit == Audit::Writes { "batch" } else { "blocking" };
+            let mode = if config.audit == Audit::Writes {
+                "batch"
+            } else {
+                "blocking"
+            };
             audit.push(format!("--audit-log-mode={mode}"));
         }
         // Pods on a real node reach the API server as in-cluster clients do, through the

@@ -67,10 +67,7 @@ fn started(audit: Audit, config: impl FnOnce() -> BedConfig + Send + 'static) ->
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 let bed = match runtime {
                     Ok(rt) => rt
-                        .block_on(Bed::start(BedConfig {
-                            audit,
-                            ..config()
-                        }))
+                        .block_on(Bed::start(BedConfig { audit, ..config() }))
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(format!("building a runtime: {e}")),
                 };
