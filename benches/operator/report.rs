@@ -187,6 +187,15 @@ fn kinds(r: &Report) -> Vec<(String, String)> {
 /// The three tables of one kind: per-job latency, whole-scenario times, and cost.
 fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
     writeln!(f, "Per job, from its create:\n")?;
+    if scenarios
+        .iter()
+        .any(|s| s.jobs > 1 && s.kind != "lone" && s.kind != "steady")
+    {
+        writeln!(
+            f,
+            "In a burst these ratios compare unlike clocks: the floor's clients reach its jobs one after another, so each floor job starts late and runs fast, while all of the operator's jobs are created within seconds and wait in its queue. The whole-scenario table below is the fair comparison.\n"
+        )?;
+    }
     let latency: Vec<Vec<String>> = scenarios
         .iter()
         .map(|s| {

@@ -1,8 +1,9 @@
 //! Apply: carries out a [`Decision`]. In order: at once, freeze a freshly fetched runtime, create
 //! the SSH Secret and NetworkPolicy once, and keep the hostfile and Service as built (written
 //! only when the cache shows drift); then write the status (so a restart is counted before its
-//! pods go), delete, and create pods. The hostfile, Service and status are server-side applied under one field manager; the
-//! snapshot, Secret and pods are created, tolerating "already exists".
+//! pods go), delete, and create pods. The hostfile, Service and status are server-side applied
+//! under one field manager; the snapshot, Secret and pods are created, tolerating "already
+//! exists".
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -132,15 +133,17 @@ pub async fn decision(
     // instead of five. All are in place before the first pod.
     let children = decision.phase.is_some_and(Phase::needs_children);
     let freeze = async {
-        match inputs.runtime.fresh {
-            true => freeze(job, ctx, &ns, inputs).await,
-            false => Ok(()),
+        if inputs.runtime.fresh {
+            freeze(job, ctx, &ns, inputs).await
+        } else {
+            Ok(())
         }
     };
     let secret = async {
-        match children && !inputs.secret_exists {
-            true => create_secret(job, ctx, &ns).await,
-            false => Ok(()),
+        if children && !inputs.secret_exists {
+            create_secret(job, ctx, &ns).await
+        } else {
+            Ok(())
         }
     };
     let hostfile = async {
