@@ -223,7 +223,7 @@ impl Bench {
                     for name in names.clone() {
                         let (name, at) = submit(name).await;
                         submitted.borrow_mut().insert(name.clone(), at);
-                        while !recorder.snapshot().get(&name).is_some_and(done) && Instant::now() < deadline {
+                        while !recorder.job(&name).as_ref().is_some_and(done) && Instant::now() < deadline {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }

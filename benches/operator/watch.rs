@@ -48,48 +48,27 @@ impl Recorder {
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
         let jobs: Api<TrainJob> = Api::namespaced(client.clone(), ns);
-        let pod_task = {
-            let (seen, ready) = (seen.clone(), ready_tx.clone());
-            tokio::spawn(async move {
-                let config = watcher::Config::default().labels(&format!(
-                    "{}={}",
-                    names::MANAGED_BY_LABEL,
-                    names::MANAGED_BY
-                ));
-                let mut events = std::pin::pin!(watcher::watcher(pods, config));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => note_pod(&seen, &pod),
-                        Ok(Event::InitDone) => {
-                            let _ = ready.send(()).await;
-                        }
-                        _ => {}
-                    }
-                }
-            })
-        };
-        let job_task = {
-            let (seen, ready) = (seen.clone(), ready_tx);
-            tokio::spawn(async move {
-                let mut events = std::pin::pin!(watcher::watcher(jobs, watcher::Config::default()));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(Event::Apply(job) | Event::InitApply(job)) => note_job(&seen, &job),
-                        Ok(Event::InitDone) => {
-                            let _ = ready.send(()).await;
-                        }
-                        _ => {}
-                    }
-                }
-            })
-        };
+        let managed =
+            watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+        let tasks = vec![
+            tokio::spawn(record(pods, managed, seen.clone(), ready_tx.clone(), note_pod)),
+            tokio::spawn(record(
+                jobs,
+                watcher::Config::default(),
+                seen.clone(),
+                ready_tx,
+                note_job,
+            )),
+        ];
         for _ in 0..2 {
             ready_rx.recv().await;
         }
-        Recorder {
-            seen,
-            tasks: vec![pod_task, job_task],
-        }
+        Recorder { seen, tasks }
+    }
+
+    /// What was seen so far of one job.
+    pub fn job(&self, name: &str) -> Option<Seen> {
+        self.seen.lock().ok().and_then(|s| s.get(name).cloned())
     }
 
     /// What was seen so far, by job name.
@@ -110,6 +89,28 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Feeds one watch into `note` until the task is aborted; says when it has listed.
+async fn record<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    ready: tokio::sync::mpsc::Sender<()>,
+    note: fn(&Mutex<HashMap<String, Seen>>, &K),
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut events = std::pin::pin!(watcher::watcher(api, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(object) | Event::InitApply(object)) => note(&seen, &object),
+            Ok(Event::InitDone) => {
+                let _ = ready.send(()).await;
+            }
+            _ => {}
         }
     }
 }
