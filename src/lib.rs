@@ -17,6 +17,7 @@ pub mod gang;
 pub mod hostfile;
 pub mod image;
 pub mod lifecycle;
+pub mod listed;
 pub mod logging;
 pub mod merge;
 pub mod metrics;

@@ -1,14 +1,21 @@
 //! The runtime a TrainJob references, from a watch cache or the API server. Shared by the first
 //! reconcile and by admission, so both refuse a missing runtime in the same words.
 
-use futures::StreamExt;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
+use crate::listed::Listed;
 use crate::reasons;
+
+/// The caches' names in [`Cache::pending`].
+const CLUSTER_RUNTIMES: &str = "clustertrainingruntimes";
+const RUNTIMES: &str = "trainingruntimes";
 
 /// Label that marks a runtime as deprecated (Trainer's `trainer.kubeflow.org/support`).
 pub const SUPPORT_LABEL: &str = "trainer.kubeflow.org/support";
@@ -80,31 +87,43 @@ pub struct Fetched {
 pub struct Cache {
     cluster: Store<ClusterTrainingRuntime>,
     namespaced: Store<TrainingRuntime>,
+    listed: Arc<Listed>,
 }
 
 impl Cache {
     /// Starts watching both kinds of runtime on the current tokio runtime.
     pub fn start(client: &Client) -> Cache {
+        let listed = Listed::new([CLUSTER_RUNTIMES, RUNTIMES]);
         let (cluster, writer) = reflector::store();
         let watch = watcher(
             Api::<ClusterTrainingRuntime>::all(client.clone()),
             Default::default(),
         )
         .default_backoff()
-        .reflect(writer);
+        .reflect(writer)
+        .inspect_ok(listed.on_list(CLUSTER_RUNTIMES));
         tokio::spawn(watch.for_each(|_| async {}));
         let (namespaced, writer) = reflector::store();
         let watch = watcher(Api::<TrainingRuntime>::all(client.clone()), Default::default())
             .default_backoff()
-            .reflect(writer);
+            .reflect(writer)
+            .inspect_ok(listed.on_list(RUNTIMES));
         tokio::spawn(watch.for_each(|_| async {}));
-        Cache { cluster, namespaced }
+        Cache {
+            cluster,
+            namespaced,
+            listed,
+        }
     }
 
     /// Resolves once both kinds have been listed.
     pub async fn ready(&self) {
-        let _ = self.cluster.wait_until_ready().await;
-        let _ = self.namespaced.wait_until_ready().await;
+        self.listed.all().await;
+    }
+
+    /// The kinds not listed yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.listed.pending()
     }
 }
 

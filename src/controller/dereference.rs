@@ -42,8 +42,8 @@ pub enum Error {
         "the frozen runtime in ConfigMap {name} cannot be read ({reason}); it was edited by hand: re-create the TrainJob"
     )]
     SnapshotUnreadable { name: String, reason: String },
-    #[error("the watches of pods, ConfigMaps and Services have not listed everything yet")]
-    CachesNotReady,
+    #[error("the watches of {pending} have not listed everything yet")]
+    CachesNotReady { pending: String },
 }
 
 impl Error {
@@ -51,7 +51,7 @@ impl Error {
     /// transient and worth retrying.
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
-            Error::Kube { .. } | Error::Leftover { .. } | Error::CachesNotReady => None,
+            Error::Kube { .. } | Error::Leftover { .. } | Error::CachesNotReady { .. } => None,
             Error::Runtime(e) => e.permanent(),
             Error::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
             Error::SnapshotUnreadable { .. } => Some(reasons::SNAPSHOT_UNREADABLE),
@@ -66,7 +66,7 @@ impl Error {
             Error::Conflict { .. } => "object_conflict",
             Error::Leftover { .. } => "leftover_object",
             Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
-            Error::CachesNotReady => "caches_not_ready",
+            Error::CachesNotReady { .. } => "caches_not_ready",
         }
     }
 }
@@ -233,14 +233,11 @@ async fn launcher_log(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
 /// operator that decided from a half-filled cache would recreate pods that exist, or take a
 /// worker it has not seen yet for a lost one.
 async fn caches_ready(ctx: &Context) -> Result<(), Error> {
-    let all = async {
-        ctx.pods.ready().await;
-        let _ = ctx.configmaps.wait_until_ready().await;
-        let _ = ctx.services.wait_until_ready().await;
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(30), all)
+    tokio::time::timeout(std::time::Duration::from_secs(30), ctx.listed.all())
         .await
-        .map_err(|_| Error::CachesNotReady)
+        .map_err(|_| Error::CachesNotReady {
+            pending: ctx.listed.pending().join(", "),
+        })
 }
 
 fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>

@@ -13,19 +13,9 @@ type Key = (String, String);
 type Pods = HashMap<Key, HashMap<String, Arc<Pod>>>;
 
 /// The pods of every job, as last seen by the watch.
+#[derive(Default)]
 pub struct JobPods {
     state: RwLock<State>,
-    /// Becomes true once the first list is complete; until then the index would lie.
-    ready: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for JobPods {
-    fn default() -> Self {
-        JobPods {
-            state: RwLock::default(),
-            ready: tokio::sync::watch::Sender::new(false),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -70,16 +60,8 @@ impl JobPods {
                 if let Some(pods) = state.relist.take() {
                     state.pods = pods;
                 }
-                self.ready.send_replace(true);
             }
         }
-    }
-
-    /// Resolves once the first list of pods is complete.
-    pub async fn ready(&self) {
-        let mut ready = self.ready.subscribe();
-        // The sender lives as long as `self`, so this only ends when ready.
-        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// The pods of job `job` in namespace `ns`.
@@ -127,22 +109,6 @@ mod tests {
         assert_eq!(names(&index, "b", "pi"), ["pi-node-0-0"]);
         index.apply(&Event::Delete(pod("a", "pi", "pi-node-0-0")));
         assert_eq!(names(&index, "a", "pi"), ["pi-node-0-1"]);
-    }
-
-    #[tokio::test]
-    async fn ready_only_after_the_first_complete_list() {
-        let index = JobPods::default();
-        let ready = || async {
-            tokio::time::timeout(std::time::Duration::ZERO, index.ready())
-                .await
-                .is_ok()
-        };
-        assert!(!ready().await);
-        index.apply(&Event::Init);
-        index.apply(&Event::InitApply(pod("a", "pi", "p")));
-        assert!(!ready().await, "a partial list is not ready");
-        index.apply(&Event::InitDone);
-        assert!(ready().await);
     }
 
     #[test]

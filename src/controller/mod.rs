@@ -27,6 +27,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::api::{ClusterTrainingRuntime, MANAGED_BY_TRAINER, TrainJob, TrainingRuntime};
+use crate::listed::Listed;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::resolve::{ResolveError, resolve};
 use crate::ssh::KeyAlgorithm;
@@ -114,6 +115,8 @@ pub struct Context {
     pods: Arc<JobPods>,
     configmaps: Store<ConfigMap>,
     services: Store<Service>,
+    /// Which of the watches above (and the jobs') have listed once.
+    listed: Arc<Listed>,
     recorder: Recorder,
     backoff: Backoff,
     in_flight: AtomicUsize,
@@ -274,24 +277,28 @@ pub async fn run(
 ) {
     let managed =
         watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+    let listed = Listed::new(["pods", "configmaps", "services", "trainjobs"]);
     let pods = Arc::new(JobPods::default());
     let index = pods.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
         .modify(trim_pod)
         .inspect_ok(move |event| index.apply(event))
+        .inspect_ok(listed.on_list("pods"))
         .touched_objects();
     let (configmaps, writer) = reflector::store();
     let configmap_events = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .default_backoff()
         .modify(|c| c.managed_fields_mut().clear())
         .reflect(writer)
+        .inspect_ok(listed.on_list("configmaps"))
         .touched_objects();
     let (services, writer) = reflector::store();
     let service_events = watcher(Api::<Service>::all(client.clone()), managed)
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .reflect(writer)
+        .inspect_ok(listed.on_list("services"))
         .touched_objects();
     let reporter = Reporter {
         controller: names::FIELD_MANAGER.into(),
@@ -305,6 +312,7 @@ pub async fn run(
         pods,
         configmaps,
         services,
+        listed: listed.clone(),
         backoff: Backoff::default(),
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
@@ -324,6 +332,7 @@ pub async fn run(
     .default_backoff()
     .modify(|j| j.managed_fields_mut().clear())
     .reflect(writer)
+    .inspect_ok(listed.on_list("trainjobs"))
     .inspect_ok(move |event| match event {
         watcher::Event::Apply(job) | watcher::Event::InitApply(job) => memory.saw(job),
         // A job deleted before it finished is never reconciled again: forget it here.
@@ -332,7 +341,7 @@ pub async fn run(
     })
     .applied_objects();
     let controller = Controller::for_stream(job_events, jobs.clone());
-    tokio::spawn(signal_ready(ctx.clone(), jobs.clone(), ready));
+    tokio::spawn(signal_ready(ctx.clone(), ready));
     let by_namespaced = jobs.clone();
     let reconciles = controller
         .owns_stream(pod_events)
@@ -374,46 +383,17 @@ pub async fn run(
 
 /// Sets `ready` once every watch cache has listed; says which ones it still waits for every
 /// 30 s until then.
-async fn signal_ready(ctx: Arc<Context>, jobs: Store<TrainJob>, ready: Arc<std::sync::atomic::AtomicBool>) {
+async fn signal_ready(ctx: Arc<Context>, ready: Arc<std::sync::atomic::AtomicBool>) {
     let started = Instant::now();
-    let pending = std::sync::Mutex::new(vec!["pods", "configmaps", "services", "trainjobs", "runtimes"]);
-    let listed = |what: &'static str| {
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| *p != what);
-    };
-    let all = async {
-        futures::join!(
-            async {
-                ctx.pods.ready().await;
-                listed("pods");
-            },
-            async {
-                let _ = ctx.configmaps.wait_until_ready().await;
-                listed("configmaps");
-            },
-            async {
-                let _ = ctx.services.wait_until_ready().await;
-                listed("services");
-            },
-            async {
-                let _ = jobs.wait_until_ready().await;
-                listed("trainjobs");
-            },
-            async {
-                ctx.runtimes.ready().await;
-                listed("runtimes");
-            },
-        )
-    };
+    let all = futures::future::join(ctx.listed.all(), ctx.runtimes.ready());
     let mut all = std::pin::pin!(all);
     loop {
         tokio::select! {
             _ = &mut all => break,
             _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                let waiting = pending.lock().map(|p| p.join(", ")).unwrap_or_default();
-                tracing::warn!(waiting_for = %waiting, "watch caches not listed yet; not ready");
+                let mut waiting = ctx.listed.pending();
+                waiting.extend(ctx.runtimes.pending());
+                tracing::warn!(waiting_for = %waiting.join(", "), "watch caches not listed yet; not ready");
             }
         }
     }

@@ -23,15 +23,17 @@ impl std::io::Write for Buffer {
 
 static LOGS: OnceLock<Buffer> = OnceLock::new();
 
-/// Captures every log line from now on (the operator's at debug, the rest at info); the bed
-/// calls it before anything starts.
+/// Captures every log line from now on (the operator's at debug, the rest at info, unless
+/// `RUST_LOG` says otherwise); the bed calls it before anything starts.
 pub fn capture() {
     LOGS.get_or_init(|| {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let _ = tracing_subscriber::fmt()
             .json()
-            .with_env_filter("info,trainjob_operator=debug")
+            .with_env_filter(
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,trainjob_operator=debug".into()),
+            )
             .with_writer(move || writer.clone())
             .try_init();
         buffer

@@ -114,10 +114,13 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let operator = logs::raw();
+            let tail = &operator[operator.len().saturating_sub(60)..];
             eprintln!(
-                "test in namespace {} failed; control-plane log tails:\n{}",
+                "test in namespace {} failed; control-plane log tails:\n{}\n==> operator (in this process) <==\n{}",
                 self.name,
-                bed().log_tails(25)
+                bed().log_tails(25),
+                tail.join("\n")
             );
         }
     }
