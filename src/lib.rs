@@ -16,6 +16,7 @@ mod fixtures;
 pub mod gang;
 pub mod hostfile;
 pub mod image;
+pub mod leader;
 pub mod lifecycle;
 pub mod listed;
 pub mod logging;

@@ -94,6 +94,28 @@ struct RunArgs {
     /// Namespace the operator runs in; its webhook certificate Secret lives there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "trainjob-system")]
     namespace: String,
+    /// Campaign for a Lease in the operator's namespace and reconcile only while holding it, so
+    /// that several replicas can run (config/manager runs two): one reconciles, all serve the
+    /// webhook. Off: this process always reconciles, and must be the only one.
+    #[arg(long, env = "TRAINJOB_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "TRAINJOB_LEADER_ELECT_LEASE_NAME",
+        default_value = "trainjob-operator"
+    )]
+    leader_elect_lease_name: String,
+    /// How long the other replicas wait after the leader's last renewal before taking over.
+    #[arg(long, env = "TRAINJOB_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps reconciling without renewing the Lease; shorter than the lease
+    /// duration, so it stops before anyone else may start.
+    #[arg(long, env = "TRAINJOB_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often the leader renews the Lease and the others try to take it.
+    #[arg(long, env = "TRAINJOB_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
     /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
     #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -128,7 +150,7 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use trainjob_operator::{controller, metrics::Metrics, server, webhook};
+    use trainjob_operator::{controller, leader, metrics::Metrics, server, webhook};
 
     logging::init(args.log_format);
     if args.fips && !args.ssh_key_algorithm.fips_approved() {
@@ -136,6 +158,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "--ssh-key-algorithm {} is not FIPS-approved; use ecdsa-p256, ecdsa-p384, ecdsa-p521 or rsa-3072",
             args.ssh_key_algorithm
         );
+    }
+    let timing = leader::Timing {
+        lease: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry: args.leader_elect_retry_period,
+    };
+    if args.leader_elect {
+        timing.check().map_err(anyhow::Error::msg)?;
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -154,10 +184,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let webhook_ready = (!args.disable_webhook).then(|| Arc::new(AtomicBool::new(false)));
+    let leading = args.leader_elect.then(|| Arc::new(AtomicBool::new(false)));
     let health = server::Health {
         metrics: metrics.clone(),
         ready: ready.clone(),
         webhook: webhook_ready.clone(),
+        leading: leading.clone(),
     };
     let http = tokio::spawn(server::serve(args.http_addr, health, stopped()));
 
@@ -216,16 +248,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("listing TrainJobs failed; are the CRDs installed? (kubectl apply --server-side -k crds)")?;
     tracing::info!(server = %version.git_version, ssh_key_algorithm = %args.ssh_key_algorithm, "connected; watching TrainJobs");
 
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into());
     let settings = controller::Settings {
         ssh_algorithm: args.ssh_key_algorithm,
         concurrency: args.concurrency,
-        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into()),
+        instance: instance.clone(),
         limits,
         cluster_domain: args.cluster_domain,
         keep_ssh_secrets: args.keep_ssh_secrets,
         network_policies: args.network_policies,
     };
-    controller::run(client, settings, metrics, ready, stopped()).await;
+    let reconcile = controller::run(client.clone(), settings, metrics.clone(), ready, stopped());
+    match leading {
+        Some(leading) => {
+            let elector = leader::Elector::new(
+                client,
+                leader::Settings {
+                    namespace: args.namespace,
+                    name: args.leader_elect_lease_name,
+                    identity: leader::identity(&instance),
+                    timing,
+                },
+            );
+            // A lost Lease ends the process: its reconciles were dropped mid-flight, and a
+            // restart rejoins the election with nothing left over.
+            leader::lead(elector, leading, metrics, stopped(), reconcile)
+                .await
+                .context("exiting so that a restart rejoins the leader election")?;
+        }
+        None => {
+            metrics.leader.set(1);
+            reconcile.await;
+        }
+    }
     http.await.context("HTTP server task")?.context("HTTP server")?;
     if let Some(webhook) = webhook {
         webhook.await.context("webhook task")?.context("webhook server")?;
@@ -249,16 +304,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 90d, 12h or 600s"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?} needs a unit: s, m, h or d")),
+        .map_err(|_| format!("{s:?} is not a duration such as 90d, 12h, 600s or 500ms"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
     };
-    match n.checked_mul(seconds) {
-        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+    match n.checked_mul(millis) {
+        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
         _ => Err(format!("{s:?} must be more than zero and fit in 64 bits")),
     }
 }

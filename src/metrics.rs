@@ -81,6 +81,10 @@ pub struct Metrics {
     pub time_to_gang_scheduled: Histogram,
     /// Admission reviews answered, by kind, operation and verdict.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
+    /// 1 while this process reconciles (it leads, or runs without leader election), else 0.
+    pub leader: Gauge,
+    /// Times this process became the leader.
+    pub leader_transitions: Counter,
     phases: Mutex<HashMap<(String, String), Phase>>,
 }
 
@@ -164,9 +168,23 @@ impl Metrics {
             "Admission reviews the webhook answered, by kind, operation and whether it allowed them",
             admission_reviews.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica reconciles (it holds the leader Lease, or leader election is off)",
+            leader.clone(),
+        );
+        let leader_transitions = Counter::default();
+        registry.register(
+            "leader_transitions",
+            "Times this replica became the leader",
+            leader_transitions.clone(),
+        );
         Metrics {
             registry,
             admission_reviews,
+            leader,
+            leader_transitions,
             jobs_created,
             jobs_completed,
             jobs_failed,

@@ -21,6 +21,8 @@ pub struct Health {
     pub ready: Arc<AtomicBool>,
     /// Set once the admission webhook serves its certificate; `None` when it is off.
     pub webhook: Option<Arc<AtomicBool>>,
+    /// Set while this replica holds the leader Lease; `None` without leader election.
+    pub leading: Option<Arc<AtomicBool>>,
 }
 
 /// The router, separate from serving so tests can call it directly.
@@ -67,19 +69,26 @@ async fn metrics(State(h): State<Health>, headers: HeaderMap) -> impl IntoRespon
     }
 }
 
-/// Ready once the controller reached the API server and the webhook (when on) serves: with
-/// `failurePolicy: Fail`, traffic must not reach a replica that cannot answer admission yet.
+/// Ready once the webhook (when on) serves and, on the replica that reconciles, its watch caches
+/// have listed: with `failurePolicy: Fail`, traffic must not reach a replica that cannot answer
+/// admission yet. A standby (another replica leads) is ready as soon as its webhook serves, since
+/// admission is all it does.
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if !h.ready.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: still connecting to the API server",
-        )
-    } else if h.webhook.as_ref().is_some_and(|w| !w.load(Ordering::Relaxed)) {
+    let standby = h.leading.as_ref().is_some_and(|l| !l.load(Ordering::Relaxed));
+    if h.webhook.as_ref().is_some_and(|w| !w.load(Ordering::Relaxed)) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the admission webhook has no certificate yet",
         )
+    } else if standby {
+        (StatusCode::OK, "ok: standby (another replica leads)")
+    } else if !h.ready.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the watch caches have not listed yet",
+        )
+    } else if h.leading.is_some() {
+        (StatusCode::OK, "ok: leading")
     } else {
         (StatusCode::OK, "ok")
     }

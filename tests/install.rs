@@ -1,7 +1,8 @@
 //! The install path a platform engineer uses: `kubectl apply --server-side -k config/default`
 //! with the operator's image built from the release binary, running as a pod on the real node
-//! under its own service account, probes passing, reconciling a TrainJob to `Complete`, and its
-//! admission webhook answering the API server through its Service.
+//! under its own service account as two replicas that elect a leader, probes passing, the leader
+//! reconciling a TrainJob to `Complete`, and the admission webhook answering the API server
+//! through its Service.
 //! `make test` builds the release binary and passes it as `TRAINJOB_OPERATOR_BINARY`.
 
 mod support;
@@ -9,11 +10,13 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::json;
 use support::jobs::wait_condition;
-use support::{Identity, TestNs, client, eventually, real_bed};
+use support::{DEADLINE, Identity, TestNs, client, eventually, real_bed};
 use trainjob_operator::api::TrainJob;
 
 #[tokio::test]
@@ -39,7 +42,7 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), "trainjob-system");
     let pods: Api<Pod> = Api::namespaced(c.clone(), "trainjob-system");
     eventually(
-        "the operator Deployment to be available",
+        "both operator replicas to be available",
         Duration::from_secs(60),
         || async {
             let d = deployments
@@ -47,7 +50,7 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
                 .await
                 .map_err(|e| e.to_string())?;
             match d.status.as_ref().and_then(|s| s.available_replicas) {
-                Some(1) => Ok(()),
+                Some(2) => Ok(()),
                 // Say why: the pod's phase, conditions and container states.
                 _ => Err(format!(
                     "{:?}",
@@ -61,17 +64,35 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
         },
     )
     .await;
-    let pod = pods
+    let replicas = pods
         .list(&ListParams::default().labels("app.kubernetes.io/name=trainjob-operator"))
         .await
-        .expect("operator pod")
-        .items
+        .expect("operator pods")
+        .items;
+    assert_eq!(replicas.len(), 2, "two replicas");
+    for pod in &replicas {
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some(node.name()));
+        assert_eq!(spec.service_account_name.as_deref(), Some("trainjob-operator"));
+    }
+    // The Lease names its holder: `<pod name>_<random suffix>`.
+    let leases: Api<Lease> = Api::namespaced(c.clone(), "trainjob-system");
+    let holder = eventually("a replica to hold the leader Lease", DEADLINE, || async {
+        leases
+            .get("trainjob-operator")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+            .ok_or_else(|| "no holder yet".to_string())
+    })
+    .await;
+    let (pod, standby): (Vec<Pod>, Vec<Pod>) = replicas
         .into_iter()
-        .next()
-        .expect("one operator pod");
-    let spec = pod.spec.as_ref().expect("spec");
-    assert_eq!(spec.node_name.as_deref(), Some(node.name()));
-    assert_eq!(spec.service_account_name.as_deref(), Some("trainjob-operator"));
+        .partition(|p| holder.starts_with(&format!("{}_", p.name_any())));
+    let (pod, standby) = (
+        pod.into_iter().next().expect("the leader is one of the replicas"),
+        standby.into_iter().next().expect("a standby"),
+    );
 
     let ns = TestNs::new("install").await;
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
@@ -106,5 +127,13 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
         .expect("operator log");
     support::logs::record(&log);
     assert!(log.contains("connected; watching TrainJobs"), "{log}");
+    assert!(log.contains("became the leader"), "{log}");
     assert!(log.contains("TrainJob completed successfully"), "{log}");
+    let log = pods
+        .logs(&standby.name_any(), &LogParams::default())
+        .await
+        .expect("standby log");
+    support::logs::record(&log);
+    assert!(log.contains("another replica leads; standing by"), "{log}");
+    assert!(!log.contains("PodsCreated"), "the standby reconciled: {log}");
 }

@@ -156,3 +156,34 @@ fn fips_mode_refuses_a_non_fips_key_algorithm_at_start() {
         "it got past the check: {stderr}"
     );
 }
+
+/// Leader-election timings under which a leader could still reconcile after another replica
+/// took over are refused at start, naming the flag; sound ones pass that check.
+#[test]
+fn overlapping_leader_election_timings_are_refused_at_start() {
+    let run = |deadline: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trainjob-operator"))
+            .args(["run", "--leader-elect", "--leader-elect-renew-deadline", deadline])
+            .args(["--http-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("running the operator")
+    };
+    let refused = run("20s");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(
+            "--leader-elect-renew-deadline (20s) must be shorter than --leader-elect-lease-duration (15s)"
+        ),
+        "{stderr}"
+    );
+    let sound = run("5s");
+    let stderr = String::from_utf8_lossy(&sound.stderr);
+    assert!(!stderr.contains("leader-elect"), "{stderr}");
+    assert!(
+        stderr.contains("connecting to Kubernetes"),
+        "it got past the check: {stderr}"
+    );
+}

@@ -171,17 +171,23 @@ pub const WEBHOOK_CONFIGURATION: &str = "trainjob-operator";
 impl Operator {
     /// Starts a fresh operator; dropping it stops it gracefully.
     pub fn start() -> Operator {
-        Self::launch(false)
+        Self::launch(false, None)
     }
 
     /// Starts a fresh operator that also serves admission, with the shipped webhook
     /// configurations registered for it; returns once the API server calls it.
     pub fn start_admitting() -> Operator {
-        Self::launch(true)
+        Self::launch(true, None)
     }
 
-    fn launch(admission: bool) -> Operator {
-        use trainjob_operator::{controller, metrics::Metrics, server, webhook};
+    /// Starts a fresh replica named `instance` that reconciles only while it holds the leader
+    /// Lease `trainjob-system/trainjob-operator`, as `--leader-elect` runs it.
+    pub fn start_elected(instance: &str, timing: trainjob_operator::leader::Timing) -> Operator {
+        Self::launch(false, Some((instance.to_string(), timing)))
+    }
+
+    fn launch(admission: bool, election: Option<(String, trainjob_operator::leader::Timing)>) -> Operator {
+        use trainjob_operator::{controller, leader, metrics::Metrics, server, webhook};
         let bed = bed();
         let metrics = std::sync::Arc::new(Metrics::new());
         let port = free_port();
@@ -209,10 +215,14 @@ impl Operator {
                     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let webhook_ready =
                         webhook_port.map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+                    let leading = election
+                        .as_ref()
+                        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
                     let health = server::Health {
                         metrics: m.clone(),
                         ready: ready.clone(),
                         webhook: webhook_ready.clone(),
+                        leading: leading.clone(),
                     };
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     let http = tokio::spawn(server::serve(addr, health, stopped()));
@@ -250,12 +260,39 @@ impl Operator {
                         });
                     }
                     // As config/default runs it.
+                    let instance = election
+                        .as_ref()
+                        .map_or_else(|| "test-operator".to_string(), |(name, _)| name.clone());
                     let settings = controller::Settings {
-                        instance: "test-operator".into(),
+                        instance: instance.clone(),
                         network_policies: true,
                         ..Default::default()
                     };
-                    controller::run(client, settings, m, ready, stopped()).await;
+                    let reconcile = controller::run(client.clone(), settings, m.clone(), ready, stopped());
+                    match (election, leading) {
+                        (Some((_, timing)), Some(leading)) => {
+                            let elector = leader::Elector::new(
+                                client,
+                                leader::Settings {
+                                    namespace: "trainjob-system".into(),
+                                    name: "trainjob-operator".into(),
+                                    identity: leader::identity(&instance),
+                                    timing,
+                                },
+                            );
+                            // A lost Lease ends this replica, as it ends the process.
+                            if leader::lead(elector, leading, m, stopped(), reconcile)
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        _ => {
+                            m.leader.set(1);
+                            reconcile.await;
+                        }
+                    }
                     let _ = http.await;
                 };
                 // A kill drops the operator mid-flight, like a crashed process: in-progress

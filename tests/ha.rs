@@ -1,0 +1,263 @@
+//! Two replicas with leader election, as `config/manager` runs them (`--leader-elect`, client-go's
+//! default timing): one leads, the other stands by; a dead leader is replaced once its lease runs
+//! out, a stopping one hands the Lease over at once, and one whose Lease is taken stops
+//! reconciling. Never do two replicas lead at once, and a job carries on across every handover
+//! with the same pods and the same SSH key.
+//!
+//! One test: every phase needs the one Lease the shipped RBAC lets the operator write.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::jobs::{pods_of, wait_condition};
+use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually, http_get};
+use trainjob_operator::api::TrainJob;
+use trainjob_operator::leader::Timing;
+use trainjob_operator::metrics::Metrics;
+
+fn leads(op: &Operator) -> bool {
+    op.metrics.leader.get() == 1
+}
+
+/// Each live replica's name and metrics.
+type Replicas = Arc<Mutex<Vec<(String, Arc<Metrics>)>>>;
+
+/// Counts, every few milliseconds, how many live replicas say they lead; keeps the most seen.
+struct Overlap {
+    replicas: Replicas,
+    most: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Overlap {
+    fn watch() -> Overlap {
+        let overlap = Overlap {
+            replicas: Arc::default(),
+            most: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (replicas, most, stop) = (
+            overlap.replicas.clone(),
+            overlap.most.clone(),
+            overlap.stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let leading = replicas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|(_, m)| m.leader.get() == 1)
+                    .count();
+                most.fetch_max(leading, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        overlap
+    }
+
+    fn add(&self, name: &str, op: &Operator) {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.into(), op.metrics.clone()));
+    }
+
+    /// A killed replica's gauge stays where the crash left it: stop counting it first.
+    fn remove(&self, name: &str) {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| n != name);
+    }
+}
+
+async fn lease(c: &kube::Client) -> Lease {
+    Api::<Lease>::namespaced(c.clone(), "trainjob-system")
+        .get("trainjob-operator")
+        .await
+        .expect("the leader Lease")
+}
+
+async fn create_job(jobs: &Api<TrainJob>, name: &str, ns: &str) {
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"runtimeRef": {"name": "mpi-openmpi"}, "trainer": {"numNodes": 8}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &job).await.expect("job");
+}
+
+#[tokio::test]
+async fn replicas_hand_over_the_lease_and_never_lead_together() {
+    bed().apply_kustomization("config/runtimes").expect("runtimes");
+    let ns = TestNs::new("ha").await;
+    let c = client(Identity::Admin).await;
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
+    let overlap = Overlap::watch();
+    let timing = Timing::default();
+
+    // One of two leads; the other stands by, ready (it serves admission) but not reconciling.
+    let a = Operator::start_elected("replica-a", timing.clone());
+    let b = Operator::start_elected("replica-b", timing.clone());
+    overlap.add("replica-a", &a);
+    overlap.add("replica-b", &b);
+    let a_leads = eventually("one replica to lead", DEADLINE, || async {
+        match (leads(&a), leads(&b)) {
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let ((leader, leader_name), (standby, standby_name)) = if a_leads {
+        ((a, "replica-a"), (b, "replica-b"))
+    } else {
+        ((b, "replica-b"), (a, "replica-a"))
+    };
+    let ready = http_get(&format!("{}/readyz", standby.http), "*/*").await;
+    assert!(
+        ready.as_deref().is_ok_and(|r| r.contains("ok: standby")),
+        "{ready:?}"
+    );
+    let held = lease(&c).await.spec.expect("spec");
+    assert!(
+        held.holder_identity
+            .as_deref()
+            .is_some_and(|h| h.starts_with(&format!("{leader_name}_"))),
+        "{held:?}"
+    );
+
+    // The leader dies mid-job: the standby takes over once the lease runs out, and finishes the
+    // job with the pods and the key the dead leader made.
+    create_job(&jobs, "pi", &ns.name).await;
+    eventually("the first worker", DEADLINE, || async {
+        if pods_of(&c, &ns.name, "pi").await.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    overlap.remove(leader_name);
+    let died = Instant::now();
+    leader.kill();
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
+    let key = secrets
+        .get("pi-mpi-ssh-auth")
+        .await
+        .expect("the Secret comes before any pod");
+    let before: Vec<(String, String)> = pods_of(&c, &ns.name, "pi")
+        .await
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect();
+    eventually(
+        "the standby to lead after the leader died",
+        timing.lease + DEADLINE,
+        || async {
+            if leads(&standby) {
+                Ok(())
+            } else {
+                Err("still standing by".to_string())
+            }
+        },
+    )
+    .await;
+    let crash_handover = died.elapsed();
+    wait_condition(&jobs, "pi", "Complete").await;
+    let after = pods_of(&c, &ns.name, "pi").await;
+    for (name, uid) in &before {
+        let now = after.iter().find(|p| &p.name_any() == name).and_then(|p| p.uid());
+        assert_eq!(now.as_ref(), Some(uid), "{name} was kept, not recreated");
+    }
+    let again = secrets.get("pi-mpi-ssh-auth").await;
+    // A finished job's Secret is deleted; while it lives it is the one the first leader made.
+    if let Ok(again) = again {
+        assert_eq!(
+            (again.uid(), again.data),
+            (key.uid(), key.data),
+            "the SSH key changed"
+        );
+    }
+    let taken = lease(&c).await.spec.expect("spec");
+    assert!(
+        taken
+            .holder_identity
+            .as_deref()
+            .is_some_and(|h| h.starts_with(&format!("{standby_name}_"))),
+        "{taken:?}"
+    );
+    assert!(
+        taken.lease_transitions > held.lease_transitions,
+        "{held:?} → {taken:?}"
+    );
+
+    // A stopping leader releases the Lease before it exits, and a new standby takes it at once
+    // rather than after the lease duration.
+    let c_replica = Operator::start_elected("replica-c", timing.clone());
+    overlap.add("replica-c", &c_replica);
+    let stopping = Instant::now();
+    standby.stop();
+    let released = lease(&c).await.spec.expect("spec");
+    assert_eq!(
+        released.holder_identity, None,
+        "released on a graceful stop: {released:?}"
+    );
+    overlap.remove(standby_name);
+    eventually("the new replica to lead", DEADLINE, || async {
+        if leads(&c_replica) {
+            Ok(())
+        } else {
+            Err("still standing by".to_string())
+        }
+    })
+    .await;
+    let graceful_handover = stopping.elapsed();
+    create_job(&jobs, "pi2", &ns.name).await;
+    wait_condition(&jobs, "pi2", "Complete").await;
+
+    // Someone else takes the Lease (as a replica cut off from the API server would find on its
+    // return): the leader stops reconciling at its next renewal instead of leading beside it.
+    let leases: Api<Lease> = Api::namespaced(c.clone(), "trainjob-system");
+    let mut usurped = leases.get("trainjob-operator").await.expect("lease");
+    let spec = usurped.spec.get_or_insert_default();
+    spec.holder_identity = Some("intruder".into());
+    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    spec.lease_duration_seconds = Some(3600);
+    leases
+        .replace("trainjob-operator", &PostParams::default(), &usurped)
+        .await
+        .expect("take the Lease");
+    eventually("the leader to stop leading", DEADLINE, || async {
+        if leads(&c_replica) {
+            Err("still leading".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    overlap.stop.store(true, Ordering::Relaxed);
+    assert_eq!(
+        overlap.most.load(Ordering::Relaxed),
+        1,
+        "two replicas led at the same time"
+    );
+    eprintln!(
+        "handover after the leader died: {} ms (lease {:?}); after a graceful stop: {} ms",
+        crash_handover.as_millis(),
+        timing.lease,
+        graceful_handover.as_millis()
+    );
+    drop(c_replica);
+}
