@@ -82,6 +82,16 @@ pub fn owner_ref(job: &TrainJob) -> OwnerReference {
     }
 }
 
+/// Whether the job with `uid` is the controller owner of the object with `meta`. Only such
+/// children are the job's: another object that merely carries its labels is never counted,
+/// adopted or deleted.
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
 /// Labels every child of `job` carries.
 pub fn child_labels(job: &TrainJob) -> BTreeMap<String, String> {
     BTreeMap::from([

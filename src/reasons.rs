@@ -68,4 +68,6 @@ pub mod event {
     pub const RESTARTING: &str = "Restarting";
     /// The job completed.
     pub const COMPLETED: &str = "Completed";
+    /// Pods carry the job's labels but are not its own; they are ignored.
+    pub const FOREIGN_PODS: &str = "ForeignPods";
 }

@@ -177,6 +177,14 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
         .await
         .expect("foreign ConfigMap");
 
+    // Pods with the names two jobs' first workers would get: one with the labels the
+    // operator's pod watch selects (caught before anything is created), one without (caught
+    // when its create is refused).
+    for (name, labelled) in [("clash-node-0-0", true), ("hidden-node-0-0", false)] {
+        let job = name.split('-').next().unwrap_or_default();
+        foreign_pod(&c, &ns.name, name, labelled.then_some(job)).await;
+    }
+
     let jobs = create_job(&c, &ns.name, "pi", "rt", json!({})).await;
     let (reason, message) = failed(&jobs, "pi").await;
     assert_eq!(reason, "ObjectConflict");
@@ -192,7 +200,34 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
         "{message}"
     );
 
-    not_retried("object_conflict", 2).await;
+    for job in ["clash", "hidden"] {
+        create_job(&c, &ns.name, job, "rt", json!({"trainer": {"numNodes": 2}})).await;
+        let (reason, message) = failed(&jobs, job).await;
+        assert_eq!(reason, "ObjectConflict");
+        assert_eq!(
+            message,
+            format!(
+                "Pod {job}-node-0-0 already exists and belongs to no TrainJob (it has no owner), not to this TrainJob: delete that Pod and re-create the TrainJob, or give the TrainJob another name"
+            )
+        );
+        let pods: Vec<String> = pods_of(&c, &ns.name, job)
+            .await
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert!(
+            pods.is_empty() || pods == [format!("{job}-node-0-0")],
+            "only the foreign pod: {pods:?}"
+        );
+        assert!(!exists::<Secret>(&c, &ns.name, &format!("{job}-mpi-ssh-auth")).await);
+    }
+    let foreign = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns.name);
+    for name in ["clash-node-0-0", "hidden-node-0-0"] {
+        let pod = foreign.get(name).await.expect("the foreign pod is left alone");
+        assert!(pod.metadata.deletion_timestamp.is_none(), "{name} was deleted");
+    }
+
+    not_retried("object_conflict", 4).await;
     let after = Api::<Secret>::namespaced(c.clone(), &ns.name)
         .get("pi-mpi-ssh-auth")
         .await
@@ -207,6 +242,55 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
         assert!(pods_of(&c, &ns.name, job).await.is_empty());
         assert!(!exists::<Service>(&c, &ns.name, job).await);
     }
+}
+
+/// A pod nobody owns, named `name`; with the labels of job `job`'s workers when given.
+async fn foreign_pod(c: &Client, ns: &str, name: &str, job: Option<&str>) {
+    let labels = job.map(|job| {
+        use trainjob_operator::names::{JOB_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, TRAINJOB_NAME_LABEL};
+        BTreeMap::from([
+            (TRAINJOB_NAME_LABEL.to_string(), job.to_string()),
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            (JOB_ROLE_LABEL.to_string(), "node".to_string()),
+        ])
+    });
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .expect("pod");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("foreign pod");
+}
+
+/// A pod that carries a job's labels but is not its own is never counted or deleted (a
+/// collection delete by label would take it), and is reported on the job once.
+#[tokio::test]
+async fn a_pod_with_a_jobs_labels_that_it_does_not_own_is_ignored_and_reported() {
+    let (ns, c) = setup("stray").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    foreign_pod(&c, &ns.name, "pi-node-0-5", Some("pi")).await;
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 2}})).await;
+    wait_condition(&jobs, "pi", "Complete").await;
+    let events = wait_event(&c, &ns.name, "pi", "ForeignPods", |r, _| r == "ForeignPods").await;
+    let reported: Vec<&(String, String)> = events.iter().filter(|(r, _)| r == "ForeignPods").collect();
+    assert_eq!(reported.len(), 1, "{events:?}");
+    assert!(
+        reported[0]
+            .1
+            .starts_with("pi-node-0-5 carry this TrainJob's labels but it does not own them"),
+        "{reported:?}"
+    );
+    let stray = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns.name)
+        .get("pi-node-0-5")
+        .await
+        .expect("the stray pod is left alone");
+    assert!(
+        stray.metadata.deletion_timestamp.is_none(),
+        "deleted with the job's workers"
+    );
 }
 
 #[tokio::test]

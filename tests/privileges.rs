@@ -1,7 +1,7 @@
 //! Least privilege, measured: with the API server's audit log recording every request of the
 //! operator's identity, jobs go through everything the operator does (completion, failure with a
 //! log read, suspension, deletion, quota, native, coscheduling and Volcano gangs, NetworkPolicies,
-//! a job refused at admission), with the admission webhook serving and publishing its CA. Then no
+//! a job refused at admission, a pod name someone else took), with the admission webhook serving and publishing its CA. Then no
 //! request may have been refused (403), and every verb on every resource the shipped ClusterRole
 //! grants must have been used: a right nobody uses is a right to remove.
 
@@ -93,6 +93,23 @@ async fn completes() {
         }
     })
     .await;
+}
+
+/// A pod the job needs is taken by someone else's, which the operator reads to say whose.
+async fn name_taken() {
+    let (ns, c) = setup("priv-taken").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "pi-node-0-0"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .expect("pod");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns.name)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("someone else's pod");
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({})).await;
+    wait_condition(&jobs, "pi", "Failed").await;
 }
 
 /// The launcher fails: its log is read; the namespace has a ResourceQuota.
@@ -250,7 +267,8 @@ async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
         fails_under_quota(),
         suspended_resumed_deleted(),
         gangs(),
-        missing_runtime()
+        missing_runtime(),
+        name_taken()
     );
 
     let (used, refused) = used();

@@ -54,6 +54,9 @@ pub enum Error {
     },
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A pod the job needs exists and is not the job's.
+    #[error(transparent)]
+    Owner(#[from] super::dereference::Error),
 }
 
 impl Error {
@@ -63,6 +66,7 @@ impl Error {
             Error::Rejected { .. } => Some(reasons::OBJECT_REJECTED),
             Error::GangUnavailable { .. } => Some(reasons::GANG_UNAVAILABLE),
             Error::QuotaExceeded(_) => Some(reasons::QUOTA_EXCEEDED),
+            Error::Owner(e) => e.permanent(),
             Error::Kube { .. } | Error::Ssh(_) | Error::Join(_) | Error::Encode(_) => None,
         }
     }
@@ -76,6 +80,7 @@ impl Error {
             Error::Encode(_) => "encode_snapshot",
             Error::GangUnavailable { .. } => "gang_unavailable",
             Error::QuotaExceeded(_) => "quota_exceeded",
+            Error::Owner(e) => e.label(),
         }
     }
 }
@@ -223,7 +228,7 @@ pub async fn decision(
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_pods(job, ctx, &pods, &inputs.pods, &decision.delete).await?;
+    delete_pods(job, ctx, &pods, inputs, &decision.delete).await?;
     // The gang's objects come before its first member.
     let members = decision
         .create
@@ -259,14 +264,13 @@ fn counts_only(old: Option<&TrainJobStatus>, new: &TrainJobStatus) -> bool {
 /// create that will fail for all of them (an invalid template, a quota) fails once, not
 /// hundreds of times. [`Context::writes`] bounds the creates in flight across all jobs.
 async fn create_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, wanted: Vec<Pod>) -> Result<(), Error> {
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
     let mut wanted = wanted.into_iter().peekable();
     let mut batch = 1;
     while wanted.peek().is_some() {
         let creates: Vec<_> = wanted
             .by_ref()
             .take(batch)
-            .map(|pod| create_pod(ctx, api, uid, pod))
+            .map(|pod| create_pod(job, ctx, api, pod))
             .collect();
         futures::future::join_all(creates)
             .await
@@ -277,18 +281,29 @@ async fn create_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, wanted: Vec<
     Ok(())
 }
 
-/// Creates one pod of the job with `uid`, and awaits it in the watch (see `expectations`).
-async fn create_pod(ctx: &Context, api: &Api<Pod>, uid: &str, pod: Pod) -> Result<(), Error> {
+/// Creates one pod of `job`, and awaits it in the watch (see `expectations`).
+async fn create_pod(job: &TrainJob, ctx: &Context, api: &Api<Pod>, pod: Pod) -> Result<(), Error> {
     let _permit = ctx.writes.acquire().await;
     let name = pod.metadata.name.clone().unwrap_or_default();
     // Create, never apply: a pod that exists already (the watch has not shown it yet) must not
     // be updated, e.g. re-gated after Kueue removed its scheduling gates.
     match api.create(&create_params(), &pod).await {
         Ok(_) => {}
-        Err(e) if is_status(&e, 409) => {}
+        Err(e) if is_status(&e, 409) => {
+            // Ours, not shown by the watch yet; or someone else's (without the labels the
+            // watch selects, it never would be), which the job must not wait for.
+            let existing =
+                api.get_opt(&name)
+                    .await
+                    .map_err(write_err("pod", &name, format!("reading pod {name}")))?;
+            if let Some(existing) = existing {
+                super::dereference::check_owner(job, "Pod", &existing.metadata)?;
+            }
+        }
         Err(e) => return Err(write_err("pod", &name, format!("creating pod {name}"))(e)),
     }
-    ctx.expected.created(uid, [name]);
+    ctx.expected
+        .created(job.metadata.uid.as_deref().unwrap_or_default(), [name]);
     Ok(())
 }
 
@@ -301,11 +316,13 @@ async fn delete_pods(
     job: &TrainJob,
     ctx: &Context,
     api: &Api<Pod>,
-    cached: &[std::sync::Arc<Pod>],
+    inputs: &Inputs,
     delete: &[String],
 ) -> Result<(), Error> {
-    if delete.len() > 1 {
-        let live_workers: std::collections::BTreeSet<&str> = cached
+    // A collection delete selects by label, and a pod that is not the job's may carry its labels.
+    if delete.len() > 1 && inputs.foreign.is_empty() {
+        let live_workers: std::collections::BTreeSet<&str> = inputs
+            .pods
             .iter()
             .filter(|p| live_worker(p))
             .filter_map(|p| p.metadata.name.as_deref())

@@ -90,8 +90,11 @@ pub struct Runtime {
 pub struct Inputs {
     /// The runtime.
     pub runtime: Runtime,
-    /// The job's pods, from the pod index.
+    /// The job's pods, from the pod index: those it controls.
     pub pods: Vec<Arc<Pod>>,
+    /// Pods that carry the job's labels but are not its own (someone else's, or left from an
+    /// earlier job of the same name): never counted or deleted.
+    pub foreign: Vec<Arc<Pod>>,
     /// Whether the SSH Secret exists (read only for a job that is neither finished nor suspended).
     pub secret_exists: bool,
     /// The hostfile ConfigMap and the Service as last seen by the watches.
@@ -135,7 +138,7 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
             }
         }
     }
-    let pods = ctx.pods.of(&ns, &name);
+    let (pods, foreign) = own_pods(job, ctx);
     let launcher_log = match failed_launcher(job, &pods).filter(|_| active) {
         Some(pod) => launcher_log(ctx, &ns, pod).await,
         None => None,
@@ -156,12 +159,22 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
     Ok(Inputs {
         runtime,
         pods,
+        foreign,
         secret_exists,
         hostfile,
         service,
         launcher_log,
         gang,
     })
+}
+
+/// The job's pods from the index, split into those the job controls and the others.
+pub fn own_pods(job: &TrainJob, ctx: &Context) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    ctx.pods
+        .of(&job.namespace().unwrap_or_default(), &job.name_any())
+        .into_iter()
+        .partition(|p| names::controlled_by(&p.metadata, uid))
 }
 
 /// The `PodGroupScheduled` condition kube-scheduler writes on the job's PodGroup. Not watched (a
@@ -248,10 +261,9 @@ where
 }
 
 /// Who owns an object named after the job.
-fn check_owner(job: &TrainJob, kind: &'static str, meta: &ObjectMeta) -> Result<(), Error> {
+pub fn check_owner(job: &TrainJob, kind: &'static str, meta: &ObjectMeta) -> Result<(), Error> {
     let refs = meta.owner_references.as_deref().unwrap_or_default();
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    if refs.iter().any(|o| o.uid == uid) {
+    if names::controlled_by(meta, job.metadata.uid.as_deref().unwrap_or_default()) {
         return Ok(());
     }
     let name = meta.name.clone().unwrap_or_default();

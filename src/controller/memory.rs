@@ -30,6 +30,8 @@ struct Remembered {
     since: Option<Instant>,
     last_status: Option<Instant>,
     secret: bool,
+    /// Foreign pods already reported (see [`Memory::unreported`]).
+    foreign: std::collections::BTreeSet<String>,
 }
 
 /// See the module documentation.
@@ -106,6 +108,15 @@ impl Memory {
         });
     }
 
+    /// Of the foreign pods `names`, those not reported on the job yet; notes them as reported.
+    pub fn unreported(&self, job: &TrainJob, names: impl IntoIterator<Item = String>) -> Vec<String> {
+        self.with(job, |jobs, uid| {
+            let reported = &mut jobs.entry(uid.to_string()).or_default().foreign;
+            names.into_iter().filter(|n| reported.insert(n.clone())).collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// Forgets a job that finished or is gone.
     pub fn forget(&self, job: &TrainJob) {
         self.with(job, |jobs, uid| jobs.remove(uid));
@@ -150,6 +161,15 @@ mod tests {
         assert!(!memory.secret_known(&new));
         memory.secret_exists(&new);
         assert!(memory.secret_known(&new));
+        assert_eq!(
+            memory.unreported(&new, ["x".to_string(), "y".to_string()]),
+            ["x", "y"]
+        );
+        assert_eq!(
+            memory.unreported(&new, ["y".to_string(), "z".to_string()]),
+            ["z"],
+            "each foreign pod is reported once"
+        );
         memory.forget(&new);
         assert_eq!((memory.len(), memory.first_seen(&new)), (0, None));
         assert!(

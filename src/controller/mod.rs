@@ -215,6 +215,19 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
             ))
         });
     }
+    // A pod the job does not own holds a name it needs: say whose it is, as for its other
+    // children (or wait, if an earlier job of the same name is still being collected).
+    let job_name = job.name_any();
+    for (i, at) in &decision.create {
+        let wanted = names::pod(&job_name, &plan.jobs[*i].name, at.job_index, at.index);
+        if let Some(pod) = inputs
+            .foreign
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(&wanted))
+        {
+            dereference::check_owner(job, "Pod", &pod.metadata)?;
+        }
+    }
     let held = apply::decision(job, ctx, &plan, &inputs, &decision).await?;
     observe::decision(job, ctx, &plan, &inputs, &decision, &now).await;
     let wake = [decision.requeue_after, held].into_iter().flatten().min();
@@ -224,7 +237,7 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
 /// A permanent error: `Failed` with the error's reason and message, its running pods stopped,
 /// and no retry until the job changes. A job that already finished only has its pods stopped.
 async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Result<Action, Error> {
-    let pods = ctx.pods.of(&job.namespace().unwrap_or_default(), &job.name_any());
+    let (pods, _) = dereference::own_pods(job, ctx);
     if !lifecycle::finished(job.status.as_ref()) {
         count_error(ctx, error);
         let now = lifecycle::now();

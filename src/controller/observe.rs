@@ -37,6 +37,30 @@ pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Input
             ),
         }
     }
+    // Pods an earlier job of the same name left behind go with it: nothing to report. Nor is
+    // anything reported on a finished job, whose memory is gone.
+    let foreign = inputs
+        .foreign
+        .iter()
+        .filter(|_| !lifecycle::finished(Some(&d.status)))
+        .filter(|p| {
+            matches!(
+                super::dereference::check_owner(job, "Pod", &p.metadata),
+                Err(super::dereference::Error::Conflict { .. })
+            )
+        })
+        .filter_map(|p| p.metadata.name.clone());
+    let foreign = ctx.memory.unreported(job, foreign);
+    if !foreign.is_empty() {
+        notes.push(Note {
+            severity: Severity::Warning,
+            reason: event::FOREIGN_PODS.into(),
+            message: format!(
+                "{} carry this TrainJob's labels but it does not own them: they are not counted and never deleted; remove their labels or delete them",
+                foreign.join(", ")
+            ),
+        });
+    }
     for note in &notes {
         record(ctx, job, note).await;
     }
