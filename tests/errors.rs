@@ -484,3 +484,40 @@ async fn a_gang_policy_the_cluster_does_not_serve_fails_before_any_pod() {
     assert!(pods_of(&c, ns, "pi").await.is_empty(), "no pod without its gang");
     assert_eq!(errors("gang_unavailable"), 1);
 }
+
+/// Deleting the namespace while the operator creates a job's pods ends that job quietly: the
+/// writes the terminating namespace refuses are neither retried nor counted as errors.
+#[tokio::test]
+async fn a_namespace_deleted_mid_creation_ends_the_job_quietly() {
+    let (ns, c) = setup("doomed").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
+    create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 64}})).await;
+    eventually("the first pods", DEADLINE, || async {
+        if pods_of(&c, &ns.name, "pi").await.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    namespaces
+        .delete(&ns.name, &Default::default())
+        .await
+        .expect("delete the namespace");
+    eventually("the namespace to be gone", Duration::from_secs(120), || async {
+        match namespaces.get_opt(&ns.name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|n| n.and_then(|n| n.status)))),
+        }
+    })
+    .await;
+    for transient in TRANSIENT {
+        assert_eq!(errors(transient), 0, "a refused write counted as {transient}");
+    }
+    let complaints: Vec<String> = support::logs::raw()
+        .into_iter()
+        .filter(|l| l.contains(&ns.name) && l.contains("\"WARN\""))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:#?}");
+}

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -117,6 +118,8 @@ pub struct Context {
     services: Store<Service>,
     /// Which of the watches above (and the jobs') have listed once.
     listed: Arc<Listed>,
+    /// Every namespace's metadata, to tell one that is being deleted.
+    namespaces: Store<PartialObjectMeta<Namespace>>,
     recorder: Recorder,
     backoff: Backoff,
     in_flight: AtomicUsize,
@@ -165,9 +168,20 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
+    } else if namespace_deleted(&ctx, &job) {
+        // The namespace controller deletes the job soon: a pod of it that vanishes now is no
+        // failure, and nothing written now would last.
+        forget(&ctx, &job);
+        Ok(Action::await_change())
     } else {
         match pipeline(&job, &ctx).await {
             Err(e) if e.permanent().is_some() => fail_permanently(&job, &ctx, &e).await,
+            Err(e) if namespace_ending(&e) => {
+                // The namespace controller deletes the job next: nothing to retry or report.
+                tracing::debug!(job = %job.name_any(), namespace = job.namespace().unwrap_or_default(), "the namespace is being deleted; the job goes with it");
+                forget(&ctx, &job);
+                Ok(Action::await_change())
+            }
             result => result,
         }
     };
@@ -178,6 +192,33 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Whether the job's namespace is being deleted.
+fn namespace_deleted(ctx: &Context, job: &TrainJob) -> bool {
+    let ns = job.namespace().unwrap_or_default();
+    ctx.namespaces
+        .get(&ObjectRef::new(&ns))
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+}
+
+/// Whether `error` comes from writing into a namespace that is being deleted (or is gone).
+pub(crate) fn namespace_ending(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(kube::Error::Api(status)) = e.downcast_ref::<kube::Error>() {
+            let causes = status
+                .details
+                .as_ref()
+                .map(|d| d.causes.as_slice())
+                .unwrap_or_default();
+            let terminating = status.code == 403 && causes.iter().any(|c| c.reason == "NamespaceTerminating");
+            let gone = status.code == 404 && status.details.as_ref().is_some_and(|d| d.kind == "namespaces");
+            return terminating || gone;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Whether `spec.managedBy` leaves the job to this operator (Kueue's MultiKueue sets another).
@@ -290,7 +331,17 @@ pub async fn run(
 ) {
     let managed =
         watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
-    let listed = Listed::new(["pods", "configmaps", "services", "trainjobs"]);
+    let listed = Listed::new(["pods", "configmaps", "services", "trainjobs", "namespaces"]);
+    // Namespaces by metadata only: a job whose namespace is being deleted is left to go with it.
+    let (namespaces, writer) = reflector::store();
+    let namespace_events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect_ok(listed.on_list("namespaces"));
+    tokio::spawn(namespace_events.for_each(|_| async {}));
     let pods = Arc::new(JobPods::default());
     let index = pods.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
@@ -326,6 +377,7 @@ pub async fn run(
         configmaps,
         services,
         listed: listed.clone(),
+        namespaces,
         backoff: Backoff::default(),
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
@@ -449,4 +501,42 @@ fn referencing(
         })
         .map(|j| ObjectRef::from_obj(&*j))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: serde_json::Value) -> Error {
+        let status: kube::core::Status = serde_json::from_value(status).expect("status");
+        Error::Apply(apply::Error::Kube {
+            action: "creating pod pi-node-0-0".into(),
+            source: kube::Error::Api(Box::new(status)),
+        })
+    }
+
+    #[test]
+    fn writes_into_a_namespace_being_deleted_are_told_apart() {
+        let terminating = api_error(serde_json::json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "pods \"pi-node-0-0\" is forbidden: unable to create new content in namespace x because it is being terminated",
+            "details": {"name": "pi-node-0-0", "kind": "pods", "causes": [
+                {"reason": "NamespaceTerminating", "message": "namespace x is being terminated", "field": "metadata.namespace"}]},
+        }));
+        assert!(namespace_ending(&terminating));
+        let gone = api_error(serde_json::json!({
+            "code": 404, "reason": "NotFound", "message": "namespaces \"x\" not found",
+            "details": {"name": "x", "kind": "namespaces"},
+        }));
+        assert!(namespace_ending(&gone));
+        let forbidden = api_error(serde_json::json!({
+            "code": 403, "reason": "Forbidden", "message": "pods is forbidden: User cannot create",
+        }));
+        assert!(!namespace_ending(&forbidden), "a plain 403 is a real error");
+        let missing_pod = api_error(serde_json::json!({
+            "code": 404, "reason": "NotFound", "message": "pods \"p\" not found",
+            "details": {"name": "p", "kind": "pods"},
+        }));
+        assert!(!namespace_ending(&missing_pod));
+    }
 }

@@ -203,7 +203,11 @@ async fn record(ctx: &Context, job: &TrainJob, note: &Note) {
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not record an Event");
+    match ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        Ok(()) => {}
+        Err(e) if super::namespace_ending(&e) => {
+            tracing::debug!(error = %e, reason, "no Event: the namespace is being deleted");
+        }
+        Err(e) => tracing::warn!(error = %e, reason, "could not record an Event"),
     }
 }
