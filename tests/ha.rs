@@ -8,9 +8,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,67 +18,10 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::jobs::{pods_of, wait_condition};
+use support::leaders::Overlap;
 use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually, http_get};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::leader::Timing;
-use trainjob_operator::metrics::Metrics;
-
-fn leads(op: &Operator) -> bool {
-    op.metrics.leader.get() == 1
-}
-
-/// Each live replica's name and metrics.
-type Replicas = Arc<Mutex<Vec<(String, Arc<Metrics>)>>>;
-
-/// Counts, every few milliseconds, how many live replicas say they lead; keeps the most seen.
-struct Overlap {
-    replicas: Replicas,
-    most: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Overlap {
-    fn watch() -> Overlap {
-        let overlap = Overlap {
-            replicas: Arc::default(),
-            most: Arc::default(),
-            stop: Arc::default(),
-        };
-        let (replicas, most, stop) = (
-            overlap.replicas.clone(),
-            overlap.most.clone(),
-            overlap.stop.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let leading = replicas
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .filter(|(_, m)| m.leader.get() == 1)
-                    .count();
-                most.fetch_max(leading, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        overlap
-    }
-
-    fn add(&self, name: &str, op: &Operator) {
-        self.replicas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.into(), op.metrics.clone()));
-    }
-
-    /// A killed replica's gauge stays where the crash left it: stop counting it first.
-    fn remove(&self, name: &str) {
-        self.replicas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(n, _)| n != name);
-    }
-}
 
 async fn lease(c: &kube::Client) -> Lease {
     Api::<Lease>::namespaced(c.clone(), "trainjob-system")
@@ -113,7 +55,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
     overlap.add("replica-a", &a);
     overlap.add("replica-b", &b);
     let a_leads = eventually("one replica to lead", DEADLINE, || async {
-        match (leads(&a), leads(&b)) {
+        match (support::leaders::leads(&a), support::leaders::leads(&b)) {
             (true, false) => Ok(true),
             (false, true) => Ok(false),
             other => Err(format!("{other:?}")),
@@ -166,7 +108,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
         "the standby to lead after the leader died",
         timing.lease + DEADLINE,
         || async {
-            if leads(&standby) {
+            if support::leaders::leads(&standby) {
                 Ok(())
             } else {
                 Err("still standing by".to_string())
@@ -216,7 +158,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
     );
     overlap.remove(standby_name);
     eventually("the new replica to lead", DEADLINE, || async {
-        if leads(&c_replica) {
+        if support::leaders::leads(&c_replica) {
             Ok(())
         } else {
             Err("still standing by".to_string())
@@ -240,7 +182,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
         .await
         .expect("take the Lease");
     eventually("the leader to stop leading", DEADLINE, || async {
-        if leads(&c_replica) {
+        if support::leaders::leads(&c_replica) {
             Err("still leading".to_string())
         } else {
             Ok(())

@@ -328,13 +328,21 @@ async fn delete_pods(
             .filter_map(|p| p.metadata.name.as_deref())
             .collect();
         let deleting: std::collections::BTreeSet<&str> = delete.iter().map(String::as_str).collect();
-        if live_workers == deleting {
+        // Selected by attempt too: the next attempt's pods may exist already, unseen.
+        let attempts: std::collections::BTreeSet<&str> = inputs
+            .pods
+            .iter()
+            .filter(|p| live_worker(p))
+            .filter_map(|p| p.labels().get(names::RESTART_ATTEMPT_LABEL).map(String::as_str))
+            .collect();
+        if let (true, [attempt]) = (live_workers == deleting, Vec::from_iter(attempts).as_slice()) {
             let params = kube::api::ListParams::default()
                 .labels(&format!(
-                    "{}={},{}=node",
+                    "{}={},{}=node,{}={attempt}",
                     names::TRAINJOB_NAME_LABEL,
                     job.name_any(),
-                    names::JOB_ROLE_LABEL
+                    names::JOB_ROLE_LABEL,
+                    names::RESTART_ATTEMPT_LABEL,
                 ))
                 .fields("status.phase!=Succeeded,status.phase!=Failed");
             return api
@@ -347,9 +355,11 @@ async fn delete_pods(
                 });
         }
     }
-    let deletes: Vec<_> = delete
+    let deletes: Vec<_> = inputs
+        .pods
         .iter()
-        .map(|name| delete_pod(api, name, Some(ctx)))
+        .filter(|p| p.metadata.name.as_ref().is_some_and(|n| delete.contains(n)))
+        .map(|pod| delete_pod(api, pod, ctx))
         .collect();
     futures::future::join_all(deletes).await.into_iter().collect()
 }
@@ -582,21 +592,29 @@ pub async fn stop_pods(job: &TrainJob, ctx: &Context, pods: &[std::sync::Arc<Pod
             )
     };
     for pod in pods.iter().filter(running) {
-        delete_pod(&api, &pod.name_any(), Some(ctx)).await?;
+        delete_pod(&api, pod, ctx).await?;
     }
     Ok(())
 }
 
 /// Deletes a pod (within the bound on pod writes, given the context); one that is already gone
 /// is fine.
-async fn delete_pod(api: &Api<Pod>, name: &str, ctx: Option<&Context>) -> Result<(), Error> {
-    let _permit = match ctx {
-        Some(ctx) => Some(ctx.writes.acquire().await),
-        None => None,
+async fn delete_pod(api: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<(), Error> {
+    let _permit = ctx.writes.acquire().await;
+    let name = pod.name_any();
+    // Only the pod that was seen: pods of the next restart attempt get the same names, and a
+    // cache behind the API server (a new leader's, say) must not take one for its predecessor.
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
     };
-    match api.delete(name, &DeleteParams::background()).await {
+    match api.delete(&name, &params).await {
         Ok(_) => Ok(()),
-        Err(e) if is_status(&e, 404) => Ok(()),
+        // Gone, or already replaced by a pod this delete was not meant for.
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
         Err(source) => Err(Error::Kube {
             action: format!("deleting pod {name}"),
             source,

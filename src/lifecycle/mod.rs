@@ -109,6 +109,16 @@ pub fn decide_with<'a>(
 ) -> Decision {
     let mut pass = Pass::new(job, plan, pods, now);
     pass.gang = seen.gang;
+    // A pod of a later attempt than the status names means this copy of the job is older than
+    // the pods (the job's watch lags the pods', as after a leader change): deciding from it would
+    // delete the newer gang as an earlier one. Its newer status is on the way.
+    if pass
+        .observed
+        .iter()
+        .any(|o| o.attempt.is_some_and(|a| a > pass.attempt))
+    {
+        return pass.stale();
+    }
     pass.delete_earlier_attempts();
     if finished(Some(&pass.status)) {
         return pass.finished();
@@ -201,6 +211,14 @@ impl<'a> Pass<'a> {
             .filter(|o| !keep(o))
             .map(|o| o.name.to_string());
         self.d.delete.extend(names);
+    }
+
+    /// Nothing to do until a newer copy of the job arrives; look again soon in case none does.
+    fn stale(mut self) -> Decision {
+        self.d.status = self.status;
+        self.d.phase = Some(Phase::Restarting);
+        self.d.requeue_after = Some(Duration::from_secs(1));
+        self.d
     }
 
     /// Pods of an earlier attempt go, whatever else happens.

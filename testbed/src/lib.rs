@@ -699,6 +699,25 @@ impl Bed {
             .collect()
     }
 
+    /// Kills `component` (etcd or a control-plane component) and starts it again, as a crash and
+    /// a restart by its supervisor would; returns once the API server answers `/readyz` again.
+    /// The new process lives as long as the calling thread.
+    pub async fn restart(&self, component: Component) -> Result<(), BedError> {
+        let process = self
+            .procs
+            .iter()
+            .find(|p| p.component == component)
+            .ok_or_else(|| BedError::Command(format!("{component} is not running in this bed")))?;
+        process.restart()?;
+        let client = self.client(Identity::Admin).await?;
+        self.wait_until(
+            &format!("the API server to be ready after restarting {component}"),
+            Duration::from_secs(120),
+            || readyz(&client),
+        )
+        .await
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

@@ -67,6 +67,8 @@ pub(super) struct Process {
     pub(super) component: Component,
     child: Mutex<Child>,
     log: PathBuf,
+    /// How it was started, for [`Process::restart`]; `None` when a hook prepared the command.
+    command: Option<(PathBuf, Vec<String>)>,
 }
 
 /// Runs `command` to completion with `stdin` as its input; returns its stdout, or an error
@@ -117,7 +119,39 @@ impl Process {
         args: &[&str],
         log: &Path,
     ) -> Result<Process, BedError> {
-        Self::spawn_with(component, binary, args, log, |_| Ok(()))
+        let mut process = Self::spawn_with(component, binary, args, log, |_| Ok(()))?;
+        process.command = Some((binary.to_path_buf(), args.iter().map(|a| a.to_string()).collect()));
+        Ok(process)
+    }
+
+    /// Kills the process and starts it again the same way, its output appended to the same log.
+    /// The new process dies with the calling thread (see [`die_with_parent`]).
+    pub(super) fn restart(&self) -> Result<(), BedError> {
+        let component = self.component;
+        let Some((binary, args)) = &self.command else {
+            return Err(BedError::Command(format!(
+                "{component} was started with a hook and cannot be restarted"
+            )));
+        };
+        let io = |what: &str, source| BedError::Io {
+            what: format!("{what} for {component}"),
+            source,
+        };
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| io("opening the log file", e))?;
+        let err = out.try_clone().map_err(|e| io("opening the log file", e))?;
+        let mut command = Command::new(binary);
+        command.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_parent(&mut command);
+        *child = command
+            .spawn()
+            .map_err(|e| io(&format!("restarting {}", binary.display()), e))?;
+        Ok(())
     }
 
     /// Like [`Process::spawn`], with `prepare` adjusting the command first (for example a
@@ -146,6 +180,7 @@ impl Process {
             component,
             child: Mutex::new(child),
             log: log.to_path_buf(),
+            command: None,
         })
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod jobs;
+pub mod leaders;
 pub mod logs;
 
 use std::future::Future;
@@ -27,6 +28,20 @@ pub fn bed() -> &'static Bed {
 /// operator's writes but holds no bodies, and there is no key scan (neither would be timed).
 pub fn bench_bed(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
     started(Audit::Writes, config)
+}
+
+/// The control plane of this test binary with room for thousands of pods: 8 kwok nodes of 1000.
+pub fn big_bed() -> &'static Bed {
+    bed_with(|| BedConfig {
+        nodes: (0..8)
+            .map(|i| trainjob_testbed::FakeNode {
+                pods: 1000,
+                memory: "4Ti".into(),
+                ..trainjob_testbed::FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
+            })
+            .collect(),
+        ..BedConfig::default()
+    })
 }
 
 /// The control plane of this test binary with a real node next to the kwok nodes.

@@ -71,6 +71,37 @@ fn launcher_failure_names_the_cause_its_log_shows() {
     );
 }
 
+/// A replica whose copy of the job predates a gang restart sees the next attempt's pods: it must
+/// leave them alone (not delete them as an earlier attempt's) and write nothing.
+#[test]
+fn pods_of_a_later_attempt_than_the_status_wait_for_the_newer_status() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut p = plan(&j, "mpi-openmpi");
+    p.max_restarts = 1;
+    let d = decide(&j, &p, &[], &at(T0));
+    let stale = with_status(j.clone(), &d);
+    let mut newer = d.status.clone();
+    newer.restarts = Some(1);
+    let fresh = with_status(
+        j,
+        &Decision {
+            status: newer,
+            ..Decision::default()
+        },
+    );
+    let d = decide(&fresh, &p, &[], &at(T0));
+    let pods: Vec<Pod> = created(&fresh, &p, &d)
+        .iter()
+        .map(|pod| observed_pod(pod, "Running", true))
+        .collect();
+
+    let d = decide(&stale, &p, &pods, &at(T0));
+    assert!(d.delete.is_empty(), "{:?}", d.delete);
+    assert!(d.create.is_empty());
+    assert_eq!(Some(&d.status), stale.status.as_ref(), "nothing to write");
+    assert!(d.requeue_after.is_some());
+}
+
 #[test]
 fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
     let j = job(json!({"trainer": {"numNodes": 2}}));
