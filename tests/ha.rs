@@ -119,9 +119,11 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
     let crash_handover = died.elapsed();
     wait_condition(&jobs, "pi", "Complete").await;
     let after = pods_of(&c, &ns.name, "pi").await;
+    // Workers of a Complete job are being removed, so a worker may be gone; none may have been
+    // replaced by a pod of the same name.
     for (name, uid) in &before {
         let now = after.iter().find(|p| &p.name_any() == name).and_then(|p| p.uid());
-        assert_eq!(now.as_ref(), Some(uid), "{name} was kept, not recreated");
+        assert!(now.is_none_or(|now| &now == uid), "{name} was recreated");
     }
     let again = secrets.get("pi-mpi-ssh-auth").await;
     // A finished job's Secret is deleted; while it lives it is the one the first leader made.
