@@ -5,7 +5,7 @@ BED_DIR ?= .bed
 # tests/install.rs runs the release binary as a pod on the real node.
 TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: help build bed crds fmt lint test bench run clean
+.PHONY: help build bed crds fmt lint test bench soak run clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ bench: bed ## Benchmarks against a plain-client floor; writes BENCHMARKS.md (BEN
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
+
+soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into BENCHMARKS.md
+	hack/bench-deps.sh
+	$(CARGO) build --release --locked -p trainjob-operator
+	SOAK_DURATION=$(or $(DURATION),30m) TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench soak
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1

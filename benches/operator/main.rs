@@ -13,6 +13,7 @@ mod floor;
 mod model;
 mod opproc;
 mod report;
+mod section;
 mod watch;
 
 use std::cell::RefCell;
@@ -564,7 +565,9 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
         .into_iter()
         .map(|(title, file)| (title, format!("{prefix}{file}")))
         .collect();
-    std::fs::write(md_path, report::markdown(report, &charts)).expect("writing BENCHMARKS.md");
+    let old = std::fs::read_to_string(&md_path).unwrap_or_default();
+    let md = section::keep(&old, report::markdown(report, &charts));
+    std::fs::write(md_path, md).expect("writing BENCHMARKS.md");
 }
 
 fn main() {
