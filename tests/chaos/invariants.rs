@@ -1,0 +1,246 @@
+//! What must hold however the operator was disturbed, checked from the test's own watch
+//! recording and a final listing, never from the operator's opinion of itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher::Event;
+
+/// A pod's place in its job: namespace, job, replicated job, job index, index.
+type Slot = (String, String, String, String, String);
+
+const JOB: &str = "trainer.kubeflow.org/trainjob-name";
+const RJOB: &str = "trainer.kubeflow.org/replicated-job";
+const JOB_INDEX: &str = "jobset.sigs.k8s.io/job-index";
+const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+const ATTEMPT: &str = "trainer.kubeflow.org/restart-attempt";
+
+fn slot(pod: &Pod) -> Option<Slot> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let get = |k: &str| labels.get(k).cloned();
+    Some((
+        pod.metadata.namespace.clone()?,
+        get(JOB)?,
+        get(RJOB)?,
+        get(JOB_INDEX)?,
+        get(INDEX)?,
+    ))
+}
+
+/// Folds watch events of pods and Secrets, noting every violation as it happens.
+#[derive(Default)]
+pub struct Recorder {
+    /// Pod uids that exist, by slot.
+    live: HashMap<Slot, BTreeSet<String>>,
+    /// During a relist: the pods listed so far.
+    relist: Option<HashMap<Slot, BTreeSet<String>>>,
+    /// Highest restart attempt seen per (namespace, job uid).
+    attempts: HashMap<(String, String), u32>,
+    /// The first key data seen per (namespace, Secret name, owner uid).
+    keys: HashMap<(String, String, String), BTreeMap<String, Vec<u8>>>,
+    /// What went wrong, in words.
+    pub violations: Vec<String>,
+}
+
+impl Recorder {
+    /// One pod watch event.
+    pub fn pod(&mut self, event: &Event<Pod>) {
+        match event {
+            Event::Apply(pod) => {
+                self.note_attempt(pod);
+                if let (Some(slot), Some(uid)) = (slot(pod), pod.metadata.uid.clone()) {
+                    let uids = self.live.entry(slot.clone()).or_default();
+                    uids.insert(uid);
+                    if uids.len() > 1 {
+                        self.violations
+                            .push(format!("two pods at once in slot {slot:?}: {uids:?}"));
+                    }
+                }
+            }
+            Event::Delete(pod) => {
+                if let (Some(slot), Some(uid)) = (slot(pod), &pod.metadata.uid)
+                    && let Some(uids) = self.live.get_mut(&slot)
+                {
+                    uids.remove(uid);
+                }
+            }
+            Event::Init => self.relist = Some(HashMap::new()),
+            Event::InitApply(pod) => {
+                self.note_attempt(pod);
+                if let (Some(slot), Some(uid)) = (slot(pod), pod.metadata.uid.clone()) {
+                    let uids = self
+                        .relist
+                        .get_or_insert_default()
+                        .entry(slot.clone())
+                        .or_default();
+                    uids.insert(uid);
+                    if uids.len() > 1 {
+                        self.violations
+                            .push(format!("two pods at once in slot {slot:?}: {uids:?}"));
+                    }
+                }
+            }
+            Event::InitDone => {
+                if let Some(listed) = self.relist.take() {
+                    self.live = listed;
+                }
+            }
+        }
+    }
+
+    fn note_attempt(&mut self, pod: &Pod) {
+        let Some(owner) = controller_uid(&pod.metadata) else {
+            return;
+        };
+        let attempt = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ATTEMPT))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let seen = self.attempts.entry((ns, owner)).or_default();
+        *seen = (*seen).max(attempt);
+    }
+
+    /// One Secret watch event: a job's key must never change while the job lives.
+    pub fn secret(&mut self, event: &Event<Secret>) {
+        let (Event::Apply(secret) | Event::InitApply(secret)) = event else {
+            return;
+        };
+        let Some(owner) = controller_uid(&secret.metadata) else {
+            return;
+        };
+        let key = (
+            secret.metadata.namespace.clone().unwrap_or_default(),
+            secret.metadata.name.clone().unwrap_or_default(),
+            owner,
+        );
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        match self.keys.get(&key) {
+            None => {
+                self.keys.insert(key, data);
+            }
+            // Only whether it changed is recorded: key material never reaches test output.
+            Some(first) if *first != data => self.violations.push(format!(
+                "the SSH key in Secret {}/{} changed during its job's life",
+                key.0, key.1
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// The gang restarts the recording saw for the job with `uid` in `ns`.
+    pub fn restarts(&self, ns: &str, uid: &str) -> u32 {
+        self.attempts
+            .get(&(ns.to_string(), uid.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The uid of the object's controller owner.
+pub fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+}
+
+/// Objects (kind, name, meta) left without a live owner among `objects`, given the uids of the
+/// TrainJobs that still exist.
+pub fn orphans<'a>(
+    objects: impl IntoIterator<Item = (&'static str, &'a ObjectMeta)>,
+    live_jobs: &BTreeSet<String>,
+) -> Vec<String> {
+    objects
+        .into_iter()
+        .filter(|(_, meta)| controller_uid(meta).is_none_or(|uid| !live_jobs.contains(&uid)))
+        .map(|(kind, meta)| format!("{kind} {}", meta.name.as_deref().unwrap_or_default()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn pod(name: &str, uid: &str, index: &str, attempt: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": "ns", "uid": uid,
+            "labels": {JOB: "pi", RJOB: "node", JOB_INDEX: "0", INDEX: index, ATTEMPT: attempt},
+            "ownerReferences": [{"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                "name": "pi", "uid": "job-uid", "controller": true}],
+        }}))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_slot_filled_twice_at_once_is_a_violation_but_one_after_another_is_not() {
+        let mut r = Recorder::default();
+        r.pod(&Event::Apply(pod("pi-node-0-0", "a", "0", "0")));
+        r.pod(&Event::Delete(pod("pi-node-0-0", "a", "0", "0")));
+        r.pod(&Event::Apply(pod("pi-node-0-0", "b", "0", "1")));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.restarts("ns", "job-uid"), 1);
+        // A second pod for index 0 under another name while b lives: broken on purpose.
+        r.pod(&Event::Apply(pod("pi-node-0-0-dup", "c", "0", "1")));
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_relist_forgets_pods_deleted_while_the_watch_was_down() {
+        let mut r = Recorder::default();
+        r.pod(&Event::Apply(pod("pi-node-0-0", "a", "0", "0")));
+        r.pod(&Event::Init);
+        r.pod(&Event::InitDone);
+        r.pod(&Event::Apply(pod("pi-node-0-0", "b", "0", "1")));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_changed_key_is_a_violation_and_its_bytes_are_not_printed() {
+        let secret = |data: &str| -> Secret {
+            let mut s: Secret = serde_json::from_value(json!({"metadata": {
+                "name": "pi-mpi-ssh-auth", "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "v", "kind": "TrainJob", "name": "pi",
+                    "uid": "job-uid", "controller": true}],
+            }}))
+            .expect("secret");
+            s.data = Some(BTreeMap::from([(
+                "ssh-privatekey".to_string(),
+                ByteString(data.as_bytes().to_vec()),
+            )]));
+            s
+        };
+        let mut r = Recorder::default();
+        r.secret(&Event::Apply(secret("first")));
+        r.secret(&Event::Apply(secret("first")));
+        assert!(r.violations.is_empty());
+        r.secret(&Event::Apply(secret("second")));
+        assert_eq!(r.violations.len(), 1);
+        assert!(!r.violations[0].contains("second") && !r.violations[0].contains("first"));
+    }
+
+    #[test]
+    fn objects_whose_owner_is_gone_are_orphans() {
+        let owned = pod("a", "a", "0", "0").metadata;
+        let mut ownerless = owned.clone();
+        ownerless.owner_references = None;
+        let live = BTreeSet::from(["job-uid".to_string()]);
+        assert!(orphans([("Pod", &owned)], &live).is_empty());
+        assert_eq!(
+            orphans([("Pod", &owned), ("Pod", &ownerless)], &BTreeSet::new()).len(),
+            2
+        );
+    }
+}
