@@ -2,6 +2,7 @@
 
 CARGO ?= cargo
 BED_DIR ?= .bed
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # tests/install.rs runs the release binary as a pod on the real node.
 TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 
@@ -31,7 +32,9 @@ lint: ## Check formatting and clippy (warnings are errors)
 test: bed ## Unit tests and integration tests against the local control plane (and its real node)
 	hack/test-deps.sh
 	hack/bench-deps.sh
-	$(CARGO) build --release --locked -p trainjob-operator
+	# The release binary reports a newer version than the library the tests link:
+	# tests/upgrade.rs upgrades from the one to the other.
+	TRAINJOB_BUILD_VERSION=$(VERSION)-next $(CARGO) build --release --locked -p trainjob-operator
 	rm -rf $(TARGET_DIR)/tmp/keyscan
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) test --locked --workspace -- --skip no_private_key_material_anywhere
 	# Last: every test binary above left a key-scan report of its bed's audit log and logs.

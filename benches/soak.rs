@@ -10,8 +10,6 @@
 //! `SOAK_DURATION` (`make soak DURATION=…`: `90s`, `30m`, `2h`), `SOAK_RATE` (jobs per second,
 //! default 2), `SOAK_KEEP` (default 2000).
 
-#[path = "operator/opproc.rs"]
-mod opproc;
 #[path = "operator/section.rs"]
 mod section;
 #[path = "../tests/support/mod.rs"]
@@ -24,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use opproc::{OperatorProcess, metric_sum};
 use serde::Serialize;
 use serde_json::json;
+use support::process::{OperatorProcess, metric_sum};
 use support::{Identity, bench_bed};
 use trainjob_operator::api::TrainJob;
-use trainjob_testbed::{BedConfig, FakeNode};
+use trainjob_testbed::BedConfig;
 
 const WORKERS: u32 = 2;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -133,13 +131,7 @@ fn main() {
     let rate = env_number("SOAK_RATE", 2.0);
     let keep = env_number("SOAK_KEEP", 2000.0) as u64;
     let bed = bench_bed(|| BedConfig {
-        nodes: (0..4)
-            .map(|i| FakeNode {
-                pods: 1000,
-                memory: "4Ti".into(),
-                ..FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
-            })
-            .collect(),
+        nodes: support::roomy_nodes(4, 1000),
         ..BedConfig::default()
     });
     bed.apply_kustomization("config/runtimes").expect("runtimes");
@@ -158,7 +150,7 @@ fn main() {
     .expect("soak.json");
     let doc = trainjob_testbed::repo_root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, section::splice(&old, &markdown(&report))).expect("BENCHMARKS.md");
+    std::fs::write(&doc, splice(&old, &markdown(&report))).expect("BENCHMARKS.md");
     println!("wrote the soak section of BENCHMARKS.md and benches/results/soak.json");
 }
 
@@ -280,6 +272,15 @@ async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64
         reconcile_errors: metric_sum(&metrics, "trainjob_reconcile_errors_total") as u64,
         operator_cpu_s,
         peak_rss_mib,
+    }
+}
+
+/// `doc` with its soak section replaced by `body` (appended when it has none).
+fn splice(doc: &str, body: &str) -> String {
+    let block = format!("{}\n{body}{}", section::BEGIN, section::END);
+    match section::soak(doc) {
+        Some(old) => doc.replacen(old, &block, 1),
+        None => section::keep(&block, doc.to_string()),
     }
 }
 

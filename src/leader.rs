@@ -86,6 +86,9 @@ pub fn identity(pod: &str) -> String {
     format!("{pod}_{:08x}", rand::thread_rng().r#gen::<u32>())
 }
 
+/// The holder `try_hold` reports when another replica's write to the Lease won the race.
+const RACED: &str = "another replica, just now";
+
 /// Why a leader stopped leading.
 #[derive(Debug, thiserror::Error)]
 pub enum Lost {
@@ -183,7 +186,7 @@ impl Elector {
             };
             return match self.api.create(&params, &new).await {
                 Ok(_) => Ok(Ok(())),
-                Err(e) if conflict(&e) => Ok(Err("another replica, just now".into())),
+                Err(e) if conflict(&e) => Ok(Err(RACED.into())),
                 Err(e) => Err(e),
             };
         };
@@ -207,7 +210,7 @@ impl Elector {
         // the API server lets only one write win.
         match self.api.replace(&self.settings.name, &params, &current).await {
             Ok(_) => Ok(Ok(())),
-            Err(e) if conflict(&e) => Ok(Err("another replica, just now".into())),
+            Err(e) if conflict(&e) => Ok(Err(RACED.into())),
             Err(e) => Err(e),
         }
     }

@@ -5,6 +5,14 @@
 //! `lifecycle` decides what to do from what is observed. Imperative shell: `controller` (the
 //! reconcile pipeline), `server` (metrics and health) and `logging`. See ARCHITECTURE.md.
 
+/// The operator's version: `TRAINJOB_BUILD_VERSION` when it was built, else the crate's. Reported
+/// by `version`, the start-up log and `trainjob_build_info`; nothing the operator writes depends
+/// on it, so a new build adopts an old one's objects as they are.
+pub const VERSION: &str = match option_env!("TRAINJOB_BUILD_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub mod api;
 pub mod controller;
 pub mod crdgen;

@@ -7,7 +7,7 @@ use trainjob_operator::{api, crdgen};
 
 /// Kubernetes operator for MPI TrainJobs (Kubeflow Trainer v2.3 compatible).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = trainjob_operator::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(*args).await,
         Command::Crd { out_dir } => print_crds(out_dir),
         Command::Version => {
-            println!("trainjob-operator {}", env!("CARGO_PKG_VERSION"));
+            println!("trainjob-operator {}", trainjob_operator::VERSION);
             Ok(())
         }
     }
@@ -246,7 +246,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .list(&kube::api::ListParams::default().limit(1))
         .await
         .context("listing TrainJobs failed; are the CRDs installed? (kubectl apply --server-side -k crds)")?;
-    tracing::info!(server = %version.git_version, ssh_key_algorithm = %args.ssh_key_algorithm, "connected; watching TrainJobs");
+    tracing::info!(version = trainjob_operator::VERSION, server = %version.git_version, ssh_key_algorithm = %args.ssh_key_algorithm, "connected; watching TrainJobs");
 
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "trainjob-operator".into());
     let settings = controller::Settings {

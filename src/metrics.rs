@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::lifecycle::Phase;
@@ -180,6 +181,11 @@ impl Metrics {
             "Times this replica became the leader",
             leader_transitions.clone(),
         );
+        registry.register(
+            "build",
+            "The operator's version",
+            Info::new(vec![("version".to_string(), crate::VERSION.to_string())]),
+        );
         Metrics {
             registry,
             admission_reviews,
@@ -289,6 +295,13 @@ mod tests {
         assert!(text.contains("reason=\"FailedJobs\"} 1"), "{text}");
         assert!(
             text.contains("# TYPE trainjob_reconcile_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "trainjob_build_info{{version=\"{}\"}} 1",
+                crate::VERSION
+            )),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));

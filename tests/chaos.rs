@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use invariants::{Recorder, orphans};
+use invariants::{Recorder, orphans, stray_kwok_deletes};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
@@ -42,6 +42,10 @@ use trainjob_testbed::Component;
 const JOBS: usize = 200;
 const SIZES: [i32; 6] = [1, 2, 4, 8, 16, 32];
 const MANAGED: &str = "app.kubernetes.io/managed-by=trainjob-operator";
+/// How long nothing may change while jobs are open.
+const STALL: Duration = Duration::from_secs(180);
+/// How long the whole run may take.
+const LIMIT: Duration = Duration::from_secs(1200);
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -306,7 +310,10 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         eprintln!("restarted etcd at {:?}", started.elapsed());
     };
     let fates = async {
-        let deadline = Instant::now() + Duration::from_secs(420);
+        // Slow is fine (a loaded machine, a control-plane restart); stuck is not: some job
+        // must settle or take a step, or some pod come or go, within STALL of the last change.
+        let mut seen = (0, 0, 0);
+        let mut changed = Instant::now();
         loop {
             let listed = futures::future::join(
                 Api::<Pod>::namespaced(c.clone(), &ns.name).list(&ListParams::default().labels(MANAGED)),
@@ -338,9 +345,16 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
                 if open.is_empty() {
                     break;
                 }
+                let now = (open.len(), plan.iter().map(|j| j.step as usize).sum(), pods.len());
+                if now != seen {
+                    (seen, changed) = (now, Instant::now());
+                }
                 assert!(
-                    Instant::now() < deadline,
-                    "jobs still open after 7 minutes: {open:#?}"
+                    changed.elapsed() < STALL && started.elapsed() < LIMIT,
+                    "{} jobs still open, nothing moved for {:?} ({:?} in all): {open:#?}",
+                    open.len(),
+                    changed.elapsed(),
+                    started.elapsed()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -364,6 +378,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .into_iter()
         .map(|j| (j.name_any(), j))
         .collect();
+    let audit = std::fs::read_to_string(bed.audit_log()).expect("the audit log");
     let mut wrong = Vec::new();
     let mut kwok_replays = 0;
     for job in &plan {
@@ -381,19 +396,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         let worker = format!("{}-node-0-0", job.name);
         let ok = match (job.fate, ended) {
             (Fate::Complete | Fate::SuspendResume, Some(c)) => c.type_ == "Complete",
-            (Fate::Restart, Some(c)) if c.type_ == "Complete" => true,
-            // kwok (v0.8) deletes pods by name without a uid precondition, and sometimes replays
-            // a delete of a restarted gang's old pod on its same-named successor, which a real
-            // kubelet never does. The operator then rightly fails the job on its one allowed
-            // restart; accepted only when kwok's log shows that second delete.
-            (Fate::Restart, Some(c)) => {
-                let pod = c.message.split_whitespace().nth(1).unwrap_or_default();
-                let replayed = kwok_deletes(bed, &ns.name, pod) >= 2;
-                if replayed {
-                    kwok_replays += 1;
-                }
-                c.reason == "ReachedMaxRestarts" && replayed
-            }
+            (Fate::Restart, Some(c)) => c.type_ == "Complete",
             (Fate::Oom, Some(c)) => {
                 c.type_ == "Failed"
                     && c.reason == "FailedJobs"
@@ -414,7 +417,16 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             }
             _ => false,
         };
-        if !ok {
+        // A failure caused by a kwok delete nobody asked for (see `stray_kwok_deletes`) is
+        // kwok's, not the operator's: accepted, counted and reported.
+        let kwoks = ended.is_some_and(|c| {
+            c.type_ == "Failed"
+                && stray_kwok_deletes(&audit, &ns.name, &job.name)
+                    .iter()
+                    .any(|pod| c.message.contains(&format!("pod {pod} ")))
+        });
+        kwok_replays += usize::from(!ok && kwoks);
+        if !ok && !kwoks {
             wrong.push(format!(
                 "{} ({:?}): {:?}",
                 job.name,
@@ -479,7 +491,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers, a kube-apiserver and an etcd restart; kwok replayed a delete on a restarted pod {kwok_replays} times"
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers, a kube-apiserver and an etcd restart; {kwok_replays} jobs failed by a stray kwok delete"
     );
 
     // Broken on purpose, live: the same checks must now fail.
@@ -525,15 +537,6 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .await
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
-}
-
-/// How often kwok logged deleting pod `ns/pod`.
-fn kwok_deletes(bed: &trainjob_testbed::Bed, ns: &str, pod: &str) -> usize {
-    let log = std::fs::read_to_string(bed.dir().join("kwok.log")).unwrap_or_default();
-    let needle = format!("\"pod\":\"{ns}/{pod}\"");
-    log.lines()
-        .filter(|l| l.contains("\"msg\":\"Delete pod\"") && l.contains(&needle))
-        .count()
 }
 
 /// Every object with the operator's label in `ns` whose controller owner is not a live job.

@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use support::jobs::{create_job, pod_spec, pods_of, runtime, setup, wait_condition, wait_event};
+use support::jobs::{
+    create_job, pod_spec, pods_of, runtime, setup, wait_condition, wait_event, wait_first_pod,
+};
 use support::{DEADLINE, eventually, operator};
 use trainjob_operator::api::TrainJob;
 
@@ -492,14 +494,7 @@ async fn a_namespace_deleted_mid_creation_ends_the_job_quietly() {
     let (ns, c) = setup("doomed").await;
     runtime(&c, &ns.name, "mpi-openmpi", "rt", |_| {}).await;
     create_job(&c, &ns.name, "pi", "rt", json!({"trainer": {"numNodes": 64}})).await;
-    eventually("the first pods", DEADLINE, || async {
-        if pods_of(&c, &ns.name, "pi").await.is_empty() {
-            Err("none yet".to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    wait_first_pod(&c, &ns.name, "pi").await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
     namespaces
         .delete(&ns.name, &Default::default())

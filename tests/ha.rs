@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::jobs::{pods_of, wait_condition};
-use support::leaders::Overlap;
+use support::jobs::{pods_of, wait_condition, wait_first_pod};
+use support::leaders::{Overlap, wait_leads};
 use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually, http_get};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::leader::Timing;
@@ -83,14 +83,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
     // The leader dies mid-job: the standby takes over once the lease runs out, and finishes the
     // job with the pods and the key the dead leader made.
     create_job(&jobs, "pi", &ns.name).await;
-    eventually("the first worker", DEADLINE, || async {
-        if pods_of(&c, &ns.name, "pi").await.is_empty() {
-            Err("none yet".to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    wait_first_pod(&c, &ns.name, "pi").await;
     overlap.remove(leader_name);
     let died = Instant::now();
     leader.kill();
@@ -104,16 +97,10 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
         .collect();
-    eventually(
+    wait_leads(
         "the standby to lead after the leader died",
+        &standby,
         timing.lease + DEADLINE,
-        || async {
-            if support::leaders::leads(&standby) {
-                Ok(())
-            } else {
-                Err("still standing by".to_string())
-            }
-        },
     )
     .await;
     let crash_handover = died.elapsed();
@@ -159,14 +146,7 @@ async fn replicas_hand_over_the_lease_and_never_lead_together() {
         "released on a graceful stop: {released:?}"
     );
     overlap.remove(standby_name);
-    eventually("the new replica to lead", DEADLINE, || async {
-        if support::leaders::leads(&c_replica) {
-            Ok(())
-        } else {
-            Err("still standing by".to_string())
-        }
-    })
-    .await;
+    wait_leads("the new replica to lead", &c_replica, DEADLINE).await;
     let graceful_handover = stopping.elapsed();
     create_job(&jobs, "pi2", &ns.name).await;
     wait_condition(&jobs, "pi2", "Complete").await;

@@ -56,6 +56,10 @@ fn used() -> (BTreeSet<(String, String, String)>, Vec<String>) {
         let Ok(event) = serde_json::from_str::<Value>(line) else {
             continue;
         };
+        // The log also holds other users' pod writes.
+        if event["user"]["username"] != Identity::Operator.user() {
+            continue;
+        }
         let object = &event["objectRef"];
         let Some(resource) = object["resource"].as_str() else {
             continue; // discovery, /version

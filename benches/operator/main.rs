@@ -11,7 +11,6 @@ mod support;
 mod audit;
 mod floor;
 mod model;
-mod opproc;
 mod report;
 mod section;
 mod watch;
@@ -32,10 +31,10 @@ use trainjob_operator::lifecycle::{decide, now};
 use trainjob_operator::pods;
 use trainjob_operator::resolve::resolve;
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
-use trainjob_testbed::{Bed, BedConfig, FakeNode};
+use trainjob_testbed::{Bed, BedConfig};
 
 use model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
-use opproc::{OperatorProcess, metric_sum};
+use support::process::{OperatorProcess, metric_sum};
 use watch::{Recorder, Seen};
 
 /// Kwok nodes, and pods each takes: room for a 1000-job burst's 9000 pods at once.
@@ -581,13 +580,7 @@ fn main() {
         .unwrap_or_else(|| trainjob_testbed::repo_root().join("benches/results"));
     std::fs::create_dir_all(&results).expect("results dir");
     let bed = bench_bed(|| BedConfig {
-        nodes: (0..NODES)
-            .map(|i| FakeNode {
-                pods: PODS_PER_NODE,
-                memory: "4Ti".into(),
-                ..FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
-            })
-            .collect(),
+        nodes: support::roomy_nodes(NODES, PODS_PER_NODE),
         ..BedConfig::default()
     });
     bed.apply_kustomization("config/runtimes").expect("runtimes");

@@ -168,6 +168,82 @@ pub fn orphans<'a>(
         .collect()
 }
 
+/// Pods of `job` in `ns` that kwok deleted while nobody had asked for them to go, read from the
+/// API server's audit log (JSON lines).
+///
+/// kwok (v0.8) deletes a terminating pod by name, without the uid precondition a kubelet sends,
+/// and now and then repeats such a delete after the pod is gone; when the operator has created
+/// the pod's successor under the same name by then (a gang restart, a resume), the successor
+/// goes instead, which no real node does. A kwok delete is stray when, since that name's latest
+/// create, nobody deleted or evicted the pod (a collection delete of the job's pods counts).
+pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeSet<String> {
+    /// One pod write, by what it means for the pod it names.
+    enum Write {
+        Create(String),
+        /// A delete or eviction the pod's owner or a user asked for.
+        Delete(String),
+        /// A delete of all the job's pods by label.
+        DeleteAll,
+        Kwok(String),
+    }
+    let selector = format!("trainjob-name%3D{job}");
+    let selects_job = |uri: &str| {
+        uri.split_once(&selector)
+            .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('&') || rest.starts_with("%2C"))
+    };
+    let ours = |name: &str| name.starts_with(&format!("{job}-"));
+    let mut writes: Vec<(String, Write)> = audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| {
+            e["objectRef"]["resource"] == "pods"
+                && e["objectRef"]["namespace"] == ns
+                && e["stage"] == "ResponseComplete"
+                && e["responseStatus"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| (200..300).contains(&c))
+        })
+        .filter_map(|e| {
+            let name = e["objectRef"]["name"]
+                .as_str()
+                .filter(|n| ours(n))
+                .map(str::to_string);
+            let kwok = e["userAgent"].as_str().is_some_and(|a| a.starts_with("kwok"));
+            let write = match e["verb"].as_str()? {
+                "create" if e["objectRef"]["subresource"] == "eviction" => Write::Delete(name?),
+                "create" => Write::Create(name?),
+                "delete" if kwok => Write::Kwok(name?),
+                "delete" => Write::Delete(name?),
+                "deletecollection" if selects_job(e["requestURI"].as_str()?) => Write::DeleteAll,
+                _ => return None,
+            };
+            Some((e["stageTimestamp"].as_str()?.to_string(), write))
+        })
+        .collect();
+    // RFC 3339 in UTC with a fixed precision: the strings sort in time order.
+    writes.sort_by(|a, b| a.0.cmp(&b.0));
+    // Per pod name: whether someone asked for its latest incarnation to go.
+    let mut asked: BTreeMap<String, bool> = BTreeMap::new();
+    let mut stray = BTreeSet::new();
+    for (_, write) in writes {
+        match write {
+            Write::Create(name) => {
+                asked.insert(name, false);
+            }
+            Write::Delete(name) => {
+                asked.insert(name, true);
+            }
+            Write::DeleteAll => asked.values_mut().for_each(|a| *a = true),
+            Write::Kwok(name) => {
+                if asked.get(&name) == Some(&false) {
+                    stray.insert(name);
+                }
+            }
+        }
+    }
+    stray
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +305,60 @@ mod tests {
         r.secret(&Event::Apply(secret("second")));
         assert_eq!(r.violations.len(), 1);
         assert!(!r.violations[0].contains("second") && !r.violations[0].contains("first"));
+    }
+
+    #[test]
+    fn only_a_kwok_delete_nobody_asked_for_is_stray() {
+        let line = |at: &str, verb: &str, name: Option<&str>, agent: &str, sub: Option<&str>, uri: &str| {
+            json!({"stage": "ResponseComplete", "stageTimestamp": format!("2026-01-01T00:00:{at}Z"),
+                "verb": verb, "userAgent": agent, "requestURI": uri, "responseStatus": {"code": 200},
+                "objectRef": {"resource": "pods", "namespace": "ns", "name": name, "subresource": sub}})
+            .to_string()
+        };
+        let op = "trainjob-operator/0.1.0";
+        let kwok = "kwok/v0.8.0";
+        let collection = "/api/v1/namespaces/ns/pods?labelSelector=trainer.kubeflow.org%2Ftrainjob-name%3Dpi";
+        let log = [
+            // Created, deleted by the operator, then by kwok: the kubelet's part, not stray.
+            line("01.000000", "create", Some("pi-node-0-0"), op, None, ""),
+            line("02.000000", "delete", Some("pi-node-0-0"), op, None, ""),
+            line("03.000000", "delete", Some("pi-node-0-0"), kwok, None, ""),
+            // Its successor, deleted by kwok with nobody asking: stray.
+            line("04.000000", "create", Some("pi-node-0-0"), op, None, ""),
+            line("05.000000", "delete", Some("pi-node-0-0"), kwok, None, ""),
+            // Evicted, or deleted with the whole job's pods: not stray.
+            line("06.000000", "create", Some("pi-node-0-1"), op, None, ""),
+            line(
+                "07.000000",
+                "create",
+                Some("pi-node-0-1"),
+                "admin",
+                Some("eviction"),
+                "",
+            ),
+            line("08.000000", "delete", Some("pi-node-0-1"), kwok, None, ""),
+            line("09.000000", "create", Some("pi-launcher-0-0"), op, None, ""),
+            line("10.000000", "deletecollection", None, op, None, collection),
+            line("11.000000", "delete", Some("pi-launcher-0-0"), kwok, None, ""),
+            // Another job's pods are another matter.
+            line("12.000000", "create", Some("pie-node-0-0"), op, None, ""),
+            line("13.000000", "delete", Some("pie-node-0-0"), kwok, None, ""),
+            line("14.000000", "create", Some("pi-node-0-2"), op, None, ""),
+            line(
+                "15.000000",
+                "deletecollection",
+                None,
+                op,
+                None,
+                &format!("{collection}e"),
+            ),
+            line("16.000000", "delete", Some("pi-node-0-2"), kwok, None, ""),
+        ]
+        .join("\n");
+        assert_eq!(
+            stray_kwok_deletes(&log, "ns", "pi"),
+            BTreeSet::from(["pi-node-0-0".to_string(), "pi-node-0-2".to_string()])
+        );
     }
 
     #[test]

@@ -81,6 +81,18 @@ pub async fn pods_of(c: &Client, ns: &str, job: &str) -> Vec<Pod> {
     pods
 }
 
+/// Waits until the operator has created at least one of `job`'s pods.
+pub async fn wait_first_pod(c: &Client, ns: &str, job: &str) {
+    eventually(&format!("the first pod of {job}"), DEADLINE, || async {
+        if pods_of(c, ns, job).await.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await
+}
+
 pub fn names(pods: &[Pod]) -> Vec<String> {
     pods.iter().map(|p| p.name_any()).collect()
 }

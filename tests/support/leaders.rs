@@ -13,6 +13,18 @@ pub fn leads(op: &Operator) -> bool {
     op.metrics.leader.get() == 1
 }
 
+/// Waits until `op` leads.
+pub async fn wait_leads(what: &str, op: &Operator, within: Duration) {
+    super::eventually(what, within, || async {
+        if leads(op) {
+            Ok(())
+        } else {
+            Err("still standing by".to_string())
+        }
+    })
+    .await
+}
+
 /// Each live replica's name and metrics.
 type Replicas = Arc<Mutex<Vec<(String, Arc<Metrics>)>>>;
 

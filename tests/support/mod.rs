@@ -5,6 +5,7 @@
 pub mod jobs;
 pub mod leaders;
 pub mod logs;
+pub mod process;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -33,15 +34,20 @@ pub fn bench_bed(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'stati
 /// The control plane of this test binary with room for thousands of pods: 8 kwok nodes of 1000.
 pub fn big_bed() -> &'static Bed {
     bed_with(|| BedConfig {
-        nodes: (0..8)
-            .map(|i| trainjob_testbed::FakeNode {
-                pods: 1000,
-                memory: "4Ti".into(),
-                ..trainjob_testbed::FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
-            })
-            .collect(),
+        nodes: roomy_nodes(8, 1000),
         ..BedConfig::default()
     })
+}
+
+/// `count` kwok nodes of `pods` pods each, with CPU and memory to match.
+pub fn roomy_nodes(count: u32, pods: u32) -> Vec<trainjob_testbed::FakeNode> {
+    (0..count)
+        .map(|i| trainjob_testbed::FakeNode {
+            pods,
+            memory: "4Ti".into(),
+            ..trainjob_testbed::FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
+        })
+        .collect()
 }
 
 /// The control plane of this test binary with a real node next to the kwok nodes.

@@ -57,7 +57,7 @@ impl OperatorProcess {
             ticks_per_s,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::support::http_get(&format!("{}/readyz", operator.http), "text/plain")
+        while super::http_get(&format!("{}/readyz", operator.http), "text/plain")
             .await
             .is_err()
         {
@@ -112,7 +112,7 @@ impl OperatorProcess {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        crate::support::http_get(&format!("{}/metrics", self.http), "text/plain")
+        super::http_get(&format!("{}/metrics", self.http), "text/plain")
             .await
             .unwrap_or_default()
     }
