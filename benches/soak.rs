@@ -227,7 +227,7 @@ async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64
     let deadline = Instant::now() + Duration::from_secs(120);
     let incomplete = loop {
         let listed = jobs.list(&ListParams::default()).await.expect("jobs");
-        let open = listed
+        let open: Vec<String> = listed
             .items
             .iter()
             .filter(|j| {
@@ -237,9 +237,24 @@ async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64
                         .any(|c| c.type_ == "Complete" && c.status == "True")
                 })
             })
-            .count() as u64;
-        if open == 0 || Instant::now() > deadline {
-            break open;
+            .map(|j| {
+                let conditions: Vec<String> = j
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.conditions)
+                    .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+                    .collect();
+                format!(
+                    "{} {conditions:?}",
+                    j.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        if open.is_empty() || Instant::now() > deadline {
+            for job in open.iter().take(5) {
+                println!("  not Complete: {job}");
+            }
+            break open.len() as u64;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };

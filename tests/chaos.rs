@@ -172,36 +172,49 @@ fn settled(job: &Job, found: Option<&TrainJob>) -> bool {
     }
 }
 
-/// Kills or stops the leader every few seconds and starts a replacement, until `done`.
+/// Kills or stops the leader every few seconds and starts a replacement, until `done`. A replica
+/// that ended on its own (it lost the Lease, say while the API server was away) is replaced as
+/// well, as Kubernetes restarts the container.
 async fn disrupt(
     replicas: &Mutex<Vec<(String, Operator)>>,
     overlap: &Overlap,
     timing: &Timing,
     done: &AtomicBool,
-) -> usize {
-    let mut handovers = 0;
-    while !done.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let leader = {
-            let mut replicas = replicas.lock().unwrap_or_else(|e| e.into_inner());
-            let at = replicas.iter().position(|(_, op)| leads(op));
-            at.map(|i| replicas.remove(i))
-        };
-        let Some((name, op)) = leader else { continue };
-        overlap.remove(&name);
-        // Every other time a crash, else a graceful stop that hands the Lease over.
-        let crash = handovers % 2 == 0;
-        let _ = tokio::task::spawn_blocking(move || if crash { op.kill() } else { op.stop() }).await;
-        handovers += 1;
-        let name = format!("replica-{handovers}");
+) -> (usize, usize) {
+    let (mut handovers, mut restarts) = (0, 0);
+    let mut started = 0;
+    let mut replace = |gone: (String, Operator), crash: bool| {
+        overlap.remove(&gone.0);
+        started += 1;
+        let name = format!("replica-{started}");
         let op = Operator::start_elected(&name, timing.clone());
         overlap.add(&name, &op);
         replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name, op));
+        tokio::task::spawn_blocking(move || if crash { gone.1.kill() } else { gone.1.stop() })
+    };
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (leader, exited) = {
+            let mut replicas = replicas.lock().unwrap_or_else(|e| e.into_inner());
+            let exited: Vec<_> = replicas.extract_if(.., |(_, op)| op.exited()).collect();
+            let at = replicas.iter().position(|(_, op)| leads(op));
+            (at.map(|i| replicas.remove(i)), exited)
+        };
+        for gone in exited {
+            restarts += 1;
+            let _ = replace(gone, false).await;
+        }
+        if let Some(leader) = leader {
+            // Every other time a crash, else a graceful stop that hands the Lease over.
+            let crash = handovers % 2 == 0;
+            handovers += 1;
+            let _ = replace(leader, crash).await;
+        }
     }
-    handovers
+    (handovers, restarts)
 }
 
 #[tokio::test]
@@ -212,6 +225,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         default_hook(info);
     }));
     let bed = big_bed();
+    let _post_mortem = PostMortem(bed);
     let ns = TestNs::new("chaos").await;
     let c = client(Identity::Admin).await;
     let seed = std::env::var("CHAOS_SEED")
@@ -361,7 +375,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         }
         done.store(true, Ordering::Relaxed);
     };
-    let ((), (), (), handovers) = tokio::join!(
+    let ((), (), (), (handovers, restarts)) = tokio::join!(
         create,
         control_plane,
         fates,
@@ -448,16 +462,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         }
     }
     if !wrong.is_empty() {
-        // The replicas' whole log, for the post-mortem (it holds no key material: keyscan).
-        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-operator.log");
-        let _ = std::fs::write(&path, support::logs::raw().join("\n"));
-        let _ = std::fs::copy(bed.audit_log(), path.with_file_name("chaos-audit.log"));
-        let _ = std::fs::copy(bed.dir().join("kwok.log"), path.with_file_name("chaos-kwok.log"));
-        panic!(
-            "jobs that did not end as their fate says (the replicas' log: {}):\n{}",
-            path.display(),
-            wrong.join("\n")
-        );
+        panic!("jobs that did not end as their fate says:\n{}", wrong.join("\n"));
     }
 
     // Nothing left without a live owner (the garbage collector removes a deleted job's children).
@@ -491,7 +496,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers, a kube-apiserver and an etcd restart; {kwok_replays} jobs failed by a stray kwok delete"
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; {kwok_replays} jobs failed by a stray kwok delete"
     );
 
     // Broken on purpose, live: the same checks must now fail.
@@ -537,6 +542,24 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .await
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
+}
+
+/// On a failure, keeps the replicas' log, the API server's audit log and kwok's log in
+/// `target/tmp/chaos-*.log` (the bed's directory goes with the process).
+struct PostMortem(&'static trainjob_testbed::Bed);
+
+impl Drop for PostMortem {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // The replicas' log holds no key material (the key scan checks).
+        let _ = std::fs::write(dir.join("chaos-operator.log"), support::logs::raw().join("\n"));
+        let _ = std::fs::copy(self.0.audit_log(), dir.join("chaos-audit.log"));
+        let _ = std::fs::copy(self.0.dir().join("kwok.log"), dir.join("chaos-kwok.log"));
+        eprintln!("the logs: {}/chaos-{{operator,audit,kwok}}.log", dir.display());
+    }
 }
 
 /// Every object with the operator's label in `ns` whose controller owner is not a live job.

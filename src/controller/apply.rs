@@ -578,6 +578,9 @@ pub async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus
             action: "writing status".into(),
             source,
         })?;
+    if finishing(job, status) {
+        ctx.memory.finished(job);
+    }
     Ok(())
 }
 

@@ -5,7 +5,10 @@
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
 //!   most once per [`STATUS_INTERVAL`] (conditions are always written at once);
 //! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
-//!   watched: the operator may only get the ones it names).
+//!   watched: the operator may only get the ones it names);
+//! - that this operator wrote the status that finished the job, so a reconcile of a cached copy
+//!   from before that write (the TrainJob watch lags the pod watch now and then) does not
+//!   finish it again: no second Event, count or transition time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +33,8 @@ struct Remembered {
     since: Option<Instant>,
     last_status: Option<Instant>,
     secret: bool,
+    /// This run of the operator wrote the status that finished the job.
+    finished: bool,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: std::collections::BTreeSet<String>,
 }
@@ -108,6 +113,22 @@ impl Memory {
         });
     }
 
+    /// Notes that the status that finishes the job was just written.
+    pub fn finished(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| {
+            jobs.entry(uid.to_string()).or_default().finished = true
+        });
+    }
+
+    /// Whether `job` is a copy from before this operator finished it: its status says it runs,
+    /// but the status written since says otherwise.
+    pub fn outdated(&self, job: &TrainJob) -> bool {
+        !lifecycle::finished(job.status.as_ref())
+            && self
+                .with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.finished))
+                .unwrap_or(false)
+    }
+
     /// Of the foreign pods `names`, those not reported on the job yet; notes them as reported.
     pub fn unreported(&self, job: &TrainJob, names: impl IntoIterator<Item = String>) -> Vec<String> {
         self.with(job, |jobs, uid| {
@@ -176,6 +197,20 @@ mod tests {
             !memory.secret_known(&new),
             "a finished job's Secret is read again, if ever"
         );
+    }
+
+    #[test]
+    fn a_copy_from_before_the_finishing_write_is_outdated_and_the_finished_one_is_not() {
+        let memory = Memory::default();
+        let running = job(Some(json!({"jobsStatus": []})));
+        assert!(!memory.outdated(&running));
+        memory.finished(&running);
+        assert!(memory.outdated(&running), "the cache has not caught up yet");
+        let complete = job(Some(json!({"conditions": [{"type": "Complete", "status": "True",
+            "reason": "JobsCompleted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})));
+        assert!(!memory.outdated(&complete));
+        memory.forget(&running);
+        assert!(!memory.outdated(&running), "forgotten with the job");
     }
 
     #[test]

@@ -153,6 +153,10 @@ impl Drop for InFlight<'_> {
 /// How long a shutdown waits for in-flight reconciles; below the pod's default 30 s grace period.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// How soon a reconcile of an outdated copy of a job (see `Memory::outdated`) looks again, should
+/// the watch event that ends the wait be lost.
+const OUTDATED_RETRY: Duration = Duration::from_secs(2);
+
 /// Watches bring every change; this periodic pass only repairs drift they cannot see.
 const DRIFT_CHECK: Duration = Duration::from_secs(300);
 
@@ -168,6 +172,10 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
+    } else if ctx.memory.outdated(&job) {
+        // This operator finished the job; the watch brings that status soon. Acting on the
+        // older copy would finish it a second time.
+        Ok(Action::requeue(OUTDATED_RETRY))
     } else if namespace_deleted(&ctx, &job) {
         // The namespace controller deletes the job soon: a pod of it that vanishes now is no
         // failure, and nothing written now would last.

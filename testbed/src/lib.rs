@@ -164,7 +164,7 @@ pub enum Audit {
     #[default]
     Off,
     /// Every request; the bodies of creates, updates and patches. Also every user's pod
-    /// creates, deletes and evictions, without bodies.
+    /// and Secret creates, deletes and evictions, without bodies.
     Bodies,
     /// Writes only (create, update, patch, delete, deletecollection), without bodies: what a
     /// benchmark counts.
@@ -352,10 +352,10 @@ impl Bed {
             Audit::Off => None,
             // The bodies of its writes (for the key scan, see `keyscan`), the metadata (verb,
             // resource, response code) of the rest.
-            // Also who (any user) created, deleted or evicted which pod, and when: the chaos
+            // Also who (any user) created, deleted or evicted which pod or Secret, and when: the chaos
             // suite tells kwok's deletes from everyone else's.
             Audit::Bodies => Some(format!(
-                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction]}}]\n"
+                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
             )),
             Audit::Writes => Some(format!(
                 "  - level: Metadata\n    users: [\"{user}\"]\n    verbs: [create, update, patch, delete, deletecollection]\n"

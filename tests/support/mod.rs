@@ -354,6 +354,12 @@ impl Operator {
         self.shutdown();
     }
 
+    /// Whether the operator has ended on its own, as a replica that lost its Lease does (the
+    /// process exits, and Kubernetes starts it again).
+    pub fn exited(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
     fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
