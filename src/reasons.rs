@@ -53,6 +53,9 @@ pub const WAITING_FOR_GANG: &str = "WaitingForGang";
 pub const GANG_SCHEDULING_TIMEOUT: &str = "GangSchedulingTimeout";
 /// `Failed`: the whole job does not fit in the namespace's ResourceQuotas; no pod was created.
 pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+/// `Failed`: the job's SSH Secret was deleted while its pods ran: they hold a key no new pod
+/// could be given, so the operator does not make another.
+pub const SECRET_DELETED: &str = "SSHSecretDeleted";
 /// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
 pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
 

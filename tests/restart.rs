@@ -1,4 +1,5 @@
 //! A restarted operator picks up where the last one stopped: no duplicate pods, no new SSH key.
+//! The tests run one at a time: each starts and stops operators that watch every namespace.
 
 mod support;
 
@@ -6,8 +7,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::jobs::{HOLD, PI_PODS, create_job, pod_meta, runtime, wait_condition, wait_pods};
 use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually};
 use trainjob_operator::api::{TrainJob, TrainingRuntime};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn live_pods(c: &kube::Client, ns: &str) -> Vec<Pod> {
     let lp = ListParams::default().labels("trainer.kubeflow.org/trainjob-name=pi");
@@ -23,6 +27,7 @@ async fn live_pods(c: &kube::Client, ns: &str) -> Vec<Pod> {
 
 #[tokio::test]
 async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
+    let _serial = SERIAL.lock().await;
     bed().apply_kustomization("config/runtimes").expect("runtimes");
     let ns = TestNs::new("restart").await;
     let c = client(Identity::Admin).await;
@@ -206,4 +211,43 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
     );
     let status = jobs.get("pi").await.expect("job").status.expect("status");
     assert_eq!(status.restarts, None, "no restart was needed");
+}
+
+/// Someone deletes a running job's SSH Secret while no operator runs. The next one (a restart, a
+/// new leader) fails the job and says why, rather than making a second key that the running
+/// pods would never get.
+#[tokio::test]
+async fn a_running_job_whose_secret_was_deleted_fails_rather_than_getting_a_second_key() {
+    let _serial = SERIAL.lock().await;
+    let ns = TestNs::new("keylost").await;
+    let c = client(Identity::Admin).await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    let first = Operator::start();
+    let jobs = create_job(&c, &ns.name, "pi", "held", json!({"trainer": {"numNodes": 2}})).await;
+    wait_pods(&c, &ns.name, "pi", &PI_PODS).await;
+    first.stop();
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
+    secrets
+        .delete("pi-mpi-ssh-auth", &Default::default())
+        .await
+        .expect("delete the Secret");
+
+    let second = Operator::start();
+    let (_, failed) = wait_condition(&jobs, "pi", "Failed").await;
+    assert_eq!(failed.reason, "SSHSecretDeleted", "{failed:?}");
+    assert!(
+        failed
+            .message
+            .contains("the SSH Secret pi-mpi-ssh-auth was deleted while the job's pods ran"),
+        "{failed:?}"
+    );
+    wait_pods(&c, &ns.name, "pi", &[]).await;
+    assert!(
+        secrets.get_opt("pi-mpi-ssh-auth").await.expect("get").is_none(),
+        "no second key"
+    );
+    second.stop();
 }

@@ -44,6 +44,10 @@ pub enum Error {
     SnapshotUnreadable { name: String, reason: String },
     #[error("the watches of {pending} have not listed everything yet")]
     CachesNotReady { pending: String },
+    #[error(
+        "the SSH Secret {name} was deleted while the job's pods ran; they hold the only copy of its key, so new pods could not reach them: re-create the TrainJob"
+    )]
+    SecretDeleted { name: String },
 }
 
 impl Error {
@@ -55,6 +59,7 @@ impl Error {
             Error::Runtime(e) => e.permanent(),
             Error::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
             Error::SnapshotUnreadable { .. } => Some(reasons::SNAPSHOT_UNREADABLE),
+            Error::SecretDeleted { .. } => Some(reasons::SECRET_DELETED),
         }
     }
 
@@ -67,6 +72,7 @@ impl Error {
             Error::Leftover { .. } => "leftover_object",
             Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
             Error::CachesNotReady { .. } => "caches_not_ready",
+            Error::SecretDeleted { .. } => "secret_deleted",
         }
     }
 }
@@ -166,6 +172,21 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         launcher_log,
         gang,
     })
+}
+
+/// Whether the job's key is lost: its Secret is gone while some of its pods, which mounted the
+/// Secret when they started, still run. A Secret is created before a job's first pod and deleted
+/// only once it finishes, so someone else deleted it; a new key would reach new pods (a launcher
+/// yet to come, replacements) but never the running ones.
+pub fn key_lost(secret_exists: bool, pods: &[Arc<Pod>]) -> bool {
+    !secret_exists
+        && pods.iter().any(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
 }
 
 /// The job's pods from the index, split into those the job controls and the others.
@@ -317,4 +338,38 @@ async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<
         spec: fetched.spec,
         fresh: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(phase: &str, deleting: bool) -> Arc<Pod> {
+        let mut meta = json!({"name": "pi-node-0-0"});
+        if deleting {
+            meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        Arc::new(serde_json::from_value(json!({"metadata": meta, "status": {"phase": phase}})).expect("pod"))
+    }
+
+    #[test]
+    fn a_key_is_lost_only_when_its_secret_is_gone_while_a_pod_still_runs() {
+        let running = [pod("Running", false)];
+        assert!(key_lost(false, &running));
+        assert!(!key_lost(true, &running));
+        assert!(!key_lost(false, &[]), "a new job gets its first key");
+        assert!(key_lost(false, &[pod("Pending", false)]));
+        assert!(
+            !key_lost(
+                false,
+                &[
+                    pod("Succeeded", false),
+                    pod("Failed", false),
+                    pod("Running", true)
+                ]
+            ),
+            "finished or going pods need no key"
+        );
+    }
 }

@@ -251,6 +251,16 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
         gang: inputs.gang.as_ref(),
     };
     let mut decision = lifecycle::decide_with(job, &plan, pods, &now, seen);
+    // A job that goes on needs its key; one that finishes now does not (it may well be this
+    // operator's own half-done finish that deleted it).
+    if decision.phase.is_some_and(lifecycle::Phase::needs_children)
+        && dereference::key_lost(inputs.secret_exists, &inputs.pods)
+    {
+        return Err(dereference::Error::SecretDeleted {
+            name: names::ssh_secret(&job.name_any()),
+        }
+        .into());
+    }
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
     let awaited = ctx.expected.awaited(uid, &inputs.pods);
     if !awaited.is_empty() {
