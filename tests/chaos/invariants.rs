@@ -244,6 +244,25 @@ pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeSet<String> 
     stray
 }
 
+/// Who else (user agent) deleted `secret` in `ns`, by the API server's audit log: something other
+/// than the operator, which deletes a job's Secret only once the job finishes.
+pub fn secret_deleted_by_others(audit: &str, ns: &str, secret: &str, operator: &str) -> Vec<String> {
+    audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| {
+            e["objectRef"]["resource"] == "secrets"
+                && e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["name"] == secret
+                && e["verb"] == "delete"
+                && e["stage"] == "ResponseComplete"
+                && e["responseStatus"]["code"] == 200
+                && e["user"]["username"] != operator
+        })
+        .map(|e| e["userAgent"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +377,32 @@ mod tests {
         assert_eq!(
             stray_kwok_deletes(&log, "ns", "pi"),
             BTreeSet::from(["pi-node-0-0".to_string(), "pi-node-0-2".to_string()])
+        );
+    }
+
+    #[test]
+    fn secret_deletes_by_others_than_the_operator_are_named() {
+        let line = |user: &str, agent: &str, name: &str, code: u16| {
+            json!({"stage": "ResponseComplete", "verb": "delete", "userAgent": agent,
+                "user": {"username": user}, "responseStatus": {"code": code},
+                "objectRef": {"resource": "secrets", "namespace": "ns", "name": name}})
+            .to_string()
+        };
+        let log = [
+            line("op", "trainjob-operator", "pi-mpi-ssh-auth", 200),
+            line(
+                "admin",
+                "kube-controller-manager/v1.36 (gc)",
+                "pi-mpi-ssh-auth",
+                200,
+            ),
+            line("admin", "kubectl", "pi-mpi-ssh-auth", 404),
+            line("admin", "kubectl", "other-mpi-ssh-auth", 200),
+        ]
+        .join("\n");
+        assert_eq!(
+            secret_deleted_by_others(&log, "ns", "pi-mpi-ssh-auth", "op"),
+            ["kube-controller-manager/v1.36 (gc)"]
         );
     }
 
