@@ -99,6 +99,63 @@ fn running(pod: Option<&Pod>) -> bool {
         && pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
 }
 
+/// How long a fake pod may sit where kwok should move it on before the test nudges it.
+const KWOK_RETRY: Duration = Duration::from_secs(20);
+
+/// Whether kwok (`hack/kwok/stages.yaml`) owes `pod` a next step: bound but Pending, told to
+/// exit, a launcher let go, or deleted but still there.
+fn kwok_owes(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let bound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let annotations = pod.annotations();
+    let launcher = pod
+        .labels()
+        .get("trainer.kubeflow.org/job-role")
+        .map(String::as_str)
+        == Some("launcher");
+    pod.metadata.deletion_timestamp.is_some()
+        || (bound && phase == Some("Pending"))
+        || (phase == Some("Running")
+            && (annotations.contains_key(EXIT) || (launcher && !annotations.contains_key(HOLD))))
+}
+
+/// kwok plays a pod's next stage once, on the event that makes it due, and drops it when the
+/// API server refuses the write (as while etcd restarts): the fake pod then stays where it is
+/// for good, where a kubelet would retry until its status lands. So a pod kwok has owed a step
+/// for [`KWOK_RETRY`] gets an annotation touched, an event on which kwok tries again.
+async fn nudge(
+    api: &Api<Pod>,
+    pods: &BTreeMap<String, Pod>,
+    owed: &mut BTreeMap<String, (String, Instant)>,
+) -> usize {
+    let due: BTreeMap<String, String> = pods
+        .values()
+        .filter(|p| kwok_owes(p))
+        .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+        .collect();
+    owed.retain(|name, _| due.contains_key(name));
+    let mut nudged = 0;
+    for (name, version) in due {
+        let since = owed
+            .entry(name.clone())
+            .or_insert((version.clone(), Instant::now()));
+        if since.0 != version {
+            *since = (version, Instant::now());
+        } else if since.1.elapsed() > KWOK_RETRY {
+            let patch = json!({"metadata": {"annotations": {"chaos.trainjob.test/nudged": format!("{:?}", Instant::now())}}});
+            if api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .is_ok()
+            {
+                nudged += 1;
+            }
+            owed.remove(&name);
+        }
+    }
+    nudged
+}
+
 fn attempt(pod: &Pod) -> &str {
     pod.labels()
         .get("trainer.kubeflow.org/restart-attempt")
@@ -328,6 +385,9 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         // must settle or take a step, or some pod come or go, within STALL of the last change.
         let mut seen = (0, 0, 0);
         let mut changed = Instant::now();
+        let mut owed = BTreeMap::new();
+        let mut nudges = 0;
+        let pod_api: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
         loop {
             let listed = futures::future::join(
                 Api::<Pod>::namespaced(c.clone(), &ns.name).list(&ListParams::default().labels(MANAGED)),
@@ -359,6 +419,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
                 if open.is_empty() {
                     break;
                 }
+                nudges += nudge(&pod_api, &pods, &mut owed).await;
                 let now = (open.len(), plan.iter().map(|j| j.step as usize).sum(), pods.len());
                 if now != seen {
                     (seen, changed) = (now, Instant::now());
@@ -374,8 +435,9 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         done.store(true, Ordering::Relaxed);
+        nudges
     };
-    let ((), (), (), (handovers, restarts)) = tokio::join!(
+    let ((), (), nudges, (handovers, restarts)) = tokio::join!(
         create,
         control_plane,
         fates,
@@ -505,7 +567,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; {kwok_replays} jobs failed by a stray kwok delete; Secrets deleted by others: {secrets_deleted:?}"
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {kwok_replays} jobs failed by a stray kwok delete; Secrets deleted by others: {secrets_deleted:?}"
     );
 
     // Broken on purpose, live: the same checks must now fail.

@@ -212,11 +212,6 @@ pub async fn decision(
         }
     };
     futures::try_join!(freeze, secret, hostfile, service, policy)?;
-    // Before the status that finishes the job: should the delete fail, the retry still knows
-    // the job is finishing.
-    if finishing(job, &decision.status) && !ctx.settings.keep_ssh_secrets {
-        delete_secret(job, ctx).await?;
-    }
     let mut held = None;
     if job.status.as_ref() != Some(&decision.status) {
         match ctx.memory.status_wait(job) {
@@ -226,6 +221,9 @@ pub async fn decision(
                 ctx.memory.status_written(job);
             }
         }
+    }
+    if lifecycle::finished(Some(&decision.status)) {
+        retire_key(job, ctx, &decision.status).await?;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     delete_pods(job, ctx, &pods, inputs, &decision.delete).await?;
@@ -525,6 +523,30 @@ async fn create_secret(job: &TrainJob, ctx: &Context, ns: &str) -> Result<(), Er
 /// Whether `status` finishes a job that has not finished yet.
 pub fn finishing(job: &TrainJob, status: &TrainJobStatus) -> bool {
     !lifecycle::finished(job.status.as_ref()) && lifecycle::finished(Some(status))
+}
+
+/// How long after a job finished a reconcile still makes sure its key is gone: a finishing
+/// reconcile whose delete failed left it to the next one.
+const KEY_RETIREMENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes a finished job's SSH Secret once per run of the operator, after the status that
+/// finishes the job is written. In that order, a delete that fails leaves a finished job with a
+/// key for a while, never a running job without one (the retry might decide otherwise, and
+/// would make a new key). Jobs that finished long ago are left alone, so a restarted operator
+/// does not read thousands of Secrets that are gone.
+pub async fn retire_key(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) -> Result<(), Error> {
+    if ctx.settings.keep_ssh_secrets || ctx.memory.key_retired(job) {
+        return Ok(());
+    }
+    let recent = status.conditions.iter().filter(|c| c.status == "True").any(|c| {
+        let age = k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0);
+        age.as_secs() < KEY_RETIREMENT.as_secs() as i64
+    });
+    if recent || finishing(job, status) {
+        delete_secret(job, ctx).await?;
+    }
+    ctx.memory.retire_key(job);
+    Ok(())
 }
 
 /// Deletes the job's SSH Secret: a key lives no longer than its job, and the launcher kept for

@@ -35,6 +35,8 @@ struct Remembered {
     secret: bool,
     /// This run of the operator wrote the status that finished the job.
     finished: bool,
+    /// This run of the operator made sure the finished job's Secret is gone.
+    key_retired: bool,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: std::collections::BTreeSet<String>,
 }
@@ -110,6 +112,19 @@ impl Memory {
     pub fn secret_exists(&self, job: &TrainJob) {
         self.with(job, |jobs, uid| {
             jobs.entry(uid.to_string()).or_default().secret = true
+        });
+    }
+
+    /// Whether this run made sure the finished job's Secret is gone.
+    pub fn key_retired(&self, job: &TrainJob) -> bool {
+        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.key_retired))
+            .unwrap_or(false)
+    }
+
+    /// Notes that the finished job's Secret is gone.
+    pub fn retire_key(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| {
+            jobs.entry(uid.to_string()).or_default().key_retired = true
         });
     }
 

@@ -302,10 +302,8 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
         let now = lifecycle::now();
         let reason = error.permanent().unwrap_or_default();
         let status = lifecycle::failed_status(job.status.as_ref(), reason, &error.to_string(), &now);
-        if !ctx.settings.keep_ssh_secrets {
-            apply::delete_secret(job, ctx).await?;
-        }
         apply::write_status(job, ctx, &status).await?;
+        apply::retire_key(job, ctx, &status).await?;
         observe::failure(job, ctx, &status, &now).await;
     }
     apply::stop_pods(job, ctx, &pods).await?;
