@@ -27,7 +27,6 @@ use serde_json::json;
 use support::process::{OperatorProcess, metric_sum};
 use support::{Identity, bench_bed};
 use trainjob_operator::api::TrainJob;
-use trainjob_testbed::BedConfig;
 
 const WORKERS: u32 = 2;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -130,11 +129,7 @@ fn main() {
     let duration = env_duration();
     let rate = env_number("SOAK_RATE", 2.0);
     let keep = env_number("SOAK_KEEP", 2000.0) as u64;
-    let bed = bench_bed(|| BedConfig {
-        nodes: support::roomy_nodes(4, 1000),
-        ..BedConfig::default()
-    });
-    bed.apply_kustomization("config/runtimes").expect("runtimes");
+    let bed = bench_bed(4, 1000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

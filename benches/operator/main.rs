@@ -31,7 +31,7 @@ use trainjob_operator::lifecycle::{decide, now};
 use trainjob_operator::pods;
 use trainjob_operator::resolve::resolve;
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
-use trainjob_testbed::{Bed, BedConfig};
+use trainjob_testbed::Bed;
 
 use model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
 use support::process::{OperatorProcess, metric_sum};
@@ -579,11 +579,7 @@ fn main() {
         .clone()
         .unwrap_or_else(|| trainjob_testbed::repo_root().join("benches/results"));
     std::fs::create_dir_all(&results).expect("results dir");
-    let bed = bench_bed(|| BedConfig {
-        nodes: support::roomy_nodes(NODES, PODS_PER_NODE),
-        ..BedConfig::default()
-    });
-    bed.apply_kustomization("config/runtimes").expect("runtimes");
+    let bed = bench_bed(NODES, PODS_PER_NODE);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -25,10 +25,16 @@ pub fn bed() -> &'static Bed {
     bed_with(BedConfig::default)
 }
 
-/// The control plane of the benchmarks, started with `config`: its audit log counts the
-/// operator's writes but holds no bodies, and there is no key scan (neither would be timed).
-pub fn bench_bed(config: impl FnOnce() -> BedConfig + Send + 'static) -> &'static Bed {
-    started(Audit::Writes, config)
+/// The control plane of the benchmarks: `nodes` kwok nodes of `pods` pods each, with the shipped
+/// runtimes installed. Its audit log counts the operator's writes but holds no bodies, and
+/// there is no key scan (neither would be timed).
+pub fn bench_bed(nodes: u32, pods: u32) -> &'static Bed {
+    let bed = started(Audit::Writes, move || BedConfig {
+        nodes: roomy_nodes(nodes, pods),
+        ..BedConfig::default()
+    });
+    bed.apply_kustomization("config/runtimes").expect("runtimes");
+    bed
 }
 
 /// The control plane of this test binary with room for thousands of pods: 8 kwok nodes of 1000.
