@@ -232,6 +232,12 @@ impl Metrics {
         }
     }
 
+    /// Whether the active gauge counts the job (it has not finished, and is not gone).
+    pub fn counts_active(&self, namespace: &str, name: &str) -> bool {
+        let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        phases.contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

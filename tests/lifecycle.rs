@@ -248,10 +248,33 @@ async fn active_deadline_fails_a_running_job() {
 
 #[tokio::test]
 async fn deleting_the_job_removes_every_child() {
-    let (ns, c, jobs) = running("delete", |_| {}, json!({})).await;
-    jobs.delete("pi", &DeleteParams::foreground())
-        .await
-        .expect("delete");
+    deleting_removes_every_child("delete", &DeleteParams::foreground()).await;
+}
+
+/// Without a finalizer the operator never reconciles the deleted job: the watch's delete event
+/// alone must stop the active gauge counting it.
+#[tokio::test]
+async fn deleting_the_job_in_the_background_removes_every_child() {
+    deleting_removes_every_child("bgdelete", &DeleteParams::background()).await;
+}
+
+async fn deleting_removes_every_child(prefix: &str, how: &DeleteParams) {
+    let op = operator();
+    let (ns, c, jobs) = running(prefix, |_| {}, json!({})).await;
+    eventually("the running job to be counted as active", DEADLINE, || async {
+        op.metrics
+            .counts_active(&ns.name, "pi")
+            .then_some(())
+            .ok_or_else(|| "not counted".to_string())
+    })
+    .await;
+    jobs.delete("pi", how).await.expect("delete");
+    eventually("the deleted job to leave the active gauge", DEADLINE, || async {
+        (!op.metrics.counts_active(&ns.name, "pi"))
+            .then_some(())
+            .ok_or_else(|| "still counted".to_string())
+    })
+    .await;
     eventually("every child to be garbage-collected", DEADLINE, || async {
         let pods = pods_of(&c, &ns.name, "pi").await.len();
         let secrets = Api::<Secret>::namespaced(c.clone(), &ns.name)

@@ -165,10 +165,8 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
     let _in_flight = InFlight::new(&ctx.in_flight);
     let started = Instant::now();
     let result = if job.metadata.deletion_timestamp.is_some() {
-        // Owner references remove the children; only the phase gauge needs forgetting.
-        let (ns, name) = key(&job);
-        ctx.metrics.set_phase(&ns, &name, None);
-        forget(&ctx, &job);
+        // Owner references remove the children (a foreground deletion waits for them).
+        gone(&ctx, &job);
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
@@ -317,6 +315,13 @@ fn forget(ctx: &Context, job: &TrainJob) {
         .forget(job.metadata.uid.as_deref().unwrap_or_default());
 }
 
+/// Drops everything kept about a job that is being deleted or is gone, its phase included.
+fn gone(ctx: &Context, job: &TrainJob) {
+    let (ns, name) = key(job);
+    ctx.metrics.set_phase(&ns, &name, None);
+    forget(ctx, job);
+}
+
 fn key(job: &TrainJob) -> (String, String) {
     (job.namespace().unwrap_or_default(), job.name_any())
 }
@@ -405,7 +410,7 @@ pub async fn run(
 
     // The jobs' own watch notes when each new job was first seen (see `memory`).
     let (jobs, writer) = reflector::store();
-    let memory = ctx.memory.clone();
+    let seen = ctx.clone();
     let job_events = watcher(
         Api::<TrainJob>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -415,9 +420,10 @@ pub async fn run(
     .reflect(writer)
     .inspect_ok(listed.on_list("trainjobs"))
     .inspect_ok(move |event| match event {
-        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => memory.saw(job),
-        // A job deleted before it finished is never reconciled again: forget it here.
-        watcher::Event::Delete(job) => memory.forget(job),
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => seen.memory.saw(job),
+        // A job deleted without a finalizer is never reconciled again: forget it here, and stop
+        // counting it as active.
+        watcher::Event::Delete(job) => gone(&seen, job),
         watcher::Event::Init | watcher::Event::InitDone => {}
     })
     .applied_objects();
