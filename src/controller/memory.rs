@@ -3,7 +3,8 @@
 //! - when it first saw the job, so its latency histograms count from there with the watch's
 //!   precision instead of from the whole-second `creationTimestamp`;
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
-//!   most once per [`STATUS_INTERVAL`] (conditions are always written at once);
+//!   most once per [`STATUS_INTERVAL`] (conditions are always written at once, and a job's
+//!   first status no later than that after its creation, however often leadership moves);
 //! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
 //!   watched: the operator may only get the ones it names);
 //! - that this operator wrote the status that finished the job, so a reconcile of a cached copy
@@ -39,6 +40,14 @@ struct Remembered {
     key_retired: bool,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: std::collections::BTreeSet<String>,
+}
+
+/// Whether the job was created more than `age` ago (to the second of its `creationTimestamp`).
+fn older_than(job: &TrainJob, age: Duration) -> bool {
+    job.metadata.creation_timestamp.as_ref().is_some_and(|created| {
+        let elapsed = lifecycle::now().0.duration_since(created.0);
+        elapsed.as_secs() > i64::try_from(age.as_secs()).unwrap_or(i64::MAX)
+    })
 }
 
 /// See the module documentation.
@@ -85,6 +94,11 @@ impl Memory {
 
     /// How long a status that differs only in pod counts should wait; `None`: write it now.
     pub fn status_wait(&self, job: &TrainJob) -> Option<Duration> {
+        // Each new leader starts with an empty memory, so under frequent leader changes a hold
+        // timed from first sight could keep a job's first status from ever being written.
+        if job.status.is_none() && older_than(job, STATUS_INTERVAL) {
+            return None;
+        }
         self.with(job, |jobs, uid| {
             let clock = jobs.get(uid)?;
             let since = clock.last_status.or(clock.since)?;
@@ -226,6 +240,25 @@ mod tests {
         assert!(!memory.outdated(&complete));
         memory.forget(&running);
         assert!(!memory.outdated(&running), "forgotten with the job");
+    }
+
+    #[test]
+    fn a_job_without_status_waits_no_longer_than_the_interval_after_its_creation() {
+        let memory = Memory::default();
+        let mut new = job(None);
+        new.metadata.creation_timestamp = Some(lifecycle::now());
+        memory.saw(&new);
+        assert!(
+            memory.status_wait(&new).is_some(),
+            "just created: its counts wait"
+        );
+        let created = lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(10);
+        new.metadata.creation_timestamp = Some(Time(created));
+        assert_eq!(
+            memory.status_wait(&new),
+            None,
+            "a new leader seeing it for the first time writes at once"
+        );
     }
 
     #[test]
