@@ -199,6 +199,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let limits = trainjob_operator::validate::Limits {
         max_pods_per_job: args.max_pods_per_job,
     };
+    // Admission and reconciles read runtimes from one cache, which the webhook needs on every
+    // replica, leading or not.
+    let runtimes = trainjob_operator::runtimes::Cache::start(&client);
     let webhook = match webhook_ready {
         Some(webhook_ready) => {
             let certs = match args.webhook_cert_dir {
@@ -222,6 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 client.clone(),
                 settings,
                 metrics.clone(),
+                runtimes.clone(),
                 webhook_ready,
                 stopped(),
             );
@@ -258,7 +262,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         keep_ssh_secrets: args.keep_ssh_secrets,
         network_policies: args.network_policies,
     };
-    let reconcile = controller::run(client.clone(), settings, metrics.clone(), ready, stopped());
+    let reconcile = controller::run(
+        client.clone(),
+        settings,
+        runtimes,
+        metrics.clone(),
+        ready,
+        stopped(),
+    );
     match leading {
         Some(leading) => {
             let elector = leader::Elector::new(

@@ -483,10 +483,12 @@ async fn second_webhook(ns: &str, name: &str, source: certs::Source, ca: Option<
     };
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = std::sync::Arc::new(trainjob_operator::metrics::Metrics::new());
+    let runtimes = trainjob_operator::runtimes::Cache::start(&admin);
     tokio::spawn(webhook::serve(
         admin,
         settings,
         metrics,
+        runtimes,
         ready,
         std::future::pending(),
     ));

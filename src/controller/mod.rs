@@ -346,6 +346,7 @@ pub fn error_policy(job: Arc<TrainJob>, error: &Error, ctx: Arc<Context>) -> Act
 pub async fn run(
     client: Client,
     settings: Settings,
+    runtimes: crate::runtimes::Cache,
     metrics: Arc<Metrics>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -403,7 +404,7 @@ pub async fn run(
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
         memory: Arc::default(),
-        runtimes: crate::runtimes::Cache::start(&client),
+        runtimes,
         expected: Default::default(),
     });
     let shutdown = shutdown.shared();

@@ -60,10 +60,8 @@ struct Webhook {
     runtimes: runtimes::Cache,
 }
 
-/// The router, separate from serving so tests can call it without TLS. Starts the runtime
-/// cache on the current tokio runtime.
-pub fn router(client: Client, limits: Limits, metrics: Arc<Metrics>) -> Router {
-    let runtimes = runtimes::Cache::start(&client);
+/// The router, separate from serving so tests can call it without TLS.
+pub fn router(client: Client, limits: Limits, metrics: Arc<Metrics>, runtimes: runtimes::Cache) -> Router {
     Router::new()
         .route(MUTATE_TRAINJOB, post(mutate_trainjob))
         .route(VALIDATE_TRAINJOB, post(validate_trainjob))
@@ -308,6 +306,7 @@ pub async fn serve(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    runtimes: runtimes::Cache,
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -334,7 +333,7 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let server = axum_server::bind_rustls(settings.addr, tls.clone())
         .handle(handle.clone())
-        .serve(router(client.clone(), settings.limits, metrics).into_make_service());
+        .serve(router(client.clone(), settings.limits, metrics, runtimes).into_make_service());
     let mut server = std::pin::pin!(server);
     // Ready once the socket listens, with the CA published.
     tokio::select! {

@@ -253,6 +253,7 @@ impl Operator {
                     };
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     let http = tokio::spawn(server::serve(addr, health, stopped()));
+                    let runtimes = trainjob_operator::runtimes::Cache::start(&client);
                     if let (Some(webhook_port), Some(webhook_ready)) = (webhook_port, webhook_ready) {
                         bed.register_operator_webhooks(webhook_port)
                             .await
@@ -278,6 +279,7 @@ impl Operator {
                             client.clone(),
                             settings,
                             m.clone(),
+                            runtimes.clone(),
                             webhook_ready,
                             stopped(),
                         ));
@@ -295,7 +297,8 @@ impl Operator {
                         network_policies: true,
                         ..Default::default()
                     };
-                    let reconcile = controller::run(client.clone(), settings, m.clone(), ready, stopped());
+                    let reconcile =
+                        controller::run(client.clone(), settings, runtimes, m.clone(), ready, stopped());
                     match (election, leading) {
                         (Some((_, timing)), Some(leading)) => {
                             let elector = leader::Elector::new(
