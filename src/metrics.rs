@@ -206,10 +206,15 @@ impl Metrics {
     }
 
     /// Records the phase of a job (`None` when it is gone), keeping the active gauge exact.
-    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
+    /// `live` is asked under the gauge's lock, after the job's deletion has dropped it (see the
+    /// controller's `gone`): a reconcile that began before the deletion then cannot count the
+    /// job again once it is gone.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>, live: impl FnOnce() -> bool) {
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), name.to_string());
-        let phase = phase.filter(|p| !matches!(p, Phase::Complete | Phase::Failed));
+        let phase = phase
+            .filter(|p| !matches!(p, Phase::Complete | Phase::Failed))
+            .filter(|_| live());
         let old = match phase {
             Some(p) => phases.insert(key, p),
             None => phases.remove(&key),
@@ -229,6 +234,21 @@ impl Metrics {
                     })
                     .inc();
             }
+        }
+    }
+
+    /// Stops counting the jobs `live` does not accept (by namespace and name).
+    pub fn retain_phases(&self, live: impl Fn(&str, &str) -> bool) {
+        let gone: Vec<_> = {
+            let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+            phases
+                .keys()
+                .filter(|(ns, name)| !live(ns, name))
+                .cloned()
+                .collect()
+        };
+        for (ns, name) in gone {
+            self.set_phase(&ns, &name, None, || false);
         }
     }
 
@@ -261,10 +281,11 @@ mod tests {
     #[test]
     fn active_gauge_follows_phases() {
         let m = Metrics::new();
-        m.set_phase("ns", "a", Some(Phase::Starting));
-        m.set_phase("ns", "b", Some(Phase::Starting));
-        m.set_phase("ns", "a", Some(Phase::Running));
-        m.set_phase("ns", "b", Some(Phase::Complete));
+        m.set_phase("ns", "a", Some(Phase::Starting), || true);
+        m.set_phase("ns", "b", Some(Phase::Starting), || true);
+        m.set_phase("ns", "a", Some(Phase::Running), || true);
+        m.set_phase("ns", "b", Some(Phase::Complete), || true);
+        m.set_phase("ns", "c", Some(Phase::Running), || false);
         let text = m.encode();
         assert!(
             text.contains("trainjob_jobs_active{phase=\"running\"} 1"),
@@ -274,7 +295,8 @@ mod tests {
             text.contains("trainjob_jobs_active{phase=\"starting\"} 0"),
             "{text}"
         );
-        m.set_phase("ns", "a", None);
+        m.retain_phases(|_, name| name != "a");
+        assert!(!m.counts_active("ns", "a"));
         assert!(m.encode().contains("trainjob_jobs_active{phase=\"running\"} 0"));
     }
 

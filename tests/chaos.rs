@@ -8,6 +8,7 @@
 //! - no pod slot (job, replicated job, index) was ever filled twice at once;
 //! - no SSH key changed during its job's life;
 //! - nothing the operator made is left without a live owner;
+//! - no live replica's `trainjob_jobs_active` gauge still counts a job;
 //! - never did two replicas lead at once, and nothing panicked.
 //!
 //! Then the invariants are broken on purpose, live, to show that the checks can fail.
@@ -553,6 +554,29 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     )
     .await;
 
+    // Every job finished or is gone, so no live replica counts one as active. (One that lost
+    // the Lease and exited keeps the gauge it had.)
+    eventually(
+        "no live replica to count a job as active",
+        Duration::from_secs(30),
+        || async {
+            let counting: Vec<(String, i64)> = replicas
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, op)| !op.exited())
+                .map(|(name, op)| (name.clone(), active(&op.metrics.encode())))
+                .filter(|(_, n)| *n != 0)
+                .collect();
+            if counting.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{counting:?}"))
+            }
+        },
+    )
+    .await;
+
     let violations = recorder
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -613,6 +637,15 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .await
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
+}
+
+/// The jobs the `trainjob_jobs_active` gauge counts, over all phases.
+fn active(exposition: &str) -> i64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("trainjob_jobs_active{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum()
 }
 
 /// On a failure, keeps the replicas' log, the API server's audit log and kwok's log in

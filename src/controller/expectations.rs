@@ -51,6 +51,14 @@ impl Expectations {
     pub fn forget(&self, uid: &str) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
     }
+
+    /// Keeps only the jobs whose uid `live` accepts.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| live(uid));
+    }
 }
 
 #[cfg(test)]

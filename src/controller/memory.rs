@@ -172,6 +172,14 @@ impl Memory {
         self.with(job, |jobs, uid| jobs.remove(uid));
     }
 
+    /// Keeps only the jobs whose uid `live` accepts.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| live(uid));
+    }
+
     /// Jobs remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -220,6 +228,11 @@ mod tests {
             ["z"],
             "each foreign pod is reported once"
         );
+        memory.retain(|uid| uid == "u1");
+        assert_eq!(memory.len(), 1, "a live job is kept");
+        memory.retain(|_| false);
+        assert_eq!(memory.len(), 0, "a job gone while the watch was away is dropped");
+        memory.saw(&new);
         memory.forget(&new);
         assert_eq!((memory.len(), memory.first_seen(&new)), (0, None));
         assert!(

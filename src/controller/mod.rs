@@ -12,6 +12,7 @@ mod index;
 mod memory;
 mod observe;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,8 @@ pub struct Context {
     /// limit of 200 mutating requests, so a burst is queued here rather than refused there.
     writes: tokio::sync::Semaphore,
     memory: Arc<memory::Memory>,
+    /// The TrainJobs as the watch holds them.
+    jobs: Store<TrainJob>,
     runtimes: crate::runtimes::Cache,
     expected: expectations::Expectations,
 }
@@ -318,8 +321,27 @@ fn forget(ctx: &Context, job: &TrainJob) {
 /// Drops everything kept about a job that is being deleted or is gone, its phase included.
 fn gone(ctx: &Context, job: &TrainJob) {
     let (ns, name) = key(job);
-    ctx.metrics.set_phase(&ns, &name, None);
+    ctx.metrics.set_phase(&ns, &name, None, || false);
     forget(ctx, job);
+}
+
+/// After a (re-)list, drops what is kept about jobs deleted while the watch was away: a watch
+/// that lists again delivers no delete events for them.
+fn prune(ctx: &Context) {
+    let jobs = ctx.jobs.state();
+    let uids: HashSet<&str> = jobs.iter().filter_map(|j| j.metadata.uid.as_deref()).collect();
+    let keys: HashSet<(String, String)> = jobs.iter().map(|j| key(j)).collect();
+    ctx.memory.retain(|uid| uids.contains(uid));
+    ctx.expected.retain(|uid| uids.contains(uid));
+    ctx.metrics
+        .retain_phases(|ns, name| keys.contains(&(ns.to_string(), name.to_string())));
+}
+
+/// Whether the jobs' watch still holds this job (the same one, not a successor of its name).
+fn held(ctx: &Context, job: &TrainJob) -> bool {
+    ctx.jobs
+        .get(&ObjectRef::from_obj(job))
+        .is_some_and(|held| held.metadata.uid == job.metadata.uid)
 }
 
 fn key(job: &TrainJob) -> (String, String) {
@@ -390,6 +412,7 @@ pub async fn run(
         controller: names::FIELD_MANAGER.into(),
         instance: Some(settings.instance.clone()),
     };
+    let (jobs, writer) = reflector::store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -404,13 +427,13 @@ pub async fn run(
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
         memory: Arc::default(),
+        jobs: jobs.clone(),
         runtimes,
         expected: Default::default(),
     });
     let shutdown = shutdown.shared();
 
     // The jobs' own watch notes when each new job was first seen (see `memory`).
-    let (jobs, writer) = reflector::store();
     let seen = ctx.clone();
     let job_events = watcher(
         Api::<TrainJob>::all(client.clone()),
@@ -425,7 +448,8 @@ pub async fn run(
         // A job deleted without a finalizer is never reconciled again: forget it here, and stop
         // counting it as active.
         watcher::Event::Delete(job) => gone(&seen, job),
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        watcher::Event::InitDone => prune(&seen),
+        watcher::Event::Init => {}
     })
     .applied_objects();
     let controller = Controller::for_stream(job_events, jobs.clone());

@@ -66,8 +66,12 @@ pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Input
     }
     milestones(job, ctx, plan, inputs, d);
     outcome(job, ctx, &d.status, now);
-    ctx.metrics
-        .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), d.phase);
+    ctx.metrics.set_phase(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        d.phase,
+        || super::held(ctx, job),
+    );
     if lifecycle::finished(Some(&d.status)) {
         super::forget(ctx, job);
     }
@@ -79,8 +83,12 @@ pub async fn failure(job: &TrainJob, ctx: &Context, status: &TrainJobStatus, now
         record(ctx, job, &note).await;
     }
     outcome(job, ctx, status, now);
-    ctx.metrics
-        .set_phase(&job.namespace().unwrap_or_default(), &job.name_any(), None);
+    ctx.metrics.set_phase(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        None,
+        || false,
+    );
     super::forget(ctx, job);
 }
 
