@@ -207,7 +207,7 @@ impl Metrics {
 
     /// Records the phase of a job (`None` when it is gone), keeping the active gauge exact.
     /// `live` is asked under the gauge's lock, after the job's deletion has dropped it (see the
-    /// controller's `gone`): a reconcile that began before the deletion then cannot count the
+    /// controller's `forget`): a reconcile that began before the deletion then cannot count the
     /// job again once it is gone.
     pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>, live: impl FnOnce() -> bool) {
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,8 +248,13 @@ impl Metrics {
                 .collect()
         };
         for (ns, name) in gone {
-            self.set_phase(&ns, &name, None, || false);
+            self.forget_phase(&ns, &name);
         }
+    }
+
+    /// Stops counting a job that finished or is gone.
+    pub fn forget_phase(&self, namespace: &str, name: &str) {
+        self.set_phase(namespace, name, None, || false);
     }
 
     /// Whether the active gauge counts the job (it has not finished, and is not gone).

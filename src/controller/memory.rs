@@ -1,5 +1,5 @@
-//! What the operator remembers between reconciles about each job that has not finished, keyed
-//! by the job's uid:
+//! What the operator remembers between reconciles about each job, keyed by the job's uid (of a
+//! finished job, only the last two items; of a deleted one, nothing):
 //! - when it first saw the job, so its latency histograms count from there with the watch's
 //!   precision instead of from the whole-second `creationTimestamp`;
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
@@ -9,7 +9,8 @@
 //!   watched: the operator may only get the ones it names);
 //! - that this operator wrote the status that finished the job, so a reconcile of a cached copy
 //!   from before that write (the TrainJob watch lags the pod watch now and then) does not
-//!   finish it again: no second Event, count or transition time.
+//!   finish it again: no second Event, count or transition time;
+//! - that it made sure the finished job's Secret is gone, so later reconciles do not read it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +27,11 @@ use crate::lifecycle;
 /// themselves did. Conditions are never held back.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long after this operator finished a job a copy of it that still runs counts as
+/// outdated: far longer than the watch lags, short enough that a status someone else cleared
+/// does not leave the job unreconciled for long.
+const OUTDATED_WINDOW: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct Remembered {
     /// First seen by the watch, as wall-clock time, before any status was written.
@@ -34,8 +40,8 @@ struct Remembered {
     since: Option<Instant>,
     last_status: Option<Instant>,
     secret: bool,
-    /// This run of the operator wrote the status that finished the job.
-    finished: bool,
+    /// When this run of the operator wrote the status that finished the job.
+    finished: Option<Instant>,
     /// This run of the operator made sure the finished job's Secret is gone.
     key_retired: bool,
     /// Foreign pods already reported (see [`Memory::unreported`]).
@@ -109,53 +115,55 @@ impl Memory {
         .flatten()
     }
 
+    /// What `test` says of the job's entry; `false` for a job not remembered.
+    fn check(&self, job: &TrainJob, test: impl FnOnce(&Remembered) -> bool) -> bool {
+        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(test))
+            .unwrap_or(false)
+    }
+
+    /// Changes the job's entry, making it if need be.
+    fn note(&self, job: &TrainJob, change: impl FnOnce(&mut Remembered)) {
+        self.with(job, |jobs, uid| change(jobs.entry(uid.to_string()).or_default()));
+    }
+
     /// Notes that the job's status was just written.
     pub fn status_written(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_default().last_status = Some(Instant::now());
-        });
+        self.note(job, |c| c.last_status = Some(Instant::now()));
     }
 
     /// Whether the job's SSH Secret is known to exist.
     pub fn secret_known(&self, job: &TrainJob) -> bool {
-        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.secret))
-            .unwrap_or(false)
+        self.check(job, |c| c.secret)
     }
 
     /// Notes that the job's SSH Secret exists (created, or read).
     pub fn secret_exists(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_default().secret = true
-        });
+        self.note(job, |c| c.secret = true);
     }
 
     /// Whether this run made sure the finished job's Secret is gone.
     pub fn key_retired(&self, job: &TrainJob) -> bool {
-        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.key_retired))
-            .unwrap_or(false)
+        self.check(job, |c| c.key_retired)
     }
 
     /// Notes that the finished job's Secret is gone.
     pub fn retire_key(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_default().key_retired = true
-        });
+        self.note(job, |c| c.key_retired = true);
     }
 
     /// Notes that the status that finishes the job was just written.
     pub fn finished(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_default().finished = true
-        });
+        self.note(job, |c| c.finished = Some(Instant::now()));
     }
 
     /// Whether `job` is a copy from before this operator finished it: its status says it runs,
-    /// but the status written since says otherwise.
+    /// but the status written since says otherwise. Only for [`OUTDATED_WINDOW`]: should someone
+    /// else clear the status later, the job is reconciled as it is.
     pub fn outdated(&self, job: &TrainJob) -> bool {
         !lifecycle::finished(job.status.as_ref())
-            && self
-                .with(job, |jobs, uid| jobs.get(uid).is_some_and(|c| c.finished))
-                .unwrap_or(false)
+            && self.check(job, |c| {
+                c.finished.is_some_and(|at| at.elapsed() < OUTDATED_WINDOW)
+            })
     }
 
     /// Of the foreign pods `names`, those not reported on the job yet; notes them as reported.
@@ -167,7 +175,21 @@ impl Memory {
         .unwrap_or_default()
     }
 
-    /// Forgets a job that finished or is gone.
+    /// Forgets what a finished job needs no more, keeping what tells a later reconcile of it
+    /// that this run finished it ([`Memory::outdated`]) and retired its key.
+    pub fn settle(&self, job: &TrainJob) {
+        self.with(job, |jobs, uid| {
+            if let Some(c) = jobs.get_mut(uid) {
+                *c = Remembered {
+                    finished: c.finished,
+                    key_retired: c.key_retired,
+                    ..Remembered::default()
+                };
+            }
+        });
+    }
+
+    /// Forgets a job that is gone.
     pub fn forget(&self, job: &TrainJob) {
         self.with(job, |jobs, uid| jobs.remove(uid));
     }
@@ -246,8 +268,13 @@ mod tests {
         let memory = Memory::default();
         let running = job(Some(json!({"jobsStatus": []})));
         assert!(!memory.outdated(&running));
+        memory.secret_exists(&running);
         memory.finished(&running);
+        memory.retire_key(&running);
+        memory.settle(&running);
         assert!(memory.outdated(&running), "the cache has not caught up yet");
+        assert!(memory.key_retired(&running), "settling keeps the retired key");
+        assert!(!memory.secret_known(&running), "and drops the rest");
         let complete = job(Some(json!({"conditions": [{"type": "Complete", "status": "True",
             "reason": "JobsCompleted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})));
         assert!(!memory.outdated(&complete));

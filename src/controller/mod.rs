@@ -169,7 +169,7 @@ pub async fn reconcile(job: Arc<TrainJob>, ctx: Arc<Context>) -> Result<Action, 
     let started = Instant::now();
     let result = if job.metadata.deletion_timestamp.is_some() {
         // Owner references remove the children (a foreground deletion waits for them).
-        gone(&ctx, &job);
+        forget(&ctx, &job);
         Ok(Action::await_change())
     } else if !managed_here(&job) {
         Ok(Action::await_change())
@@ -311,18 +311,24 @@ async fn fail_permanently(job: &TrainJob, ctx: &Context, error: &Error) -> Resul
     Ok(Action::await_change())
 }
 
-/// Drops what is remembered in memory about a job that finished or is gone.
+/// Drops everything kept about a job that is being deleted or is gone, its phase included.
 fn forget(ctx: &Context, job: &TrainJob) {
     ctx.memory.forget(job);
-    ctx.expected
-        .forget(job.metadata.uid.as_deref().unwrap_or_default());
+    let_go(ctx, job);
 }
 
-/// Drops everything kept about a job that is being deleted or is gone, its phase included.
-fn gone(ctx: &Context, job: &TrainJob) {
+/// Drops what a finished job needs no more (see `Memory::settle`), its phase included.
+fn settle(ctx: &Context, job: &TrainJob) {
+    ctx.memory.settle(job);
+    let_go(ctx, job);
+}
+
+/// Stops counting the job as active and awaiting its pods.
+fn let_go(ctx: &Context, job: &TrainJob) {
     let (ns, name) = key(job);
-    ctx.metrics.set_phase(&ns, &name, None, || false);
-    forget(ctx, job);
+    ctx.metrics.forget_phase(&ns, &name);
+    ctx.expected
+        .forget(job.metadata.uid.as_deref().unwrap_or_default());
 }
 
 /// After a (re-)list, drops what is kept about jobs deleted while the watch was away: a watch
@@ -447,7 +453,7 @@ pub async fn run(
         watcher::Event::Apply(job) | watcher::Event::InitApply(job) => seen.memory.saw(job),
         // A job deleted without a finalizer is never reconciled again: forget it here, and stop
         // counting it as active.
-        watcher::Event::Delete(job) => gone(&seen, job),
+        watcher::Event::Delete(job) => forget(&seen, job),
         watcher::Event::InitDone => prune(&seen),
         watcher::Event::Init => {}
     })

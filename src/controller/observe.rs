@@ -73,7 +73,7 @@ pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Input
         || super::held(ctx, job),
     );
     if lifecycle::finished(Some(&d.status)) {
-        super::forget(ctx, job);
+        super::settle(ctx, job);
     }
 }
 
@@ -83,13 +83,7 @@ pub async fn failure(job: &TrainJob, ctx: &Context, status: &TrainJobStatus, now
         record(ctx, job, &note).await;
     }
     outcome(job, ctx, status, now);
-    ctx.metrics.set_phase(
-        &job.namespace().unwrap_or_default(),
-        &job.name_any(),
-        None,
-        || false,
-    );
-    super::forget(ctx, job);
+    super::settle(ctx, job);
 }
 
 fn job_labels(job: &TrainJob) -> JobLabels {
