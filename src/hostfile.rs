@@ -9,14 +9,14 @@ use std::fmt::Write;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::api::{MPIImplementation, TrainJob};
+use crate::api::TrainJob;
 use crate::names;
 use crate::plan::Plan;
 
 /// ConfigMap key of the hostfile.
 pub const KEY: &str = "hostfile";
 
-/// The hostfile text: Open MPI `<host> slots=N`, Intel MPI and MPICH (Hydra) `<host>:N`.
+/// The hostfile text, one line per host in the implementation's format (`mpi`).
 pub fn render(job: &str, plan: &Plan) -> String {
     let mut out = String::new();
     let launcher = plan.launcher();
@@ -28,10 +28,7 @@ pub fn render(job: &str, plan: &Plan) -> String {
             format!("{pod}.{}", plan.subdomain)
         };
         // Writing to a String cannot fail.
-        let _ = match plan.implementation {
-            MPIImplementation::OpenMPI => writeln!(out, "{host} slots={}", plan.slots),
-            MPIImplementation::Intel | MPIImplementation::Mpich => writeln!(out, "{host}:{}", plan.slots),
-        };
+        let _ = writeln!(out, "{}", plan.mpi().host_line(&host, plan.slots));
     }
     out
 }

@@ -16,7 +16,6 @@ pub const VERSION: &str = match option_env!("TRAINJOB_BUILD_VERSION") {
 pub mod api;
 pub mod controller;
 pub mod crdgen;
-pub mod env;
 // Shared by the unit tests of the pure modules; lives with the other test fixtures.
 #[cfg(test)]
 #[path = "../tests/fixtures/unit.rs"]
@@ -30,6 +29,7 @@ pub mod listed;
 pub mod logging;
 pub mod merge;
 pub mod metrics;
+pub mod mpi;
 pub mod names;
 pub mod netpol;
 pub mod plan;

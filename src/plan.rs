@@ -134,6 +134,11 @@ impl Plan {
             .unwrap_or(LAUNCHER)
     }
 
+    /// The MPI implementation's specifics.
+    pub fn mpi(&self) -> &'static dyn crate::mpi::Implementation {
+        crate::mpi::of(self.implementation)
+    }
+
     /// Total pods of the job, saturating rather than overflowing.
     pub fn total_pods(&self) -> i64 {
         self.jobs.iter().map(JobPlan::pods).fold(0, i64::saturating_add)

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::api::{MPIImplementation, NODE, TrainJob};
-use crate::env::{self, HOSTFILE_DIR};
+use crate::api::{NODE, TrainJob};
 use crate::merge::upsert_env;
+use crate::mpi::{self, HOSTFILE_DIR};
 use crate::names::{self, *};
 use crate::plan::{JobPlan, Plan, PodIndex, Role};
 use crate::{gang, hostfile, ssh};
@@ -141,10 +141,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
             spec.volumes
                 .get_or_insert_default()
                 .push(hostfile_volume(job_name));
-            if matches!(
-                plan.implementation,
-                MPIImplementation::Intel | MPIImplementation::Mpich
-            ) {
+            if plan.mpi().calls_back_by_name() {
                 let fqdn = format!(
                     "{name}.{}.{namespace}.svc.{}",
                     plan.subdomain, plan.cluster_domain
@@ -174,14 +171,14 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
                 });
             }
             let vars = if is_launcher {
-                let launcher = env::Launcher {
+                let launcher = mpi::Launcher {
                     slots: plan.slots,
                     may_be_root: copy,
                     runs_ranks: plan.launcher_as_node,
                 };
-                env::launcher_env(plan.implementation, launcher, env::of(c))
+                mpi::launcher_env(plan.mpi(), launcher, mpi::env_of(c))
             } else {
-                env::worker_env()
+                mpi::worker_env()
             };
             upsert_env(c, &vars);
         }
@@ -289,7 +286,7 @@ fn copy_keys(spec: &mut PodSpec, job: &str) {
 }
 
 /// Hydra's proxies (Intel MPI, MPICH) connect back to the launcher by name, at once and without
-/// retrying, and the launcher's DNS record appears only after its pod has an IP. An init
+/// retrying (`Implementation::calls_back_by_name`), and the launcher's DNS record appears only after its pod has an IP. An init
 /// container (the `node` image, as the same user) waits until the name resolves in DNS, for at
 /// most 60 s; after that mpirun runs anyway and reports what it finds. The name is asked for
 /// with a final dot: the pod's own `/etc/hosts` holds it without one and would answer at once.
@@ -351,7 +348,7 @@ case \"$out\" in *'Permission denied'*|*'Host key verification failed'*) break;;
 if [ $(date +%s) -ge $end ]; then echo \"$host: no SSH session within {seconds}s: $out\"; exit 0; fi; \
 sleep 1; done; done",
         hosts = workers.join(" "),
-        SSH_ARGS = env::SSH_ARGS,
+        SSH_ARGS = mpi::SSH_ARGS,
     );
     let mut init = init_container(node, WORKERS_INIT, script);
     init.volume_mounts = Some(vec![VolumeMount {

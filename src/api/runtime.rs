@@ -197,6 +197,11 @@ pub enum MPIImplementation {
     Mpich,
 }
 
+impl MPIImplementation {
+    /// Every value, in the schema's order.
+    pub const ALL: [MPIImplementation; 3] = [Self::OpenMPI, Self::Intel, Self::Mpich];
+}
+
 impl std::fmt::Display for MPIImplementation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

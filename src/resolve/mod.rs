@@ -9,7 +9,6 @@ mod overrides;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{ANCESTOR_LABEL, ANCESTOR_TRAINER, LAUNCHER, NODE, TrainJob, TrainingRuntimeSpec};
-use crate::env::RESERVED_ENV;
 use crate::gang::VOLCANO_QUEUE_ANNOTATION;
 use crate::plan::{DEFAULT_CLUSTER_DOMAIN, JobPlan, Plan, Role};
 use crate::reasons;
@@ -121,7 +120,7 @@ pub fn resolve(
     let reserved: Vec<String> = trainer
         .env
         .iter()
-        .filter(|e| RESERVED_ENV.contains(&e.name.as_str()))
+        .filter(|e| crate::mpi::is_reserved(&e.name))
         .map(|e| e.name.clone())
         .collect();
     if !reserved.is_empty() {

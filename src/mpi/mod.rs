@@ -1,0 +1,236 @@
+//! Everything that differs between MPI implementations, behind one interface
+//! ([`Implementation`]): the hostfile line, the launcher's environment, what the launcher must
+//! wait for before `mpirun`, and the log lines that say why `mpirun` failed. One file per
+//! implementation; [`of`] picks the one a runtime's `mpiImplementation` names. What all of them
+//! share (the hostfile's place, the ssh options, the role variable, the transport's error lines)
+//! lives here. docs/development/architecture.md has the recipe for adding one.
+
+mod hydra;
+mod intel;
+mod mpich;
+mod openmpi;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+use crate::api::MPIImplementation;
+
+/// Where the hostfile ConfigMap is mounted in the launcher.
+pub const HOSTFILE_DIR: &str = "/etc/mpi";
+/// Path of the hostfile in the launcher.
+pub const HOSTFILE_PATH: &str = "/etc/mpi/hostfile";
+/// Role variable read by the MPI Operator base images' entrypoints (the Intel and MPICH images
+/// wait for the hostfile's DNS names when it says `launcher`).
+pub const ROLE_ENV: &str = "K_MPI_JOB_ROLE";
+
+/// ssh options for every implementation. Pods come and go with new host keys and the key mount
+/// is read-only, so host keys are neither checked nor recorded (the job's own key pair
+/// authenticates the workers); connections are retried while a worker's DNS record settles;
+/// `LogLevel=ERROR` drops the "Permanently added" line each connection would log.
+pub const SSH_ARGS: &str =
+    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectionAttempts=10 -o LogLevel=ERROR";
+
+/// Blank on a launcher that runs no ranks, unless the job sets them, so that it does not hold
+/// the node's GPUs through the NVIDIA runtime (as MPI Operator does).
+const NO_GPUS: &[(&str, &str)] = &[("NVIDIA_VISIBLE_DEVICES", ""), ("NVIDIA_DRIVER_CAPABILITIES", "")];
+
+/// Why `mpirun` could not reach or start a rank, in the order a log is searched for them: a
+/// rejected key also closes the connection, and a connection that fails says nothing of the
+/// remote daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cause {
+    /// sshd turned the job's key down.
+    Key,
+    /// A host name did not resolve.
+    Dns,
+    /// No SSH session could be opened.
+    Ssh,
+    /// The session opened, but the implementation's remote daemon did not start.
+    Daemon,
+}
+
+/// What differs between MPI implementations. Each lives in its own file; [`of`] picks one.
+pub trait Implementation: Sync {
+    /// The `spec.mlPolicy.mpi.mpiImplementation` value it serves.
+    fn api(&self) -> MPIImplementation;
+
+    /// Its name in messages.
+    fn name(&self) -> &'static str;
+
+    /// One hostfile line: `host` with `slots` slots.
+    fn host_line(&self, host: &str, slots: i32) -> String;
+
+    /// The launcher's variables that point `mpirun` at the hostfile, the slots and the ssh
+    /// options. The operator owns them: every name is in [`Implementation::reserved`].
+    fn variables(&self, slots: i32) -> Vec<(&'static str, String)>;
+
+    /// Every name a TrainJob may not set: those of [`Implementation::variables`], and names
+    /// that would silently fight them.
+    fn reserved(&self) -> &'static [&'static str];
+
+    /// Set on a launcher that may run as root, unless the job sets them.
+    fn root_defaults(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// A variable that makes `mpirun` pass the launcher's environment (`existing`) on to every
+    /// rank, for an implementation that does not do so by itself.
+    fn forward(&self, _existing: &[EnvVar]) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// Whether the workers call the launcher back by its name as soon as `mpirun` starts, so
+    /// that the launcher must wait until its own DNS record exists.
+    fn calls_back_by_name(&self) -> bool {
+        false
+    }
+
+    /// The program `mpirun` starts on every worker over ssh, for messages.
+    fn remote_daemon(&self) -> &'static str;
+
+    /// The lines of this implementation's own output that name a [`Cause`], besides the ssh and
+    /// resolver lines every implementation shows ([`TRANSPORT`]).
+    fn log_patterns(&self) -> &'static [(Cause, &'static str)];
+
+    /// Hostfile, environment and diagnosis cases this implementation must pass (`mpi::tests`).
+    #[cfg(test)]
+    fn cases(&self) -> tests::Cases;
+}
+
+/// The implementation a runtime names.
+pub fn of(implementation: MPIImplementation) -> &'static dyn Implementation {
+    match implementation {
+        MPIImplementation::OpenMPI => &openmpi::OpenMpi,
+        MPIImplementation::Intel => &intel::IntelMpi,
+        MPIImplementation::Mpich => &mpich::Mpich,
+    }
+}
+
+/// Every implementation, in the API's order.
+pub fn all() -> impl Iterator<Item = &'static dyn Implementation> {
+    MPIImplementation::ALL.into_iter().map(of)
+}
+
+/// Whether a TrainJob may not set variable `name`: some implementation's operator-owned name,
+/// or the role variable. Reserved for all implementations alike, so a runtime's implementation
+/// can change without a job's variables changing meaning.
+pub fn is_reserved(name: &str) -> bool {
+    name == ROLE_ENV || all().any(|mpi| mpi.reserved().contains(&name))
+}
+
+/// What decides the launcher's environment besides the implementation.
+#[derive(Clone, Copy, Debug)]
+pub struct Launcher {
+    /// MPI slots per host.
+    pub slots: i32,
+    /// Whether the launcher's user may be root (not known to be another uid).
+    pub may_be_root: bool,
+    /// Whether the launcher runs ranks itself.
+    pub runs_ranks: bool,
+}
+
+/// The variables for the launcher's `node` container, given what it sets already (`existing`).
+/// Operator variables replace same-named ones (resolve refuses reserved names in the job);
+/// defaults (root permission, GPU blanking) never override the job's own.
+pub fn launcher_env(mpi: &dyn Implementation, launcher: Launcher, existing: &[EnvVar]) -> Vec<EnvVar> {
+    let mut pairs = mpi.variables(launcher.slots);
+    pairs.push((ROLE_ENV, "launcher".into()));
+    pairs.extend(mpi.forward(existing));
+    let has = |name: &str| existing.iter().any(|e| e.name == name);
+    let mut defaults: Vec<(&str, &str)> = Vec::new();
+    if launcher.may_be_root {
+        defaults.extend(mpi.root_defaults());
+    }
+    if !launcher.runs_ranks {
+        defaults.extend(NO_GPUS);
+    }
+    pairs
+        .into_iter()
+        .map(|(n, v)| var(n, &v))
+        .chain(
+            defaults
+                .into_iter()
+                .filter(|(n, _)| !has(n))
+                .map(|(n, v)| var(n, v)),
+        )
+        .collect()
+}
+
+/// The variables for a worker's `node` container.
+pub fn worker_env() -> Vec<EnvVar> {
+    vec![var(ROLE_ENV, "worker")]
+}
+
+/// The container's environment so far.
+pub fn env_of(container: &Container) -> &[EnvVar] {
+    container.env.as_deref().unwrap_or_default()
+}
+
+fn var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Lines from OpenSSH and the C library's resolver, which every implementation's `mpirun`
+/// passes on from the ssh it starts. Key problems first: a rejected key also ends the
+/// connection.
+const TRANSPORT: &[(Cause, &str)] = &[
+    (Cause::Key, "Permission denied (publickey"),
+    (Cause::Key, "are too open"),
+    (Cause::Key, "bad permissions"),
+    (Cause::Key, "Load key"),
+    (Cause::Key, "Too many authentication failures"),
+    (Cause::Dns, "Could not resolve hostname"),
+    (Cause::Dns, "getaddrinfo"),
+    (Cause::Dns, "Name or service not known"),
+    (Cause::Dns, "Temporary failure in name resolution"),
+    (Cause::Dns, "could not be resolved"),
+    (Cause::Ssh, "Connection refused"),
+    (Cause::Ssh, "kex_exchange_identification"),
+    (Cause::Ssh, "Connection closed by"),
+    (Cause::Ssh, "Connection reset by"),
+    (Cause::Ssh, "Connection timed out"),
+    (Cause::Ssh, "No route to host"),
+    (Cause::Ssh, "ssh_exchange_identification"),
+];
+
+/// A cause found in a launcher's log, with the line that shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What went wrong.
+    pub cause: Cause,
+    /// The line, cleaned and cut (see [`quote`]).
+    pub line: String,
+}
+
+/// The first cause `log` shows, by [`Cause`] order, then by pattern; `None` when it shows none
+/// (the program itself failed). Only the one matching line is quoted: a key never matches
+/// these patterns, so key material cannot reach a condition or an Event through here.
+pub fn diagnose(mpi: &dyn Implementation, log: &str) -> Option<Finding> {
+    let mut patterns: Vec<(Cause, &str)> = TRANSPORT.iter().chain(mpi.log_patterns()).copied().collect();
+    // Stable: within a cause, the transport's lines come first, in their order.
+    patterns.sort_by_key(|(cause, _)| *cause);
+    patterns.iter().find_map(|(cause, needle)| {
+        log.lines().find(|l| l.contains(needle)).map(|l| Finding {
+            cause: *cause,
+            line: quote(l),
+        })
+    })
+}
+
+/// Longest quoted log line.
+const MAX_QUOTE: usize = 240;
+
+/// The line without surrounding space and control characters (ANSI colours included), cut to
+/// [`MAX_QUOTE`] characters.
+pub fn quote(line: &str) -> String {
+    let clean: String = line.trim().chars().filter(|c| !c.is_control()).collect();
+    match clean.char_indices().nth(MAX_QUOTE) {
+        Some((cut, _)) => format!("{}…", &clean[..cut]),
+        None => clean,
+    }
+}
