@@ -14,14 +14,12 @@ pub const VERSION: &str = match option_env!("TRAINJOB_BUILD_VERSION") {
 };
 
 pub mod api;
+pub mod build;
 pub mod controller;
 pub mod crdgen;
-// Shared by the unit tests of the pure modules; lives with the other test fixtures.
+// Shared by the unit tests of the pure modules.
 #[cfg(test)]
-#[path = "../tests/fixtures/unit.rs"]
 mod fixtures;
-pub mod gang;
-pub mod hostfile;
 pub mod image;
 pub mod leader;
 pub mod lifecycle;
@@ -31,9 +29,8 @@ pub mod merge;
 pub mod metrics;
 pub mod mpi;
 pub mod names;
-pub mod netpol;
+pub mod observed;
 pub mod plan;
-pub mod pods;
 pub mod quota;
 pub mod reasons;
 pub mod resolve;

@@ -258,15 +258,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         instance: instance.clone(),
         limits,
-        cluster_domain: args.cluster_domain,
+        cluster: trainjob_operator::plan::Cluster {
+            domain: args.cluster_domain,
+            network_policies: args.network_policies,
+        },
         keep_ssh_secrets: args.keep_ssh_secrets,
-        network_policies: args.network_policies,
     };
+    let memory = Arc::new(controller::Memory::new(metrics.clone()));
     let reconcile = controller::run(
         client.clone(),
         settings,
         runtimes,
         metrics.clone(),
+        memory,
         ready,
         stopped(),
     );

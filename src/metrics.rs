@@ -1,8 +1,5 @@
 //! Prometheus metrics, served as OpenMetrics text on `/metrics`. Names are listed in the README.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -86,7 +83,6 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Times this process became the leader.
     pub leader_transitions: Counter,
-    phases: Mutex<HashMap<(String, String), Phase>>,
 }
 
 impl Default for Metrics {
@@ -201,66 +197,26 @@ impl Metrics {
             time_to_launcher_created,
             time_to_complete,
             time_to_gang_scheduled,
-            phases: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records the phase of a job (`None` when it is gone), keeping the active gauge exact.
-    /// `live` is asked under the gauge's lock, after the job's deletion has dropped it (see the
-    /// controller's `forget`): a reconcile that began before the deletion then cannot count the
-    /// job again once it is gone.
-    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>, live: impl FnOnce() -> bool) {
-        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (namespace.to_string(), name.to_string());
-        let phase = phase
-            .filter(|p| !matches!(p, Phase::Complete | Phase::Failed))
-            .filter(|_| live());
-        let old = match phase {
-            Some(p) => phases.insert(key, p),
-            None => phases.remove(&key),
+    /// Moves a job from `old` to `new` in the active gauge (`None`: not counted). The
+    /// controller's per-job memory holds each job's phase and calls this on every change.
+    pub fn phase_changed(&self, old: Option<Phase>, new: Option<Phase>) {
+        if old == new {
+            return;
+        }
+        let gauge = |phase: Phase| {
+            self.active.get_or_create(&PhaseLabels {
+                phase: phase.as_str().into(),
+            })
         };
-        if old != phase {
-            if let Some(old) = old {
-                self.active
-                    .get_or_create(&PhaseLabels {
-                        phase: old.as_str().into(),
-                    })
-                    .dec();
-            }
-            if let Some(new) = phase {
-                self.active
-                    .get_or_create(&PhaseLabels {
-                        phase: new.as_str().into(),
-                    })
-                    .inc();
-            }
+        if let Some(old) = old {
+            gauge(old).dec();
         }
-    }
-
-    /// Stops counting the jobs `live` does not accept (by namespace and name).
-    pub fn retain_phases(&self, live: impl Fn(&str, &str) -> bool) {
-        let gone: Vec<_> = {
-            let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-            phases
-                .keys()
-                .filter(|(ns, name)| !live(ns, name))
-                .cloned()
-                .collect()
-        };
-        for (ns, name) in gone {
-            self.forget_phase(&ns, &name);
+        if let Some(new) = new {
+            gauge(new).inc();
         }
-    }
-
-    /// Stops counting a job that finished or is gone.
-    pub fn forget_phase(&self, namespace: &str, name: &str) {
-        self.set_phase(namespace, name, None, || false);
-    }
-
-    /// Whether the active gauge counts the job (it has not finished, and is not gone).
-    pub fn counts_active(&self, namespace: &str, name: &str) -> bool {
-        let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-        phases.contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// The OpenMetrics text exposition.
@@ -284,13 +240,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn active_gauge_follows_phases() {
+    fn the_active_gauge_moves_jobs_between_phases() {
         let m = Metrics::new();
-        m.set_phase("ns", "a", Some(Phase::Starting), || true);
-        m.set_phase("ns", "b", Some(Phase::Starting), || true);
-        m.set_phase("ns", "a", Some(Phase::Running), || true);
-        m.set_phase("ns", "b", Some(Phase::Complete), || true);
-        m.set_phase("ns", "c", Some(Phase::Running), || false);
+        m.phase_changed(None, Some(Phase::Starting));
+        m.phase_changed(None, Some(Phase::Starting));
+        m.phase_changed(Some(Phase::Starting), Some(Phase::Running));
+        m.phase_changed(Some(Phase::Starting), None);
         let text = m.encode();
         assert!(
             text.contains("trainjob_jobs_active{phase=\"running\"} 1"),
@@ -300,9 +255,6 @@ mod tests {
             text.contains("trainjob_jobs_active{phase=\"starting\"} 0"),
             "{text}"
         );
-        m.retain_phases(|_, name| name != "a");
-        assert!(!m.counts_active("ns", "a"));
-        assert!(m.encode().contains("trainjob_jobs_active{phase=\"running\"} 0"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::api::TrainJob;
+use crate::api::{GROUP, TrainJob};
+use crate::reasons;
 
 /// Field manager of every server-side apply this operator makes.
 pub const FIELD_MANAGER: &str = "trainjob-operator";
@@ -90,6 +91,65 @@ pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
         .iter()
         .flatten()
         .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Why an object named after a job is not the job's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    #[error(
+        "{kind} {name} already exists and belongs to {owner}, not to this TrainJob: delete that {kind} and re-create the TrainJob, or give the TrainJob another name"
+    )]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
+    #[error(
+        "{kind} {name} still belongs to an earlier TrainJob of the same name; waiting for the garbage collector to remove it"
+    )]
+    Leftover { kind: &'static str, name: String },
+}
+
+impl OwnerError {
+    /// The `Failed` reason of someone else's object; `None` for a leftover, which goes soon.
+    pub fn permanent(&self) -> Option<&'static str> {
+        match self {
+            OwnerError::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
+            OwnerError::Leftover { .. } => None,
+        }
+    }
+
+    /// Stable label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OwnerError::Conflict { .. } => "object_conflict",
+            OwnerError::Leftover { .. } => "leftover_object",
+        }
+    }
+}
+
+/// Checks that `job` controls the object of `kind` with `meta`, which is named after it: an
+/// object of an earlier job of the same name is a leftover the garbage collector removes soon;
+/// anyone else's is a conflict.
+pub fn check_owner(job: &TrainJob, kind: &'static str, meta: &ObjectMeta) -> Result<(), OwnerError> {
+    if controlled_by(meta, job.metadata.uid.as_deref().unwrap_or_default()) {
+        return Ok(());
+    }
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let earlier = |o: &&OwnerReference| {
+        o.kind == TrainJob::kind(&())
+            && o.api_version.starts_with(GROUP)
+            && Some(&o.name) == job.metadata.name.as_ref()
+    };
+    if refs.iter().any(|o| earlier(&o)) {
+        return Err(OwnerError::Leftover { kind, name });
+    }
+    let owner = refs
+        .first()
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .unwrap_or_else(|| "no TrainJob (it has no owner)".into());
+    Err(OwnerError::Conflict { kind, name, owner })
 }
 
 /// Labels every child of `job` carries.

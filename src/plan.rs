@@ -1,5 +1,7 @@
-//! The bottom layer: a resolved job as plain data. `resolve` produces a [`Plan`]; the builders
-//! (`pods`, `hostfile`) and the `lifecycle` read it, and nothing here depends on them.
+//! The bottom layer: a resolved job as plain data. `resolve` produces a [`Plan`]; the
+//! `lifecycle` and the builders (`build`) read it, and nothing here depends on them. The rules
+//! that follow from the plan alone (who is in the gang, the MPI implementation) are methods here,
+//! so that deciding and building cannot disagree on them.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
@@ -7,6 +9,24 @@ use crate::api::{DependsOn, LAUNCHER, MPIImplementation, NODE, PodGroupPolicy};
 
 /// The DNS domain of a cluster that does not say otherwise.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// What the operator's settings say about the cluster, which every plan carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster's DNS domain (kubelet `--cluster-domain`), for the pods' search path.
+    pub domain: String,
+    /// Whether every job gets a NetworkPolicy that admits only its own pods.
+    pub network_policies: bool,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            network_policies: false,
+        }
+    }
+}
 
 /// What a replicated job is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +104,8 @@ pub struct Plan {
     pub launcher_as_node: bool,
     /// Subdomain of the pods (the headless Service name).
     pub subdomain: String,
-    /// The cluster's DNS domain, for the pods' search path (operator setting).
-    pub cluster_domain: String,
-    /// Whether the job's pods are behind its NetworkPolicy (operator setting).
-    pub network_policy: bool,
+    /// What the operator's settings say about the cluster.
+    pub cluster: Cluster,
     /// Whether DNS records exist before pods are ready.
     pub publish_not_ready: bool,
     /// Whole-gang restarts allowed before the job fails.
@@ -142,5 +160,47 @@ impl Plan {
     /// Total pods of the job, saturating rather than overflowing.
     pub fn total_pods(&self) -> i64 {
         self.jobs.iter().map(JobPlan::pods).fold(0, i64::saturating_add)
+    }
+
+    /// Whether pods of `role` belong to the job's gang (when it has one): the MPI hosts, that
+    /// is the workers, and the launcher when it runs ranks. A launcher that cannot be placed
+    /// would leave the workers holding their nodes for nothing.
+    pub fn gang_member(&self, role: Role) -> bool {
+        match role {
+            Role::Node => true,
+            Role::Launcher => self.launcher_as_node,
+            Role::Other => false,
+        }
+    }
+
+    /// The number of gang members, when there is more than one.
+    pub fn gang_size(&self) -> Option<i32> {
+        let members: i64 = self
+            .jobs
+            .iter()
+            .filter(|j| self.gang_member(j.role))
+            .map(JobPlan::pods)
+            .sum();
+        i32::try_from(members).ok().filter(|n| *n > 1)
+    }
+
+    /// Whether the runtime asks for any gang policy.
+    pub fn has_gang_policy(&self) -> bool {
+        self.gang
+            .as_ref()
+            .is_some_and(|g| g.workload.is_some() || g.coscheduling.is_some() || g.volcano.is_some())
+    }
+
+    /// How many pods must be bound together, when the runtime asks for a native gang
+    /// (`podGroupPolicy.workload`) and there is more than one MPI host.
+    pub fn native_gang(&self) -> Option<i32> {
+        self.gang.as_ref().and_then(|g| g.workload.as_ref())?;
+        self.gang_size()
+    }
+
+    /// Whether the launcher is created with the workers, as a member of their gang (a gang
+    /// forms only once all its members exist); it then waits for their sshd itself.
+    pub fn launcher_in_gang(&self) -> bool {
+        self.gang_member(Role::Launcher) && self.has_gang_policy() && self.gang_size().is_some()
     }
 }

@@ -9,18 +9,14 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::api::{ClusterTrainingRuntime, GROUP, TrainJob, TrainingRuntime, TrainingRuntimeSpec};
+use crate::api::{ClusterTrainingRuntime, DEPRECATED, GROUP, SUPPORT_LABEL, TrainJob, TrainingRuntime};
 use crate::listed::Listed;
 use crate::reasons;
+use crate::resolve::Runtime;
 
 /// The caches' names in [`Cache::pending`].
 const CLUSTER_RUNTIMES: &str = "clustertrainingruntimes";
 const RUNTIMES: &str = "trainingruntimes";
-
-/// Label that marks a runtime as deprecated (Trainer's `trainer.kubeflow.org/support`).
-pub const SUPPORT_LABEL: &str = "trainer.kubeflow.org/support";
-/// Value of [`SUPPORT_LABEL`] on a deprecated runtime.
-pub const DEPRECATED: &str = "deprecated";
 
 /// Why the referenced runtime could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +63,6 @@ impl LookupError {
             LookupError::Unsupported { .. } => "unsupported_runtime",
         }
     }
-}
-
-/// A fetched runtime.
-pub struct Fetched {
-    /// `Kind/name`, as messages and the snapshot name it.
-    pub label: String,
-    /// Its spec.
-    pub spec: TrainingRuntimeSpec,
-    /// Whether it carries `trainer.kubeflow.org/support: deprecated`.
-    pub deprecated: bool,
 }
 
 /// Every runtime as the watch last saw it, so that admitting a job and its first reconcile read
@@ -138,7 +124,7 @@ pub async fn fetch(
     cache: Option<&Cache>,
     job: &TrainJob,
     namespace: &str,
-) -> Result<Fetched, LookupError> {
+) -> Result<Runtime, LookupError> {
     let r = &job.spec.runtime_ref;
     let kind = r.kind.as_deref().unwrap_or("ClusterTrainingRuntime");
     let group = r.api_group.as_deref().unwrap_or(GROUP);
@@ -179,16 +165,9 @@ pub async fn fetch(
         name: r.name.clone(),
         namespace: (kind == "TrainingRuntime").then(|| namespace.to_string()),
     })?;
-    Ok(Fetched {
+    Ok(Runtime {
         label: format!("{kind}/{}", r.name),
         spec,
         deprecated,
     })
-}
-
-/// The warning admission gives for a deprecated runtime.
-pub fn deprecation_warning(label: &str) -> String {
-    format!(
-        "{label} is deprecated ({SUPPORT_LABEL}={DEPRECATED}) and may be removed: move to a supported runtime"
-    )
 }

@@ -96,6 +96,8 @@ pub enum SshError {
     },
     #[error("encoding the SSH private key: {0}")]
     Encode(#[source] ssh_key::Error),
+    #[error("SSH key generation task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A generated key pair in OpenSSH encodings.
@@ -134,6 +136,19 @@ impl KeyPair {
         .map_err(err)?;
         private.set_comment(comment);
         Ok(KeyPair { private })
+    }
+
+    /// [`KeyPair::generate`] without holding up the async executor: the slow algorithms (RSA)
+    /// run on a blocking thread, so one job's key never delays another job's reconcile.
+    pub async fn generate_off_executor(
+        algorithm: KeyAlgorithm,
+        comment: String,
+    ) -> Result<KeyPair, SshError> {
+        if algorithm.is_slow() {
+            tokio::task::spawn_blocking(move || KeyPair::generate(algorithm, &comment)).await?
+        } else {
+            KeyPair::generate(algorithm, &comment)
+        }
     }
 
     /// The public key as an `authorized_keys` line.

@@ -1,8 +1,13 @@
 //! Limits checked on a resolved [`Plan`] before anything is built: how many pods one job may
-//! have and whether every pod name fits a hostname. Pure, and checked with widened arithmetic,
-//! so one oversized or oddly named job fails on its own instead of wedging the operator.
+//! have, whether every pod name fits a hostname, images and requests, and (before the first
+//! pods) whether the whole job fits the namespace's ResourceQuotas. Pure, and checked with
+//! widened arithmetic, so one oversized or oddly named job fails on its own instead of wedging
+//! the operator.
+
+use k8s_openapi::api::core::v1::ResourceQuota;
 
 use crate::api::TrainJob;
+use crate::build::pods;
 use crate::plan::Plan;
 use crate::reasons;
 use crate::{names, quota};
@@ -67,6 +72,8 @@ pub enum ValidateError {
         request: String,
         limit: String,
     },
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl ValidateError {
@@ -78,6 +85,7 @@ impl ValidateError {
             ValidateError::TooManySlots { .. } => "too_many_slots",
             ValidateError::BadImage { .. } => "bad_image",
             ValidateError::RequestOverLimit { .. } => "request_over_limit",
+            ValidateError::QuotaExceeded(_) => "quota_exceeded",
         }
     }
 
@@ -89,6 +97,7 @@ impl ValidateError {
             ValidateError::TooManySlots { .. }
             | ValidateError::BadImage { .. }
             | ValidateError::RequestOverLimit { .. } => reasons::INVALID_SPEC,
+            ValidateError::QuotaExceeded(_) => reasons::QUOTA_EXCEEDED,
         }
     }
 }
@@ -105,6 +114,21 @@ pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> 
         return Err(ValidateError::TooManySlots { slots: plan.slots });
     }
     containers(job, runtime, plan)
+}
+
+/// Whether the whole job (every pod of every replicated job, as built) fits the namespace's
+/// `quotas`, read before its first pods: a job that cannot fit whole would otherwise get some
+/// pods admitted and the rest refused, and wait forever half-created.
+pub fn quotas(job: &TrainJob, plan: &Plan, quotas: &[ResourceQuota]) -> Result<(), ValidateError> {
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let attempt = job.status.as_ref().and_then(|s| s.restarts).unwrap_or(0);
+    let all = pods::of_jobs(job, plan, attempt, |_| true);
+    match quota::check(quotas, &quota::demand(&all)) {
+        Some(message) => Err(ValidateError::QuotaExceeded(message)),
+        None => Ok(()),
+    }
 }
 
 fn size(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> Result<(), ValidateError> {

@@ -261,16 +261,17 @@ async fn deleting_the_job_in_the_background_removes_every_child() {
 async fn deleting_removes_every_child(prefix: &str, how: &DeleteParams) {
     let op = operator();
     let (ns, c, jobs) = running(prefix, |_| {}, json!({})).await;
+    let uid = jobs.get("pi").await.expect("the job").uid().unwrap_or_default();
     eventually("the running job to be counted as active", DEADLINE, || async {
-        op.metrics
-            .counts_active(&ns.name, "pi")
+        op.memory
+            .counts_active(&uid)
             .then_some(())
             .ok_or_else(|| "not counted".to_string())
     })
     .await;
     jobs.delete("pi", how).await.expect("delete");
     eventually("the deleted job to leave the active gauge", DEADLINE, || async {
-        (!op.metrics.counts_active(&ns.name, "pi"))
+        (!op.memory.counts_active(&uid))
             .then_some(())
             .ok_or_else(|| "still counted".to_string())
     })

@@ -11,8 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
+use trainjob_operator::build::{gang, hostfile, pods};
+use trainjob_operator::observed::Observed;
+use trainjob_operator::plan::Cluster;
+use trainjob_operator::resolve::Runtime;
 use trainjob_operator::validate::{Limits, validate};
-use trainjob_operator::{gang, hostfile, lifecycle, pods, quota, resolve};
+use trainjob_operator::{lifecycle, quota, resolve};
 
 const RUNTIMES: [&str; 3] = ["mpi-openmpi", "mpi-intel", "mpi-mpich"];
 
@@ -240,7 +244,8 @@ proptest! {
         })) else {
             return Ok(());
         };
-        let Ok(plan) = resolve::resolve(&job, "TrainingRuntime/rt", &runtime) else {
+        let runtime = Runtime::new("TrainingRuntime/rt", runtime);
+        let Ok(plan) = resolve::resolve(&job, &runtime, &Cluster::default()) else {
             return Ok(());
         };
         let limits = Limits { max_pods_per_job: 256 };
@@ -251,7 +256,9 @@ proptest! {
         let _ = pods::service(&job, &plan);
         let _ = gang::gang(&job, &plan);
         let now = Time("2026-11-25T10:05:00Z".parse().expect("time"));
-        let first = lifecycle::decide(&job, &plan, [], &now);
+        let first = lifecycle::decide(&job, &plan, &Observed::default(), &now);
+        prop_assert!(first.is_ok(), "{first:?}");
+        let Ok(first) = first else { return Ok(()) };
         let built: Vec<Pod> = first
             .create
             .iter()
@@ -267,19 +274,22 @@ proptest! {
         let _ = quota::check(&[quota], &quota::demand(&built));
 
         // Then as the pods move through their phases, in any order.
-        let seen: Vec<Pod> = built
+        let seen: Vec<std::sync::Arc<Pod>> = built
             .iter()
             .zip(phases.iter().cycle())
             .map(|(pod, (phase, ready, exit))| {
                 let phase = ["Pending", "Running", "Succeeded", "Failed"][usize::from(*phase)];
-                observed(pod, phase, *ready, *exit)
+                std::sync::Arc::new(observed(pod, phase, *ready, *exit))
             })
             .collect();
+        let seen = Observed { pods: seen, secret: true, ..Observed::default() };
         let mut job = job;
         job.status = Some(first.status.clone());
         let next = lifecycle::decide(&job, &plan, &seen, &now);
+        prop_assert!(next.is_ok(), "{next:?}");
+        let Ok(next) = next else { return Ok(()) };
         job.status = Some(next.status.clone());
-        let _ = lifecycle::decide(&job, &plan, &seen, &now);
+        prop_assert!(lifecycle::decide(&job, &plan, &seen, &now).is_ok());
     }
 }
 
@@ -337,7 +347,7 @@ proptest! {
             let old = webhook::typed::<TrainJob>(req.old_object.as_ref());
             if let (Ok(Some(job)), Ok(old)) = (job, old) {
                 let fetched = serde_json::from_value::<TrainingRuntimeSpec>(rt.clone()).ok().map(|spec| {
-                    trainjob_operator::runtimes::Fetched { label: "TrainingRuntime/rt".into(), spec, deprecated: true }
+                    Runtime { label: "TrainingRuntime/rt".into(), spec, deprecated: true }
                 });
                 let _ = rules::needs_runtime(&job, old.as_ref());
                 let _ = rules::trainjob(&job, old.as_ref(), fetched.as_ref(), &limits);

@@ -10,14 +10,20 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
-use trainjob_operator::resolve::resolve;
+use trainjob_operator::build::{hostfile, netpol, pods};
+use trainjob_operator::names;
+use trainjob_operator::plan::Cluster;
+use trainjob_operator::resolve::{Runtime, resolve};
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
-use trainjob_operator::{hostfile, names, netpol, pods};
 
 /// Creates the objects of `job` (in its namespace) as `client`, in the operator's order.
 pub async fn create_job(client: &Client, job: &TrainJob, runtime: &TrainingRuntimeSpec) {
-    let mut plan = resolve(job, "ClusterTrainingRuntime mpi-openmpi", runtime).expect("plan");
-    plan.network_policy = true;
+    let cluster = Cluster {
+        network_policies: true,
+        ..Cluster::default()
+    };
+    let runtime_ref = Runtime::new("ClusterTrainingRuntime/mpi-openmpi", runtime.clone());
+    let plan = resolve(job, &runtime_ref, &cluster).expect("plan");
     let ns = job.metadata.namespace.clone().unwrap_or_default();
     let name = job.metadata.name.clone().unwrap_or_default();
     let snapshot = ConfigMap {

@@ -27,9 +27,11 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::{Identity, bench_bed};
 use trainjob_operator::api::{ClusterTrainingRuntime, TrainJob, TrainingRuntimeSpec};
+use trainjob_operator::build::{hostfile, pods};
 use trainjob_operator::lifecycle::{decide, now};
-use trainjob_operator::pods;
-use trainjob_operator::resolve::resolve;
+use trainjob_operator::observed::Observed;
+use trainjob_operator::plan::Cluster;
+use trainjob_operator::resolve::{Runtime, resolve};
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
 use trainjob_testbed::Bed;
 
@@ -75,17 +77,18 @@ fn shipped_runtime() -> TrainingRuntimeSpec {
 
 fn micro() -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let runtime = shipped_runtime();
+    let runtime = Runtime::new("rt", shipped_runtime());
+    let cluster = Cluster::default();
     let mut j = job("pi", "bench", 32);
     j.metadata.uid = Some("u".into());
     time(&mut out, "resolve a 32-node job", 2000, || {
-        resolve(&j, "rt", &runtime).expect("plan")
+        resolve(&j, &runtime, &cluster).expect("plan")
     });
-    let plan = resolve(&j, "rt", &runtime).expect("plan");
+    let plan = resolve(&j, &runtime, &cluster).expect("plan");
     time(&mut out, "build all 33 pods + hostfile + service", 500, || {
         (
             pods::of_jobs(&j, &plan, 0, |_| true),
-            trainjob_operator::hostfile::configmap(&j, &plan),
+            hostfile::configmap(&j, &plan),
             pods::service(&j, &plan),
         )
     });
@@ -98,15 +101,20 @@ fn micro() -> BTreeMap<String, f64> {
                 )
                 .expect("status"),
             );
-            pod
+            std::sync::Arc::new(pod)
         })
         .collect();
+    let running = Observed {
+        pods: running,
+        secret: true,
+        ..Observed::default()
+    };
     let t = now();
     time(
         &mut out,
         "decide() for a running 32-node job (33 pods)",
         2000,
-        || decide(&j, &plan, &running, &t),
+        || decide(&j, &plan, &running, &t).expect("decision"),
     );
     for (algorithm, n) in [
         (KeyAlgorithm::Ed25519, 200),

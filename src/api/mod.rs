@@ -35,6 +35,10 @@ pub const ANCESTOR_TRAINER: &str = "trainer";
 pub const ANCESTOR_DATASET_INITIALIZER: &str = "dataset-initializer";
 /// Ancestor value of the model initializer job.
 pub const ANCESTOR_MODEL_INITIALIZER: &str = "model-initializer";
+/// Label that marks a runtime as deprecated (Trainer's `trainer.kubeflow.org/support`).
+pub const SUPPORT_LABEL: &str = "trainer.kubeflow.org/support";
+/// Value of [`SUPPORT_LABEL`] on a deprecated runtime.
+pub const DEPRECATED: &str = "deprecated";
 /// Runtime label the Kubeflow SDK lists runtimes by.
 pub const FRAMEWORK_LABEL: &str = "trainer.kubeflow.org/framework";
 

@@ -1,19 +1,25 @@
-//! Dereference: everything a reconcile reads before it decides. The runtime (frozen in the job's
-//! snapshot, or fetched on the first reconcile), the SSH Secret, and the job's pods, hostfile
-//! ConfigMap and Service from the watch caches. Reads only; `apply` does every write.
+//! Dereference: everything a reconcile reads before it decides, into an [`Observed`]. The
+//! runtime (frozen in the job's snapshot, or fetched on the first reconcile), the SSH Secret,
+//! the namespace's quotas before the first pods, the job's pods, hostfile ConfigMap and Service
+//! from the watch caches, a failed launcher's log, and what the operator remembers of the job.
+//! Reads only; `apply` does every write.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 
 use super::Context;
-use crate::api::{GROUP, TrainJob, TrainingRuntimeSpec};
-use crate::{names, reasons, resolve, runtimes};
+use crate::api::TrainJob;
+use crate::build::{gang, snapshot};
+use crate::names::{self, OwnerError, check_owner};
+use crate::observed::Observed;
+use crate::resolve::Runtime;
+use crate::{lifecycle, reasons, resolve, runtimes};
 
 /// Why the inputs of a reconcile could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,28 +32,15 @@ pub enum Error {
     },
     #[error(transparent)]
     Runtime(#[from] runtimes::LookupError),
-    #[error(
-        "{kind} {name} already exists and belongs to {owner}, not to this TrainJob: delete that {kind} and re-create the TrainJob, or give the TrainJob another name"
-    )]
-    Conflict {
-        kind: &'static str,
-        name: String,
-        owner: String,
-    },
-    #[error(
-        "{kind} {name} still belongs to an earlier TrainJob of the same name; waiting for the garbage collector to remove it"
-    )]
-    Leftover { kind: &'static str, name: String },
+    /// An object named after the job is not the job's.
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error(
         "the frozen runtime in ConfigMap {name} cannot be read ({reason}); it was edited by hand: re-create the TrainJob"
     )]
     SnapshotUnreadable { name: String, reason: String },
     #[error("the watches of {pending} have not listed everything yet")]
     CachesNotReady { pending: String },
-    #[error(
-        "the SSH Secret {name} was deleted while the job's pods ran; they hold the only copy of its key, so new pods could not reach them: re-create the TrainJob"
-    )]
-    SecretDeleted { name: String },
 }
 
 impl Error {
@@ -55,11 +48,10 @@ impl Error {
     /// transient and worth retrying.
     pub fn permanent(&self) -> Option<&'static str> {
         match self {
-            Error::Kube { .. } | Error::Leftover { .. } | Error::CachesNotReady { .. } => None,
+            Error::Kube { .. } | Error::CachesNotReady { .. } => None,
             Error::Runtime(e) => e.permanent(),
-            Error::Conflict { .. } => Some(reasons::OBJECT_CONFLICT),
+            Error::Owner(e) => e.permanent(),
             Error::SnapshotUnreadable { .. } => Some(reasons::SNAPSHOT_UNREADABLE),
-            Error::SecretDeleted { .. } => Some(reasons::SECRET_DELETED),
         }
     }
 
@@ -68,11 +60,9 @@ impl Error {
         match self {
             Error::Kube { .. } => "read_kube",
             Error::Runtime(e) => e.label(),
-            Error::Conflict { .. } => "object_conflict",
-            Error::Leftover { .. } => "leftover_object",
+            Error::Owner(e) => e.label(),
             Error::SnapshotUnreadable { .. } => "snapshot_unreadable",
             Error::CachesNotReady { .. } => "caches_not_ready",
-            Error::SecretDeleted { .. } => "secret_deleted",
         }
     }
 }
@@ -82,46 +72,18 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { what, source }
 }
 
-/// The runtime a job runs on.
-pub struct Runtime {
-    /// `Kind/name`, as messages and the snapshot name it.
-    pub label: String,
-    /// Its spec as frozen (or as fetched, when `fresh`).
-    pub spec: TrainingRuntimeSpec,
-    /// Fetched just now: `apply` freezes it before anything else.
-    pub fresh: bool,
-}
-
-/// What one reconcile works from.
-pub struct Inputs {
-    /// The runtime.
-    pub runtime: Runtime,
-    /// The job's pods, from the pod index: those it controls.
-    pub pods: Vec<Arc<Pod>>,
-    /// Pods that carry the job's labels but are not its own (someone else's, or left from an
-    /// earlier job of the same name): never counted or deleted.
-    pub foreign: Vec<Arc<Pod>>,
-    /// Whether the SSH Secret exists (read only for a job that is neither finished nor suspended).
-    pub secret_exists: bool,
-    /// The hostfile ConfigMap and the Service as last seen by the watches.
-    pub hostfile: Option<Arc<ConfigMap>>,
-    /// See `hostfile`.
-    pub service: Option<Arc<Service>>,
-    /// The tail of the current attempt's launcher log, once that launcher has failed.
-    pub launcher_log: Option<String>,
-    /// The native gang PodGroup's `PodGroupScheduled` condition, read while a member is unbound.
-    pub gang: Option<Condition>,
-}
-
-/// Reads the inputs of `job`. `active`: the job is neither finished nor suspended, so its Secret,
-/// hostfile and Service matter.
-pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Inputs, Error> {
+/// Reads what a reconcile of `job` works from. The Secret, hostfile, Service, log and quotas
+/// matter only to a job that is neither finished nor suspended.
+pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
     caches_ready(ctx).await?;
+    let active = !lifecycle::finished(job.status.as_ref()) && !job.spec.suspend.unwrap_or(false);
     let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
-    let runtime = runtime(job, ctx, &ns, &name).await?;
+    let (runtime, fresh) = runtime(job, ctx, &ns, &name).await?;
     let hostfile = cached(&ctx.configmaps, &ns, &names::hostfile_configmap(&name));
     let service = cached(&ctx.services, &ns, &resolve::subdomain(job, &runtime.spec));
-    let mut secret_exists = false;
+    let (pods, foreign) = own_pods(job, ctx);
+    let awaited = ctx.memory.awaited(job, &pods);
+    let (mut secret, mut quotas) = (false, None);
     if active {
         if let Some(cm) = &hostfile {
             check_owner(job, "ConfigMap", &cm.metadata)?;
@@ -129,22 +91,16 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
         if let Some(svc) = &service {
             check_owner(job, "Service", &svc.metadata)?;
         }
-        // Secrets are not watched (the operator may only get the ones it names): read once,
-        // then remembered.
-        secret_exists = ctx.memory.secret_known(job);
-        if !secret_exists {
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&names::ssh_secret(&name))
-                .await
-                .map_err(kube_err("the SSH Secret"))?;
-            if let Some(secret) = secret {
-                check_owner(job, "Secret", &secret.metadata)?;
-                ctx.memory.secret_exists(job);
-                secret_exists = true;
+        // Before the first pods (of an attempt): the whole job is checked against the quotas.
+        let first_pods = pods.is_empty() && awaited.is_empty();
+        let (exists, listed) = futures::try_join!(secret_exists(job, ctx, &ns, &name), async {
+            match first_pods {
+                true => read_quotas(ctx, &ns).await.map(Some),
+                false => Ok(None),
             }
-        }
+        })?;
+        (secret, quotas) = (exists, listed);
     }
-    let (pods, foreign) = own_pods(job, ctx);
     let launcher_log = match failed_launcher(job, &pods).filter(|_| active) {
         Some(pod) => launcher_log(ctx, &ns, pod).await,
         None => None,
@@ -157,36 +113,51 @@ pub async fn inputs(job: &TrainJob, ctx: &Context, active: bool) -> Result<Input
     let unbound = pods
         .iter()
         .any(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()));
-    let gang = if active && native_gang && unbound {
-        gang_condition(ctx, &ns, &name).await
-    } else {
-        None
+    let gang = match active && native_gang && unbound {
+        true => gang_condition(ctx, &ns, &name).await,
+        false => None,
     };
-    Ok(Inputs {
+    Ok(Observed {
         runtime,
+        fresh,
         pods,
         foreign,
-        secret_exists,
+        awaited,
+        secret,
         hostfile,
         service,
         launcher_log,
         gang,
+        quotas,
+        status_hold: ctx.memory.status_wait(job),
+        key_retired: ctx.memory.key_retired(job),
     })
 }
 
-/// Whether the job's key is lost: its Secret is gone while some of its pods, which mounted the
-/// Secret when they started, still run. A Secret is created before a job's first pod and deleted
-/// only once it finishes, so someone else deleted it; a new key would reach new pods (a launcher
-/// yet to come, replacements) but never the running ones.
-pub fn key_lost(secret_exists: bool, pods: &[Arc<Pod>]) -> bool {
-    !secret_exists
-        && pods.iter().any(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-        })
+/// Whether the job's SSH Secret exists. Secrets are not watched (the operator may only get the
+/// ones it names): read once, then remembered.
+async fn secret_exists(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<bool, Error> {
+    if ctx.memory.secret_known(job) {
+        return Ok(true);
+    }
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&names::ssh_secret(name))
+        .await
+        .map_err(kube_err("the SSH Secret"))?;
+    let Some(secret) = secret else {
+        return Ok(false);
+    };
+    check_owner(job, "Secret", &secret.metadata)?;
+    ctx.memory.secret_exists(job);
+    Ok(true)
+}
+
+async fn read_quotas(ctx: &Context, ns: &str) -> Result<Vec<ResourceQuota>, Error> {
+    let quotas = Api::<ResourceQuota>::namespaced(ctx.client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map_err(kube_err("ResourceQuotas"))?;
+    Ok(quotas.items)
 }
 
 /// The job's pods from the index, split into those the job controls and the others.
@@ -202,7 +173,7 @@ pub fn own_pods(job: &TrainJob, ctx: &Context) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>)
 /// watch would fail on clusters that do not serve the API); `None` when it cannot be read, which
 /// only makes the waiting message less specific.
 async fn gang_condition(ctx: &Context, ns: &str, job: &str) -> Option<Condition> {
-    let name = crate::gang::pod_group_name(job);
+    let name = gang::pod_group_name(job);
     match Api::<PodGroup>::namespaced(ctx.client.clone(), ns)
         .get_opt(&name)
         .await
@@ -243,7 +214,7 @@ fn failed_launcher<'a>(job: &TrainJob, pods: &'a [Arc<Pod>]) -> Option<&'a str> 
 
 /// The tail of the launcher's `node` container log; `None` when it cannot be read (the node is
 /// gone, or the operator may not read logs), which only makes the failure message less specific.
-/// The text is matched, never logged or stored (see `lifecycle::diagnose`).
+/// The text is matched, never logged or stored (see `mpi::diagnose`).
 async fn launcher_log(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
     let params = kube::api::LogParams {
         container: Some(crate::api::NODE.into()),
@@ -281,95 +252,27 @@ where
     store.get(&ObjectRef::new(name).within(ns))
 }
 
-/// Who owns an object named after the job.
-pub fn check_owner(job: &TrainJob, kind: &'static str, meta: &ObjectMeta) -> Result<(), Error> {
-    let refs = meta.owner_references.as_deref().unwrap_or_default();
-    if names::controlled_by(meta, job.metadata.uid.as_deref().unwrap_or_default()) {
-        return Ok(());
-    }
-    let name = meta.name.clone().unwrap_or_default();
-    let earlier = |o: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference| {
-        o.kind == TrainJob::kind(&())
-            && o.api_version.starts_with(GROUP)
-            && Some(&o.name) == job.metadata.name.as_ref()
-    };
-    if refs.iter().any(|o| earlier(&o)) {
-        return Err(Error::Leftover { kind, name });
-    }
-    let owner = refs
-        .first()
-        .map(|o| format!("{} {}", o.kind, o.name))
-        .unwrap_or_else(|| "no TrainJob (it has no owner)".into());
-    Err(Error::Conflict { kind, name, owner })
-}
-
 /// The frozen runtime from `<job>-runtime-snapshot` (watch cache first, then the API server, so
-/// a snapshot the cache has not seen yet is never frozen twice), else the referenced runtime.
-async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<Runtime, Error> {
+/// a snapshot the cache has not seen yet is never frozen twice), else the referenced runtime,
+/// fetched just now (`true`).
+async fn runtime(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> Result<(Runtime, bool), Error> {
     let snapshot_name = names::runtime_snapshot(name);
-    let snapshot = match ctx.configmaps.get(&ObjectRef::new(&snapshot_name).within(ns)) {
-        Some(cm) => Some((*cm).clone()),
+    let frozen = match ctx.configmaps.get(&ObjectRef::new(&snapshot_name).within(ns)) {
+        Some(cm) => Some(cm),
         None => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
             .get_opt(&snapshot_name)
             .await
-            .map_err(kube_err("the runtime snapshot"))?,
+            .map_err(kube_err("the runtime snapshot"))?
+            .map(Arc::new),
     };
-    if let Some(cm) = snapshot {
+    if let Some(cm) = frozen {
         check_owner(job, "ConfigMap", &cm.metadata)?;
-        let unreadable = |reason: String| Error::SnapshotUnreadable {
-            name: snapshot_name.clone(),
+        let runtime = snapshot::read(&cm).map_err(|reason| Error::SnapshotUnreadable {
+            name: snapshot_name,
             reason,
-        };
-        let data = cm.data.unwrap_or_default();
-        let (Some(spec), Some(label)) = (data.get("runtime"), data.get("name")) else {
-            return Err(unreadable("keys runtime and name are required".into()));
-        };
-        let spec = serde_json::from_str(spec).map_err(|e| unreadable(e.to_string()))?;
-        return Ok(Runtime {
-            label: label.clone(),
-            spec,
-            fresh: false,
-        });
+        })?;
+        return Ok((runtime, false));
     }
-
     let fetched = runtimes::fetch(&ctx.client, Some(&ctx.runtimes), job, ns).await?;
-    Ok(Runtime {
-        label: fetched.label,
-        spec: fetched.spec,
-        fresh: true,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn pod(phase: &str, deleting: bool) -> Arc<Pod> {
-        let mut meta = json!({"name": "pi-node-0-0"});
-        if deleting {
-            meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        }
-        Arc::new(serde_json::from_value(json!({"metadata": meta, "status": {"phase": phase}})).expect("pod"))
-    }
-
-    #[test]
-    fn a_key_is_lost_only_when_its_secret_is_gone_while_a_pod_still_runs() {
-        let running = [pod("Running", false)];
-        assert!(key_lost(false, &running));
-        assert!(!key_lost(true, &running));
-        assert!(!key_lost(false, &[]), "a new job gets its first key");
-        assert!(key_lost(false, &[pod("Pending", false)]));
-        assert!(
-            !key_lost(
-                false,
-                &[
-                    pod("Succeeded", false),
-                    pod("Failed", false),
-                    pod("Running", true)
-                ]
-            ),
-            "finished or going pods need no key"
-        );
-    }
+    Ok((fetched, true))
 }

@@ -1,5 +1,6 @@
-//! What the operator remembers between reconciles about each job, keyed by the job's uid (of a
-//! finished job, only the last two items; of a deleted one, nothing):
+//! What the operator remembers between reconciles about each job, keyed by the job's uid: the
+//! one per-job store. Of a finished job only the last two items are kept (`settle`); of a job
+//! that is gone, nothing (`forget`, and `retain` after a re-list).
 //! - when it first saw the job, so its latency histograms count from there with the watch's
 //!   precision instead of from the whole-second `creationTimestamp`;
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
@@ -7,19 +8,29 @@
 //!   first status no later than that after its creation, however often leadership moves);
 //! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
 //!   watched: the operator may only get the ones it names);
+//! - the pods it created that the pod watch has not shown yet (the Kubernetes controllers'
+//!   "expectations"), so a reconcile that runs before the watch catches up does not create them
+//!   again: a 409 each, and a second PodsCreated Event;
+//! - the foreign pods it reported on the job already;
+//! - the phase the `trainjob_jobs_active` gauge counts the job in;
 //! - that this operator wrote the status that finished the job, so a reconcile of a cached copy
 //!   from before that write (the TrainJob watch lags the pod watch now and then) does not
 //!   finish it again: no second Event, count or transition time;
 //! - that it made sure the finished job's Secret is gone, so later reconciles do not read it.
+//!
+//! A job that is gone is remembered as gone for a while ([`GONE_WINDOW`]): a reconcile that
+//! began before its deletion then cannot count it again, nor leave an entry behind.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::TrainJob;
-use crate::lifecycle;
+use crate::lifecycle::{self, Phase};
+use crate::metrics::Metrics;
 
 /// How often pod counts alone reach a job's status. A job's pods turn Running and Ready one by
 /// one; a write every few seconds shows that to users and Kueue soon enough (Kueue waits minutes
@@ -32,6 +43,13 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// does not leave the job unreconciled for long.
 const OUTDATED_WINDOW: Duration = Duration::from_secs(30);
 
+/// How long a created pod may stay unseen before it is presumed gone (deleted before the watch
+/// showed it) and may be created again.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a job that is gone stays known as gone: far longer than any reconcile runs.
+const GONE_WINDOW: Duration = Duration::from_secs(600);
+
 #[derive(Default)]
 struct Remembered {
     /// First seen by the watch, as wall-clock time, before any status was written.
@@ -40,12 +58,49 @@ struct Remembered {
     since: Option<Instant>,
     last_status: Option<Instant>,
     secret: bool,
+    /// Pods created and not shown by the watch yet, and when the last of them was created.
+    awaited: BTreeSet<String>,
+    awaited_since: Option<Instant>,
+    /// Foreign pods already reported (see [`Memory::unreported`]).
+    foreign: BTreeSet<String>,
+    /// The phase the active gauge counts the job in.
+    phase: Option<Phase>,
     /// When this run of the operator wrote the status that finished the job.
     finished: Option<Instant>,
     /// This run of the operator made sure the finished job's Secret is gone.
     key_retired: bool,
-    /// Foreign pods already reported (see [`Memory::unreported`]).
-    foreign: std::collections::BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, Remembered>,
+    /// Jobs gone, by uid, and since when.
+    gone: HashMap<String, Instant>,
+    /// When `gone` was last cleared of what is past [`GONE_WINDOW`].
+    swept: Option<Instant>,
+}
+
+impl State {
+    /// Drops the entry of `uid` and remembers it as gone; returns its phase.
+    fn drop_job(&mut self, uid: &str) -> Option<Phase> {
+        // At most once a minute, so that a burst of deletions costs no more than its length.
+        if self.swept.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+            self.gone.retain(|_, since| since.elapsed() < GONE_WINDOW);
+            self.swept = Some(Instant::now());
+        }
+        self.gone.insert(uid.to_string(), Instant::now());
+        self.jobs.remove(uid).and_then(|r| r.phase)
+    }
+}
+
+/// See the module documentation.
+pub struct Memory {
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+fn uid(job: &TrainJob) -> Option<&str> {
+    job.metadata.uid.as_deref()
 }
 
 /// Whether the job was created more than `age` ago (to the second of its `creationTimestamp`).
@@ -56,46 +111,50 @@ fn older_than(job: &TrainJob, age: Duration) -> bool {
     })
 }
 
-/// See the module documentation.
-#[derive(Default)]
-pub struct Memory {
-    jobs: Mutex<HashMap<String, Remembered>>,
-}
-
-fn uid(job: &TrainJob) -> Option<&str> {
-    job.metadata.uid.as_deref()
-}
-
 impl Memory {
-    fn with<T>(
-        &self,
-        job: &TrainJob,
-        f: impl FnOnce(&mut HashMap<String, Remembered>, &str) -> T,
-    ) -> Option<T> {
+    /// An empty memory whose phases the active gauge of `metrics` counts.
+    pub fn new(metrics: Arc<Metrics>) -> Memory {
+        Memory {
+            state: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `f` says of the job's entry, if there is one.
+    fn read<T>(&self, job: &TrainJob, f: impl FnOnce(&Remembered) -> T) -> Option<T> {
+        self.lock().jobs.get(uid(job)?).map(f)
+    }
+
+    /// Changes the job's entry, making it if need be; nothing for a job that is gone.
+    fn note<T>(&self, job: &TrainJob, change: impl FnOnce(&mut Remembered) -> T) -> Option<T> {
         let uid = uid(job)?;
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        Some(f(&mut jobs, uid))
+        let mut state = self.lock();
+        if state.gone.contains_key(uid) {
+            return None;
+        }
+        Some(change(state.jobs.entry(uid.to_string()).or_default()))
     }
 
     /// Notes a job the watch delivered. Only a job nobody has reconciled yet (no status) is
     /// new; one that has a status was seen by an earlier run of the operator.
     pub fn saw(&self, job: &TrainJob) {
-        if job.status.is_some() {
-            return;
-        }
-        self.with(job, |jobs, uid| {
-            jobs.entry(uid.to_string()).or_insert_with(|| Remembered {
-                first_seen: Some(lifecycle::now()),
-                since: Some(Instant::now()),
-                ..Remembered::default()
+        if job.status.is_none() {
+            self.note(job, |r| {
+                if r.first_seen.is_none() {
+                    r.first_seen = Some(lifecycle::now());
+                    r.since = Some(Instant::now());
+                }
             });
-        });
+        }
     }
 
     /// When the operator first saw the job, if this run of it did.
     pub fn first_seen(&self, job: &TrainJob) -> Option<Time> {
-        self.with(job, |jobs, uid| jobs.get(uid).and_then(|c| c.first_seen.clone()))
-            .flatten()
+        self.read(job, |r| r.first_seen.clone()).flatten()
     }
 
     /// How long a status that differs only in pod counts should wait; `None`: write it now.
@@ -105,9 +164,8 @@ impl Memory {
         if job.status.is_none() && older_than(job, STATUS_INTERVAL) {
             return None;
         }
-        self.with(job, |jobs, uid| {
-            let clock = jobs.get(uid)?;
-            let since = clock.last_status.or(clock.since)?;
+        self.read(job, |r| {
+            let since = r.last_status.or(r.since)?;
             STATUS_INTERVAL
                 .checked_sub(since.elapsed())
                 .filter(|d| !d.is_zero())
@@ -115,45 +173,63 @@ impl Memory {
         .flatten()
     }
 
-    /// What `test` says of the job's entry; `false` for a job not remembered.
-    fn check(&self, job: &TrainJob, test: impl FnOnce(&Remembered) -> bool) -> bool {
-        self.with(job, |jobs, uid| jobs.get(uid).is_some_and(test))
-            .unwrap_or(false)
-    }
-
-    /// Changes the job's entry, making it if need be.
-    fn note(&self, job: &TrainJob, change: impl FnOnce(&mut Remembered)) {
-        self.with(job, |jobs, uid| change(jobs.entry(uid.to_string()).or_default()));
-    }
-
     /// Notes that the job's status was just written.
     pub fn status_written(&self, job: &TrainJob) {
-        self.note(job, |c| c.last_status = Some(Instant::now()));
+        self.note(job, |r| r.last_status = Some(Instant::now()));
     }
 
     /// Whether the job's SSH Secret is known to exist.
     pub fn secret_known(&self, job: &TrainJob) -> bool {
-        self.check(job, |c| c.secret)
+        self.read(job, |r| r.secret).unwrap_or(false)
     }
 
     /// Notes that the job's SSH Secret exists (created, or read).
     pub fn secret_exists(&self, job: &TrainJob) {
-        self.note(job, |c| c.secret = true);
+        self.note(job, |r| r.secret = true);
+    }
+
+    /// Notes pods just created for the job.
+    pub fn created(&self, job: &TrainJob, names: impl IntoIterator<Item = String>) {
+        self.note(job, |r| {
+            r.awaited.extend(names);
+            r.awaited_since = Some(Instant::now());
+        });
+    }
+
+    /// Forgets the created pods the watch now shows (`seen`) and returns those still awaited;
+    /// none once they were awaited for longer than [`PATIENCE`].
+    pub fn awaited(&self, job: &TrainJob, seen: &[Arc<Pod>]) -> BTreeSet<String> {
+        let Some(uid) = uid(job) else {
+            return BTreeSet::new();
+        };
+        let mut state = self.lock();
+        let Some(r) = state.jobs.get_mut(uid) else {
+            return BTreeSet::new();
+        };
+        for pod in seen {
+            if let Some(name) = &pod.metadata.name {
+                r.awaited.remove(name);
+            }
+        }
+        if r.awaited_since.is_some_and(|since| since.elapsed() > PATIENCE) {
+            r.awaited.clear();
+        }
+        r.awaited.clone()
     }
 
     /// Whether this run made sure the finished job's Secret is gone.
     pub fn key_retired(&self, job: &TrainJob) -> bool {
-        self.check(job, |c| c.key_retired)
+        self.read(job, |r| r.key_retired).unwrap_or(false)
     }
 
     /// Notes that the finished job's Secret is gone.
     pub fn retire_key(&self, job: &TrainJob) {
-        self.note(job, |c| c.key_retired = true);
+        self.note(job, |r| r.key_retired = true);
     }
 
     /// Notes that the status that finishes the job was just written.
     pub fn finished(&self, job: &TrainJob) {
-        self.note(job, |c| c.finished = Some(Instant::now()));
+        self.note(job, |r| r.finished = Some(Instant::now()));
     }
 
     /// Whether `job` is a copy from before this operator finished it: its status says it runs,
@@ -161,152 +237,80 @@ impl Memory {
     /// else clear the status later, the job is reconciled as it is.
     pub fn outdated(&self, job: &TrainJob) -> bool {
         !lifecycle::finished(job.status.as_ref())
-            && self.check(job, |c| {
-                c.finished.is_some_and(|at| at.elapsed() < OUTDATED_WINDOW)
-            })
+            && self
+                .read(job, |r| {
+                    r.finished.is_some_and(|at| at.elapsed() < OUTDATED_WINDOW)
+                })
+                .unwrap_or(false)
     }
 
     /// Of the foreign pods `names`, those not reported on the job yet; notes them as reported.
     pub fn unreported(&self, job: &TrainJob, names: impl IntoIterator<Item = String>) -> Vec<String> {
-        self.with(job, |jobs, uid| {
-            let reported = &mut jobs.entry(uid.to_string()).or_default().foreign;
-            names.into_iter().filter(|n| reported.insert(n.clone())).collect()
+        self.note(job, |r| {
+            names
+                .into_iter()
+                .filter(|n| r.foreign.insert(n.clone()))
+                .collect()
         })
         .unwrap_or_default()
+    }
+
+    /// Records the job's phase for the active gauge; finished phases are not counted.
+    pub fn set_phase(&self, job: &TrainJob, phase: Option<Phase>) {
+        let phase = phase.filter(|p| !matches!(p, Phase::Complete | Phase::Failed));
+        let old = self.note(job, |r| std::mem::replace(&mut r.phase, phase));
+        if let Some(old) = old {
+            self.metrics.phase_changed(old, phase);
+        }
+    }
+
+    /// Whether the active gauge counts the job with `uid`.
+    pub fn counts_active(&self, uid: &str) -> bool {
+        self.lock().jobs.get(uid).is_some_and(|r| r.phase.is_some())
     }
 
     /// Forgets what a finished job needs no more, keeping what tells a later reconcile of it
     /// that this run finished it ([`Memory::outdated`]) and retired its key.
     pub fn settle(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| {
-            if let Some(c) = jobs.get_mut(uid) {
-                *c = Remembered {
-                    finished: c.finished,
-                    key_retired: c.key_retired,
-                    ..Remembered::default()
-                };
-            }
+        let old = self.note(job, |r| {
+            let phase = r.phase;
+            *r = Remembered {
+                finished: r.finished,
+                key_retired: r.key_retired,
+                ..Remembered::default()
+            };
+            phase
         });
+        if let Some(old) = old.flatten() {
+            self.metrics.phase_changed(Some(old), None);
+        }
     }
 
     /// Forgets a job that is gone.
     pub fn forget(&self, job: &TrainJob) {
-        self.with(job, |jobs, uid| jobs.remove(uid));
+        let Some(uid) = uid(job) else { return };
+        let old = self.lock().drop_job(uid);
+        self.metrics.phase_changed(old, None);
     }
 
-    /// Keeps only the jobs whose uid `live` accepts.
+    /// Keeps only the jobs whose uid `live` accepts: after a re-list, which delivers no delete
+    /// events for the jobs deleted while the watch was away.
     pub fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|uid, _| live(uid));
+        let mut state = self.lock();
+        let dead: Vec<String> = state.jobs.keys().filter(|uid| !live(uid)).cloned().collect();
+        let phases: Vec<Option<Phase>> = dead.iter().map(|uid| state.drop_job(uid)).collect();
+        drop(state);
+        for old in phases {
+            self.metrics.phase_changed(old, None);
+        }
     }
 
     /// Jobs remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+        self.lock().jobs.len()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn job(status: Option<serde_json::Value>) -> TrainJob {
-        let mut value = json!({
-            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-            "metadata": {"name": "pi", "namespace": "ns", "uid": "u1"},
-            "spec": {"runtimeRef": {"name": "mpi"}},
-        });
-        if let Some(status) = status {
-            value["status"] = status;
-        }
-        serde_json::from_value(value).expect("job")
-    }
-
-    #[test]
-    fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remembered() {
-        let memory = Memory::default();
-        let new = job(None);
-        assert_eq!(memory.status_wait(&new), None, "unknown job: write at once");
-        memory.saw(&new);
-        let first = memory.first_seen(&new).expect("first seen");
-        memory.saw(&new);
-        assert_eq!(memory.first_seen(&new), Some(first), "the first sight stays");
-        assert!(memory.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
-        memory.status_written(&new);
-        assert!(memory.status_wait(&new).is_some());
-        assert!(!memory.secret_known(&new));
-        memory.secret_exists(&new);
-        assert!(memory.secret_known(&new));
-        assert_eq!(
-            memory.unreported(&new, ["x".to_string(), "y".to_string()]),
-            ["x", "y"]
-        );
-        assert_eq!(
-            memory.unreported(&new, ["y".to_string(), "z".to_string()]),
-            ["z"],
-            "each foreign pod is reported once"
-        );
-        memory.retain(|uid| uid == "u1");
-        assert_eq!(memory.len(), 1, "a live job is kept");
-        memory.retain(|_| false);
-        assert_eq!(memory.len(), 0, "a job gone while the watch was away is dropped");
-        memory.saw(&new);
-        memory.forget(&new);
-        assert_eq!((memory.len(), memory.first_seen(&new)), (0, None));
-        assert!(
-            !memory.secret_known(&new),
-            "a finished job's Secret is read again, if ever"
-        );
-    }
-
-    #[test]
-    fn a_copy_from_before_the_finishing_write_is_outdated_and_the_finished_one_is_not() {
-        let memory = Memory::default();
-        let running = job(Some(json!({"jobsStatus": []})));
-        assert!(!memory.outdated(&running));
-        memory.secret_exists(&running);
-        memory.finished(&running);
-        memory.retire_key(&running);
-        memory.settle(&running);
-        assert!(memory.outdated(&running), "the cache has not caught up yet");
-        assert!(memory.key_retired(&running), "settling keeps the retired key");
-        assert!(!memory.secret_known(&running), "and drops the rest");
-        let complete = job(Some(json!({"conditions": [{"type": "Complete", "status": "True",
-            "reason": "JobsCompleted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})));
-        assert!(!memory.outdated(&complete));
-        memory.forget(&running);
-        assert!(!memory.outdated(&running), "forgotten with the job");
-    }
-
-    #[test]
-    fn a_job_without_status_waits_no_longer_than_the_interval_after_its_creation() {
-        let memory = Memory::default();
-        let mut new = job(None);
-        new.metadata.creation_timestamp = Some(lifecycle::now());
-        memory.saw(&new);
-        assert!(
-            memory.status_wait(&new).is_some(),
-            "just created: its counts wait"
-        );
-        let created = lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(10);
-        new.metadata.creation_timestamp = Some(Time(created));
-        assert_eq!(
-            memory.status_wait(&new),
-            None,
-            "a new leader seeing it for the first time writes at once"
-        );
-    }
-
-    #[test]
-    fn a_job_an_earlier_run_reconciled_is_not_timed_from_now() {
-        let memory = Memory::default();
-        let old = job(Some(json!({"jobsStatus": []})));
-        memory.saw(&old);
-        assert_eq!((memory.first_seen(&old), memory.len()), (None, 0));
-        assert_eq!(memory.status_wait(&old), None);
-    }
-}
+mod tests;

@@ -1,28 +1,42 @@
 //! Observe: the Events and metrics a reconcile produced, derived from the status before it and
-//! the decision (or permanent failure) after it. Recorded after the status is written, so an
-//! Event never describes a state the API server does not have yet.
+//! the decision after it. Recorded after the status is written, so an Event never describes a
+//! state the API server does not have yet. Also settles the job in the operator's memory once
+//! it finished.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::dereference::Inputs;
+use super::error::namespace_ending;
 use crate::api::TrainJob;
 use crate::api::TrainJobStatus;
 use crate::lifecycle::{self, Decision, Note, Severity};
 use crate::metrics::{FailureLabels, JobLabels};
+use crate::names::{self, OwnerError};
+use crate::observed::Observed;
 use crate::plan::{Plan, Role};
 use crate::reasons::{condition, event};
 
-/// After a decision was applied.
-pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision, now: &Time) {
-    let mut notes = lifecycle::events(&job.name_any(), plan, job.status.as_ref(), d);
-    if inputs.runtime.fresh {
+/// After a decision was applied. `plan`: `None` for a job stopped by a permanent error before
+/// it could be planned; only its condition changes are then told.
+pub async fn decision(
+    job: &TrainJob,
+    ctx: &Context,
+    plan: Option<&Plan>,
+    observed: &Observed,
+    d: &Decision,
+    now: &Time,
+) {
+    let mut notes = match plan {
+        Some(plan) => lifecycle::events(&job.name_any(), plan, job.status.as_ref(), d),
+        None => lifecycle::transitions(job.status.as_ref(), &d.status),
+    };
+    if observed.fresh {
         ctx.metrics.jobs_created.get_or_create(&job_labels(job)).inc();
         let frozen = format!(
             "using {}; later edits to it do not affect this job",
-            inputs.runtime.label
+            observed.runtime.label
         );
         // Said with the first pods when they come in the same pass: one Event, not two.
         match notes.iter_mut().find(|n| n.reason == event::PODS_CREATED) {
@@ -39,14 +53,14 @@ pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Input
     }
     // Pods an earlier job of the same name left behind go with it: nothing to report. Nor is
     // anything reported on a finished job, whose memory is gone.
-    let foreign = inputs
+    let foreign = observed
         .foreign
         .iter()
         .filter(|_| !lifecycle::finished(Some(&d.status)))
         .filter(|p| {
             matches!(
-                super::dereference::check_owner(job, "Pod", &p.metadata),
-                Err(super::dereference::Error::Conflict { .. })
+                names::check_owner(job, "Pod", &p.metadata),
+                Err(OwnerError::Conflict { .. })
             )
         })
         .filter_map(|p| p.metadata.name.clone());
@@ -64,26 +78,14 @@ pub async fn decision(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Input
     for note in &notes {
         record(ctx, job, note).await;
     }
-    milestones(job, ctx, plan, inputs, d);
+    if let Some(plan) = plan {
+        milestones(job, ctx, plan, observed, d);
+    }
     outcome(job, ctx, &d.status, now);
-    ctx.metrics.set_phase(
-        &job.namespace().unwrap_or_default(),
-        &job.name_any(),
-        d.phase,
-        || super::held(ctx, job),
-    );
+    ctx.memory.set_phase(job, d.phase);
     if lifecycle::finished(Some(&d.status)) {
-        super::settle(ctx, job);
+        ctx.memory.settle(job);
     }
-}
-
-/// After a permanent error failed the job with `status`.
-pub async fn failure(job: &TrainJob, ctx: &Context, status: &TrainJobStatus, now: &Time) {
-    for note in lifecycle::transitions(job.status.as_ref(), status) {
-        record(ctx, job, &note).await;
-    }
-    outcome(job, ctx, status, now);
-    super::settle(ctx, job);
 }
 
 fn job_labels(job: &TrainJob) -> JobLabels {
@@ -106,7 +108,7 @@ fn since_creation(ctx: &Context, job: &TrainJob) -> f64 {
 }
 
 /// Time to the first launcher and to the full set of workers, on the first attempt only.
-fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &Decision) {
+fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, observed: &Observed, d: &Decision) {
     if d.status.restarts.unwrap_or(0) != 0 {
         return;
     }
@@ -123,7 +125,7 @@ fn milestones(job: &TrainJob, ctx: &Context, plan: &Plan, inputs: &Inputs, d: &D
     }
     if created(Role::Node) > 0 {
         let workers = plan.job(Role::Node).map(|j| j.pods()).unwrap_or(0);
-        let existing = inputs
+        let existing = observed
             .pods
             .iter()
             .filter(|p| p.labels().get(crate::names::JOB_ROLE_LABEL).map(String::as_str) == Some("node"))
@@ -207,7 +209,7 @@ async fn record(ctx: &Context, job: &TrainJob, note: &Note) {
     };
     match ctx.recorder.publish(&event, &job.object_ref(&())).await {
         Ok(()) => {}
-        Err(e) if super::namespace_ending(&e) => {
+        Err(e) if namespace_ending(&e) => {
             tracing::debug!(error = %e, reason, "no Event: the namespace is being deleted");
         }
         Err(e) => tracing::warn!(error = %e, reason, "could not record an Event"),

@@ -4,7 +4,7 @@
 use crate::api::NODE;
 use crate::plan::{Plan, Role};
 
-use super::observed::Observed;
+use super::pod_state::PodState;
 
 /// The first pod of the current attempt that breaks the world: failed, deleted by someone else
 /// (eviction, drain, node loss), or, once the launcher exists, missing altogether. A failed
@@ -12,7 +12,7 @@ use super::observed::Observed;
 pub(super) fn broken(
     job: &str,
     plan: &Plan,
-    mine: &[&Observed],
+    mine: &[&PodState],
     launcher_log: Option<&str>,
 ) -> Option<String> {
     mine.iter()
@@ -29,7 +29,7 @@ pub(super) fn broken(
 
 /// Once the launcher runs, every worker must exist: one that vanished (deleted, or its node lost
 /// and the pod garbage-collected) has taken its ranks with it.
-fn missing_worker(job: &str, plan: &Plan, mine: &[&Observed]) -> Option<String> {
+fn missing_worker(job: &str, plan: &Plan, mine: &[&PodState]) -> Option<String> {
     let launcher = plan.launcher();
     if !mine.iter().any(|o| o.rjob == launcher) {
         return None;
@@ -45,7 +45,7 @@ fn missing_worker(job: &str, plan: &Plan, mine: &[&Observed]) -> Option<String> 
 }
 
 /// One line saying which pod failed, how, and what to do about it (`cause`, when known).
-fn describe(o: &Observed, cause: Option<String>) -> String {
+fn describe(o: &PodState, cause: Option<String>) -> String {
     let status = o.pod.status.as_ref();
     if o.deleting && !o.failed() {
         return format!(

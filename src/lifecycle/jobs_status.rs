@@ -4,13 +4,13 @@
 use crate::api::JobStatus;
 use crate::plan::Plan;
 
-use super::observed::Observed;
+use super::pod_state::PodState;
 
 /// Counts for every replicated job of `plan`, from the pods of restart `attempt` that are not
 /// being deleted (`deleting` lists the pods this decision deletes).
 pub(super) fn jobs_status(
     plan: &Plan,
-    observed: &[Observed],
+    pods: &[PodState],
     attempt: i32,
     suspended: bool,
     deleting: &[String],
@@ -23,16 +23,16 @@ pub(super) fn jobs_status(
                 ..Default::default()
             };
             for job_index in 0..rjob.replicas {
-                let pods: Vec<&Observed> = observed
+                let of_job: Vec<&PodState> = pods
                     .iter()
                     .filter(|o| o.rjob == rjob.name && o.at.job_index == job_index)
                     .filter(|o| o.attempt == Some(attempt) && !o.deleting)
                     .filter(|o| !deleting.iter().any(|d| d == o.name))
                     .collect();
-                let count = |f: &dyn Fn(&Observed) -> bool| pods.iter().filter(|o| f(o)).count() as i32;
+                let count = |f: &dyn Fn(&PodState) -> bool| of_job.iter().filter(|o| f(o)).count() as i32;
                 let complete = |n: i32| rjob.parallelism > 0 && n >= rjob.parallelism;
-                s.active += i32::from(pods.iter().any(|o| o.active()));
-                s.failed += i32::from(pods.iter().any(|o| o.failed()));
+                s.active += i32::from(of_job.iter().any(|o| o.active()));
+                s.failed += i32::from(of_job.iter().any(|o| o.failed()));
                 s.succeeded += i32::from(complete(count(&|o| o.succeeded())));
                 // Ready means running and ready now: a Job whose pods finished is not ready.
                 s.ready += i32::from(complete(count(&|o| o.running_ready())));

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::plan::{JobPlan, Plan};
 
-use super::observed::Observed;
+use super::pod_state::PodState;
 
 /// Where the current attempt's gang stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub(super) enum Gang {
     Waiting(String),
 }
 
-fn bound(o: &Observed) -> bool {
+fn bound(o: &PodState) -> bool {
     o.pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
 }
 
@@ -29,14 +29,10 @@ const WAITING_FOR_GANG: &str = "pod group is unschedulable";
 /// workers, and the launcher when it runs ranks; the message counts each role, quotes the
 /// scheduler's reason from the pods and, when kube-scheduler has rejected the gang as a whole,
 /// its `PodGroupScheduled` condition (`pod_group`).
-pub(super) fn gang(plan: &Plan, mine: &[&Observed], pod_group: Option<&Condition>) -> Option<Gang> {
-    crate::gang::min_count(plan)?;
-    let roles: Vec<&JobPlan> = plan
-        .jobs
-        .iter()
-        .filter(|j| crate::gang::member(plan, j.role))
-        .collect();
-    let members: Vec<&Observed> = mine
+pub(super) fn gang(plan: &Plan, mine: &[&PodState], pod_group: Option<&Condition>) -> Option<Gang> {
+    plan.native_gang()?;
+    let roles: Vec<&JobPlan> = plan.jobs.iter().filter(|j| plan.gang_member(j.role)).collect();
+    let members: Vec<&PodState> = mine
         .iter()
         .copied()
         .filter(|o| !o.deleting && roles.iter().any(|j| j.name == o.rjob))

@@ -9,8 +9,8 @@ mod overrides;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{ANCESTOR_LABEL, ANCESTOR_TRAINER, LAUNCHER, NODE, TrainJob, TrainingRuntimeSpec};
-use crate::gang::VOLCANO_QUEUE_ANNOTATION;
-use crate::plan::{DEFAULT_CLUSTER_DOMAIN, JobPlan, Plan, Role};
+use crate::build::gang::VOLCANO_QUEUE_ANNOTATION;
+use crate::plan::{Cluster, JobPlan, Plan, Role};
 use crate::reasons;
 use overrides::{apply_initializer, apply_patch, apply_trainer, gpu_count, node_container_gpus};
 
@@ -104,12 +104,31 @@ impl ResolveError {
     }
 }
 
-/// Resolves `job` against `runtime` (named `runtime_name` in messages, e.g. `ClusterTrainingRuntime/mpi-openmpi`).
-pub fn resolve(
-    job: &TrainJob,
-    runtime_name: &str,
-    runtime: &TrainingRuntimeSpec,
-) -> Result<Plan, ResolveError> {
+/// A runtime as a job sees it: fetched, or frozen in the job's snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Runtime {
+    /// `Kind/name`, as messages and the snapshot name it.
+    pub label: String,
+    /// Its spec.
+    pub spec: TrainingRuntimeSpec,
+    /// Whether it carries `trainer.kubeflow.org/support: deprecated` (admission warns).
+    pub deprecated: bool,
+}
+
+impl Runtime {
+    /// A runtime that is not deprecated.
+    pub fn new(label: impl Into<String>, spec: TrainingRuntimeSpec) -> Runtime {
+        Runtime {
+            label: label.into(),
+            spec,
+            deprecated: false,
+        }
+    }
+}
+
+/// Resolves `job` against `runtime`, in `cluster`.
+pub fn resolve(job: &TrainJob, runtime: &Runtime, cluster: &Cluster) -> Result<Plan, ResolveError> {
+    let (runtime_name, runtime) = (runtime.label.as_str(), &runtime.spec);
     let rt = || runtime_name.to_string();
     let policy = runtime.ml_policy.as_ref();
     let mpi = policy
@@ -254,8 +273,7 @@ pub fn resolve(
             .unwrap_or_else(|| "/root/.ssh".into()),
         launcher_as_node,
         subdomain: subdomain(job, runtime),
-        cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-        network_policy: false,
+        cluster: cluster.clone(),
         publish_not_ready: network
             .and_then(|n| n.publish_not_ready_addresses)
             .unwrap_or(true),

@@ -4,7 +4,12 @@ use serde_json::json;
 use super::*;
 use crate::api::MPIImplementation;
 use crate::fixtures::{job, plan, shipped_runtime};
-use crate::plan::{Plan, Role};
+use crate::plan::{Cluster, Plan, Role};
+
+/// [`super::resolve`] of a runtime labelled `label`, in a default cluster.
+fn resolve(job: &TrainJob, label: &str, spec: &TrainingRuntimeSpec) -> Result<Plan, ResolveError> {
+    super::resolve(job, &Runtime::new(label, spec.clone()), &Cluster::default())
+}
 
 fn node_container(plan: &Plan, role: Role) -> Container {
     let job = plan.job(role).expect("job with role");

@@ -8,11 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 use crate::api::{
-    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, ANCESTOR_TRAINER, NODE,
-    RuntimePatch, TrainJob, TrainingRuntimeSpec,
+    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, ANCESTOR_TRAINER, DEPRECATED,
+    NODE, RuntimePatch, SUPPORT_LABEL, TrainJob, TrainingRuntimeSpec,
 };
-use crate::resolve::resolve;
-use crate::runtimes::{self, Fetched};
+use crate::plan::Cluster;
+use crate::resolve::{Runtime, resolve};
 use crate::validate::{Limits, validate};
 
 /// Warnings for the client when admitted, or the refusal.
@@ -29,7 +29,7 @@ pub fn needs_runtime(job: &TrainJob, old: Option<&TrainJob>) -> bool {
 pub fn trainjob(
     job: &TrainJob,
     old: Option<&TrainJob>,
-    runtime: Option<&Fetched>,
+    runtime: Option<&Runtime>,
     limits: &Limits,
 ) -> Verdict {
     for (i, patch) in job.spec.runtime_patches.iter().enumerate() {
@@ -48,11 +48,12 @@ pub fn trainjob(
     let Some(rt) = runtime else {
         return Ok(Vec::new());
     };
-    let plan = resolve(job, &rt.label, &rt.spec).map_err(|e| e.to_string())?;
+    // The cluster's settings change no verdict: they shape pods, not what is valid.
+    let plan = resolve(job, rt, &Cluster::default()).map_err(|e| e.to_string())?;
     validate(job, &rt.label, &plan, limits).map_err(|e| e.to_string())?;
     Ok(rt
         .deprecated
-        .then(|| runtimes::deprecation_warning(&rt.label))
+        .then(|| deprecation_warning(&rt.label))
         .into_iter()
         .collect())
 }
@@ -210,13 +211,21 @@ pub fn runtime(
         // A job that overrides nothing must run on it: the runtime's own structure, images and
         // resources go through the same checks as every job will.
         let probe = TrainJob::new("probe", Default::default());
-        let plan = resolve(&probe, label, spec).map_err(|e| e.to_string())?;
+        let runtime = Runtime::new(label, spec.clone());
+        let plan = resolve(&probe, &runtime, &Cluster::default()).map_err(|e| e.to_string())?;
         validate(&probe, label, &plan, limits).map_err(|e| e.to_string())?;
     }
-    if labels.get(runtimes::SUPPORT_LABEL).map(String::as_str) == Some(runtimes::DEPRECATED) {
-        warnings.push(runtimes::deprecation_warning(label));
+    if labels.get(SUPPORT_LABEL).map(String::as_str) == Some(DEPRECATED) {
+        warnings.push(deprecation_warning(label));
     }
     Ok(warnings)
+}
+
+/// The warning admission gives for a deprecated runtime.
+pub fn deprecation_warning(label: &str) -> String {
+    format!(
+        "{label} is deprecated ({SUPPORT_LABEL}={DEPRECATED}) and may be removed: move to a supported runtime"
+    )
 }
 
 #[cfg(test)]

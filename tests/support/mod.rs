@@ -185,6 +185,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub struct Operator {
     /// Metrics the controller updates.
     pub metrics: std::sync::Arc<trainjob_operator::metrics::Metrics>,
+    /// What the controller remembers of each job.
+    pub memory: std::sync::Arc<trainjob_operator::controller::Memory>,
     /// Base URL of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub http: String,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -217,6 +219,8 @@ impl Operator {
         use trainjob_operator::{controller, leader, metrics::Metrics, server, webhook};
         let bed = bed();
         let metrics = std::sync::Arc::new(Metrics::new());
+        let memory = std::sync::Arc::new(controller::Memory::new(metrics.clone()));
+        let mem = memory.clone();
         let port = free_port();
         let webhook_port = admission.then(free_port);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -294,11 +298,21 @@ impl Operator {
                         .map_or_else(|| "test-operator".to_string(), |(name, _)| name.clone());
                     let settings = controller::Settings {
                         instance: instance.clone(),
-                        network_policies: true,
+                        cluster: trainjob_operator::plan::Cluster {
+                            network_policies: true,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     };
-                    let reconcile =
-                        controller::run(client.clone(), settings, runtimes, m.clone(), ready, stopped());
+                    let reconcile = controller::run(
+                        client.clone(),
+                        settings,
+                        runtimes,
+                        m.clone(),
+                        mem,
+                        ready,
+                        stopped(),
+                    );
                     match (election, leading) {
                         (Some((_, timing)), Some(leading)) => {
                             let elector = leader::Elector::new(
@@ -343,6 +357,7 @@ impl Operator {
         }
         Operator {
             metrics,
+            memory,
             http: format!("http://127.0.0.1:{port}"),
             stop: Some(stop),
             kill: Some(kill),

@@ -32,15 +32,14 @@ fn launcher_failure_names_the_cause_its_log_shows() {
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
     terminate(&mut pods, "pi-launcher-0-0", 255, "Error");
     let log = "ssh: Could not resolve hostname pi-node-0-1.pi: Name or service not known\n";
-    let d = decide_with(
+    let d = decide_observed(
         &j,
         &p,
-        &pods,
-        &at(T0),
-        Seen {
-            launcher_log: Some(log),
-            gang: None,
+        &Observed {
+            launcher_log: Some(log.into()),
+            ..seeing(&pods)
         },
+        &at(T0),
     );
     let failed = condition(&d, condition::FAILED).expect("Failed");
     assert!(
@@ -53,15 +52,14 @@ fn launcher_failure_names_the_cause_its_log_shows() {
     // A worker's failure is not explained by the launcher's log.
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
     terminate(&mut pods, "pi-node-0-0", 1, "Error");
-    let d = decide_with(
+    let d = decide_observed(
         &j,
         &p,
-        &pods,
-        &at(T0),
-        Seen {
-            launcher_log: Some(log),
-            gang: None,
+        &Observed {
+            launcher_log: Some(log.into()),
+            ..seeing(&pods)
         },
+        &at(T0),
     );
     let failed = condition(&d, condition::FAILED).expect("Failed");
     assert!(

@@ -76,11 +76,11 @@ fn a_waiting_gang_says_how_far_it_got_in_the_schedulers_words() {
         "reason": "Unschedulable", "message": "pod group is unschedulable",
         "lastTransitionTime": "2026-11-25T10:00:00Z"}))
     .expect("condition");
-    let seen = Seen {
-        gang: Some(&rejected),
-        ..Default::default()
+    let seen = Observed {
+        gang: Some(rejected.clone()),
+        ..seeing(&pods)
     };
-    let d2 = decide_with(&j, &p, &pods, &at(T0), seen);
+    let d2 = decide_observed(&j, &p, &seen, &at(T0));
     let message = &condition(&d2, "GangScheduled").expect("GangScheduled").message;
     assert!(
         message.ends_with("4 Insufficient cpu. (PodGroup: Unschedulable)"),
@@ -91,11 +91,11 @@ fn a_waiting_gang_says_how_far_it_got_in_the_schedulers_words() {
         message: "etcdserver: request timed out".into(),
         ..rejected
     };
-    let seen = Seen {
-        gang: Some(&error),
-        ..Default::default()
+    let seen = Observed {
+        gang: Some(error),
+        ..seeing(&pods)
     };
-    let d2 = decide_with(&j, &p, &pods, &at(T0), seen);
+    let d2 = decide_observed(&j, &p, &seen, &at(T0));
     let message = &condition(&d2, "GangScheduled").expect("GangScheduled").message;
     assert!(
         message.ends_with("(PodGroup: SchedulerError: etcdserver: request timed out)"),
@@ -164,7 +164,7 @@ fn launcher_gang_plan(j: &TrainJob) -> Plan {
 fn a_launcher_that_runs_ranks_joins_the_gang_and_comes_with_the_workers() {
     let j = job(json!({"trainer": {"numNodes": 3}}));
     let p = launcher_gang_plan(&j);
-    assert_eq!(crate::gang::min_count(&p), Some(3), "2 workers and the launcher");
+    assert_eq!(p.native_gang(), Some(3), "2 workers and the launcher");
     // Created at once, not after the workers are Ready: a gang forms only once its members exist.
     let d = decide(&j, &p, &[], &at(T0));
     let mut pods = created(&j, &p, &d);
@@ -197,7 +197,7 @@ fn a_launcher_that_runs_ranks_joins_the_gang_and_comes_with_the_workers() {
 fn a_launcher_that_runs_no_ranks_still_waits_for_ready_workers() {
     let j = job(json!({"trainer": {"numNodes": 2}}));
     let p = gang_plan(&j, None);
-    assert_eq!(crate::gang::min_count(&p), Some(2));
+    assert_eq!(p.native_gang(), Some(2));
     let d = decide(&j, &p, &[], &at(T0));
     let names: Vec<_> = created(&j, &p, &d)
         .iter()

@@ -1,12 +1,32 @@
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::json;
 
 use super::*;
 use crate::api::TrainJob;
+use crate::build::pods;
 use crate::fixtures::{job, observed_pod, plan};
 use crate::plan::Plan;
-use crate::pods;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use crate::reasons::condition;
+
+/// What a reconcile observes when `pods` are the job's pods and its Secret exists.
+fn seeing(pods: &[Pod]) -> Observed {
+    Observed {
+        pods: pods.iter().cloned().map(Arc::new).collect(),
+        secret: true,
+        ..Observed::default()
+    }
+}
+
+/// [`super::decide`] from what `observed` says.
+fn decide_observed(job: &TrainJob, plan: &Plan, observed: &Observed, now: &Time) -> Decision {
+    super::decide(job, plan, observed, now).expect("a decision")
+}
+
+/// [`super::decide`] from the job's pods alone.
+fn decide(job: &TrainJob, plan: &Plan, pods: &[Pod], now: &Time) -> Decision {
+    decide_observed(job, plan, &seeing(pods), now)
+}
 
 fn at(s: &str) -> Time {
     Time(s.parse().expect("timestamp"))
@@ -96,6 +116,7 @@ fn started(spec: serde_json::Value) -> (TrainJob, Plan, Vec<Pod>) {
 
 mod failures;
 mod gang;
+mod observed;
 
 #[test]
 fn workers_first_then_the_launcher_once_all_are_ready() {

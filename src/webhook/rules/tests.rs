@@ -3,8 +3,8 @@ use serde_json::json;
 use super::*;
 use crate::fixtures::{job, runtime_pod, shipped_runtime};
 
-fn fetched(name: &str) -> Fetched {
-    Fetched {
+fn fetched(name: &str) -> Runtime {
+    Runtime {
         label: format!("ClusterTrainingRuntime/{name}"),
         spec: shipped_runtime(name),
         deprecated: false,

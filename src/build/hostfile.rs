@@ -48,7 +48,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{job, plan, shipped_runtime};
+    use crate::fixtures::{job, plan, plan_with};
 
     #[test]
     fn open_mpi_lists_each_worker_with_slots() {
@@ -75,15 +75,14 @@ mod tests {
 
     #[test]
     fn launcher_as_node_is_listed_first_by_its_bare_hostname() {
-        let mut runtime = shipped_runtime("mpi-openmpi");
-        runtime
-            .ml_policy
-            .as_mut()
-            .and_then(|p| p.mpi.as_mut())
-            .expect("mpi")
-            .run_launcher_as_node = Some(true);
         let j = job(json!({"trainer": {"numNodes": 3}}));
-        let p = crate::resolve::resolve(&j, "rt", &runtime).expect("resolves");
+        let p = plan_with(&j, "mpi-openmpi", |rt| {
+            rt.ml_policy
+                .as_mut()
+                .and_then(|p| p.mpi.as_mut())
+                .expect("mpi")
+                .run_launcher_as_node = Some(true);
+        });
         assert_eq!(
             render("pi", &p),
             "pi-launcher-0-0 slots=1\npi-node-0-0.pi slots=1\npi-node-0-1.pi slots=1\n"

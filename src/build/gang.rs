@@ -27,7 +27,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use crate::api::{GROUP, TrainJob};
-use crate::plan::{Plan, Role};
+use crate::plan::Plan;
 use crate::{names, quota};
 
 /// The label by which coscheduling finds a pod's PodGroup.
@@ -107,49 +107,10 @@ pub struct Gang {
     pub pod_group: PodGroup,
 }
 
-/// How many pods must be bound together, when the runtime asks for a native gang and there is
-/// more than one MPI host.
-pub fn min_count(plan: &Plan) -> Option<i32> {
-    plan.gang.as_ref().and_then(|g| g.workload.as_ref())?;
-    gang_size(plan)
-}
-
-/// Whether the runtime asks for any gang policy.
-fn has_policy(plan: &Plan) -> bool {
-    plan.gang
-        .as_ref()
-        .is_some_and(|g| g.workload.is_some() || g.coscheduling.is_some() || g.volcano.is_some())
-}
-
-/// Whether pods of `role` belong to the job's gang (when it has one).
-pub fn member(plan: &Plan, role: Role) -> bool {
-    match role {
-        Role::Node => true,
-        Role::Launcher => plan.launcher_as_node,
-        Role::Other => false,
-    }
-}
-
-/// Whether the launcher is created with the workers, as a member of their gang.
-pub fn launcher_in_gang(plan: &Plan) -> bool {
-    member(plan, Role::Launcher) && has_policy(plan) && gang_size(plan).is_some()
-}
-
-/// The number of gang members, when there is more than one.
-fn gang_size(plan: &Plan) -> Option<i32> {
-    let members: i64 = plan
-        .jobs
-        .iter()
-        .filter(|j| member(plan, j.role))
-        .map(|j| j.pods())
-        .sum();
-    i32::try_from(members).ok().filter(|n| *n > 1)
-}
-
 /// The scheduler plugin and the number of gang members, when the runtime asks for a plugin's
 /// gang and there is more than one member.
 pub fn plugin_members(plan: &Plan) -> Option<(Plugin, i32)> {
-    Some((Plugin::of(plan)?, gang_size(plan)?))
+    Some((Plugin::of(plan)?, plan.gang_size()?))
 }
 
 /// The plugin's PodGroup for the gang's `members` (the pods as built): `minMember` counts them
@@ -205,7 +166,7 @@ pub fn pod_group_name(job: &str) -> String {
 
 /// The job's gang objects, or `None` when it has no native gang.
 pub fn gang(job: &TrainJob, plan: &Plan) -> Option<Gang> {
-    let min_count = min_count(plan)?;
+    let min_count = plan.native_gang()?;
     let name = job.metadata.name.as_deref().unwrap_or_default();
     let policy = PodGroupSchedulingPolicy {
         gang: Some(GangSchedulingPolicy { min_count }),
@@ -250,6 +211,7 @@ mod tests {
     use super::*;
     use crate::api::{PodGroupPolicy, WorkloadPodGroupPolicySource};
     use crate::fixtures::{job, plan};
+    use crate::plan::Role;
 
     fn native(nodes: i32) -> (TrainJob, Plan) {
         let j = job(json!({"trainer": {"numNodes": nodes}}));
@@ -321,7 +283,7 @@ mod tests {
         let node = p.job(Role::Node).expect("node").clone();
         let workers: Vec<Pod> = node
             .indices()
-            .map(|at| crate::pods::pod(&j, &p, &node, at, 0))
+            .map(|at| crate::build::pods::pod(&j, &p, &node, at, 0))
             .collect();
         let label = workers[0]
             .metadata
@@ -372,7 +334,7 @@ mod tests {
         let node = p.job(Role::Node).expect("node").clone();
         let workers: Vec<Pod> = node
             .indices()
-            .map(|at| crate::pods::pod(&j, &p, &node, at, 0))
+            .map(|at| crate::build::pods::pod(&j, &p, &node, at, 0))
             .collect();
         for w in &workers {
             let annotations = w.metadata.annotations.as_ref().expect("annotations");

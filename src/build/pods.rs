@@ -9,12 +9,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use super::{gang, hostfile};
 use crate::api::{NODE, TrainJob};
 use crate::merge::upsert_env;
 use crate::mpi::{self, HOSTFILE_DIR};
 use crate::names::{self, *};
 use crate::plan::{JobPlan, Plan, PodIndex, Role};
-use crate::{gang, hostfile, ssh};
+use crate::ssh;
 
 /// Name of the SSH Secret volume.
 pub const SSH_VOLUME: &str = "mpi-ssh-auth";
@@ -104,7 +105,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         spec.scheduler_name
             .get_or_insert_with(|| gang::VOLCANO_SCHEDULER.into());
     }
-    let member = gang::member(plan, rjob.role);
+    let member = plan.gang_member(rjob.role);
     match gang::plugin_members(plan) {
         Some((gang::Plugin::Coscheduling, _)) if member => {
             labels_mut(&mut meta).insert(gang::COSCHEDULING_LABEL.into(), gang::pod_group_name(job_name));
@@ -118,7 +119,7 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
         }
         _ => {}
     }
-    if member && gang::min_count(plan).is_some() {
+    if member && plan.native_gang().is_some() {
         spec.scheduling_group = Some(PodSchedulingGroup {
             pod_group_name: Some(gang::pod_group_name(job_name)),
         });
@@ -144,13 +145,13 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
             if plan.mpi().calls_back_by_name() {
                 let fqdn = format!(
                     "{name}.{}.{namespace}.svc.{}",
-                    plan.subdomain, plan.cluster_domain
+                    plan.subdomain, plan.cluster.domain
                 );
                 wait_for_own_name(&mut spec, &fqdn);
             }
-            if gang::launcher_in_gang(plan) {
+            if plan.launcher_in_gang() {
                 wait_for_workers(&mut spec, plan, job_name, copy, WAIT_FOR_GANG_SECONDS);
-            } else if plan.network_policy {
+            } else if plan.cluster.network_policies {
                 wait_for_workers(&mut spec, plan, job_name, copy, WAIT_FOR_POLICY_SECONDS);
             }
         }
@@ -201,7 +202,7 @@ fn labels_mut(
 /// the search list (as MPI Operator adds). Host-network pods would otherwise use the node's
 /// resolver, which knows no pod names.
 fn dns(spec: &mut PodSpec, plan: &Plan, namespace: &str) {
-    let domain = format!("{}.{namespace}.svc.{}", plan.subdomain, plan.cluster_domain);
+    let domain = format!("{}.{namespace}.svc.{}", plan.subdomain, plan.cluster.domain);
     let searches = spec
         .dns_config
         .get_or_insert_with(PodDNSConfig::default)

@@ -9,7 +9,7 @@ use crate::names::{
 use crate::plan::PodIndex;
 
 /// One observed pod of the job.
-pub(super) struct Observed<'a> {
+pub(super) struct PodState<'a> {
     pub pod: &'a Pod,
     pub name: &'a str,
     pub rjob: &'a str,
@@ -20,13 +20,13 @@ pub(super) struct Observed<'a> {
     pub deleting: bool,
 }
 
-impl<'a> Observed<'a> {
+impl<'a> PodState<'a> {
     /// `None` for a pod without the labels every pod of ours carries.
     pub fn new(pod: &'a Pod) -> Option<Self> {
         let labels = pod.metadata.labels.as_ref()?;
         let number = |key: &str| labels.get(key).and_then(|v| v.parse::<i32>().ok());
         let status = pod.status.as_ref();
-        Some(Observed {
+        Some(PodState {
             pod,
             name: pod.metadata.name.as_deref()?,
             rjob: labels.get(REPLICATED_JOB_LABEL)?,

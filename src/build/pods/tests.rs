@@ -258,7 +258,7 @@ fn mpi_pods_search_the_service_domain_so_bare_hostnames_resolve() {
 
     let j = job(json!({}));
     let mut p = plan(&j, "mpi-openmpi");
-    p.cluster_domain = "corp.internal".into();
+    p.cluster.domain = "corp.internal".into();
     let launcher = p.job(Role::Launcher).expect("launcher").clone();
     let built = pod(
         &j,
@@ -454,7 +454,7 @@ fn behind_a_network_policy_the_launcher_waits_until_ssh_reaches_every_worker() {
         None,
         "no policy: the Ready workers are reachable at once"
     );
-    p.network_policy = true;
+    p.cluster.network_policies = true;
     let script = waits(&p).expect("waits behind the policy");
     assert!(
         script.contains("for host in pi-node-0-0 pi-node-0-1; do"),

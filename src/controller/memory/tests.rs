@@ -1,0 +1,170 @@
+use serde_json::json;
+
+use super::*;
+
+fn job(status: Option<serde_json::Value>) -> TrainJob {
+    let mut value = json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "pi", "namespace": "ns", "uid": "u1"},
+        "spec": {"runtimeRef": {"name": "mpi"}},
+    });
+    if let Some(status) = status {
+        value["status"] = status;
+    }
+    serde_json::from_value(value).expect("job")
+}
+
+fn memory() -> (Memory, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    (Memory::new(metrics.clone()), metrics)
+}
+
+fn pod(name: &str) -> Arc<Pod> {
+    let mut pod = Pod::default();
+    pod.metadata.name = Some(name.into());
+    Arc::new(pod)
+}
+
+/// `trainjob_jobs_active{phase}` as exported.
+fn active(metrics: &Metrics, phase: &str) -> String {
+    let prefix = format!("trainjob_jobs_active{{phase=\"{phase}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remembered() {
+    let (memory, _) = memory();
+    let new = job(None);
+    assert_eq!(memory.status_wait(&new), None, "unknown job: write at once");
+    memory.saw(&new);
+    let first = memory.first_seen(&new).expect("first seen");
+    memory.saw(&new);
+    assert_eq!(memory.first_seen(&new), Some(first), "the first sight stays");
+    assert!(memory.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
+    memory.status_written(&new);
+    assert!(memory.status_wait(&new).is_some());
+    assert!(!memory.secret_known(&new));
+    memory.secret_exists(&new);
+    assert!(memory.secret_known(&new));
+    assert_eq!(
+        memory.unreported(&new, ["x".to_string(), "y".to_string()]),
+        ["x", "y"]
+    );
+    assert_eq!(
+        memory.unreported(&new, ["y".to_string(), "z".to_string()]),
+        ["z"],
+        "each foreign pod is reported once"
+    );
+    memory.retain(|uid| uid == "u1");
+    assert_eq!(memory.len(), 1, "a live job is kept");
+    memory.retain(|_| false);
+    assert_eq!(memory.len(), 0, "a job gone while the watch was away is dropped");
+    memory.saw(&new);
+    memory.secret_exists(&new);
+    assert_eq!(
+        (memory.len(), memory.first_seen(&new)),
+        (0, None),
+        "and stays gone"
+    );
+}
+
+#[test]
+fn created_pods_are_awaited_until_the_watch_shows_them() {
+    let (memory, _) = memory();
+    let j = job(None);
+    memory.created(&j, ["a".to_string(), "b".to_string()]);
+    assert_eq!(memory.awaited(&j, &[pod("a")]), BTreeSet::from(["b".to_string()]));
+    assert_eq!(memory.awaited(&job(None), &[pod("b")]), BTreeSet::new());
+    memory.created(&j, ["c".to_string()]);
+    memory.settle(&j);
+    assert_eq!(
+        memory.awaited(&j, &[]),
+        BTreeSet::new(),
+        "a finished job awaits nothing"
+    );
+}
+
+#[test]
+fn a_copy_from_before_the_finishing_write_is_outdated_and_the_finished_one_is_not() {
+    let (memory, _) = memory();
+    let running = job(Some(json!({"jobsStatus": []})));
+    assert!(!memory.outdated(&running));
+    memory.secret_exists(&running);
+    memory.finished(&running);
+    memory.retire_key(&running);
+    memory.settle(&running);
+    assert!(memory.outdated(&running), "the cache has not caught up yet");
+    assert!(memory.key_retired(&running), "settling keeps the retired key");
+    assert!(!memory.secret_known(&running), "and drops the rest");
+    let complete = job(Some(json!({"conditions": [{"type": "Complete", "status": "True",
+        "reason": "JobsCompleted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})));
+    assert!(!memory.outdated(&complete));
+    memory.forget(&running);
+    assert!(!memory.outdated(&running), "forgotten with the job");
+}
+
+#[test]
+fn a_job_without_status_waits_no_longer_than_the_interval_after_its_creation() {
+    let (memory, _) = memory();
+    let mut new = job(None);
+    new.metadata.creation_timestamp = Some(lifecycle::now());
+    memory.saw(&new);
+    assert!(
+        memory.status_wait(&new).is_some(),
+        "just created: its counts wait"
+    );
+    let created = lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(10);
+    new.metadata.creation_timestamp = Some(Time(created));
+    assert_eq!(
+        memory.status_wait(&new),
+        None,
+        "a new leader seeing it for the first time writes at once"
+    );
+}
+
+#[test]
+fn a_job_an_earlier_run_reconciled_is_not_timed_from_now() {
+    let (memory, _) = memory();
+    let old = job(Some(json!({"jobsStatus": []})));
+    memory.saw(&old);
+    assert_eq!((memory.first_seen(&old), memory.len()), (None, 0));
+    assert_eq!(memory.status_wait(&old), None);
+}
+
+#[test]
+fn the_active_gauge_follows_phases_and_a_gone_job_is_never_counted_again() {
+    let (memory, metrics) = memory();
+    let a = job(None);
+    let mut b = job(None);
+    b.metadata.uid = Some("u2".into());
+    memory.set_phase(&a, Some(Phase::Starting));
+    memory.set_phase(&b, Some(Phase::Starting));
+    memory.set_phase(&a, Some(Phase::Running));
+    assert_eq!(
+        (active(&metrics, "running"), active(&metrics, "starting")),
+        ("1".into(), "1".into())
+    );
+    memory.set_phase(&b, Some(Phase::Complete));
+    memory.settle(&b);
+    assert_eq!(active(&metrics, "starting"), "0", "a finished job is not active");
+    assert!(memory.counts_active("u1") && !memory.counts_active("u2"));
+    memory.forget(&a);
+    assert_eq!(active(&metrics, "running"), "0");
+    // A reconcile that began before the deletion ends after it.
+    memory.set_phase(&a, Some(Phase::Running));
+    assert_eq!(
+        active(&metrics, "running"),
+        "0",
+        "a gone job is not counted again"
+    );
+    assert!(!memory.counts_active("u1"));
+    // Dropped after a re-list that no longer holds it: likewise.
+    memory.set_phase(&b, Some(Phase::Running));
+    memory.retain(|_| false);
+    memory.set_phase(&b, Some(Phase::Running));
+    assert_eq!(active(&metrics, "running"), "0");
+}

@@ -1,0 +1,50 @@
+//! What one reconcile observed of a job: its runtime, its pods, its other children as the watch
+//! caches hold them, what else it read, and what the operator remembers of the job. Plain data:
+//! the shell's `dereference` step fills it, `lifecycle` decides from it and `build` builds from
+//! it, so neither needs a client.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::resolve::Runtime;
+
+/// See the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The runtime the job runs on.
+    pub runtime: Runtime,
+    /// The runtime was fetched just now, not read from the job's snapshot: it is frozen first.
+    pub fresh: bool,
+    /// The job's pods: those it controls.
+    pub pods: Vec<Arc<Pod>>,
+    /// Pods that carry the job's labels but are not its own (someone else's, or left from an
+    /// earlier job of the same name): never counted or deleted.
+    pub foreign: Vec<Arc<Pod>>,
+    /// Pods an earlier reconcile created that the pod watch has not shown yet (the Kubernetes
+    /// controllers' "expectations"): not to be created again.
+    pub awaited: BTreeSet<String>,
+    /// Whether the SSH Secret exists (read only for a job that is neither finished nor
+    /// suspended).
+    pub secret: bool,
+    /// The hostfile ConfigMap as the watch last saw it.
+    pub hostfile: Option<Arc<ConfigMap>>,
+    /// The headless Service as the watch last saw it.
+    pub service: Option<Arc<Service>>,
+    /// The tail of the current attempt's launcher log, once that launcher has failed. Matched,
+    /// never logged or stored.
+    pub launcher_log: Option<String>,
+    /// The native gang PodGroup's `PodGroupScheduled` condition (kube-scheduler writes it), read
+    /// while a member is unbound.
+    pub gang: Option<Condition>,
+    /// The namespace's ResourceQuotas, read before the job's first pods (of an attempt).
+    pub quotas: Option<Vec<ResourceQuota>>,
+    /// How long a status that differs from the job's in pod counts alone must wait before it is
+    /// written; `None`: it may be written now.
+    pub status_hold: Option<Duration>,
+    /// This run of the operator already made sure the finished job's Secret is gone.
+    pub key_retired: bool,
+}
