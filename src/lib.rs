@@ -38,4 +38,5 @@ pub mod runtimes;
 pub mod server;
 pub mod ssh;
 pub mod validate;
+pub mod view;
 pub mod webhook;

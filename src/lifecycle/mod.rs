@@ -25,11 +25,12 @@ use crate::observed::Observed;
 use crate::plan::{Plan, PodIndex};
 use crate::reasons;
 pub use conditions::{failed_status, finished, is_true, now, set_condition};
+pub use diagnose::launcher_log as diagnose;
 pub use events::{Note, Severity, events, transitions};
 use pass::pass;
 
-/// Coarse phase, for metrics and logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Coarse phase, for metrics, logs and the job view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Phase {
     /// Suspended.
     Suspended,
@@ -124,6 +125,38 @@ pub fn decide(job: &TrainJob, plan: &Plan, observed: &Observed, now: &Time) -> R
         });
     }
     Ok(decision)
+}
+
+/// The phase a job's status and pods show, for readers that did not decide it (the job view):
+/// what the last decision said, but for the passing `Restarting`, which reads as `Starting`.
+pub fn phase_of(job: &TrainJob, pods: &[Pod]) -> Phase {
+    let status = job.status.as_ref();
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if is_true(conditions, reasons::condition::COMPLETE) {
+        return Phase::Complete;
+    }
+    if is_true(conditions, reasons::condition::FAILED) {
+        return Phase::Failed;
+    }
+    if job.spec.suspend.unwrap_or(false) {
+        return Phase::Suspended;
+    }
+    let attempt = status.and_then(|s| s.restarts).unwrap_or(0);
+    let launcher_runs = pods.iter().filter_map(pod_state::PodState::new).any(|o| {
+        let launcher = o
+            .pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(names::JOB_ROLE_LABEL));
+        o.attempt == Some(attempt)
+            && launcher.map(String::as_str) == Some(crate::api::LAUNCHER)
+            && o.phase == "Running"
+    });
+    match launcher_runs {
+        true => Phase::Running,
+        false => Phase::Starting,
+    }
 }
 
 /// Whether the job's key is lost: its Secret is gone while some of its pods, which mounted the
