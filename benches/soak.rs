@@ -10,10 +10,8 @@
 //! `SOAK_DURATION` (`make soak DURATION=…`: `90s`, `30m`, `2h`), `SOAK_RATE` (jobs per second,
 //! default 2), `SOAK_KEEP` (default 2000).
 
-#[path = "operator/section.rs"]
-mod section;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use trainjob_testbed::bench::section;
+use trainjob_testbed::support;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

@@ -4,7 +4,7 @@
 //! Kueue relies on, runtimes checked, one audit line per admitted change, and the certificate
 //! published, renewed, or read from files as cert-manager writes them.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@
 
 #[path = "chaos/invariants.rs"]
 mod invariants;
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -2,7 +2,7 @@
 //! bed: CRD installation and validation, the status subresource, kwok pod lifecycles, garbage
 //! collection, and RBAC for the operator and for tenants.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
 

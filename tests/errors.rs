@@ -3,7 +3,7 @@
 //! job never holds up anyone else's. Each test owns one error label of
 //! `trainjob_reconcile_errors_total`, so the tests of this binary can run in parallel.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

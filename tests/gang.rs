@@ -3,7 +3,7 @@
 //! no pod bound at all, and it binds whole once capacity frees up. Coscheduling and Volcano: the
 //! PodGroup is accepted by the scheduler's own CRD, with the values its scheduler reads.
 
-mod support;
+use trainjob_testbed::support;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::scheduling::v1::PriorityClass;

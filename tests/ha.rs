@@ -6,7 +6,7 @@
 //!
 //! One test: every phase needs the one Lease the shipped RBAC lets the operator write.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

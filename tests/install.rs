@@ -5,7 +5,7 @@
 //! through its Service.
 //! `make test` builds the release binary and passes it as `TRAINJOB_OPERATOR_BINARY`.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::time::Duration;
 

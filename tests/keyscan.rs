@@ -4,7 +4,7 @@
 //! its log lines). `make test` runs this binary last and it reads them all. It first shows that
 //! the scanner does find a planted key.
 
-mod support;
+use trainjob_testbed::support;
 
 use base64::Engine;
 use serde_json::json;

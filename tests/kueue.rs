@@ -3,7 +3,7 @@
 //! TrainJobs in front of the operator. Its webhooks are registered by URL on loopback, so every
 //! job goes through Kueue's defaulting (suspend, runtime patch) and validation as in a cluster.
 
-mod support;
+use trainjob_testbed::support;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{

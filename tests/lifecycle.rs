@@ -2,7 +2,7 @@
 //! suspension, deadlines, deletion, runtime edits, and jobs left to another controller. Every
 //! outcome is a condition and an Event whose message names the pod, the cause and the fix.
 
-mod support;
+use trainjob_testbed::support;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;

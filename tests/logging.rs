@@ -1,7 +1,7 @@
 //! The shipped binary's logs, as a cluster log pipeline receives them: stdout is a pipe, so text
 //! lines carry no colour codes, and `--log-format json` gives one JSON object per line.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! The operator end to end against the real control plane: it runs as its own service account,
 //! kube-scheduler places the pods on kwok nodes, kwok runs and finishes them.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 //! request may have been refused (403), and every verb on every resource the shipped ClusterRole
 //! grants must have been used: a right nobody uses is a right to remove.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeSet;
 

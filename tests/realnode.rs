@@ -4,7 +4,7 @@
 //! and Intel MPI, as the runtime's user and as root, with and without the launcher running ranks.
 //! Then the failures a fake pod cannot show: no sshd, no DNS, a refused key.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

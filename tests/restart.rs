@@ -1,7 +1,7 @@
 //! A restarted operator picks up where the last one stopped: no duplicate pods, no new SSH key.
 //! The tests run one at a time: each starts and stops operators that watch every namespace.
 
-mod support;
+use trainjob_testbed::support;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;

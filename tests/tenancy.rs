@@ -5,7 +5,7 @@
 //! pod logs or exec into B's pods, and cannot run B's TrainingRuntime from its own namespace. A
 //! user with only `view` cannot create a TrainJob.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::fmt::Debug;
 

@@ -3,7 +3,7 @@
 //! and hands over the leader Lease, and the new one adopts every job as it is: no pod, key or
 //! object rewritten, and the running job finishes under the new build.
 
-mod support;
+use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,14 +5,10 @@
 //!
 //! `BENCH_SCALE=quick` runs every scenario small, to check the harness in a few minutes.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use trainjob_testbed::support;
 
 mod audit;
 mod floor;
-mod model;
-mod report;
-mod section;
 mod watch;
 
 use std::cell::RefCell;
@@ -34,9 +30,10 @@ use trainjob_operator::plan::Cluster;
 use trainjob_operator::resolve::{Runtime, resolve};
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
 use trainjob_testbed::Bed;
+use trainjob_testbed::bench::{report, section};
 
-use model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
 use support::process::{OperatorProcess, metric_sum};
+use trainjob_testbed::bench::model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
 use watch::{Recorder, Seen};
 
 /// Kwok nodes, and pods each takes: room for a 1000-job burst's 9000 pods at once.

@@ -5,13 +5,19 @@
 //! Everything listens on free loopback ports and lives in a temporary directory. Child processes
 //! die with the process that started them (`PR_SET_PDEATHSIG`), so a panicking or killed test never
 //! leaves a control plane behind.
+//!
+//! The one home of test support: `support` (one bed per test binary, the operator under test,
+//! jobs, logs, polling with a deadline) for the integration tests and benches, and `bench` (the
+//! benchmark report) for `make bench` and `make soak`.
 
 mod admission;
 pub use admission::WebhookCopy;
+pub mod bench;
 pub mod keyscan;
 mod kueue;
 mod node;
 mod process;
+pub mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use plotters::coord::ranged1d::{AsRangedCoord, Ranged};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use crate::model::{MemorySample, Percentiles, Report, Run, Scenario};
+use super::model::{MemorySample, Percentiles, Report, Run, Scenario};
 
 /// Scenario kinds in the order their sections appear; kinds not listed follow, in run order.
 const KINDS: [(&str, &str); 5] = [
@@ -823,7 +823,7 @@ mod tests {
                 })
                 .collect(),
             micro: BTreeMap::from([("resolve a 32-node job".into(), 12.345)]),
-            admission: Some(crate::model::Admission {
+            admission: Some(super::super::model::Admission {
                 creates: 20,
                 floor: Percentiles::of(&[std::time::Duration::from_millis(2)]),
                 webhook: Percentiles::of(&[std::time::Duration::from_millis(5)]),

@@ -72,9 +72,13 @@ pub fn record(text: &str) {
     }
 }
 
-/// Where each test binary leaves its key-scan report for `tests/keyscan.rs`.
+/// Where each test binary leaves its key-scan report for `tests/keyscan.rs`: `<target>/tmp`,
+/// which Cargo gives integration tests as `CARGO_TARGET_TMPDIR`, found from the running test
+/// binary (`<target>/<profile>/deps/<test>-<hash>`), so every test binary finds the same one.
 pub fn keyscan_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("keyscan")
+    let exe = std::env::current_exe().unwrap_or_default();
+    let target = exe.ancestors().nth(3).unwrap_or(std::path::Path::new("target"));
+    target.join("tmp").join("keyscan")
 }
 
 /// At exit, scans the bed's audit log and the captured log lines for private-key material and
@@ -84,7 +88,7 @@ pub fn scan_keys_at_exit(audit_log: std::path::PathBuf) {
     extern "C" fn scan() {
         let Some(path) = AUDIT_LOG.get() else { return };
         let audit = std::fs::read_to_string(path).unwrap_or_default();
-        let report = trainjob_testbed::keyscan::scan(&audit, &raw());
+        let report = crate::keyscan::scan(&audit, &raw());
         let binary = std::env::args()
             .next()
             .and_then(|a| {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trainjob_testbed::{Bed, Identity};
+use crate::{Bed, Identity};
 
 /// A running operator process; dropping it stops it.
 pub struct OperatorProcess {
@@ -19,7 +19,7 @@ pub struct OperatorProcess {
 pub fn binary() -> PathBuf {
     std::env::var_os("TRAINJOB_OPERATOR_BINARY")
         .map(PathBuf::from)
-        .unwrap_or_else(|| trainjob_testbed::repo_root().join("target/release/trainjob-operator"))
+        .unwrap_or_else(|| crate::repo_root().join("target/release/trainjob-operator"))
 }
 
 impl OperatorProcess {

@@ -16,7 +16,7 @@ pub const EXIT: &str = "kwok.trainjob.test/exit-code";
 
 /// A namespaced copy of a shipped runtime (`config/runtimes/<shipped>.yaml`), changed by `tweak`.
 pub async fn runtime(c: &Client, ns: &str, shipped: &str, name: &str, tweak: impl FnOnce(&mut Value)) {
-    let path = trainjob_testbed::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
+    let path = crate::repo_root().join(format!("config/runtimes/{shipped}.yaml"));
     let mut rt: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(path).expect("runtime file")).expect("yaml");
     rt["kind"] = json!("TrainingRuntime");
@@ -217,7 +217,7 @@ pub async fn running(
 /// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
 /// version) and waits until it is served.
 pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::build::gang::Plugin) {
-    let out = std::process::Command::new(trainjob_testbed::repo_root().join("hack/gang-crds.sh"))
+    let out = std::process::Command::new(crate::repo_root().join("hack/gang-crds.sh"))
         .output()
         .expect("running hack/gang-crds.sh");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -1,6 +1,5 @@
-//! Shared set-up for the integration tests: one control plane per test binary, one namespace per
-//! test, and polling with a deadline instead of sleeps.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Shared set-up for the integration tests and benches: one control plane per test binary, one
+//! namespace per test, the operator under test, and polling with a deadline instead of sleeps.
 
 pub mod jobs;
 pub mod leaders;
@@ -11,8 +10,8 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use trainjob_testbed::Identity;
-use trainjob_testbed::{Audit, Bed, BedConfig};
+pub use crate::Identity;
+use crate::{Audit, Bed, BedConfig};
 
 static BED: OnceLock<Result<Bed, String>> = OnceLock::new();
 
@@ -46,12 +45,12 @@ pub fn big_bed() -> &'static Bed {
 }
 
 /// `count` kwok nodes of `pods` pods each, with CPU and memory to match.
-pub fn roomy_nodes(count: u32, pods: u32) -> Vec<trainjob_testbed::FakeNode> {
+pub fn roomy_nodes(count: u32, pods: u32) -> Vec<crate::FakeNode> {
     (0..count)
-        .map(|i| trainjob_testbed::FakeNode {
+        .map(|i| crate::FakeNode {
             pods,
             memory: "4Ti".into(),
-            ..trainjob_testbed::FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
+            ..crate::FakeNode::new(format!("kwok-node-{i}"), 4000, 0)
         })
         .collect()
 }
@@ -108,7 +107,7 @@ fn started(audit: Audit, config: impl FnOnce() -> BedConfig + Send + 'static) ->
             .recv()
             .unwrap_or_else(|e| Err(format!("testbed thread died: {e}")));
         if let Ok(bed) = &bed {
-            trainjob_testbed::remove_dir_at_exit(bed.dir().to_path_buf());
+            crate::remove_dir_at_exit(bed.dir().to_path_buf());
             // Registered after the removal, so it runs before it (exit handlers run in reverse).
             if audited {
                 logs::scan_keys_at_exit(bed.audit_log());
