@@ -35,10 +35,8 @@ test: bed ## Unit tests and integration tests against the local control plane (a
 	# The release binary reports a newer version than the library the tests link:
 	# tests/upgrade.rs upgrades from the one to the other.
 	TRAINJOB_BUILD_VERSION=$(VERSION)-next $(CARGO) build --release --locked -p trainjob-operator
-	rm -rf $(TARGET_DIR)/tmp/keyscan
-	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) test --locked --workspace -- --skip no_private_key_material_anywhere
-	# Last: every test binary above left a key-scan report of its bed's audit log and logs.
-	$(CARGO) test --locked --test keyscan
+	# Every test binary, the independent ones several at a time (TEST_JOBS), the key scan last.
+	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator hack/test.sh $(TESTS)
 
 bench: bed ## Benchmarks against a plain-client floor; writes BENCHMARKS.md (BENCH_SCALE=quick: a few minutes)
 	hack/bench-deps.sh
