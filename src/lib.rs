@@ -1,9 +1,11 @@
 //! trainjob-operator: runs Kubeflow Trainer v2.3 compatible MPI `TrainJob`s on Kubernetes.
 //!
 //! Functional core: `resolve` turns a job and its runtime into a [`plan::Plan`], `validate`
-//! checks it, the builders (`pods`, `hostfile`, `ssh`, `env`) turn it into objects and
-//! `lifecycle` decides what to do from what is observed. Imperative shell: `controller` (the
-//! reconcile pipeline), `server` (metrics and health) and `logging`. See ARCHITECTURE.md.
+//! checks it, `lifecycle` decides what to do from what was [`observed::Observed`], `desired`
+//! builds every object the decision needs, `mpi` holds what differs between MPI
+//! implementations, and `view` turns a job into what a person wants to see. Imperative shell:
+//! `controller` (the reconcile pipeline and its watches), `webhook`, `leader`, `server`
+//! (metrics and health) and `logging`. See docs/development/architecture.md.
 
 /// The operator's version: `TRAINJOB_BUILD_VERSION` when it was built, else the crate's. Reported
 /// by `version`, the start-up log and `trainjob_build_info`; nothing the operator writes depends
@@ -14,9 +16,9 @@ pub const VERSION: &str = match option_env!("TRAINJOB_BUILD_VERSION") {
 };
 
 pub mod api;
-pub mod build;
 pub mod controller;
 pub mod crdgen;
+pub mod desired;
 // Shared by the unit tests of the pure modules.
 #[cfg(test)]
 mod fixtures;

@@ -7,7 +7,7 @@
 use k8s_openapi::api::core::v1::ResourceQuota;
 
 use crate::api::TrainJob;
-use crate::build::pods;
+use crate::desired::pods;
 use crate::plan::Plan;
 use crate::reasons;
 use crate::{names, quota};

@@ -16,7 +16,7 @@ use support::jobs::{
 };
 use support::{DEADLINE, Identity, client, eventually};
 use trainjob_operator::api::TrainJob;
-use trainjob_operator::build::gang::{
+use trainjob_operator::desired::gang::{
     COSCHEDULING_LABEL, Plugin, VOLCANO_GROUP_ANNOTATION, VOLCANO_QUEUE_ANNOTATION, VOLCANO_SCHEDULER,
 };
 

@@ -16,7 +16,7 @@ use support::jobs::{
 };
 use support::{DEADLINE, Identity, admitting_operator, bed, client, eventually};
 use trainjob_operator::api::TrainJob;
-use trainjob_operator::build::gang::Plugin;
+use trainjob_operator::desired::gang::Plugin;
 
 /// Rights used by API server admission rather than by a request: with
 /// OwnerReferencesPermissionEnforcement (on in OpenShift, for example), setting

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
-use trainjob_operator::build::{gang, hostfile, pods};
+use trainjob_operator::desired::{gang, hostfile, pods};
 use trainjob_operator::observed::Observed;
 use trainjob_operator::plan::Cluster;
 use trainjob_operator::resolve::Runtime;

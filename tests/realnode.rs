@@ -281,7 +281,7 @@ async fn check(c: &Client, ns: &str, case: Case) {
             .and_then(|s| s.init_container_statuses)
             .unwrap_or_default()
             .into_iter()
-            .find(|s| s.name == trainjob_operator::build::pods::WORKERS_INIT)
+            .find(|s| s.name == trainjob_operator::desired::pods::WORKERS_INIT)
             .and_then(|s| s.state?.terminated)
             .map(|t| t.exit_code);
         assert_eq!(waited, Some(0), "{case:?}: the launcher's wait for the workers");

@@ -10,7 +10,7 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
-use trainjob_operator::build::{hostfile, netpol, pods};
+use trainjob_operator::desired::{hostfile, netpol, pods};
 use trainjob_operator::names;
 use trainjob_operator::plan::Cluster;
 use trainjob_operator::resolve::{Runtime, resolve};

@@ -23,7 +23,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::{Identity, bench_bed};
 use trainjob_operator::api::{ClusterTrainingRuntime, TrainJob, TrainingRuntimeSpec};
-use trainjob_operator::build::{hostfile, pods};
+use trainjob_operator::desired::{hostfile, pods};
 use trainjob_operator::lifecycle::{decide, now};
 use trainjob_operator::observed::Observed;
 use trainjob_operator::plan::Cluster;

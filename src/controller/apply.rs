@@ -1,4 +1,4 @@
-//! Apply: writes what `build` made, in order. At once, since none depends on another: the
+//! Apply: writes what the build step made (`desired`), in order. At once, since none depends on another: the
 //! runtime snapshot, the SSH Secret, the hostfile, the Service and the NetworkPolicy. Then the
 //! status (so a restart is counted before its pods go), the finished job's key, deletions, the
 //! gang's objects, and the pods. The hostfile, Service and status are server-side applied under
@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::api::{TrainJob, TrainJobStatus};
-use crate::build::{self, Delete, Key, Objects, Updates, gang::Plugin};
+use crate::desired::{self, Delete, Key, Objects, Updates, gang::Plugin};
 use crate::names::{self, OwnerError};
 use crate::reasons;
 
@@ -252,7 +252,7 @@ async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) ->
             source,
         })?;
     ctx.memory.status_written(job);
-    if build::finishing(job, status) {
+    if desired::finishing(job, status) {
         ctx.memory.finished(job);
     }
     Ok(())
@@ -351,7 +351,7 @@ async fn delete_pod(api: &Api<Pod>, name: &str, uid: Option<String>, ctx: &Conte
 
 /// Creates the Workload, then the PodGroup (admission checks that its Workload exists), before
 /// the first worker. Both are immutable: ones that exist are left as they are.
-async fn create_gang(ctx: &Context, ns: &str, gang: &build::gang::Gang) -> Result<(), Error> {
+async fn create_gang(ctx: &Context, ns: &str, gang: &desired::gang::Gang) -> Result<(), Error> {
     let name = gang.workload.name_any();
     let missing = || Error::GangUnavailable {
         policy: "workload",

@@ -15,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::Context;
 use crate::api::TrainJob;
-use crate::build::{gang, snapshot};
+use crate::desired::{gang, snapshot};
 use crate::names::{self, OwnerError, check_owner};
 use crate::observed::Observed;
 use crate::resolve::Runtime;

@@ -5,7 +5,7 @@
 use crate::resolve::ResolveError;
 use crate::ssh::SshError;
 use crate::validate::ValidateError;
-use crate::{build, lifecycle};
+use crate::{desired, lifecycle};
 
 use super::{apply, dereference};
 
@@ -24,7 +24,7 @@ pub enum Error {
     #[error(transparent)]
     Key(#[from] SshError),
     #[error(transparent)]
-    Build(#[from] build::Error),
+    Build(#[from] desired::Error),
     #[error(transparent)]
     Apply(#[from] apply::Error),
 }

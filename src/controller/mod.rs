@@ -1,6 +1,6 @@
 //! The imperative shell: one reconcile is `dereference → resolve → validate → decide → build →
 //! apply → observe`. Reading and writing live in `dereference` and `apply`, Events and metrics
-//! in `observe`; everything between is pure. Errors that cannot heal (a name that cannot fit,
+//! in `observe`; everything between is pure (`resolve`, `validate`, `lifecycle`, `desired`). Errors that cannot heal (a name that cannot fit,
 //! an object owned by someone else, a pod the API server refuses) fail the job with a condition
 //! instead of being retried; the others back off per job. The watches are wired in `watches`.
 
@@ -32,7 +32,7 @@ use crate::plan::Cluster;
 use crate::resolve::resolve;
 use crate::ssh::{KeyAlgorithm, KeyPair};
 use crate::validate::{self, Limits, validate};
-use crate::{build, lifecycle};
+use crate::{desired, lifecycle};
 use backoff::Backoff;
 pub use error::Error;
 use index::JobPods;
@@ -183,12 +183,12 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
         validate::quotas(job, &plan, quotas)?;
     }
     let decision = lifecycle::decide(job, &plan, &observed, &now)?;
-    let keys = match build::needs_key(&decision, &observed) {
+    let keys = match desired::needs_key(&decision, &observed) {
         true => Some(new_key(job, ctx).await?),
         false => None,
     };
-    let objects = build::objects(job, &plan, &observed, &decision, keys.as_ref())?;
-    let updates = build::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
+    let objects = desired::objects(job, &plan, &observed, &decision, keys.as_ref())?;
+    let updates = desired::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
     apply::apply(job, ctx, &objects, &updates).await?;
     observe::decision(job, ctx, Some(&plan), &observed, &decision, &now).await;
     let wake = [decision.requeue_after, updates.held].into_iter().flatten().min();
@@ -222,8 +222,8 @@ async fn fail(job: &TrainJob, ctx: &Context, error: &Error) -> Result<Action, Er
         key_retired: ctx.memory.key_retired(job),
         ..Observed::default()
     };
-    let updates = build::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
-    apply::apply(job, ctx, &build::Objects::default(), &updates).await?;
+    let updates = desired::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
+    apply::apply(job, ctx, &desired::Objects::default(), &updates).await?;
     observe::decision(job, ctx, None, &observed, &decision, &now).await;
     Ok(Action::await_change())
 }

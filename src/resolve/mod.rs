@@ -9,7 +9,7 @@ mod overrides;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{ANCESTOR_LABEL, ANCESTOR_TRAINER, LAUNCHER, NODE, TrainJob, TrainingRuntimeSpec};
-use crate::build::gang::VOLCANO_QUEUE_ANNOTATION;
+use crate::desired::gang::VOLCANO_QUEUE_ANNOTATION;
 use crate::plan::{Cluster, JobPlan, Plan, Role};
 use crate::reasons;
 use overrides::{apply_initializer, apply_patch, apply_trainer, gpu_count, node_container_gpus};

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::build::pods;
+use crate::desired::pods;
 use crate::fixtures::{job, plan, shipped_runtime};
 
 fn runtime() -> Runtime {

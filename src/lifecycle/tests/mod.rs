@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::TrainJob;
-use crate::build::pods;
+use crate::desired::pods;
 use crate::fixtures::{job, observed_pod, plan};
 use crate::plan::Plan;
 use crate::reasons::condition;

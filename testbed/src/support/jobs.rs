@@ -216,7 +216,7 @@ pub async fn running(
 
 /// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
 /// version) and waits until it is served.
-pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::build::gang::Plugin) {
+pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::desired::gang::Plugin) {
     let out = std::process::Command::new(crate::repo_root().join("hack/gang-crds.sh"))
         .output()
         .expect("running hack/gang-crds.sh");

@@ -283,7 +283,7 @@ mod tests {
         let node = p.job(Role::Node).expect("node").clone();
         let workers: Vec<Pod> = node
             .indices()
-            .map(|at| crate::build::pods::pod(&j, &p, &node, at, 0))
+            .map(|at| crate::desired::pods::pod(&j, &p, &node, at, 0))
             .collect();
         let label = workers[0]
             .metadata
@@ -334,7 +334,7 @@ mod tests {
         let node = p.job(Role::Node).expect("node").clone();
         let workers: Vec<Pod> = node
             .indices()
-            .map(|at| crate::build::pods::pod(&j, &p, &node, at, 0))
+            .map(|at| crate::desired::pods::pod(&j, &p, &node, at, 0))
             .collect();
         for w in &workers {
             let annotations = w.metadata.annotations.as_ref().expect("annotations");

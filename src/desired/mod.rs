@@ -1,6 +1,6 @@
-//! Build: every object a decision needs, as plain values, from the job, its plan, what the
-//! reconcile observed and the decision. Needs no client: `apply` writes what it is given, in its
-//! order. Two halves: [`Objects`] (the children to create or apply, built from the plan) and
+//! The desired state: every object a decision needs, as plain values, built from the job, its
+//! plan, what the reconcile observed and the decision (the pipeline's build step). Needs no
+//! client: `apply` writes what it is given, in its order. Two halves: [`Objects`] (the children to create or apply, built from the plan) and
 //! [`Updates`] (the status, the SSH Secret's retirement and the pods to delete, which a job that
 //! could not even be planned still needs).
 //!
