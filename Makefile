@@ -40,12 +40,12 @@ test: bed ## Unit tests and integration tests against the local control plane (a
 	# Last: every test binary above left a key-scan report of its bed's audit log and logs.
 	$(CARGO) test --locked --test keyscan
 
-bench: bed ## Benchmarks against a plain-client floor; writes BENCHMARKS.md (BENCH_SCALE=quick: a few minutes)
+bench: bed ## Benchmarks against a plain-client floor; writes docs/development/benchmarks.md (BENCH_SCALE=quick: a few minutes)
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
 
-soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into BENCHMARKS.md
+soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into docs/development/benchmarks.md
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	SOAK_DURATION=$(or $(DURATION),30m) TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench soak

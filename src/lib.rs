@@ -3,7 +3,7 @@
 //! Functional core: `resolve` turns a job and its runtime into a [`plan::Plan`], `validate`
 //! checks it, the builders (`pods`, `hostfile`, `ssh`, `env`) turn it into objects and
 //! `lifecycle` decides what to do from what is observed. Imperative shell: `controller` (the
-//! reconcile pipeline), `server` (metrics and health) and `logging`. See ARCHITECTURE.md.
+//! reconcile pipeline), `server` (metrics and health) and `logging`. See docs/development/architecture.md.
 
 /// The operator's version: `TRAINJOB_BUILD_VERSION` when it was built, else the crate's. Reported
 /// by `version`, the start-up log and `trainjob_build_info`; nothing the operator writes depends
