@@ -14,7 +14,7 @@ help: ## List the targets
 build: ## Build the release binary (target/release/trainjob-operator)
 	$(CARGO) build --release --locked -p trainjob-operator
 
-bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (first time: ~20 min)
+bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (slow the first time: docs/development/testing.md)
 	hack/controlplane.sh >/dev/null
 	hack/node.sh build >/dev/null
 	hack/kueue.sh >/dev/null
@@ -40,7 +40,7 @@ test: bed ## Unit tests and integration tests against the local control plane (a
 	# Last: every test binary above left a key-scan report of its bed's audit log and logs.
 	$(CARGO) test --locked --test keyscan
 
-bench: bed ## Benchmarks against a plain-client floor; writes docs/development/benchmarks.md (BENCH_SCALE=quick: a few minutes)
+bench: bed ## Benchmarks against a plain-client floor; writes docs/development/benchmarks.md (BENCH_SCALE=quick: smaller and faster)
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
