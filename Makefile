@@ -14,7 +14,7 @@ help: ## List the targets
 build: ## Build the release binary (target/release/trainjob-operator)
 	$(CARGO) build --release --locked -p trainjob-operator
 
-bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (first time: ~20 min)
+bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (slow the first time: docs/development/testing.md)
 	hack/controlplane.sh >/dev/null
 	hack/node.sh build >/dev/null
 	hack/kueue.sh >/dev/null
@@ -38,12 +38,12 @@ test: bed ## Unit tests and integration tests against the local control plane (a
 	# Every test binary, the independent ones several at a time (TEST_JOBS), the key scan last.
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator hack/test.sh $(TESTS)
 
-bench: bed ## Benchmarks against a plain-client floor; writes BENCHMARKS.md (BENCH_SCALE=quick: a few minutes)
+bench: bed ## Benchmarks against a plain-client floor; writes docs/development/benchmarks.md (BENCH_SCALE=quick: smaller and faster)
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
 
-soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into BENCHMARKS.md
+soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into docs/development/benchmarks.md
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	SOAK_DURATION=$(or $(DURATION),30m) TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench soak

@@ -4,8 +4,9 @@
 //! Jobs accumulate until `SOAK_KEEP` finished ones are kept; from then on the oldest is deleted
 //! for each new one, so the cluster's size stays constant while the jobs the operator has handled
 //! keep growing. Memory that tracks the cluster's objects is the operator's caches; memory that
-//! grows with the jobs it has handled is a leak. The report (a section of `BENCHMARKS.md` and
-//! `benches/results/soak.json`) gives both slopes. Asserts nothing about time.
+//! grows with the jobs it has handled is a leak. The report (a section of
+//! `docs/development/benchmarks.md` and `benches/results/soak.json`) gives both slopes. Asserts
+//! nothing about time.
 //!
 //! `SOAK_DURATION` (`make soak DURATION=…`: `90s`, `30m`, `2h`), `SOAK_RATE` (jobs per second,
 //! default 2), `SOAK_KEEP` (default 2000).
@@ -141,10 +142,10 @@ fn main() {
         serde_json::to_string_pretty(&report).expect("json"),
     )
     .expect("soak.json");
-    let doc = trainjob_testbed::repo_root().join("BENCHMARKS.md");
+    let doc = trainjob_testbed::repo_root().join("docs/development/benchmarks.md");
     let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, splice(&old, &markdown(&report))).expect("BENCHMARKS.md");
-    println!("wrote the soak section of BENCHMARKS.md and benches/results/soak.json");
+    std::fs::write(&doc, splice(&old, &markdown(&report))).expect("docs/development/benchmarks.md");
+    println!("wrote the soak section of docs/development/benchmarks.md and benches/results/soak.json");
 }
 
 async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64, keep: u64) -> Soak {

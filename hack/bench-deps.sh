@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs beyond Rust and Go: the DejaVu fonts (Debian's
-# fonts-dejavu-core) that label the charts in BENCHMARKS.md.
+# fonts-dejavu-core) that label the charts in docs/development/benchmarks.md.
 set -euo pipefail
 font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 [[ -f $font ]] && exit 0

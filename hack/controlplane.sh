@@ -7,7 +7,8 @@
 #   hack/controlplane.sh --dir    print the bin directory without building
 #
 # The cache lives outside the repo: $TRAINJOB_BED_CACHE, else $XDG_CACHE_HOME/trainjob-operator,
-# else ~/.cache/trainjob-operator. The first build takes 20-40 minutes on 2 cores.
+# else ~/.cache/trainjob-operator. The first build takes a long time (see
+# docs/development/testing.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

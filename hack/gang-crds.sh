@@ -6,7 +6,7 @@
 #   volcano       Volcano's PodGroup CRD (scheduling.volcano.sh/v1beta1). Volcano's own module is
 #                 not served by the proxy, its API module is: the CRD is generated from those API
 #                 types with controller-gen, the way Volcano generates it, into a cache directory
-#                 keyed by both versions (about a minute the first time).
+#                 keyed by both versions (slow the first time: docs/development/testing.md).
 #
 #   hack/gang-crds.sh
 set -euo pipefail

@@ -10,9 +10,9 @@
 #   hack/kueue.sh          build if needed, print the directory
 #   hack/kueue.sh --dir    print the directory without building
 #
-# The cache lives outside the repo (as for hack/controlplane.sh). The first build takes about
-# 6 minutes on 2 cores; `go install pkg@version` verifies every module against the checksum
-# database, so the version alone keys the cache.
+# The cache lives outside the repo (as for hack/controlplane.sh). The first build takes a while
+# (see docs/development/testing.md); `go install pkg@version` verifies every module against the
+# checksum database, so the version alone keys the cache.
 set -euo pipefail
 
 kueue=v0.17.0
@@ -37,7 +37,7 @@ module_dir() {
 }
 
 if [[ ! -x "$dir/kueue" ]]; then
-  echo ">> building Kueue $kueue into $dir (about 6 minutes the first time)" >&2
+  echo ">> building Kueue $kueue into $dir (slow the first time: docs/development/testing.md)" >&2
   start=$SECONDS
   GOBIN="$dir/bin.tmp.$$" CGO_ENABLED=0 go install -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$kueue" \

@@ -61,7 +61,7 @@ coredns() {
 kube_router() {
   local bin="$cache_root/kube-router-$kube_router_version/kube-router"
   if [[ ! -x "$bin" ]]; then
-    echo ">> building kube-router $kube_router_version into $bin (about 3 minutes)" >&2
+    echo ">> building kube-router $kube_router_version into $bin (slow the first time: docs/development/testing.md)" >&2
     local start=$SECONDS
     mkdir -p "$(dirname "$bin")"
     GOBIN="$(dirname "$bin")" GOFLAGS=-buildvcs=false \

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as OpenMetrics text on `/metrics`. Names are listed in the README.
+//! Prometheus metrics, served as OpenMetrics text on `/metrics`. Every family is in the metrics
+//! reference (docs/admin-guide.md), and tests/docs.rs fails when one is missing there.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -1,7 +1,7 @@
 //! `make bench`: how fast the operator turns TrainJobs into pods on the local control plane,
 //! against a floor measured in the same run (a plain client creating the same objects with no
-//! operator), and how fast its pure core is. Writes `BENCHMARKS.md` (tables and charts) and
-//! `benches/results/`. Asserts nothing about time.
+//! operator), and how fast its pure core is. Writes `docs/development/benchmarks.md` (tables and
+//! charts) and `benches/results/`. Asserts nothing about time.
 //!
 //! `BENCH_SCALE=quick` runs every scenario small, to check the harness in a few minutes.
 
@@ -556,11 +556,12 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
     let json = serde_json::to_string_pretty(report).expect("json");
     std::fs::write(results.join("BENCHMARKS.json"), json).expect("writing BENCHMARKS.json");
     let charts = report::charts(report, results).expect("drawing the charts");
-    // BENCHMARKS.md sits at the repository root, the charts next to the JSON.
+    // The report lives in docs/development/, the charts next to the JSON: its image links climb
+    // back to the repository root from there.
     let (md_path, prefix) = if in_repo {
         (
-            trainjob_testbed::repo_root().join("BENCHMARKS.md"),
-            "benches/results/",
+            trainjob_testbed::repo_root().join("docs/development/benchmarks.md"),
+            "../../benches/results/",
         )
     } else {
         (results.join("BENCHMARKS.md"), "")
@@ -571,14 +572,14 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
         .collect();
     let old = std::fs::read_to_string(&md_path).unwrap_or_default();
     let md = section::keep(&old, report::markdown(report, &charts));
-    std::fs::write(md_path, md).expect("writing BENCHMARKS.md");
+    std::fs::write(md_path, md).expect("writing docs/development/benchmarks.md");
 }
 
 fn main() {
     let quick = std::env::var("BENCH_SCALE").is_ok_and(|s| s == "quick");
     println!("== pure core (no server) ==");
     let micro = micro();
-    // BENCH_OUT: somewhere else than the repository (BENCHMARKS.md included), e.g. to compare.
+    // BENCH_OUT: somewhere else than the repository (the Markdown report included), e.g. to compare.
     let out = std::env::var_os("BENCH_OUT").map(PathBuf::from);
     let results = out
         .clone()
@@ -713,6 +714,6 @@ fn main() {
         // Last: the webhook stays registered once it is.
         report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }, big).await);
         write_outputs(&report, &results, out.is_none());
-        println!("wrote BENCHMARKS.md and {}", results.display());
+        println!("wrote docs/development/benchmarks.md and {}", results.display());
     });
 }

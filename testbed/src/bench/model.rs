@@ -1,5 +1,5 @@
 //! What `make bench` measures, as it is written to `BENCHMARKS.json` and rendered into
-//! `BENCHMARKS.md`.
+//! `docs/development/benchmarks.md`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

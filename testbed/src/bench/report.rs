@@ -1,4 +1,4 @@
-//! Renders a [`Report`] into `BENCHMARKS.md` and the PNG charts it embeds.
+//! Renders a [`Report`] into `docs/development/benchmarks.md` and the PNG charts it embeds.
 //!
 //! Every operator figure sits next to the floor's (a plain client creating the same objects with no
 //! operator) and their ratio, so the document reads as "what the operator adds" rather than as
@@ -25,7 +25,7 @@ const KINDS: [(&str, &str); 5] = [
     ("concurrency", "Reconcile concurrency"),
 ];
 
-/// Renders `BENCHMARKS.md`. `charts` are (title, path relative to the document) pairs, as
+/// Renders `docs/development/benchmarks.md`. `charts` are (title, path relative to the document) pairs, as
 /// [`charts`] returns them, embedded in that order.
 pub fn markdown(report: &Report, charts: &[(String, String)]) -> String {
     Markdown { report, charts }.to_string()

@@ -1,4 +1,4 @@
-//! The soak's section of `BENCHMARKS.md`: `make soak` writes it, `make bench` (which rewrites
+//! The soak's section of `docs/development/benchmarks.md`: `make soak` writes it, `make bench` (which rewrites
 //! the rest of the file) keeps it.
 
 pub const BEGIN: &str = "<!-- soak: written by `make soak` -->";
