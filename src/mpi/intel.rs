@@ -1,7 +1,8 @@
 //! Intel MPI: Hydra (see `hydra`), configured through `I_MPI_HYDRA_*`; `I_MPI_PERHOST` places
 //! the slots, since Intel's Hydra does not read them from the hostfile by default.
 
-use super::{Cause, HOSTFILE_PATH, Implementation, SSH_ARGS, hydra};
+use super::hydra::Hydra;
+use super::{HOSTFILE_PATH, SSH_ARGS};
 use crate::api::MPIImplementation;
 
 const RESERVED: &[&str] = &[
@@ -13,17 +14,13 @@ const RESERVED: &[&str] = &[
 /// See the module documentation.
 pub struct IntelMpi;
 
-impl Implementation for IntelMpi {
+impl Hydra for IntelMpi {
     fn api(&self) -> MPIImplementation {
         MPIImplementation::Intel
     }
 
     fn name(&self) -> &'static str {
         "Intel MPI"
-    }
-
-    fn host_line(&self, host: &str, slots: i32) -> String {
-        hydra::host_line(host, slots)
     }
 
     fn variables(&self, slots: i32) -> Vec<(&'static str, String)> {
@@ -38,20 +35,9 @@ impl Implementation for IntelMpi {
         RESERVED
     }
 
-    fn calls_back_by_name(&self) -> bool {
-        true
-    }
-
-    fn remote_daemon(&self) -> &'static str {
-        hydra::REMOTE_DAEMON
-    }
-
-    fn log_patterns(&self) -> &'static [(Cause, &'static str)] {
-        hydra::PATTERNS
-    }
-
     #[cfg(test)]
     fn cases(&self) -> super::tests::Cases {
+        use super::Cause;
         super::tests::Cases {
             hostfile: &[("pi-node-0-0.pi", 8, "pi-node-0-0.pi:8")],
             env: &[

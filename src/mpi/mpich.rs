@@ -1,7 +1,8 @@
 //! MPICH: Hydra (see `hydra`), configured through `HYDRA_*`; slots come from the `host:N`
 //! hostfile lines alone.
 
-use super::{Cause, HOSTFILE_PATH, Implementation, SSH_ARGS, hydra};
+use super::hydra::Hydra;
+use super::{HOSTFILE_PATH, SSH_ARGS};
 use crate::api::MPIImplementation;
 
 const RESERVED: &[&str] = &[
@@ -15,17 +16,13 @@ const RESERVED: &[&str] = &[
 /// See the module documentation.
 pub struct Mpich;
 
-impl Implementation for Mpich {
+impl Hydra for Mpich {
     fn api(&self) -> MPIImplementation {
         MPIImplementation::Mpich
     }
 
     fn name(&self) -> &'static str {
         "MPICH"
-    }
-
-    fn host_line(&self, host: &str, slots: i32) -> String {
-        hydra::host_line(host, slots)
     }
 
     fn variables(&self, _slots: i32) -> Vec<(&'static str, String)> {
@@ -39,20 +36,9 @@ impl Implementation for Mpich {
         RESERVED
     }
 
-    fn calls_back_by_name(&self) -> bool {
-        true
-    }
-
-    fn remote_daemon(&self) -> &'static str {
-        hydra::REMOTE_DAEMON
-    }
-
-    fn log_patterns(&self) -> &'static [(Cause, &'static str)] {
-        hydra::PATTERNS
-    }
-
     #[cfg(test)]
     fn cases(&self) -> super::tests::Cases {
+        use super::Cause;
         super::tests::Cases {
             hostfile: &[("pi-node-0-1.pi", 2, "pi-node-0-1.pi:2")],
             env: &[
