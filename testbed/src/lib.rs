@@ -359,9 +359,11 @@ impl Bed {
             // The bodies of its writes (for the key scan, see `keyscan`), the metadata (verb,
             // resource, response code) of the rest.
             // Also who (any user) created, deleted or evicted which pod or Secret, and when: the chaos
-            // suite tells kwok's deletes from everyone else's.
+            // suite tells kwok's deletes from everyone else's. And every write of a Lease in the
+            // operator's namespace, by anyone, with its body: who held the leader Lease when
+            // (`support::leaders`).
             Audit::Bodies => Some(format!(
-                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
+                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Request\n    verbs: [create, update, patch, delete]\n    namespaces: [trainjob-system]\n    resources: [{{group: coordination.k8s.io, resources: [leases]}}]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
             )),
             Audit::Writes => Some(format!(
                 "  - level: Metadata\n    users: [\"{user}\"]\n    verbs: [create, update, patch, delete, deletecollection]\n"
@@ -587,17 +589,23 @@ impl Bed {
 
     /// A client authenticated as `identity`. Build one per tokio runtime (per test).
     pub async fn client(&self, identity: Identity) -> Result<Client, BedError> {
+        self.client_as(identity, None).await
+    }
+
+    /// A client authenticated as `identity` that sends `user_agent` with every request (the
+    /// audit log's `userAgent`), to tell apart clients of one identity.
+    pub async fn client_as(&self, identity: Identity, user_agent: Option<&str>) -> Result<Client, BedError> {
+        let client_error =
+            |e: Box<dyn std::error::Error + Send + Sync>| BedError::Client { identity, source: e };
         let options = kube::config::KubeConfigOptions::default();
-        let config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
+        let mut config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
             .await
-            .map_err(|e| BedError::Client {
-                identity,
-                source: Box::new(e),
-            })?;
-        Client::try_from(config).map_err(|e| BedError::Client {
-            identity,
-            source: Box::new(e),
-        })
+            .map_err(|e| client_error(Box::new(e)))?;
+        if let Some(agent) = user_agent {
+            let value = http::HeaderValue::from_str(agent).map_err(|e| client_error(Box::new(e)))?;
+            config.headers.push((http::header::USER_AGENT, value));
+        }
+        Client::try_from(config).map_err(|e| client_error(Box::new(e)))
     }
 
     /// The real node, when the bed was started with one.
