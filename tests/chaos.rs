@@ -4,7 +4,9 @@
 //! replaced, and kube-apiserver and etcd are each restarted once. Afterwards the invariants
 //! (`chaos/invariants.rs`), read from the test's own watch recording and listings:
 //! - every surviving job ends Complete or Failed, as its fate says, with a reason that names
-//!   what was injected; `status.restarts` equals the gang restarts the recording saw;
+//!   what was injected; `status.restarts` equals the gang restarts the recording saw. At most
+//!   [`EXCUSED_MAX`] jobs may fail otherwise for a cause the audit log pins outside the operator
+//!   (a stray kwok delete, a Secret deleted by someone else), each printed with its evidence;
 //! - no pod slot (job, replicated job, index) was ever filled twice at once;
 //! - no SSH key changed during its job's life;
 //! - nothing the operator made is left without a live owner;
@@ -47,6 +49,9 @@ const MANAGED: &str = "app.kubernetes.io/managed-by=trainjob-operator";
 const STALL: Duration = Duration::from_secs(180);
 /// How long the whole run may take.
 const LIMIT: Duration = Duration::from_secs(1200);
+/// Jobs that may fail for a cause outside the operator, all kinds together: one now and then is
+/// kwok's or the garbage collector's bad luck, more is a pattern to look into.
+const EXCUSED_MAX: usize = 3;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -457,8 +462,8 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .collect();
     let audit = std::fs::read_to_string(bed.audit_log()).expect("the audit log");
     let mut wrong = Vec::new();
-    let mut kwok_replays = 0;
-    let mut secrets_deleted = Vec::new();
+    // Jobs failed for a cause outside the operator, each with the audit log's evidence.
+    let mut excused = Vec::new();
     for job in &plan {
         let Some(tj) = found.get(&job.name) else {
             if job.fate != Fate::Delete {
@@ -496,23 +501,27 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             _ => false,
         };
         // A failure caused by a kwok delete nobody asked for (see `stray_kwok_deletes`) is
-        // kwok's, not the operator's: accepted, counted and reported.
-        let kwoks = ended.is_some_and(|c| {
-            c.type_ == "Failed"
-                && stray_kwok_deletes(&audit, &ns.name, &job.name)
-                    .iter()
-                    .any(|pod| c.message.contains(&format!("pod {pod} ")))
+        // kwok's, not the operator's; likewise one because someone else deleted the job's Secret
+        // while it ran (the garbage collector, when an API server restart hid the TrainJob from
+        // it for a moment). Excused, up to EXCUSED_MAX, each with its evidence.
+        let failed = ended.filter(|c| c.type_ == "Failed");
+        let kwoks = failed.and_then(|c| {
+            stray_kwok_deletes(&audit, &ns.name, &job.name)
+                .into_iter()
+                .find(|(pod, _)| c.message.contains(&format!("pod {pod} ")))
+                .map(|(pod, evidence)| format!("a stray kwok delete of pod {pod}: {evidence}"))
         });
-        kwok_replays += usize::from(!ok && kwoks);
-        // Likewise a job failed because someone else deleted its Secret while it ran (the
-        // garbage collector, when an API server restart hid the TrainJob from it for a moment).
         let secret = format!("{}-mpi-ssh-auth", job.name);
-        let others = secret_deleted_by_others(&audit, &ns.name, &secret, Identity::Operator.user());
-        let keyless = ended.is_some_and(|c| c.reason == "SSHSecretDeleted") && !others.is_empty();
-        if !ok && keyless {
-            secrets_deleted.push(format!("{secret} by {others:?}"));
-        }
-        if !ok && !kwoks && !keyless {
+        let keyless = failed.filter(|c| c.reason == "SSHSecretDeleted").and_then(|_| {
+            let others = secret_deleted_by_others(&audit, &ns.name, &secret, Identity::Operator.user());
+            (!others.is_empty()).then(|| format!("Secret {secret} deleted by {}", others.join(", ")))
+        });
+        if let (false, Some(c), Some(cause)) = (ok, failed, kwoks.or(keyless)) {
+            excused.push(format!(
+                "{} ({:?}) failed ({}: {}) by {cause}",
+                job.name, job.fate, c.reason, c.message
+            ));
+        } else if !ok {
             wrong.push(format!(
                 "{} ({:?}): {:?}",
                 job.name,
@@ -533,9 +542,18 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             ));
         }
     }
+    for e in &excused {
+        eprintln!("excused: {e}");
+    }
     if !wrong.is_empty() {
         panic!("jobs that did not end as their fate says:\n{}", wrong.join("\n"));
     }
+    assert!(
+        excused.len() <= EXCUSED_MAX,
+        "{} jobs failed for causes outside the operator, more than {EXCUSED_MAX}:\n{}",
+        excused.len(),
+        excused.join("\n")
+    );
 
     // Nothing left without a live owner (the garbage collector removes a deleted job's children).
     let live: BTreeSet<String> = found.values().filter_map(|j| j.uid()).collect();
@@ -591,7 +609,8 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {kwok_replays} jobs failed by a stray kwok delete; Secrets deleted by others: {secrets_deleted:?}"
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {} jobs excused (at most {EXCUSED_MAX})",
+        excused.len()
     );
 
     // Broken on purpose, live: the same checks must now fail.
