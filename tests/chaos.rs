@@ -14,7 +14,14 @@
 //! - never did two replicas lead at once, and nothing panicked.
 //!
 //! Then the invariants are broken on purpose, live, to show that the checks can fail.
-//! `CHAOS_SEED` replays another draw of sizes and disruptions.
+//!
+//! `CHAOS_SEED` (default 13) draws the run, and the test prints its draw: each job's size (1, 2,
+//! 4, 8, 16 or 32 workers); each job's fate, a shuffle of fixed shares ([`FATES`]: 10% each
+//! OOM-killed, evicted, deleted, suspended and resumed, restarted once; 50% complete); when
+//! kube-apiserver restarts ([`APISERVER_AT`] after the start) and etcd ([`ETCD_AFTER`] after
+//! kube-apiserver is back); and the pause before each leader kill or stop ([`PAUSE`]). Kills and
+//! graceful stops alternate. What the seed cannot fix is the machine's timing: which pods exist
+//! at each disruption.
 
 #[path = "chaos/invariants.rs"]
 mod invariants;
@@ -33,6 +40,7 @@ use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, 
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::jobs::{EXIT, HOLD, pod_meta, runtime};
@@ -44,6 +52,22 @@ use trainjob_testbed::Component;
 
 const JOBS: usize = 200;
 const SIZES: [i32; 6] = [1, 2, 4, 8, 16, 32];
+/// Each fate's share of the jobs, in percent.
+const FATES: [(Fate, usize); 6] = [
+    (Fate::Oom, 10),
+    (Fate::Evict, 10),
+    (Fate::Delete, 10),
+    (Fate::SuspendResume, 10),
+    (Fate::Restart, 10),
+    (Fate::Complete, 50),
+];
+/// When kube-apiserver restarts, in seconds after the start: while jobs are still being created.
+const APISERVER_AT: std::ops::Range<u64> = 8..25;
+/// When etcd restarts, in seconds after kube-apiserver is back.
+const ETCD_AFTER: std::ops::Range<u64> = 8..25;
+/// The pause before each leader kill or stop, in milliseconds: long enough for a new leader
+/// to take over and reconcile (the lease is 3 s), short enough for dozens of handovers.
+const PAUSE: std::ops::Range<u64> = 2000..6000;
 const MANAGED: &str = "app.kubernetes.io/managed-by=trainjob-operator";
 /// How long nothing may change while jobs are open.
 const STALL: Duration = Duration::from_secs(180);
@@ -79,23 +103,89 @@ struct Job {
     step: u8,
 }
 
-fn draw(seed: u64) -> Vec<Job> {
+/// What `CHAOS_SEED` decides.
+struct Draw {
+    jobs: Vec<Job>,
+    /// When kube-apiserver restarts, after the start.
+    apiserver: Duration,
+    /// When etcd restarts, after kube-apiserver is back.
+    etcd: Duration,
+    /// The pauses before the leader kills and stops, in turn (more than a run can use).
+    pauses: Vec<Duration>,
+}
+
+fn draw(seed: u64) -> Draw {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..JOBS)
-        .map(|i| Job {
+    let sizes: Vec<i32> = (0..JOBS).map(|_| SIZES[rng.gen_range(0..SIZES.len())]).collect();
+    let mut fates: Vec<Fate> = FATES
+        .iter()
+        .flat_map(|&(fate, percent)| std::iter::repeat_n(fate, JOBS * percent / 100))
+        .collect();
+    assert_eq!(fates.len(), JOBS, "the shares in FATES add up to 100%");
+    fates.shuffle(&mut rng);
+    let jobs = sizes
+        .into_iter()
+        .zip(fates)
+        .enumerate()
+        .map(|(i, (workers, fate))| Job {
             name: format!("j{i:03}"),
-            workers: SIZES[rng.gen_range(0..SIZES.len())],
-            fate: match i % 10 {
-                0 => Fate::Oom,
-                1 => Fate::Evict,
-                2 => Fate::Delete,
-                3 => Fate::SuspendResume,
-                4 => Fate::Restart,
-                _ => Fate::Complete,
-            },
+            workers,
+            fate,
             step: 0,
         })
-        .collect()
+        .collect();
+    let apiserver = Duration::from_secs(rng.gen_range(APISERVER_AT));
+    let etcd = Duration::from_secs(rng.gen_range(ETCD_AFTER));
+    let most = LIMIT.as_millis() as u64 / PAUSE.start + 1;
+    let pauses = (0..most)
+        .map(|_| Duration::from_millis(rng.gen_range(PAUSE)))
+        .collect();
+    Draw {
+        jobs,
+        apiserver,
+        etcd,
+        pauses,
+    }
+}
+
+impl std::fmt::Display for Draw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first: Vec<String> = self.pauses.iter().take(12).map(|p| format!("{p:?}")).collect();
+        writeln!(
+            f,
+            "kube-apiserver restarts {:?} in, etcd {:?} after that; leader disruptions after pauses of {} ...",
+            self.apiserver,
+            self.etcd,
+            first.join(", ")
+        )?;
+        let jobs: Vec<String> = self
+            .jobs
+            .iter()
+            .map(|j| format!("{}:{}x{:?}", j.name, j.workers, j.fate))
+            .collect();
+        write!(f, "jobs (name:workers x fate): {}", jobs.join(" "))
+    }
+}
+
+#[test]
+fn a_seed_draws_one_run_with_the_fates_in_their_shares() {
+    let (a, again, other) = (draw(13), draw(13), draw(14));
+    assert_eq!(a.to_string(), again.to_string(), "the same seed, the same run");
+    assert_ne!(a.to_string(), other.to_string(), "another seed, another run");
+    for d in [&a, &other] {
+        for (fate, percent) in FATES {
+            let n = d.jobs.iter().filter(|j| j.fate == fate).count();
+            assert_eq!(n, JOBS * percent / 100, "{fate:?}");
+        }
+        assert!(APISERVER_AT.contains(&d.apiserver.as_secs()) && ETCD_AFTER.contains(&d.etcd.as_secs()));
+        assert!(d.pauses.iter().all(|p| PAUSE.contains(&(p.as_millis() as u64))));
+        assert!(
+            d.pauses.iter().sum::<Duration>() > LIMIT,
+            "pauses for a whole run"
+        );
+    }
+    let fates = |d: &Draw| d.jobs.iter().map(|j| j.fate).collect::<Vec<_>>();
+    assert_ne!(fates(&a), fates(&other), "the seed shuffles the fates");
 }
 
 fn running(pod: Option<&Pod>) -> bool {
@@ -104,6 +194,9 @@ fn running(pod: Option<&Pod>) -> bool {
         == Some("Running")
         && pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
 }
+
+/// The pause before a leader disruption when none was drawn.
+const PAUSE_DEFAULT: Duration = Duration::from_secs(4);
 
 /// How long a fake pod may sit where kwok should move it on before the test nudges it.
 const KWOK_RETRY: Duration = Duration::from_secs(20);
@@ -235,12 +328,13 @@ fn settled(job: &Job, found: Option<&TrainJob>) -> bool {
     }
 }
 
-/// Kills or stops the leader every few seconds and starts a replacement, until `done`. A replica
-/// that ended on its own (it lost the Lease, say while the API server was away) is replaced as
-/// well, as Kubernetes restarts the container.
+/// Kills or stops the leader after each of `pauses` and starts a replacement, until `done`. A
+/// replica that ended on its own (it lost the Lease, say while the API server was away) is
+/// replaced as well, as Kubernetes restarts the container.
 async fn disrupt(
     replicas: &Mutex<Vec<(String, Operator)>>,
     overlap: &Overlap,
+    pauses: &[Duration],
     timing: &Timing,
     done: &AtomicBool,
 ) -> (usize, usize) {
@@ -258,8 +352,10 @@ async fn disrupt(
             .push((name, op));
         tokio::task::spawn_blocking(move || if crash { gone.1.kill() } else { gone.1.stop() })
     };
+    let mut pauses = pauses.iter().cycle();
     while !done.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // The chaos's own rhythm, drawn by the seed; nothing waits on it.
+        tokio::time::sleep(*pauses.next().unwrap_or(&PAUSE_DEFAULT)).await;
         let (leader, exited) = {
             let mut replicas = replicas.lock().unwrap_or_else(|e| e.into_inner());
             let exited: Vec<_> = replicas.extract_if(.., |(_, op)| op.exited()).collect();
@@ -295,7 +391,8 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(13);
-    eprintln!("chaos seed {seed} (CHAOS_SEED replays another draw)");
+    let mut draw = draw(seed);
+    eprintln!("chaos seed {seed} (CHAOS_SEED replays another draw) draws:\n{draw}");
     let hold = |rt: &mut serde_json::Value| {
         pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
     };
@@ -346,7 +443,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             .push((name.to_string(), op));
     }
 
-    let mut plan = draw(seed);
+    let plan = &mut draw.jobs;
     let started = Instant::now();
     let done = AtomicBool::new(false);
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
@@ -376,13 +473,15 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
+    let (apiserver_at, etcd_after) = (draw.apiserver, draw.etcd);
     let control_plane = async {
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // The moments the seed drew; nothing waits on them.
+        tokio::time::sleep(apiserver_at).await;
         bed.restart(Component::ApiServer)
             .await
             .expect("restart kube-apiserver");
         eprintln!("restarted kube-apiserver at {:?}", started.elapsed());
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        tokio::time::sleep(etcd_after).await;
         bed.restart(Component::Etcd).await.expect("restart etcd");
         eprintln!("restarted etcd at {:?}", started.elapsed());
     };
@@ -447,7 +546,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         create,
         control_plane,
         fates,
-        disrupt(&replicas, &overlap, &timing, &done)
+        disrupt(&replicas, &overlap, &draw.pauses, &timing, &done)
     );
     let elapsed = started.elapsed();
 
@@ -464,7 +563,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
     let mut wrong = Vec::new();
     // Jobs failed for a cause outside the operator, each with the audit log's evidence.
     let mut excused = Vec::new();
-    for job in &plan {
+    for job in plan.iter() {
         let Some(tj) = found.get(&job.name) else {
             if job.fate != Fate::Delete {
                 wrong.push(format!("{} ({:?}) is gone", job.name, job.fate));
