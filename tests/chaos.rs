@@ -2,7 +2,8 @@
 //! worker OOM-killed, a worker evicted, one gang restart, deleted, suspended and resumed), run
 //! by replicas with leader election while the leader is killed or stopped every few seconds and
 //! replaced, and kube-apiserver and etcd are each restarted once. Afterwards the invariants
-//! (`chaos/invariants.rs`), read from the test's own watch recording and listings:
+//! (`chaos/invariants.rs`), read from the test's own watch recording, listings and the API
+//! server's audit log:
 //! - every surviving job ends Complete or Failed, as its fate says, with a reason that names
 //!   what was injected; `status.restarts` equals the gang restarts the recording saw. At most
 //!   [`EXCUSED_MAX`] jobs may fail otherwise for a cause the audit log pins outside the operator
@@ -11,7 +12,9 @@
 //! - no SSH key changed during its job's life;
 //! - nothing the operator made is left without a live owner;
 //! - no live replica's `trainjob_jobs_active` gauge still counts a job;
-//! - never did two replicas lead at once, and nothing panicked.
+//! - never two leaders at once, by the leader Lease's history and every replica's writes in the
+//!   audit log (`support::leaders`): takeovers only after the lease ran out, and each replica
+//!   wrote only while it held the Lease; and nothing panicked.
 //!
 //! Then the invariants are broken on purpose, live, to show that the checks can fail.
 //!
@@ -44,7 +47,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::jobs::{EXIT, HOLD, pod_meta, runtime};
-use support::leaders::{Overlap, leads};
+use support::leaders::{Leadership, leads};
 use support::{Identity, Operator, TestNs, big_bed, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::leader::Timing;
@@ -333,7 +336,6 @@ fn settled(job: &Job, found: Option<&TrainJob>) -> bool {
 /// replaced as well, as Kubernetes restarts the container.
 async fn disrupt(
     replicas: &Mutex<Vec<(String, Operator)>>,
-    overlap: &Overlap,
     pauses: &[Duration],
     timing: &Timing,
     done: &AtomicBool,
@@ -341,11 +343,9 @@ async fn disrupt(
     let (mut handovers, mut restarts) = (0, 0);
     let mut started = 0;
     let mut replace = |gone: (String, Operator), crash: bool| {
-        overlap.remove(&gone.0);
         started += 1;
         let name = format!("replica-{started}");
         let op = Operator::start_elected(&name, timing.clone());
-        overlap.add(&name, &op);
         replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -432,11 +432,9 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         renew_deadline: Duration::from_secs(2),
         retry: Duration::from_millis(500),
     };
-    let overlap = Overlap::watch();
     let replicas = Mutex::new(Vec::new());
     for name in ["replica-a", "replica-b"] {
         let op = Operator::start_elected(name, timing.clone());
-        overlap.add(name, &op);
         replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -546,7 +544,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         create,
         control_plane,
         fates,
-        disrupt(&replicas, &overlap, &draw.pauses, &timing, &done)
+        disrupt(&replicas, &draw.pauses, &timing, &done)
     );
     let elapsed = started.elapsed();
 
@@ -700,16 +698,28 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .violations
         .clone();
     assert!(violations.is_empty(), "{violations:#?}");
-    overlap.stop.store(true, Ordering::Relaxed);
-    assert_eq!(
-        overlap.most.load(Ordering::Relaxed),
-        1,
-        "two replicas led at once"
+
+    // Never two leaders at once, by the Lease's history and the replicas' writes as the API
+    // server logged them. Every handover ended a tenure and began another, and every job was
+    // written to: a history with fewer of either was not read right.
+    let leadership = Leadership::read(&std::fs::read_to_string(bed.audit_log()).expect("the audit log"));
+    let two = leadership.violations();
+    assert!(
+        two.is_empty(),
+        "two leaders at once ({}):\n{}",
+        leadership.summary(),
+        two.join("\n")
+    );
+    assert!(
+        leadership.tenures().len() > handovers && leadership.writes.len() > JOBS,
+        "{handovers} handovers, yet {}",
+        leadership.summary()
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {} jobs excused (at most {EXCUSED_MAX})",
-        excused.len()
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {} jobs excused (at most {EXCUSED_MAX}); {}",
+        excused.len(),
+        leadership.summary()
     );
 
     // Broken on purpose, live: the same checks must now fail.
@@ -755,6 +765,41 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .await
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
+
+    // A replica that reconciles without holding the Lease, beside the leader: the leadership
+    // check names it once it writes.
+    let rogue = Operator::start();
+    let rogue_job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "rogue", "namespace": ns.name},
+        "spec": {"runtimeRef": {"kind": "TrainingRuntime", "name": "chaos"}, "trainer": {"numNodes": 1}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &rogue_job)
+        .await
+        .expect("a job for the rogue replica");
+    let caught = format!("replica {}, which never held the Lease, wrote", rogue.identity);
+    let agent = support::leaders::user_agent(&rogue.identity);
+    eventually(
+        "the leadership check to catch a replica writing without the Lease",
+        Duration::from_secs(60),
+        || async {
+            let audit = std::fs::read_to_string(bed.audit_log()).map_err(|e| e.to_string())?;
+            if !audit.contains(&agent) {
+                return Err("no request of the rogue replica yet".to_string());
+            }
+            let two = Leadership::read(&audit).violations();
+            if two.iter().any(|v| v.starts_with(&caught)) {
+                Ok(())
+            } else {
+                Err(format!("{two:?}"))
+            }
+        },
+    )
+    .await;
+    tokio::task::spawn_blocking(move || rogue.stop())
+        .await
+        .expect("stopping the rogue replica");
 }
 
 /// The jobs the `trainjob_jobs_active` gauge counts, over all phases.

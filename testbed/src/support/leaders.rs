@@ -116,14 +116,21 @@ fn timestamp(v: &Value) -> Option<Timestamp> {
 
 const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
+/// The verb of an audit line as the API server writes it (`"verb":"get"`), without parsing it.
+fn verb(line: &str) -> Option<&str> {
+    let rest = &line[line.find("\"verb\":\"")? + 8..];
+    Some(&rest[..rest.find('"')?])
+}
+
 impl Leadership {
     /// Reads an audit log (JSON lines) of a bed whose operators are [`Operator`]s.
     pub fn read(audit: &str) -> Leadership {
         let mut history = Leadership::default();
-        for event in audit
+        // Reads, most of the log, are skipped before they are parsed.
+        let writes = audit
             .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        {
+            .filter(|l| verb(l).is_none_or(|v| WRITES.contains(&v)));
+        for event in writes.filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
             if !matches!(event["stage"].as_str(), Some("ResponseComplete" | "Panic")) {
                 continue;
             }
@@ -352,62 +359,6 @@ impl Leadership {
                 "; the closest takeover came {after:#} after the last renewal (lease {lease:?})"
             ))
         )
-    }
-}
-
-/// Each live replica's name and metrics.
-type Replicas =
-    std::sync::Arc<std::sync::Mutex<Vec<(String, std::sync::Arc<trainjob_operator::metrics::Metrics>)>>>;
-
-/// Counts, every few milliseconds, how many live replicas say they lead; keeps the most seen.
-pub struct Overlap {
-    replicas: Replicas,
-    /// The most replicas seen leading at once.
-    pub most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Set to stop watching.
-    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Overlap {
-    pub fn watch() -> Overlap {
-        let overlap = Overlap {
-            replicas: std::sync::Arc::default(),
-            most: std::sync::Arc::default(),
-            stop: std::sync::Arc::default(),
-        };
-        let (replicas, most, stop) = (
-            overlap.replicas.clone(),
-            overlap.most.clone(),
-            overlap.stop.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let leading = replicas
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .filter(|(_, m)| m.leader.get() == 1)
-                    .count();
-                most.fetch_max(leading, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        overlap
-    }
-
-    pub fn add(&self, name: &str, op: &Operator) {
-        self.replicas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.into(), op.metrics.clone()));
-    }
-
-    /// A killed replica's gauge stays where the crash left it: stop counting it first.
-    pub fn remove(&self, name: &str) {
-        self.replicas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(n, _)| n != name);
     }
 }
 
