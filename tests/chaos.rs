@@ -766,8 +766,13 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
 
-    // A replica that reconciles without holding the Lease, beside the leader: the leadership
-    // check names it once it writes.
+    // An operator that reconciles without holding the Lease: the leadership check names it once
+    // it writes. The elected replicas go first: one that agrees with a leader that made
+    // everything already has nothing to write (seen).
+    let elected = std::mem::take(&mut *replicas.lock().unwrap_or_else(|e| e.into_inner()));
+    tokio::task::spawn_blocking(move || elected.into_iter().for_each(|(_, op)| op.stop()))
+        .await
+        .expect("stopping the replicas");
     let rogue = Operator::start();
     let rogue_job: TrainJob = serde_json::from_value(json!({
         "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",

@@ -176,7 +176,8 @@ pub fn orphans<'a>(
 /// and now and then repeats such a delete after the pod is gone; when the operator has created
 /// the pod's successor under the same name by then (a gang restart, a resume), the successor
 /// goes instead, which no real node does. A kwok delete is stray when, since that name's latest
-/// create, nobody deleted or evicted the pod (a collection delete of the job's pods counts).
+/// create, nobody deleted or evicted the pod (a collection delete of the job's pods counts). The
+/// bed refuses such deletes (`trainjob_testbed::KWOK_GUARD`), so none should succeed any more.
 pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeMap<String, String> {
     /// One pod write, by what it means for the pod it names.
     enum Write {
