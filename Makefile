@@ -14,10 +14,11 @@ help: ## List the targets
 build: ## Build the release binary (target/release/trainjob-operator)
 	$(CARGO) build --release --locked -p trainjob-operator
 
-bed: ## Build the control plane, the real node (kubelet, CoreDNS, images) and Kueue into the cache (slow the first time: docs/development/testing.md)
+bed: ## Build the control plane, the real node (kubelet, CoreDNS, images), Kueue and the gang-scheduling CRDs into the cache (slow the first time: docs/development/testing.md)
 	hack/controlplane.sh >/dev/null
 	hack/node.sh build >/dev/null
 	hack/kueue.sh >/dev/null
+	hack/gang-crds.sh >/dev/null
 
 crds: ## Regenerate crds/ from the Rust API types
 	$(CARGO) run --quiet --locked -p trainjob-operator -- crd --out-dir crds

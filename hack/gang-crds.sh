@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Prints `<scheduler> <path>` for each third-party gang-scheduling CRD the tests install, at pinned
-# versions, from the Go module proxy (no copies in this repo):
-#   coscheduling  scheduler-plugins' PodGroup CRD (scheduling.x-k8s.io/v1alpha1), as published in
-#                 its module
-#   volcano       Volcano's PodGroup CRD (scheduling.volcano.sh/v1beta1). Volcano's own module is
-#                 not served by the proxy, its API module is: the CRD is generated from those API
-#                 types with controller-gen, the way Volcano generates it, into a cache directory
-#                 keyed by both versions (slow the first time: docs/development/testing.md).
+# Puts the third-party gang-scheduling CRDs the tests install, at pinned versions, into a cache
+# directory keyed by those versions, and prints that directory. `make bed` runs it; the tests only
+# read the files (they run `--dir`, which downloads and builds nothing):
+#   coscheduling.yaml  scheduler-plugins' PodGroup CRD (scheduling.x-k8s.io/v1alpha1), as published
+#                      in its module on the Go module proxy
+#   volcano.yaml       Volcano's PodGroup CRD (scheduling.volcano.sh/v1beta1). Volcano's own module
+#                      is not served by the proxy, its API module is: the CRD is generated from
+#                      those API types with controller-gen, the way Volcano generates it (slow the first
+#                      time: docs/development/testing.md).
 #
-#   hack/gang-crds.sh
+#   hack/gang-crds.sh          fetch and generate what is missing, print the directory
+#   hack/gang-crds.sh --dir    print the directory without fetching or generating anything
 set -euo pipefail
 
 scheduler_plugins=v0.33.5
@@ -17,18 +19,26 @@ volcano_apis=v1.13.1-0.20251028070205-46d20c0699e7
 controller_gen=v0.19.0
 
 cache_root=${TRAINJOB_BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainjob-operator}
+out="$cache_root/gang-crds-scheduler-plugins-$scheduler_plugins-volcano-apis-$volcano_apis-controller-gen-$controller_gen"
 
-module_dir() {
-  GOFLAGS=-mod=mod go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
+if [[ "${1:-}" == "--dir" ]]; then
+  echo "$out"
+  exit 0
+fi
 
-crd="$(module_dir "sigs.k8s.io/scheduler-plugins@$scheduler_plugins")/config/crd/bases/scheduling.x-k8s.io_podgroups.yaml"
-[[ -f "$crd" ]] || { echo "gang-crds.sh: $crd is missing" >&2; exit 1; }
-echo "coscheduling $crd"
+command -v go >/dev/null || { echo "gang-crds.sh: 'go' is not on PATH; install Go >= 1.26" >&2; exit 1; }
+mkdir -p "$out"
 
-out="$cache_root/volcano-crds-$volcano_apis-controller-gen-$controller_gen"
-volcano="$out/scheduling.volcano.sh_podgroups.yaml"
-if [[ ! -f "$volcano" ]]; then
+if [[ ! -f "$out/coscheduling.yaml" ]]; then
+  dir=$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/scheduler-plugins@$scheduler_plugins" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  crd="$dir/config/crd/bases/scheduling.x-k8s.io_podgroups.yaml"
+  [[ -f "$crd" ]] || { echo "gang-crds.sh: $crd is missing" >&2; exit 1; }
+  install -m 0644 "$crd" "$out/coscheduling.yaml.tmp"
+  mv "$out/coscheduling.yaml.tmp" "$out/coscheduling.yaml"
+fi
+
+if [[ ! -f "$out/volcano.yaml" ]]; then
   echo ">> generating Volcano's PodGroup CRD (volcano.sh/apis $volcano_apis) into $out" >&2
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -42,7 +52,7 @@ if [[ ! -f "$volcano" ]]; then
   )
   [[ -f "$work/out/scheduling.volcano.sh_podgroups.yaml" ]] ||
     { echo "gang-crds.sh: controller-gen wrote no PodGroup CRD" >&2; exit 1; }
-  mkdir -p "$out"
-  mv "$work/out/scheduling.volcano.sh_podgroups.yaml" "$volcano"
+  install -m 0644 "$work/out/scheduling.volcano.sh_podgroups.yaml" "$out/volcano.yaml.tmp"
+  mv "$out/volcano.yaml.tmp" "$out/volcano.yaml"
 fi
-echo "volcano $volcano"
+echo "$out"

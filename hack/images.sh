@@ -23,7 +23,7 @@ cache_root=${TRAINJOB_BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainjob-operat
 out="$cache_root/images"
 mkdir -p "$out"
 
-command -v mmdebstrap >/dev/null || { echo "images.sh: mmdebstrap is missing; run hack/node-deps.sh" >&2; exit 1; }
+command -v mmdebstrap >/dev/null || { echo "images.sh: mmdebstrap is missing; run 'hack/node.sh deps' as root (or install Debian's mmdebstrap package)" >&2; exit 1; }
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 
 names=("$@")

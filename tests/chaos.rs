@@ -2,17 +2,29 @@
 //! worker OOM-killed, a worker evicted, one gang restart, deleted, suspended and resumed), run
 //! by replicas with leader election while the leader is killed or stopped every few seconds and
 //! replaced, and kube-apiserver and etcd are each restarted once. Afterwards the invariants
-//! (`chaos/invariants.rs`), read from the test's own watch recording and listings:
+//! (`chaos/invariants.rs`), read from the test's own watch recording, listings and the API
+//! server's audit log:
 //! - every surviving job ends Complete or Failed, as its fate says, with a reason that names
-//!   what was injected; `status.restarts` equals the gang restarts the recording saw;
+//!   what was injected; `status.restarts` equals the gang restarts the recording saw. At most
+//!   [`EXCUSED_MAX`] jobs may fail otherwise for a cause the audit log pins outside the operator
+//!   (a stray kwok delete, a Secret deleted by someone else), each printed with its evidence;
 //! - no pod slot (job, replicated job, index) was ever filled twice at once;
 //! - no SSH key changed during its job's life;
 //! - nothing the operator made is left without a live owner;
 //! - no live replica's `trainjob_jobs_active` gauge still counts a job;
-//! - never did two replicas lead at once, and nothing panicked.
+//! - never two leaders at once, by the leader Lease's history and every replica's writes in the
+//!   audit log (`support::leaders`): takeovers only after the lease ran out, and each replica
+//!   wrote only while it held the Lease; and nothing panicked.
 //!
 //! Then the invariants are broken on purpose, live, to show that the checks can fail.
-//! `CHAOS_SEED` replays another draw of sizes and disruptions.
+//!
+//! `CHAOS_SEED` (default 13) draws the run, and the test prints its draw: each job's size (1, 2,
+//! 4, 8, 16 or 32 workers); each job's fate, a shuffle of fixed shares ([`FATES`]: 10% each
+//! OOM-killed, evicted, deleted, suspended and resumed, restarted once; 50% complete); when
+//! kube-apiserver restarts ([`APISERVER_AT`] after the start) and etcd ([`ETCD_AFTER`] after
+//! kube-apiserver is back); and the pause before each leader kill or stop ([`PAUSE`]). Kills and
+//! graceful stops alternate. What the seed cannot fix is the machine's timing: which pods exist
+//! at each disruption.
 
 #[path = "chaos/invariants.rs"]
 mod invariants;
@@ -31,10 +43,11 @@ use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, 
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::jobs::{EXIT, HOLD, pod_meta, runtime};
-use support::leaders::{Overlap, leads};
+use support::leaders::{Leadership, leads};
 use support::{Identity, Operator, TestNs, big_bed, client, eventually};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::leader::Timing;
@@ -42,11 +55,30 @@ use trainjob_testbed::Component;
 
 const JOBS: usize = 200;
 const SIZES: [i32; 6] = [1, 2, 4, 8, 16, 32];
+/// Each fate's share of the jobs, in percent.
+const FATES: [(Fate, usize); 6] = [
+    (Fate::Oom, 10),
+    (Fate::Evict, 10),
+    (Fate::Delete, 10),
+    (Fate::SuspendResume, 10),
+    (Fate::Restart, 10),
+    (Fate::Complete, 50),
+];
+/// When kube-apiserver restarts, in seconds after the start: while jobs are still being created.
+const APISERVER_AT: std::ops::Range<u64> = 8..25;
+/// When etcd restarts, in seconds after kube-apiserver is back.
+const ETCD_AFTER: std::ops::Range<u64> = 8..25;
+/// The pause before each leader kill or stop, in milliseconds: long enough for a new leader
+/// to take over and reconcile (the lease is 3 s), short enough for dozens of handovers.
+const PAUSE: std::ops::Range<u64> = 2000..6000;
 const MANAGED: &str = "app.kubernetes.io/managed-by=trainjob-operator";
 /// How long nothing may change while jobs are open.
 const STALL: Duration = Duration::from_secs(180);
 /// How long the whole run may take.
 const LIMIT: Duration = Duration::from_secs(1200);
+/// Jobs that may fail for a cause outside the operator, all kinds together: one now and then is
+/// kwok's or the garbage collector's bad luck, more is a pattern to look into.
+const EXCUSED_MAX: usize = 3;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -74,23 +106,89 @@ struct Job {
     step: u8,
 }
 
-fn draw(seed: u64) -> Vec<Job> {
+/// What `CHAOS_SEED` decides.
+struct Draw {
+    jobs: Vec<Job>,
+    /// When kube-apiserver restarts, after the start.
+    apiserver: Duration,
+    /// When etcd restarts, after kube-apiserver is back.
+    etcd: Duration,
+    /// The pauses before the leader kills and stops, in turn (more than a run can use).
+    pauses: Vec<Duration>,
+}
+
+fn draw(seed: u64) -> Draw {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..JOBS)
-        .map(|i| Job {
+    let sizes: Vec<i32> = (0..JOBS).map(|_| SIZES[rng.gen_range(0..SIZES.len())]).collect();
+    let mut fates: Vec<Fate> = FATES
+        .iter()
+        .flat_map(|&(fate, percent)| std::iter::repeat_n(fate, JOBS * percent / 100))
+        .collect();
+    assert_eq!(fates.len(), JOBS, "the shares in FATES add up to 100%");
+    fates.shuffle(&mut rng);
+    let jobs = sizes
+        .into_iter()
+        .zip(fates)
+        .enumerate()
+        .map(|(i, (workers, fate))| Job {
             name: format!("j{i:03}"),
-            workers: SIZES[rng.gen_range(0..SIZES.len())],
-            fate: match i % 10 {
-                0 => Fate::Oom,
-                1 => Fate::Evict,
-                2 => Fate::Delete,
-                3 => Fate::SuspendResume,
-                4 => Fate::Restart,
-                _ => Fate::Complete,
-            },
+            workers,
+            fate,
             step: 0,
         })
-        .collect()
+        .collect();
+    let apiserver = Duration::from_secs(rng.gen_range(APISERVER_AT));
+    let etcd = Duration::from_secs(rng.gen_range(ETCD_AFTER));
+    let most = LIMIT.as_millis() as u64 / PAUSE.start + 1;
+    let pauses = (0..most)
+        .map(|_| Duration::from_millis(rng.gen_range(PAUSE)))
+        .collect();
+    Draw {
+        jobs,
+        apiserver,
+        etcd,
+        pauses,
+    }
+}
+
+impl std::fmt::Display for Draw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first: Vec<String> = self.pauses.iter().take(12).map(|p| format!("{p:?}")).collect();
+        writeln!(
+            f,
+            "kube-apiserver restarts {:?} in, etcd {:?} after that; leader disruptions after pauses of {} ...",
+            self.apiserver,
+            self.etcd,
+            first.join(", ")
+        )?;
+        let jobs: Vec<String> = self
+            .jobs
+            .iter()
+            .map(|j| format!("{}:{}x{:?}", j.name, j.workers, j.fate))
+            .collect();
+        write!(f, "jobs (name:workers x fate): {}", jobs.join(" "))
+    }
+}
+
+#[test]
+fn a_seed_draws_one_run_with_the_fates_in_their_shares() {
+    let (a, again, other) = (draw(13), draw(13), draw(14));
+    assert_eq!(a.to_string(), again.to_string(), "the same seed, the same run");
+    assert_ne!(a.to_string(), other.to_string(), "another seed, another run");
+    for d in [&a, &other] {
+        for (fate, percent) in FATES {
+            let n = d.jobs.iter().filter(|j| j.fate == fate).count();
+            assert_eq!(n, JOBS * percent / 100, "{fate:?}");
+        }
+        assert!(APISERVER_AT.contains(&d.apiserver.as_secs()) && ETCD_AFTER.contains(&d.etcd.as_secs()));
+        assert!(d.pauses.iter().all(|p| PAUSE.contains(&(p.as_millis() as u64))));
+        assert!(
+            d.pauses.iter().sum::<Duration>() > LIMIT,
+            "pauses for a whole run"
+        );
+    }
+    let fates = |d: &Draw| d.jobs.iter().map(|j| j.fate).collect::<Vec<_>>();
+    assert_ne!(fates(&a), fates(&other), "the seed shuffles the fates");
 }
 
 fn running(pod: Option<&Pod>) -> bool {
@@ -99,6 +197,9 @@ fn running(pod: Option<&Pod>) -> bool {
         == Some("Running")
         && pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none())
 }
+
+/// The pause before a leader disruption when none was drawn.
+const PAUSE_DEFAULT: Duration = Duration::from_secs(4);
 
 /// How long a fake pod may sit where kwok should move it on before the test nudges it.
 const KWOK_RETRY: Duration = Duration::from_secs(20);
@@ -230,31 +331,31 @@ fn settled(job: &Job, found: Option<&TrainJob>) -> bool {
     }
 }
 
-/// Kills or stops the leader every few seconds and starts a replacement, until `done`. A replica
-/// that ended on its own (it lost the Lease, say while the API server was away) is replaced as
-/// well, as Kubernetes restarts the container.
+/// Kills or stops the leader after each of `pauses` and starts a replacement, until `done`. A
+/// replica that ended on its own (it lost the Lease, say while the API server was away) is
+/// replaced as well, as Kubernetes restarts the container.
 async fn disrupt(
     replicas: &Mutex<Vec<(String, Operator)>>,
-    overlap: &Overlap,
+    pauses: &[Duration],
     timing: &Timing,
     done: &AtomicBool,
 ) -> (usize, usize) {
     let (mut handovers, mut restarts) = (0, 0);
     let mut started = 0;
     let mut replace = |gone: (String, Operator), crash: bool| {
-        overlap.remove(&gone.0);
         started += 1;
         let name = format!("replica-{started}");
         let op = Operator::start_elected(&name, timing.clone());
-        overlap.add(&name, &op);
         replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name, op));
         tokio::task::spawn_blocking(move || if crash { gone.1.kill() } else { gone.1.stop() })
     };
+    let mut pauses = pauses.iter().cycle();
     while !done.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // The chaos's own rhythm, drawn by the seed; nothing waits on it.
+        tokio::time::sleep(*pauses.next().unwrap_or(&PAUSE_DEFAULT)).await;
         let (leader, exited) = {
             let mut replicas = replicas.lock().unwrap_or_else(|e| e.into_inner());
             let exited: Vec<_> = replicas.extract_if(.., |(_, op)| op.exited()).collect();
@@ -290,7 +391,8 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(13);
-    eprintln!("chaos seed {seed} (CHAOS_SEED replays another draw)");
+    let mut draw = draw(seed);
+    eprintln!("chaos seed {seed} (CHAOS_SEED replays another draw) draws:\n{draw}");
     let hold = |rt: &mut serde_json::Value| {
         pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
     };
@@ -330,18 +432,16 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         renew_deadline: Duration::from_secs(2),
         retry: Duration::from_millis(500),
     };
-    let overlap = Overlap::watch();
     let replicas = Mutex::new(Vec::new());
     for name in ["replica-a", "replica-b"] {
         let op = Operator::start_elected(name, timing.clone());
-        overlap.add(name, &op);
         replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((name.to_string(), op));
     }
 
-    let mut plan = draw(seed);
+    let plan = &mut draw.jobs;
     let started = Instant::now();
     let done = AtomicBool::new(false);
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
@@ -371,13 +471,15 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
+    let (apiserver_at, etcd_after) = (draw.apiserver, draw.etcd);
     let control_plane = async {
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // The moments the seed drew; nothing waits on them.
+        tokio::time::sleep(apiserver_at).await;
         bed.restart(Component::ApiServer)
             .await
             .expect("restart kube-apiserver");
         eprintln!("restarted kube-apiserver at {:?}", started.elapsed());
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        tokio::time::sleep(etcd_after).await;
         bed.restart(Component::Etcd).await.expect("restart etcd");
         eprintln!("restarted etcd at {:?}", started.elapsed());
     };
@@ -442,7 +544,7 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         create,
         control_plane,
         fates,
-        disrupt(&replicas, &overlap, &timing, &done)
+        disrupt(&replicas, &draw.pauses, &timing, &done)
     );
     let elapsed = started.elapsed();
 
@@ -457,9 +559,9 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .collect();
     let audit = std::fs::read_to_string(bed.audit_log()).expect("the audit log");
     let mut wrong = Vec::new();
-    let mut kwok_replays = 0;
-    let mut secrets_deleted = Vec::new();
-    for job in &plan {
+    // Jobs failed for a cause outside the operator, each with the audit log's evidence.
+    let mut excused = Vec::new();
+    for job in plan.iter() {
         let Some(tj) = found.get(&job.name) else {
             if job.fate != Fate::Delete {
                 wrong.push(format!("{} ({:?}) is gone", job.name, job.fate));
@@ -496,23 +598,27 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             _ => false,
         };
         // A failure caused by a kwok delete nobody asked for (see `stray_kwok_deletes`) is
-        // kwok's, not the operator's: accepted, counted and reported.
-        let kwoks = ended.is_some_and(|c| {
-            c.type_ == "Failed"
-                && stray_kwok_deletes(&audit, &ns.name, &job.name)
-                    .iter()
-                    .any(|pod| c.message.contains(&format!("pod {pod} ")))
+        // kwok's, not the operator's; likewise one because someone else deleted the job's Secret
+        // while it ran (the garbage collector, when an API server restart hid the TrainJob from
+        // it for a moment). Excused, up to EXCUSED_MAX, each with its evidence.
+        let failed = ended.filter(|c| c.type_ == "Failed");
+        let kwoks = failed.and_then(|c| {
+            stray_kwok_deletes(&audit, &ns.name, &job.name)
+                .into_iter()
+                .find(|(pod, _)| c.message.contains(&format!("pod {pod} ")))
+                .map(|(pod, evidence)| format!("a stray kwok delete of pod {pod}: {evidence}"))
         });
-        kwok_replays += usize::from(!ok && kwoks);
-        // Likewise a job failed because someone else deleted its Secret while it ran (the
-        // garbage collector, when an API server restart hid the TrainJob from it for a moment).
         let secret = format!("{}-mpi-ssh-auth", job.name);
-        let others = secret_deleted_by_others(&audit, &ns.name, &secret, Identity::Operator.user());
-        let keyless = ended.is_some_and(|c| c.reason == "SSHSecretDeleted") && !others.is_empty();
-        if !ok && keyless {
-            secrets_deleted.push(format!("{secret} by {others:?}"));
-        }
-        if !ok && !kwoks && !keyless {
+        let keyless = failed.filter(|c| c.reason == "SSHSecretDeleted").and_then(|_| {
+            let others = secret_deleted_by_others(&audit, &ns.name, &secret, Identity::Operator.user());
+            (!others.is_empty()).then(|| format!("Secret {secret} deleted by {}", others.join(", ")))
+        });
+        if let (false, Some(c), Some(cause)) = (ok, failed, kwoks.or(keyless)) {
+            excused.push(format!(
+                "{} ({:?}) failed ({}: {}) by {cause}",
+                job.name, job.fate, c.reason, c.message
+            ));
+        } else if !ok {
             wrong.push(format!(
                 "{} ({:?}): {:?}",
                 job.name,
@@ -533,9 +639,18 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
             ));
         }
     }
+    for e in &excused {
+        eprintln!("excused: {e}");
+    }
     if !wrong.is_empty() {
         panic!("jobs that did not end as their fate says:\n{}", wrong.join("\n"));
     }
+    assert!(
+        excused.len() <= EXCUSED_MAX,
+        "{} jobs failed for causes outside the operator, more than {EXCUSED_MAX}:\n{}",
+        excused.len(),
+        excused.join("\n")
+    );
 
     // Nothing left without a live owner (the garbage collector removes a deleted job's children).
     let live: BTreeSet<String> = found.values().filter_map(|j| j.uid()).collect();
@@ -583,15 +698,29 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .violations
         .clone();
     assert!(violations.is_empty(), "{violations:#?}");
-    overlap.stop.store(true, Ordering::Relaxed);
-    assert_eq!(
-        overlap.most.load(Ordering::Relaxed),
-        1,
-        "two replicas led at once"
+
+    // Never two leaders at once, by the Lease's history and the replicas' writes as the API
+    // server logged them. The Lease changed hands, and every job was written to: a history
+    // with less was not read right. (A log without the Lease's versions or the replicas' names
+    // would show as violations.)
+    let leadership = Leadership::read(&std::fs::read_to_string(bed.audit_log()).expect("the audit log"));
+    let two = leadership.violations();
+    assert!(
+        two.is_empty(),
+        "two leaders at once ({}):\n{}",
+        leadership.summary(),
+        two.join("\n")
+    );
+    assert!(
+        leadership.tenures().len() >= 2 && leadership.writes.len() > JOBS,
+        "{handovers} handovers, yet {}",
+        leadership.summary()
     );
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
     eprintln!(
-        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {kwok_replays} jobs failed by a stray kwok delete; Secrets deleted by others: {secrets_deleted:?}"
+        "chaos: {JOBS} jobs settled in {elapsed:?} through {handovers} leader handovers ({restarts} replicas restarted after losing the Lease), a kube-apiserver and an etcd restart; kwok was nudged {nudges} times; {} jobs excused (at most {EXCUSED_MAX}); {}",
+        excused.len(),
+        leadership.summary()
     );
 
     // Broken on purpose, live: the same checks must now fail.
@@ -637,6 +766,46 @@ async fn two_hundred_jobs_through_leader_kills_and_control_plane_restarts_keep_e
         .await
         .expect("an orphan");
     assert_eq!(left().await, ["ConfigMap orphan"], "the orphan check sees it");
+
+    // An operator that reconciles without holding the Lease: the leadership check names it once
+    // it writes. The elected replicas go first: one that agrees with a leader that made
+    // everything already has nothing to write (seen).
+    let elected = std::mem::take(&mut *replicas.lock().unwrap_or_else(|e| e.into_inner()));
+    tokio::task::spawn_blocking(move || elected.into_iter().for_each(|(_, op)| op.stop()))
+        .await
+        .expect("stopping the replicas");
+    let rogue = Operator::start();
+    let rogue_job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "rogue", "namespace": ns.name},
+        "spec": {"runtimeRef": {"kind": "TrainingRuntime", "name": "chaos"}, "trainer": {"numNodes": 1}},
+    }))
+    .expect("job");
+    jobs.create(&PostParams::default(), &rogue_job)
+        .await
+        .expect("a job for the rogue replica");
+    let caught = format!("replica {}, which never held the Lease, wrote", rogue.identity);
+    let agent = support::leaders::user_agent(&rogue.identity);
+    eventually(
+        "the leadership check to catch a replica writing without the Lease",
+        Duration::from_secs(60),
+        || async {
+            let audit = std::fs::read_to_string(bed.audit_log()).map_err(|e| e.to_string())?;
+            if !audit.contains(&agent) {
+                return Err("no request of the rogue replica yet".to_string());
+            }
+            let two = Leadership::read(&audit).violations();
+            if two.iter().any(|v| v.starts_with(&caught)) {
+                Ok(())
+            } else {
+                Err(format!("{two:?}"))
+            }
+        },
+    )
+    .await;
+    tokio::task::spawn_blocking(move || rogue.stop())
+        .await
+        .expect("stopping the rogue replica");
 }
 
 /// The jobs the `trainjob_jobs_active` gauge counts, over all phases.

@@ -197,6 +197,54 @@ async fn operator_writes_status_through_the_subresource() {
     );
 }
 
+/// kwok deletes pods by name only; the bed holds it to a kubelet's part (`KWOK_GUARD`): it may
+/// finalize a pod that is being deleted, not delete a live one, as a stale repeat of an earlier
+/// delete would (the pod's successor under the same name).
+#[tokio::test]
+async fn kwok_may_delete_only_a_pod_that_is_being_deleted() {
+    let ns = TestNs::new("kwokdel").await;
+    let pods: Api<Pod> = Api::namespaced(client(Identity::Admin).await, &ns.name);
+    let as_kwok: Api<Pod> = Api::namespaced(client(Identity::Kwok).await, &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "live"},
+        "spec": {"containers": [{"name": "node", "image": "busybox"}]},
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    eventually("the pod to run", DEADLINE, || async {
+        let p = pods.get("live").await.map_err(|e| e.to_string())?;
+        match p.status.and_then(|s| s.phase) {
+            Some(phase) if phase == "Running" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    match as_kwok.delete("live", &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(trainjob_testbed::KWOK_GUARD) => {}
+        other => panic!(
+            "kwok deleted a live pod: {:?}",
+            other.map(|_| "the API server accepted the delete")
+        ),
+    }
+    assert!(pods.get("live").await.is_ok(), "the live pod is still there");
+    // Once someone deletes it, kwok finalizes it as a kubelet would.
+    pods.delete("live", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("kwok to finalize the deleted pod", DEADLINE, || async {
+        match pods.get_opt("live").await {
+            Ok(None) => Ok(()),
+            other => Err(format!(
+                "{:?}",
+                other.map(|p| p.map(|p| p.metadata.deletion_timestamp))
+            )),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn kwok_moves_pods_through_running_succeeded_and_failed() {
     let ns = TestNs::new("pods").await;

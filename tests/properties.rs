@@ -5,10 +5,17 @@
 //! bends many fields at once: sizes of any sign and magnitude, reserved and odd names, missing or
 //! renamed replicated jobs and containers, patches of unknown jobs, any quantity text. And the
 //! admission webhook: whole or truncated AdmissionReviews through its decoder and its rules.
+//!
+//! Inputs refused by `resolve` or `validate` test only the refusal, so the test counts how many
+//! cases get to the builders and to a second decision, prints the shares and fails below
+//! [`LEAST_BUILT`] and [`LEAST_DECIDED_AGAIN`] percent.
 
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 use trainjob_operator::api::{TrainJob, TrainingRuntimeSpec};
 use trainjob_operator::desired::{gang, hostfile, pods};
@@ -73,7 +80,7 @@ fn maybe<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strate
 
 /// Rarely: edits that make most jobs invalid, so that most cases get past `resolve`.
 fn rarely<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
-    prop::option::weighted(0.1, s)
+    prop::option::weighted(0.05, s)
 }
 
 /// An env var or container name: usually an ordinary one.
@@ -84,10 +91,15 @@ fn usual_name() -> impl Strategy<Value = String> {
 /// A replicated job name: usually one the runtime has.
 fn job_name() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => Just("node".to_string()),
-        4 => Just("launcher".to_string()),
+        9 => Just("node".to_string()),
+        9 => Just("launcher".to_string()),
         1 => name(),
     ]
+}
+
+/// A TrainJob's name: usually short enough for its pods' names, sometimes not.
+fn job_title() -> impl Strategy<Value = String> {
+    prop_oneof![9 => "[a-z][a-z0-9-]{0,20}", 1 => "[a-z][a-z0-9-]{0,70}"]
 }
 
 /// A runtime spec: a shipped one, bent.
@@ -95,7 +107,7 @@ fn runtime() -> impl Strategy<Value = Value> {
     (
         prop::sample::select(RUNTIMES.to_vec()),
         maybe(size()),
-        maybe(int()),
+        maybe(size()),
         any::<bool>(),
         maybe(".{0,30}"),
         prop::collection::vec(
@@ -155,18 +167,20 @@ fn runtime() -> impl Strategy<Value = Value> {
 /// A TrainJob spec, and its name.
 fn job() -> impl Strategy<Value = (String, Value)> {
     (
-        "[a-z][a-z0-9-]{0,70}",
+        job_title(),
         maybe(size()),
-        maybe(int()),
+        maybe(size()),
         prop::collection::vec(usual_name(), 0..3),
         maybe(quantity()),
         maybe(quantity()),
         prop::collection::vec(
-            (job_name(), prop_oneof![4 => Just("node".to_string()), 1 => usual_name()], prop::bool::weighted(0.1)),
+            (job_name(), prop_oneof![9 => Just("node".to_string()), 1 => usual_name()], prop::bool::weighted(0.05)),
             0..3,
         ),
-        any::<bool>(),
-        maybe(int()),
+        prop::bool::weighted(0.2),
+        // Most deadlines tried have passed (the job is 5 minutes old): a job with one fails
+        // before any pod, so only some jobs get one.
+        prop::option::weighted(0.25, int()),
     )
         .prop_map(|(name, nodes, procs, env, cpu, gpu, patches, suspend, deadline)| {
             let mut trainer = json!({});
@@ -224,73 +238,131 @@ fn observed(pod: &Pod, phase: &str, ready: bool, exit: i32) -> Pod {
     pod
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+/// How far the generated cases got. A case that fails `resolve` or `validate` exercises only
+/// the refusal: the property means something only if many get to the builders and on to a
+/// second lifecycle decision with pods to judge.
+#[derive(Default)]
+struct Reach {
+    cases: AtomicUsize,
+    /// Resolved and validated: through the builders and the first decision.
+    built: AtomicUsize,
+    /// On to a second decision over observed pods.
+    decided_again: AtomicUsize,
+}
 
-    #[test]
-    fn nothing_the_operator_computes_from_a_job_panics(
-        rt in runtime(),
-        (name, spec) in job(),
-        phases in prop::collection::vec((0u8..4, any::<bool>(), -2i32..140), 0..8),
-        cpu_quota in quantity(),
-    ) {
-        let Ok(runtime) = serde_json::from_value::<TrainingRuntimeSpec>(rt) else {
-            return Ok(());
-        };
-        let Ok(job) = serde_json::from_value::<TrainJob>(json!({
-            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-            "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "creationTimestamp": "2026-11-25T10:00:00Z"},
-            "spec": spec,
-        })) else {
-            return Ok(());
-        };
-        let runtime = Runtime::new("TrainingRuntime/rt", runtime);
-        let Ok(plan) = resolve::resolve(&job, &runtime, &Cluster::default()) else {
-            return Ok(());
-        };
-        let limits = Limits { max_pods_per_job: 256 };
-        if validate(&job, "TrainingRuntime/rt", &plan, &limits).is_err() {
-            return Ok(());
-        }
-        let _ = hostfile::configmap(&job, &plan);
-        let _ = pods::service(&job, &plan);
-        let _ = gang::gang(&job, &plan);
-        let now = Time("2026-11-25T10:05:00Z".parse().expect("time"));
-        let first = lifecycle::decide(&job, &plan, &Observed::default(), &now);
-        prop_assert!(first.is_ok(), "{first:?}");
-        let Ok(first) = first else { return Ok(()) };
-        let built: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|(i, at)| pods::pod(&job, &plan, &plan.jobs[*i], *at, 0))
-            .collect();
-        let _ = gang::plugin_pod_group(&job, &plan, &built);
-        let quota: ResourceQuota = serde_json::from_value(json!({
-            "metadata": {"name": "q"},
-            "spec": {"hard": {"requests.cpu": cpu_quota, "limits.nvidia.com/gpu": "8", "pods": "10"}},
-            "status": {"used": {"requests.cpu": "1"}},
-        }))
-        .expect("quota");
-        let _ = quota::check(&[quota], &quota::demand(&built));
+/// The least share (percent) of cases that must get to the builders, and on to a second
+/// decision with pods; the generators keep most edits rare to stay above it.
+const LEAST_BUILT: usize = 40;
+const LEAST_DECIDED_AGAIN: usize = 25;
 
-        // Then as the pods move through their phases, in any order.
-        let seen: Vec<std::sync::Arc<Pod>> = built
-            .iter()
-            .zip(phases.iter().cycle())
-            .map(|(pod, (phase, ready, exit))| {
-                let phase = ["Pending", "Running", "Succeeded", "Failed"][usize::from(*phase)];
-                std::sync::Arc::new(observed(pod, phase, *ready, *exit))
-            })
-            .collect();
-        let seen = Observed { pods: seen, secret: true, ..Observed::default() };
-        let mut job = job;
-        job.status = Some(first.status.clone());
-        let next = lifecycle::decide(&job, &plan, &seen, &now);
-        prop_assert!(next.is_ok(), "{next:?}");
-        let Ok(next) = next else { return Ok(()) };
-        job.status = Some(next.status.clone());
-        prop_assert!(lifecycle::decide(&job, &plan, &seen, &now).is_ok());
+#[test]
+fn nothing_the_operator_computes_from_a_job_panics() {
+    let config = ProptestConfig {
+        cases: 1000,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let reach = Reach::default();
+    let inputs = (
+        runtime(),
+        job(),
+        prop::collection::vec((0u8..4, any::<bool>(), -2i32..140), 0..8),
+        quantity(),
+    );
+    let result = runner.run(&inputs, |(rt, (name, spec), phases, cpu_quota)| {
+        computes(&reach, rt, name, spec, phases, cpu_quota)
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
     }
+    let cases = reach.cases.load(Ordering::Relaxed);
+    let share = |n: &AtomicUsize| n.load(Ordering::Relaxed) * 100 / cases.max(1);
+    let (built, again) = (share(&reach.built), share(&reach.decided_again));
+    eprintln!("{cases} cases: {built}% reached the builders, {again}% a second decision over observed pods");
+    assert!(
+        built >= LEAST_BUILT && again >= LEAST_DECIDED_AGAIN,
+        "too few generated jobs get past resolve and validate: {built}% to the builders (at least {LEAST_BUILT}%), {again}% to a second decision (at least {LEAST_DECIDED_AGAIN}%)"
+    );
+}
+
+/// Everything the operator computes from one job and runtime, `reach` counting how far it got.
+fn computes(
+    reach: &Reach,
+    rt: Value,
+    name: String,
+    spec: Value,
+    phases: Vec<(u8, bool, i32)>,
+    cpu_quota: String,
+) -> Result<(), TestCaseError> {
+    reach.cases.fetch_add(1, Ordering::Relaxed);
+    let Ok(runtime) = serde_json::from_value::<TrainingRuntimeSpec>(rt) else {
+        return Ok(());
+    };
+    let Ok(job) = serde_json::from_value::<TrainJob>(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": "ns", "uid": "uid-1", "creationTimestamp": "2026-11-25T10:00:00Z"},
+        "spec": spec,
+    })) else {
+        return Ok(());
+    };
+    let runtime = Runtime::new("TrainingRuntime/rt", runtime);
+    let Ok(plan) = resolve::resolve(&job, &runtime, &Cluster::default()) else {
+        return Ok(());
+    };
+    let limits = Limits {
+        max_pods_per_job: 256,
+    };
+    if validate(&job, "TrainingRuntime/rt", &plan, &limits).is_err() {
+        return Ok(());
+    }
+    reach.built.fetch_add(1, Ordering::Relaxed);
+    let _ = hostfile::configmap(&job, &plan);
+    let _ = pods::service(&job, &plan);
+    let _ = gang::gang(&job, &plan);
+    let now = Time("2026-11-25T10:05:00Z".parse().expect("time"));
+    let first = lifecycle::decide(&job, &plan, &Observed::default(), &now);
+    prop_assert!(first.is_ok(), "{first:?}");
+    let Ok(first) = first else { return Ok(()) };
+    let built: Vec<Pod> = first
+        .create
+        .iter()
+        .map(|(i, at)| pods::pod(&job, &plan, &plan.jobs[*i], *at, 0))
+        .collect();
+    let _ = gang::plugin_pod_group(&job, &plan, &built);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "q"},
+        "spec": {"hard": {"requests.cpu": cpu_quota, "limits.nvidia.com/gpu": "8", "pods": "10"}},
+        "status": {"used": {"requests.cpu": "1"}},
+    }))
+    .expect("quota");
+    let _ = quota::check(&[quota], &quota::demand(&built));
+
+    // Then as the pods move through their phases, in any order.
+    let seen: Vec<std::sync::Arc<Pod>> = built
+        .iter()
+        .zip(phases.iter().cycle())
+        .map(|(pod, (phase, ready, exit))| {
+            let phase = ["Pending", "Running", "Succeeded", "Failed"][usize::from(*phase)];
+            std::sync::Arc::new(observed(pod, phase, *ready, *exit))
+        })
+        .collect();
+    if !seen.is_empty() {
+        reach.decided_again.fetch_add(1, Ordering::Relaxed);
+    }
+    let seen = Observed {
+        pods: seen,
+        secret: true,
+        ..Observed::default()
+    };
+    let mut job = job;
+    job.status = Some(first.status.clone());
+    let next = lifecycle::decide(&job, &plan, &seen, &now);
+    prop_assert!(next.is_ok(), "{next:?}");
+    let Ok(next) = next else { return Ok(()) };
+    job.status = Some(next.status.clone());
+    prop_assert!(lifecycle::decide(&job, &plan, &seen, &now).is_ok());
+    Ok(())
 }
 
 /// An AdmissionReview as the API server sends it, for `kind`, carrying `object` and `old`.

@@ -3,9 +3,14 @@
 
 use trainjob_testbed::support;
 
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::jobs::{HOLD, PI_PODS, create_job, pod_meta, runtime, wait_condition, wait_pods};
 use support::{DEADLINE, Identity, Operator, TestNs, bed, client, eventually};
@@ -23,6 +28,112 @@ async fn live_pods(c: &kube::Client, ns: &str) -> Vec<Pod> {
     pods.retain(|p| p.metadata.deletion_timestamp.is_none());
     pods.sort_by_key(|p| p.name_any());
     pods
+}
+
+/// The worker the first operator may not create: the API server refuses it (a
+/// ValidatingAdmissionPolicy) until the test lifts the ban. The operator creates a job's pods
+/// in batches of 1, 2, 4, ... in index order and stops at a batch with a failed create, so it
+/// makes workers 0 to 4 and 6 and never 5 or 7, however often it retries: killed at any moment
+/// after its refusal, it dies mid-creation.
+const HELD_BACK: &str = "pi-node-0-5";
+
+/// Bans creating pod [`HELD_BACK`] in `ns` until [`lift`]; returns once the API server enforces it.
+async fn hold_back(c: &kube::Client, ns: &str) {
+    let name = format!("hold-back-{ns}");
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"]}]},
+            // Forbidden (403), which the operator retries, rather than Invalid (422), which
+            // would fail the job.
+            "validations": [{"expression": format!("object.metadata.name != '{HELD_BACK}'"),
+                "message": "held back by the test", "reason": "Forbidden"}],
+        },
+    }))
+    .expect("policy");
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}},
+    }))
+    .expect("binding");
+    Api::<ValidatingAdmissionPolicy>::all(c.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+    eventually("the API server to refuse the held-back pod", DEADLINE, || async {
+        match probe(c, ns).await {
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("held back by the test") => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// Lifts the ban of [`hold_back`]; returns once the API server admits the pod again.
+async fn lift(c: &kube::Client, ns: &str) {
+    let name = format!("hold-back-{ns}");
+    Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the binding");
+    Api::<ValidatingAdmissionPolicy>::all(c.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the policy");
+    eventually(
+        "the API server to admit the held-back pod again",
+        DEADLINE,
+        || async { probe(c, ns).await.map(|_| ()).map_err(|e| format!("{e:?}")) },
+    )
+    .await;
+}
+
+/// A dry-run create of a pod named [`HELD_BACK`] in `ns`.
+async fn probe(c: &kube::Client, ns: &str) -> Result<Pod, kube::Error> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": HELD_BACK},
+        "spec": {"containers": [{"name": "probe", "image": "busybox"}]},
+    }))
+    .expect("pod");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(c.clone(), ns).create(&dry_run, &pod).await
+}
+
+/// The pods of `ns` that the operator `identity` asked to create, from the API server's audit
+/// log: (name, response code).
+fn pod_creates(ns: &str, identity: &str) -> Vec<(String, u64)> {
+    let audit = std::fs::read_to_string(bed().audit_log()).expect("the audit log");
+    let agent = support::leaders::user_agent(identity);
+    audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["stage"] == "ResponseComplete"
+                && e["verb"] == "create"
+                && e["userAgent"] == agent.as_str()
+                && e["objectRef"]["resource"] == "pods"
+                && e["objectRef"]["subresource"].is_null()
+                && e["objectRef"]["namespace"] == ns
+        })
+        .filter_map(|e| {
+            let name = e["objectRef"]["name"]
+                .as_str()
+                .or_else(|| e["requestObject"]["metadata"]["name"].as_str())?;
+            Some((name.to_string(), e["responseStatus"]["code"].as_u64()?))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -62,17 +173,32 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
     }))
     .expect("job");
     let jobs: Api<TrainJob> = Api::namespaced(c.clone(), &ns.name);
+    hold_back(&c, &ns.name).await;
     jobs.create(&PostParams::default(), &job).await.expect("job");
 
-    // Kill the first operator as soon as it has created its first pod (wherever that lands).
+    // The first operator gets as far as the held-back worker, and is killed there: some of the
+    // job's pods exist, not all.
     let first = Operator::start();
-    eventually("the first worker pod", DEADLINE, || async {
-        if live_pods(&c, &ns.name).await.is_empty() {
-            Err("none yet".to_string())
-        } else {
-            Ok(())
-        }
-    })
+    let first_id = first.identity.clone();
+    eventually(
+        "the first operator to be refused the held-back worker",
+        DEADLINE,
+        || async {
+            let creates = pod_creates(&ns.name, &first_id);
+            let refused = creates
+                .iter()
+                .any(|(name, code)| name == HELD_BACK && *code == 403);
+            let live = live_pods(&c, &ns.name).await;
+            if refused && !live.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "creates {creates:?}, live {:?}",
+                    support::jobs::names(&live)
+                ))
+            }
+        },
+    )
     .await;
     first.kill();
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
@@ -85,14 +211,25 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
         .iter()
         .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
         .collect();
+    let workers: Vec<String> = (0..8).map(|i| format!("pi-node-0-{i}")).collect();
+    let missing: BTreeSet<String> = workers
+        .iter()
+        .filter(|w| survivors.iter().all(|(name, _)| name != *w))
+        .cloned()
+        .collect();
     eprintln!(
-        "killed the operator with {} of 8 worker pods created",
-        survivors.len()
+        "killed the operator mid-creation, with {} of 8 worker pods created: {:?}; missing {missing:?}",
+        survivors.len(),
+        survivors.iter().map(|(name, _)| name).collect::<Vec<_>>()
+    );
+    assert!(
+        !survivors.is_empty() && missing.contains(HELD_BACK),
+        "the kill landed mid-creation: {survivors:?}"
     );
 
     // A second operator finishes the job: the missing workers, then (once Ready) the launcher.
+    lift(&c, &ns.name).await;
     let second = Operator::start();
-    let workers: Vec<String> = (0..8).map(|i| format!("pi-node-0-{i}")).collect();
     let pods = eventually("all eight workers", DEADLINE, || async {
         let pods = live_pods(&c, &ns.name).await;
         let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
@@ -111,6 +248,14 @@ async fn killing_the_operator_mid_creation_leaves_exactly_the_right_objects() {
             .unwrap_or_default();
         assert_eq!(&now, uid, "{name} was kept, not recreated");
     }
+    // The second operator created the missing workers, each once, and tried no other.
+    let mut created: Vec<String> = pod_creates(&ns.name, &second.identity)
+        .into_iter()
+        .map(|(name, code)| format!("{name} {code}"))
+        .collect();
+    created.sort();
+    let want: Vec<String> = missing.iter().map(|name| format!("{name} 201")).collect();
+    assert_eq!(created, want, "the second operator's pod creates");
     let api: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
     for pod in &pods {
         api.patch(

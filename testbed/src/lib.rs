@@ -89,14 +89,18 @@ pub enum Identity {
     TenantA,
     /// A second platform user.
     TenantB,
+    /// kwok, the fake nodes' kubelets: as powerful as the admin, under a name of its own so that
+    /// the bed can hold it to what a kubelet does (see [`KWOK_GUARD`]).
+    Kwok,
 }
 
 impl Identity {
-    const ALL: [Identity; 4] = [
+    const ALL: [Identity; 5] = [
         Identity::Admin,
         Identity::Operator,
         Identity::TenantA,
         Identity::TenantB,
+        Identity::Kwok,
     ];
 
     /// The user name the API server sees.
@@ -106,12 +110,13 @@ impl Identity {
             Identity::Operator => "system:serviceaccount:trainjob-system:trainjob-operator",
             Identity::TenantA => "tenant-a",
             Identity::TenantB => "tenant-b",
+            Identity::Kwok => "kwok",
         }
     }
 
     fn groups(self) -> &'static str {
         match self {
-            Identity::Admin => "system:masters",
+            Identity::Admin | Identity::Kwok => "system:masters",
             Identity::Operator => "system:serviceaccounts,system:serviceaccounts:trainjob-system",
             Identity::TenantA | Identity::TenantB => "tenants",
         }
@@ -128,9 +133,19 @@ impl Identity {
             Identity::Operator => "operator",
             Identity::TenantA => "tenant-a",
             Identity::TenantB => "tenant-b",
+            Identity::Kwok => "kwok",
         }
     }
 }
+
+/// The ValidatingAdmissionPolicy (and its binding) that holds kwok to what a kubelet does: it
+/// deletes only a pod that is being deleted. kwok (v0.8) deletes a terminating pod by name,
+/// without the uid precondition a kubelet sends, and now and then repeats such a delete after the
+/// pod is gone; when a controller has created the pod's successor under the same name by then (a
+/// gang restart, a resume), the successor would go instead, which no real node does. The API
+/// server refuses that delete; kwok retries it, and it goes through once the pod of that name is
+/// terminating.
+pub const KWOK_GUARD: &str = "testbed-kwok-deletes-only-terminating-pods";
 
 /// A fake node that kwok keeps Ready.
 #[derive(Clone, Debug)]
@@ -359,9 +374,11 @@ impl Bed {
             // The bodies of its writes (for the key scan, see `keyscan`), the metadata (verb,
             // resource, response code) of the rest.
             // Also who (any user) created, deleted or evicted which pod or Secret, and when: the chaos
-            // suite tells kwok's deletes from everyone else's.
+            // suite tells kwok's deletes from everyone else's. And every write of a Lease in the
+            // operator's namespace, by anyone, with its body: who held the leader Lease when
+            // (`support::leaders`).
             Audit::Bodies => Some(format!(
-                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
+                "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Request\n    verbs: [create, update, patch, delete]\n    namespaces: [trainjob-system]\n    resources: [{{group: coordination.k8s.io, resources: [leases]}}]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
             )),
             Audit::Writes => Some(format!(
                 "  - level: Metadata\n    users: [\"{user}\"]\n    verbs: [create, update, patch, delete, deletecollection]\n"
@@ -504,20 +521,6 @@ impl Bed {
                 gates,
             ],
         )?;
-        let stages = repo_root().join("hack/kwok/stages.yaml");
-        self.spawn(
-            Component::Kwok,
-            &[
-                &kc,
-                &format!("--config={}", stages.display()),
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--cidr=10.244.0.0/16",
-                "--node-ip=10.0.0.1",
-                "--node-lease-duration-seconds=40",
-            ],
-        )?;
-
         // kube-controller-manager's service-account controller creating `default` proves it runs.
         let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
         self.wait_until(
@@ -529,6 +532,22 @@ impl Bed {
             },
         )
         .await?;
+        // Before kwok starts (and after the default service account, which a pod may need).
+        self.guard_kwok(&admin, deadline).await?;
+        let stages = repo_root().join("hack/kwok/stages.yaml");
+        let kwok_kc = format!("--kubeconfig={}", self.kubeconfig_path(Identity::Kwok).display());
+        self.spawn(
+            Component::Kwok,
+            &[
+                &kwok_kc,
+                &format!("--config={}", stages.display()),
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
+            ],
+        )?;
 
         for node in &config.nodes {
             self.add_node(node).await?;
@@ -549,6 +568,76 @@ impl Bed {
             }
         })
         .await
+    }
+
+    /// Installs [`KWOK_GUARD`] and waits until the API server enforces it: kwok's dry-run delete
+    /// of a pod that is not being deleted is refused.
+    async fn guard_kwok(&self, admin: &Client, deadline: Duration) -> Result<(), BedError> {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        use k8s_openapi::api::core::v1::Pod;
+        let kube = |what: &str| {
+            let what = what.to_string();
+            move |source| BedError::Kube { what, source }
+        };
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": KWOK_GUARD},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["DELETE"], "resources": ["pods"]}]},
+                "matchConditions": [{"name": "kwok",
+                    "expression": format!("request.userInfo.username == '{}'", Identity::Kwok.user())}],
+                "validations": [{"expression": "has(oldObject.metadata.deletionTimestamp)",
+                    "message": "kwok may only delete a pod that is being deleted, as a kubelet does (it deletes with the pod's uid as a precondition)",
+                    "reason": "Forbidden"}],
+            },
+        }))
+        .map_err(|e| BedError::Command(format!("the kwok guard: {e}")))?;
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": KWOK_GUARD},
+            "spec": {"policyName": KWOK_GUARD, "validationActions": ["Deny"]},
+        }))
+        .map_err(|e| BedError::Command(format!("the kwok guard's binding: {e}")))?;
+        Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+            .create(&PostParams::default(), &policy)
+            .await
+            .map_err(kube("creating the kwok guard"))?;
+        Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map_err(kube("creating the kwok guard's binding"))?;
+        // A pod never scheduled (gated), deleted by the admin once the guard holds.
+        let probe: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "testbed-kwok-guard-probe"},
+            "spec": {"schedulingGates": [{"name": "testbed/probe"}],
+                     "containers": [{"name": "probe", "image": "testbed.local/probe"}]},
+        }))
+        .map_err(|e| BedError::Command(format!("the kwok guard's probe: {e}")))?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+        pods.create(&PostParams::default(), &probe)
+            .await
+            .map_err(kube("creating the kwok guard's probe pod"))?;
+        let as_kwok: Api<Pod> = Api::namespaced(self.client(Identity::Kwok).await?, "default");
+        let dry_run = kube::api::DeleteParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        self.wait_until("the API server to enforce the kwok guard", deadline, || {
+            let (as_kwok, dry_run) = (as_kwok.clone(), dry_run.clone());
+            async move {
+                matches!(
+                    as_kwok.delete("testbed-kwok-guard-probe", &dry_run).await,
+                    Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(KWOK_GUARD)
+                )
+            }
+        })
+        .await?;
+        pods.delete("testbed-kwok-guard-probe", &Default::default())
+            .await
+            .map_err(kube("deleting the kwok guard's probe pod"))?;
+        Ok(())
     }
 
     /// Creates a fake node (cluster-scoped, shared by all tests of the binary).
@@ -587,17 +676,23 @@ impl Bed {
 
     /// A client authenticated as `identity`. Build one per tokio runtime (per test).
     pub async fn client(&self, identity: Identity) -> Result<Client, BedError> {
+        self.client_as(identity, None).await
+    }
+
+    /// A client authenticated as `identity` that sends `user_agent` with every request (the
+    /// audit log's `userAgent`), to tell apart clients of one identity.
+    pub async fn client_as(&self, identity: Identity, user_agent: Option<&str>) -> Result<Client, BedError> {
+        let client_error =
+            |e: Box<dyn std::error::Error + Send + Sync>| BedError::Client { identity, source: e };
         let options = kube::config::KubeConfigOptions::default();
-        let config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
+        let mut config = Config::from_custom_kubeconfig(self.kubeconfig(identity), &options)
             .await
-            .map_err(|e| BedError::Client {
-                identity,
-                source: Box::new(e),
-            })?;
-        Client::try_from(config).map_err(|e| BedError::Client {
-            identity,
-            source: Box::new(e),
-        })
+            .map_err(|e| client_error(Box::new(e)))?;
+        if let Some(agent) = user_agent {
+            let value = http::HeaderValue::from_str(agent).map_err(|e| client_error(Box::new(e)))?;
+            config.headers.push((http::header::USER_AGENT, value));
+        }
+        Client::try_from(config).map_err(|e| client_error(Box::new(e)))
     }
 
     /// The real node, when the bed was started with one.

@@ -169,14 +169,16 @@ pub fn orphans<'a>(
 }
 
 /// Pods of `job` in `ns` that kwok deleted while nobody had asked for them to go, read from the
-/// API server's audit log (JSON lines).
+/// API server's audit log (JSON lines), each with the evidence: when that incarnation was created
+/// and when kwok deleted it.
 ///
 /// kwok (v0.8) deletes a terminating pod by name, without the uid precondition a kubelet sends,
 /// and now and then repeats such a delete after the pod is gone; when the operator has created
 /// the pod's successor under the same name by then (a gang restart, a resume), the successor
 /// goes instead, which no real node does. A kwok delete is stray when, since that name's latest
-/// create, nobody deleted or evicted the pod (a collection delete of the job's pods counts).
-pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeSet<String> {
+/// create, nobody deleted or evicted the pod (a collection delete of the job's pods counts). The
+/// bed refuses such deletes (`trainjob_testbed::KWOK_GUARD`), so none should succeed any more.
+pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeMap<String, String> {
     /// One pod write, by what it means for the pod it names.
     enum Write {
         Create(String),
@@ -222,21 +224,27 @@ pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeSet<String> 
         .collect();
     // RFC 3339 in UTC with a fixed precision: the strings sort in time order.
     writes.sort_by(|a, b| a.0.cmp(&b.0));
-    // Per pod name: whether someone asked for its latest incarnation to go.
-    let mut asked: BTreeMap<String, bool> = BTreeMap::new();
-    let mut stray = BTreeSet::new();
-    for (_, write) in writes {
+    // Per pod name: when its latest incarnation was created, and whether someone asked for it
+    // to go.
+    let mut asked: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut stray = BTreeMap::new();
+    for (at, write) in writes {
         match write {
             Write::Create(name) => {
-                asked.insert(name, false);
+                asked.insert(name, (at, false));
             }
             Write::Delete(name) => {
-                asked.insert(name, true);
+                if let Some(pod) = asked.get_mut(&name) {
+                    pod.1 = true;
+                }
             }
-            Write::DeleteAll => asked.values_mut().for_each(|a| *a = true),
+            Write::DeleteAll => asked.values_mut().for_each(|a| a.1 = true),
             Write::Kwok(name) => {
-                if asked.get(&name) == Some(&false) {
-                    stray.insert(name);
+                if let Some((created, false)) = asked.get(&name) {
+                    stray.insert(
+                        name,
+                        format!("created at {created}, deleted by kwok at {at}, with no delete or eviction asked for in between"),
+                    );
                 }
             }
         }
@@ -244,8 +252,9 @@ pub fn stray_kwok_deletes(audit: &str, ns: &str, job: &str) -> BTreeSet<String> 
     stray
 }
 
-/// Who else (user agent) deleted `secret` in `ns`, by the API server's audit log: something other
-/// than the operator, which deletes a job's Secret only once the job finishes.
+/// Who else deleted `secret` in `ns`, and when, by the API server's audit log (`<user agent>
+/// (<user>) at <time>`): something other than the operator, which deletes a job's Secret only
+/// once the job finishes.
 pub fn secret_deleted_by_others(audit: &str, ns: &str, secret: &str, operator: &str) -> Vec<String> {
     audit
         .lines()
@@ -259,7 +268,14 @@ pub fn secret_deleted_by_others(audit: &str, ns: &str, secret: &str, operator: &
                 && e["responseStatus"]["code"] == 200
                 && e["user"]["username"] != operator
         })
-        .map(|e| e["userAgent"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            format!(
+                "{} ({}) at {}",
+                e["userAgent"].as_str().unwrap_or_default(),
+                e["user"]["username"].as_str().unwrap_or_default(),
+                e["stageTimestamp"].as_str().unwrap_or_default()
+            )
+        })
         .collect()
 }
 
@@ -374,9 +390,11 @@ mod tests {
             line("16.000000", "delete", Some("pi-node-0-2"), kwok, None, ""),
         ]
         .join("\n");
+        let stray = stray_kwok_deletes(&log, "ns", "pi");
+        assert_eq!(stray.keys().collect::<Vec<_>>(), ["pi-node-0-0", "pi-node-0-2"]);
         assert_eq!(
-            stray_kwok_deletes(&log, "ns", "pi"),
-            BTreeSet::from(["pi-node-0-0".to_string(), "pi-node-0-2".to_string()])
+            stray["pi-node-0-0"],
+            "created at 2026-01-01T00:00:04.000000Z, deleted by kwok at 2026-01-01T00:00:05.000000Z, with no delete or eviction asked for in between"
         );
     }
 
@@ -384,6 +402,7 @@ mod tests {
     fn secret_deletes_by_others_than_the_operator_are_named() {
         let line = |user: &str, agent: &str, name: &str, code: u16| {
             json!({"stage": "ResponseComplete", "verb": "delete", "userAgent": agent,
+                "stageTimestamp": "2026-01-01T00:00:01.000000Z",
                 "user": {"username": user}, "responseStatus": {"code": code},
                 "objectRef": {"resource": "secrets", "namespace": "ns", "name": name}})
             .to_string()
@@ -402,7 +421,7 @@ mod tests {
         .join("\n");
         assert_eq!(
             secret_deleted_by_others(&log, "ns", "pi-mpi-ssh-auth", "op"),
-            ["kube-controller-manager/v1.36 (gc)"]
+            ["kube-controller-manager/v1.36 (gc) (admin) at 2026-01-01T00:00:01.000000Z"]
         );
     }
 

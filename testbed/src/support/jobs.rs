@@ -214,21 +214,27 @@ pub async fn running(
     (ns, c, jobs)
 }
 
-/// Installs the scheduler's own PodGroup CRD (`hack/gang-crds.sh` fetches it at a pinned
-/// version) and waits until it is served.
+/// Installs the scheduler's own PodGroup CRD and waits until it is served. `make bed` fetches
+/// and generates the CRDs at pinned versions into the cache (`hack/gang-crds.sh`); the tests only
+/// read them there.
 pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::desired::gang::Plugin) {
-    let out = std::process::Command::new(crate::repo_root().join("hack/gang-crds.sh"))
+    let script = crate::repo_root().join("hack/gang-crds.sh");
+    let out = std::process::Command::new(&script)
+        .arg("--dir")
         .output()
-        .expect("running hack/gang-crds.sh");
+        .expect("running hack/gang-crds.sh --dir");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(plugin.policy())?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {} CRD in {stdout}", plugin.policy()))
-        .to_string();
+    let path = std::path::Path::new(String::from_utf8_lossy(&out.stdout).trim())
+        .join(format!("{}.yaml", plugin.policy()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the {} PodGroup CRD is not in the cache ({}: {e}): run `make bed` (or hack/gang-crds.sh) to fetch and generate the gang-scheduling CRDs",
+            plugin.policy(),
+            path.display()
+        )
+    });
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("CRD file")).expect("CRD");
+        serde_saphyr::from_str(&text).expect("CRD");
     let crds: Api<
         k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     > = Api::all(c.clone());

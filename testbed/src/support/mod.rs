@@ -182,6 +182,10 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// The operator under test: the real controller and HTTP server, running as the operator's
 /// service account (bound only to `config/rbac`), on a thread and runtime of its own.
 pub struct Operator {
+    /// Who this operator is: its `holderIdentity` when it campaigns for the Lease
+    /// (`leader::identity` of its instance name), and, in the audit log, the `userAgent` of every
+    /// request it makes ([`leaders::user_agent`]).
+    pub identity: String,
     /// Metrics the controller updates.
     pub metrics: std::sync::Arc<trainjob_operator::metrics::Metrics>,
     /// What the controller remembers of each job.
@@ -226,6 +230,12 @@ impl Operator {
         let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (admitting_tx, admitting_rx) = std::sync::mpsc::channel::<()>();
         let m = metrics.clone();
+        // As config/default runs it.
+        let instance = election
+            .as_ref()
+            .map_or_else(|| "test-operator".to_string(), |(name, _)| name.clone());
+        let identity = leader::identity(&instance);
+        let me = identity.clone();
         let thread = std::thread::Builder::new()
             .name("operator".into())
             .spawn(move || {
@@ -235,7 +245,10 @@ impl Operator {
                     .build()
                     .expect("runtime");
                 let operator = async move {
-                    let client = bed.client(Identity::Operator).await.expect("operator client");
+                    let client = bed
+                        .client_as(Identity::Operator, Some(&leaders::user_agent(&me)))
+                        .await
+                        .expect("operator client");
                     let stopped = move || {
                         let mut rx = stop_rx.clone();
                         async move {
@@ -291,12 +304,8 @@ impl Operator {
                             let _ = admitting_tx.send(());
                         });
                     }
-                    // As config/default runs it.
-                    let instance = election
-                        .as_ref()
-                        .map_or_else(|| "test-operator".to_string(), |(name, _)| name.clone());
                     let settings = controller::Settings {
-                        instance: instance.clone(),
+                        instance,
                         cluster: trainjob_operator::plan::Cluster {
                             network_policies: true,
                             ..Default::default()
@@ -319,7 +328,7 @@ impl Operator {
                                 leader::Settings {
                                     namespace: "trainjob-system".into(),
                                     name: "trainjob-operator".into(),
-                                    identity: leader::identity(&instance),
+                                    identity: me,
                                     timing,
                                 },
                             );
@@ -355,6 +364,7 @@ impl Operator {
                 .expect("the API server to call the operator's webhooks within 60 s");
         }
         Operator {
+            identity,
             metrics,
             memory,
             http: format!("http://127.0.0.1:{port}"),

@@ -15,7 +15,8 @@ pub struct OperatorProcess {
     ticks_per_s: f64,
 }
 
-/// The binary `make bench` built: `$TRAINJOB_OPERATOR_BINARY`, else `target/release`.
+/// The release binary `make test` and `make bench` build: `$TRAINJOB_OPERATOR_BINARY`, else
+/// `target/release`.
 pub fn binary() -> PathBuf {
     std::env::var_os("TRAINJOB_OPERATOR_BINARY")
         .map(PathBuf::from)
@@ -29,7 +30,7 @@ impl OperatorProcess {
         let binary = binary();
         assert!(
             binary.is_file(),
-            "{} is missing: `make bench` builds it (cargo build --release)",
+            "{} is missing: `make test` and `make bench` build it (cargo build --release)",
             binary.display()
         );
         let log_path = log.clone();
