@@ -191,6 +191,25 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
     create_pods(job, ctx, &pods, &objects.pods).await
 }
 
+/// A namespaced object this operator writes through a typed `Api`.
+trait Child:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// Creates `object`; `false` when it existed already.
 async fn create<K>(
     ctx: &Context,
@@ -200,11 +219,7 @@ async fn create<K>(
     action: &str,
 ) -> Result<bool, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Child,
 {
     let name = object.meta().name.clone().unwrap_or_default();
     match Api::<K>::namespaced(ctx.client.clone(), ns)
@@ -226,11 +241,7 @@ async fn server_side<K>(
     action: &str,
 ) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Child,
 {
     let name = object.meta().name.clone().unwrap_or_default();
     Api::<K>::namespaced(ctx.client.clone(), ns)
