@@ -6,6 +6,8 @@
 //! the object is the job's. A pod is never applied: an update would undo changes others are
 //! allowed to make, such as Kueue removing scheduling gates.
 
+mod pods;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
@@ -17,7 +19,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::api::{TrainJob, TrainJobStatus};
-use crate::desired::{self, Delete, Key, Objects, Updates, gang::Plugin};
+use crate::desired::{self, Key, Objects, Updates, gang::Plugin};
 use crate::names::{self, OwnerError};
 use crate::reasons;
 
@@ -111,9 +113,6 @@ fn create_params() -> PostParams {
 /// Pod writes in flight at once, across all reconciles (see [`Context::writes`]).
 pub const MAX_POD_WRITES: usize = 64;
 
-/// The largest batch of one job's creates; [`Context::writes`] bounds all jobs together.
-const MAX_CREATE_BATCH: usize = 64;
-
 /// Writes `objects` and `updates` for `job`, in the order of the module documentation.
 pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &Updates) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_default();
@@ -180,7 +179,7 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    delete_pods(job, ctx, &pods, &updates.delete).await?;
+    pods::delete(job, ctx, &pods, &updates.delete).await?;
     // The gang's objects come before its first member.
     if let Some(gang) = &objects.gang {
         create_gang(ctx, &ns, gang).await?;
@@ -188,7 +187,7 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
     if let Some((plugin, group)) = &objects.plugin_group {
         create_plugin_pod_group(ctx, &ns, *plugin, group).await?;
     }
-    create_pods(job, ctx, &pods, &objects.pods).await
+    pods::create(job, ctx, &pods, &objects.pods).await
 }
 
 /// A namespaced object this operator writes through a typed `Api`.
@@ -267,97 +266,6 @@ async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) ->
         ctx.memory.finished(job);
     }
     Ok(())
-}
-
-/// Creates pods in batches that double while every create succeeds (1, 2, 4, ...), as the Job
-/// controller does: a job's pods appear about as fast as the API server takes them, while a
-/// create that will fail for all of them (an invalid template, a quota) fails once, not
-/// hundreds of times. [`Context::writes`] bounds the creates in flight across all jobs.
-async fn create_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, wanted: &[Pod]) -> Result<(), Error> {
-    let mut wanted = wanted.iter().peekable();
-    let mut batch = 1;
-    while wanted.peek().is_some() {
-        let creates: Vec<_> = wanted
-            .by_ref()
-            .take(batch)
-            .map(|pod| create_pod(job, ctx, api, pod))
-            .collect();
-        futures::future::join_all(creates)
-            .await
-            .into_iter()
-            .collect::<Result<(), Error>>()?;
-        batch = (batch * 2).min(MAX_CREATE_BATCH);
-    }
-    Ok(())
-}
-
-/// Creates one pod of `job`, and notes it as awaited in the watch.
-async fn create_pod(job: &TrainJob, ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
-    let _permit = ctx.writes.acquire().await;
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    // Create, never apply: a pod that exists already (the watch has not shown it yet) must not
-    // be updated, e.g. re-gated after Kueue removed its scheduling gates.
-    match api.create(&create_params(), pod).await {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 409) => {
-            // Ours, not shown by the watch yet; or someone else's (without the labels the
-            // watch selects, it never would be), which the job must not wait for.
-            let existing =
-                api.get_opt(&name)
-                    .await
-                    .map_err(write_err("pod", &name, format!("reading pod {name}")))?;
-            if let Some(existing) = existing {
-                names::check_owner(job, "Pod", &existing.metadata)?;
-            }
-        }
-        Err(e) => return Err(write_err("pod", &name, format!("creating pod {name}"))(e)),
-    }
-    ctx.memory.created(job, [name]);
-    Ok(())
-}
-
-/// Deletes the pods `delete` names: one collection delete, or each as the very object seen.
-async fn delete_pods(job: &TrainJob, ctx: &Context, api: &Api<Pod>, delete: &Delete) -> Result<(), Error> {
-    match delete {
-        Delete::Workers { labels, fields } => {
-            let params = kube::api::ListParams::default().labels(labels).fields(fields);
-            api.delete_collection(&DeleteParams::background(), &params)
-                .await
-                .map(|_| ())
-                .map_err(|source| Error::Kube {
-                    action: format!("deleting the workers of {}", job.name_any()),
-                    source,
-                })
-        }
-        Delete::Each(pods) => {
-            let deletes = pods
-                .iter()
-                .map(|(name, uid)| delete_pod(api, name, uid.clone(), ctx));
-            futures::future::join_all(deletes).await.into_iter().collect()
-        }
-    }
-}
-
-/// Deletes a pod, only the object with `uid` (within the bound on pod writes); one that is
-/// already gone is fine.
-async fn delete_pod(api: &Api<Pod>, name: &str, uid: Option<String>, ctx: &Context) -> Result<(), Error> {
-    let _permit = ctx.writes.acquire().await;
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        // Gone, or already replaced by a pod this delete was not meant for.
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-        Err(source) => Err(Error::Kube {
-            action: format!("deleting pod {name}"),
-            source,
-        }),
-    }
 }
 
 /// Creates the Workload, then the PodGroup (admission checks that its Workload exists), before
