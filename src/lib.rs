@@ -31,6 +31,7 @@ pub mod merge;
 pub mod metrics;
 pub mod mpi;
 pub mod names;
+pub mod nodes;
 pub mod observed;
 pub mod plan;
 pub mod quota;

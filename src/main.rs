@@ -58,6 +58,11 @@ struct RunArgs {
     /// NetworkPolicies.
     #[arg(long, env = "TRAINJOB_NETWORK_POLICIES")]
     network_policies: bool,
+    /// How long a job may stay stalled by an image that cannot be pulled, a container that cannot
+    /// be created (a missing Secret, ConfigMap or key) or one that keeps crashing, before it
+    /// fails with that reason; `0s` waits for ever (the reason stays on the job).
+    #[arg(long, env = "TRAINJOB_STALL_TIMEOUT", default_value = "5m", value_parser = parse_timeout)]
+    stall_timeout: std::time::Duration,
     /// Address of the HTTPS admission webhook.
     #[arg(long, env = "TRAINJOB_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
     webhook_addr: std::net::SocketAddr,
@@ -261,6 +266,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster: trainjob_operator::plan::Cluster {
             domain: args.cluster_domain,
             network_policies: args.network_policies,
+            stall_timeout: args.stall_timeout,
         },
         keep_ssh_secrets: args.keep_ssh_secrets,
     };
@@ -331,6 +337,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match n.checked_mul(millis) {
         Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
         _ => Err(format!("{s:?} must be more than zero and fit in 64 bits")),
+    }
+}
+
+/// A duration as [`parse_duration`] takes it, or zero (`0`, `0s`): never.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim_start_matches('0') {
+        "" | "ms" | "s" | "m" | "h" | "d" => Ok(std::time::Duration::ZERO),
+        _ => parse_duration(s),
     }
 }
 

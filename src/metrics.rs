@@ -20,14 +20,14 @@ pub struct JobLabels {
     pub runtime: String,
 }
 
-/// Labels of the failure counter.
+/// Labels of the failure and stall counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
+pub struct ReasonLabels {
     /// Namespace of the TrainJob.
     pub namespace: String,
     /// Referenced runtime name.
     pub runtime: String,
-    /// The `Failed` condition reason.
+    /// The `Failed` (or `Stalled`) condition reason: one of the fixed set in `reasons`.
     pub reason: String,
 }
 
@@ -64,7 +64,9 @@ pub struct Metrics {
     /// TrainJobs that completed.
     pub jobs_completed: Family<JobLabels, Counter>,
     /// TrainJobs that failed.
-    pub jobs_failed: Family<FailureLabels, Counter>,
+    pub jobs_failed: Family<ReasonLabels, Counter>,
+    /// Times TrainJobs became stalled, by reason.
+    pub jobs_stalled: Family<ReasonLabels, Counter>,
     active: Family<PhaseLabels, Gauge>,
     /// Reconcile durations.
     pub reconcile_duration: Histogram,
@@ -100,6 +102,7 @@ impl Metrics {
         let jobs_completed = Family::default();
         let jobs_failed = Family::default();
         let active = Family::default();
+        let jobs_stalled = Family::default();
         let reconcile_errors = Family::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let seconds = || Histogram::new(exponential_buckets(0.5, 2.0, 14));
@@ -119,6 +122,11 @@ impl Metrics {
             "jobs_failed",
             "TrainJobs that failed, by reason",
             jobs_failed.clone(),
+        );
+        registry.register(
+            "jobs_stalled",
+            "Times TrainJobs became stalled (their pods held up), by reason",
+            jobs_stalled.clone(),
         );
         registry.register(
             "jobs_active",
@@ -191,6 +199,7 @@ impl Metrics {
             jobs_created,
             jobs_completed,
             jobs_failed,
+            jobs_stalled,
             active,
             reconcile_duration,
             reconcile_errors,
@@ -267,7 +276,7 @@ mod tests {
         };
         m.jobs_created.get_or_create(&labels).inc();
         m.jobs_failed
-            .get_or_create(&FailureLabels {
+            .get_or_create(&ReasonLabels {
                 namespace: "ns".into(),
                 runtime: "mpi-openmpi".into(),
                 reason: "FailedJobs".into(),

@@ -3,7 +3,7 @@
 //! the shell's `dereference` step fills it, `lifecycle` decides from it and `build` builds from
 //! it, so neither needs a client.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ pub struct Observed {
     /// How long a status that differs from the job's in pod counts alone must wait before it is
     /// written; `None`: it may be written now.
     pub status_hold: Option<Duration>,
+    /// The nodes of the job's pods that are not Ready (the node controller no longer hears
+    /// their kubelet, or it reports them not ready), with why in the node's own words.
+    pub lost_nodes: BTreeMap<String, String>,
     /// This run of the operator already made sure the finished job's Secret is gone.
     pub key_retired: bool,
 }

@@ -3,6 +3,8 @@
 //! that follow from the plan alone (who is in the gang, the MPI implementation) are methods here,
 //! so that deciding and building cannot disagree on them.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use crate::api::{DependsOn, LAUNCHER, MPIImplementation, NODE, PodGroupPolicy};
@@ -17,13 +19,20 @@ pub struct Cluster {
     pub domain: String,
     /// Whether every job gets a NetworkPolicy that admits only its own pods.
     pub network_policies: bool,
+    /// How long a job may stay stalled by an image that cannot be pulled, a container that
+    /// cannot be created or one that keeps crashing before it fails; zero: never.
+    pub stall_timeout: Duration,
 }
+
+/// How long a stalled job waits before it fails, unless the settings say otherwise.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Default for Cluster {
     fn default() -> Self {
         Cluster {
             domain: DEFAULT_CLUSTER_DOMAIN.into(),
             network_policies: false,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }

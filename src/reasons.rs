@@ -13,6 +13,10 @@ pub mod condition {
     /// Our extension, for a native gang: every worker is scheduled (True) or not yet (False,
     /// with how far it got and the scheduler's reason).
     pub const GANG_SCHEDULED: &str = "GangScheduled";
+    /// Our extension, in the kstatus sense: something keeps the job's pods from running (True,
+    /// with the reason and what to change), or no longer does (False, `Recovered`). Absent on a
+    /// job that was never held up.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Reason of `Suspended=True`; also its Event.
@@ -58,6 +62,22 @@ pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 pub const SECRET_DELETED: &str = "SSHSecretDeleted";
 /// `Failed`: the job's frozen runtime (`<job>-runtime-snapshot`) was edited into something unreadable.
 pub const SNAPSHOT_UNREADABLE: &str = "RuntimeSnapshotUnreadable";
+
+/// `Stalled`, and `Failed` at once: a container's image reference is not a valid name.
+pub const INVALID_IMAGE_NAME: &str = "InvalidImageName";
+/// `Stalled`, and `Failed` after `--stall-timeout`: an image cannot be pulled.
+pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+/// `Stalled`, and `Failed` after `--stall-timeout`: a container cannot be created (a missing
+/// Secret, ConfigMap or key).
+pub const CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// `Stalled`, and `Failed` after `--stall-timeout`: a container (a sidecar) keeps crashing.
+pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+/// `Stalled`: the scheduler finds no node for a pod (no native gang).
+pub const UNSCHEDULABLE: &str = "Unschedulable";
+/// `Stalled`: a pod waits for a PersistentVolumeClaim that is missing or not bound.
+pub const VOLUME_CLAIM_NOT_BOUND: &str = "VolumeClaimNotBound";
+/// `Stalled=False`: what held the job up is gone; also its Event.
+pub const RECOVERED: &str = "Recovered";
 
 /// Reasons of Events that are not condition reasons.
 pub mod event {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use trainjob_operator::lifecycle::Phase;
-use trainjob_operator::metrics::{AdmissionLabels, ErrorLabels, FailureLabels, JobLabels, Metrics};
+use trainjob_operator::metrics::{AdmissionLabels, ErrorLabels, JobLabels, Metrics, ReasonLabels};
 
 const ADMIN_GUIDE: &str = "docs/admin-guide.md";
 const USER_GUIDE: &str = "docs/user-guide.md";
@@ -359,7 +359,7 @@ fn exported_metrics() -> BTreeMap<String, String> {
     m.jobs_created.get_or_create(&job).inc();
     m.jobs_completed.get_or_create(&job).inc();
     m.jobs_failed
-        .get_or_create(&FailureLabels {
+        .get_or_create(&ReasonLabels {
             namespace: "ns".into(),
             runtime: "mpi-openmpi".into(),
             reason: "FailedJobs".into(),

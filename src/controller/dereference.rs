@@ -4,6 +4,7 @@
 //! from the watch caches, a failed launcher's log, and what the operator remembers of the job.
 //! Reads only; `apply` does every write.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret};
@@ -117,6 +118,7 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         true => gang_condition(ctx, &ns, &name).await,
         false => None,
     };
+    let lost_nodes = lost_nodes(ctx, &pods);
     Ok(Observed {
         runtime,
         fresh,
@@ -129,9 +131,21 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         launcher_log,
         gang,
         quotas,
+        lost_nodes,
         status_hold: ctx.memory.status_wait(job),
         key_retired: ctx.memory.key_retired(job),
     })
+}
+
+/// The nodes of `pods` that are not Ready, with why.
+fn lost_nodes(ctx: &Context, pods: &[Arc<Pod>]) -> BTreeMap<String, String> {
+    pods.iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .filter_map(|node| {
+            let why = crate::nodes::not_ready(ctx.nodes.get(&ObjectRef::new(node))?.as_ref())?;
+            Some((node.to_string(), why))
+        })
+        .collect()
 }
 
 /// Whether the job's SSH Secret exists. Secrets are not watched (the operator may only get the

@@ -64,6 +64,21 @@ impl JobPods {
         }
     }
 
+    /// The jobs (namespace, name) with a pod on node `node`. A scan: only for a node that stopped
+    /// being Ready, which is rare.
+    pub fn jobs_on(&self, node: &str) -> Vec<(String, String)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .pods
+            .iter()
+            .filter(|(_, pods)| {
+                pods.values()
+                    .any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The pods of job `job` in namespace `ns`.
     pub fn of(&self, ns: &str, job: &str) -> Vec<Arc<Pod>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());

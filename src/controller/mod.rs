@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
@@ -84,6 +84,8 @@ pub struct Context {
     listed: Arc<Listed>,
     /// Every namespace's metadata, to tell one that is being deleted.
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Every node's readiness, to tell pods lost with their node.
+    nodes: Store<Node>,
     recorder: Recorder,
     backoff: Backoff,
     in_flight: AtomicUsize,

@@ -12,7 +12,10 @@ use super::error::namespace_ending;
 use crate::api::TrainJob;
 use crate::api::TrainJobStatus;
 use crate::lifecycle::{self, Decision, Note, Severity};
-use crate::metrics::{FailureLabels, JobLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::{JobLabels, ReasonLabels};
 use crate::names::{self, OwnerError};
 use crate::observed::Observed;
 use crate::plan::{Plan, Role};
@@ -165,22 +168,34 @@ fn outcome(job: &TrainJob, ctx: &Context, new: &TrainJobStatus, now: &Time) {
             .time_to_gang_scheduled
             .observe(waiting_since.unwrap_or_else(|| since_creation(ctx, job)));
     }
-    if became(condition::FAILED) {
-        let reason = new
+    let reason_of = |status: Option<&TrainJobStatus>, type_: &str| {
+        status?
             .conditions
             .iter()
-            .find(|c| c.type_ == condition::FAILED)
+            .find(|c| c.type_ == type_ && c.status == "True")
             .map(|c| c.reason.clone())
-            .unwrap_or_default();
-        let JobLabels { namespace, runtime } = job_labels(job);
-        ctx.metrics
-            .jobs_failed
-            .get_or_create(&FailureLabels {
-                namespace,
-                runtime,
+    };
+    let JobLabels { namespace, runtime } = job_labels(job);
+    let count = |family: &Family<ReasonLabels, Counter>, reason: String| {
+        family
+            .get_or_create(&ReasonLabels {
+                namespace: namespace.clone(),
+                runtime: runtime.clone(),
                 reason,
             })
             .inc();
+    };
+    let (old, new) = (job.status.as_ref(), Some(new));
+    if let Some(reason) =
+        reason_of(new, condition::FAILED).filter(|_| reason_of(old, condition::FAILED).is_none())
+    {
+        count(&ctx.metrics.jobs_failed, reason);
+    }
+    // A stall counts once per reason it takes.
+    if let Some(reason) =
+        reason_of(new, condition::STALLED).filter(|r| reason_of(old, condition::STALLED).as_ref() != Some(r))
+    {
+        count(&ctx.metrics.jobs_stalled, reason);
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Node, Pod, PodSpec, ResourceRequirements, Service, Volume,
+};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -56,7 +58,21 @@ pub async fn run(
     .reflect(writer)
     .inspect_ok(listed.on_list("namespaces"));
     tokio::spawn(namespace_events.for_each(|_| async {}));
+    // Nodes by readiness only; one that stops being Ready wakes the jobs with pods on it (its
+    // pods are marked not ready too, but the node's own watch may come later than theirs).
+    let (nodes, writer) = reflector::store();
     let pods = Arc::new(JobPods::default());
+    let on_node = pods.clone();
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(crate::nodes::trim)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            |node: &Node| Some(u64::from(crate::nodes::not_ready(node).is_some())),
+            Default::default(),
+        )
+        .try_filter(|node| std::future::ready(crate::nodes::not_ready(node).is_some()));
     let index = pods.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
@@ -93,6 +109,7 @@ pub async fn run(
         services,
         listed: listed.clone(),
         namespaces,
+        nodes,
         backoff: Backoff::default(),
         in_flight: AtomicUsize::new(0),
         writes: tokio::sync::Semaphore::new(MAX_POD_WRITES),
@@ -135,6 +152,12 @@ pub async fn run(
         .owns_stream(pod_events)
         .owns_stream(configmap_events)
         .owns_stream(service_events)
+        .watches_stream(node_events, move |node| {
+            on_node
+                .jobs_on(&node.name_any())
+                .into_iter()
+                .map(|(ns, job)| ObjectRef::new(&job).within(&ns))
+        })
         .watches(
             Api::<TrainingRuntime>::all(client.clone()),
             watcher::Config::default(),
@@ -193,16 +216,47 @@ async fn signal_ready(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
 }
 
 /// What the pod cache keeps of a pod: what reconciles read (metadata, the node it is bound to,
-/// the status). The rest of the spec, most of a pod's bytes, is the operator's own template; a
-/// burst of thousands of pods held whole took most of the operator's memory.
+/// the status, and for the messages that explain a pod: its containers' memory limits and its
+/// volume claims). The rest of the spec, most of a pod's bytes, is the operator's own template;
+/// a burst of thousands of pods held whole took most of the operator's memory.
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
-    if let Some(spec) = pod.spec.as_mut() {
-        *spec = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
+    let Some(spec) = pod.spec.as_mut() else { return };
+    let limits = |containers: Vec<Container>| -> Vec<Container> {
+        containers
+            .into_iter()
+            .map(|c| Container {
+                resources: c.resources.and_then(|r| {
+                    let memory = r.limits?.remove_entry("memory")?;
+                    Some(ResourceRequirements {
+                        limits: Some([memory].into()),
+                        ..Default::default()
+                    })
+                }),
+                name: c.name,
+                ..Default::default()
+            })
+            .collect()
+    };
+    let claims: Vec<Volume> = spec
+        .volumes
+        .take()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.persistent_volume_claim.is_some())
+        .map(|v| Volume {
+            name: v.name,
+            persistent_volume_claim: v.persistent_volume_claim,
             ..Default::default()
-        };
-    }
+        })
+        .collect();
+    *spec = PodSpec {
+        node_name: spec.node_name.take(),
+        containers: limits(std::mem::take(&mut spec.containers)),
+        init_containers: spec.init_containers.take().map(limits),
+        volumes: (!claims.is_empty()).then_some(claims),
+        ..Default::default()
+    };
 }
 
 /// Unfinished jobs that reference a runtime. Only jobs that have not frozen their runtime yet

@@ -102,13 +102,23 @@ pub enum Key {
 /// Pods to delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delete {
-    /// These pods, each only as the very object seen (`(name, uid)`): pods of the next restart
-    /// attempt get the same names, and a cache behind the API server must not take one for
-    /// its predecessor.
-    Each(Vec<(String, Option<String>)>),
+    /// These pods, each only as the very object seen: pods of the next restart attempt get the
+    /// same names, and a cache behind the API server must not take one for its predecessor.
+    Each(Vec<PodDelete>),
     /// Exactly the job's live workers of one attempt: one collection delete, selected by these
     /// labels and fields, instead of one request each.
     Workers { labels: String, fields: String },
+}
+
+/// One pod to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDelete {
+    pub name: String,
+    /// Deleted only if it is still this object.
+    pub uid: Option<String>,
+    /// At once, without a grace period: the pod is on a lost node, whose kubelet would never
+    /// confirm a graceful delete, and its name is needed for the next attempt's pod.
+    pub force: bool,
 }
 
 impl Default for Delete {
@@ -248,7 +258,12 @@ fn counts_only(old: Option<&TrainJobStatus>, new: &TrainJobStatus) -> bool {
 /// that completed or failed) and no pod that is not the job's carries its labels (a collection
 /// delete selects by label), one collection delete removes them all.
 fn delete(job: &TrainJob, observed: &Observed, names: &[String]) -> Delete {
-    if names.len() > 1 && observed.foreign.is_empty() {
+    let on_lost_node = |p: &Pod| {
+        let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        node.is_some_and(|n| observed.lost_nodes.contains_key(n))
+    };
+    let forced = observed.pods.iter().any(|p| on_lost_node(p));
+    if names.len() > 1 && observed.foreign.is_empty() && !forced {
         let live: Vec<&Pod> = observed
             .pods
             .iter()
@@ -281,11 +296,10 @@ fn delete(job: &TrainJob, observed: &Observed, names: &[String]) -> Delete {
             .pods
             .iter()
             .filter(|p| p.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
-            .map(|p| {
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.metadata.uid.clone(),
-                )
+            .map(|p| PodDelete {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                uid: p.metadata.uid.clone(),
+                force: on_lost_node(p),
             })
             .collect(),
     )

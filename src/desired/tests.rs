@@ -190,7 +190,11 @@ fn exactly_the_live_workers_of_one_attempt_go_in_one_collection_delete() {
     let one = vec!["pi-node-0-0".to_string()];
     assert_eq!(
         delete(&j, &observed, &one),
-        Delete::Each(vec![("pi-node-0-0".into(), Some("uid-pi-node-0-0".into()))])
+        Delete::Each(vec![PodDelete {
+            name: "pi-node-0-0".into(),
+            uid: Some("uid-pi-node-0-0".into()),
+            force: false,
+        }])
     );
     let foreign = Observed {
         foreign: vec![worker("pi-node-0-5", "0", "Running")],
@@ -211,4 +215,25 @@ fn exactly_the_live_workers_of_one_attempt_go_in_one_collection_delete() {
         matches!(delete(&j, &mixed, &both), Delete::Each(_)),
         "two attempts"
     );
+}
+
+#[test]
+fn pods_on_a_lost_node_are_deleted_by_force_and_one_by_one() {
+    let j = job(json!({}));
+    let on = |name: &str, node: &str| {
+        let mut pod = (*worker(name, "0", "Running")).clone();
+        pod.spec = Some(serde_json::from_value(json!({"containers": [], "nodeName": node})).expect("spec"));
+        Arc::new(pod)
+    };
+    let observed = Observed {
+        pods: vec![on("pi-node-0-0", "n0"), on("pi-node-0-1", "n1")],
+        lost_nodes: [("n1".to_string(), "NodeStatusUnknown".to_string())].into(),
+        ..Observed::default()
+    };
+    let both = vec!["pi-node-0-0".to_string(), "pi-node-0-1".to_string()];
+    let Delete::Each(pods) = delete(&j, &observed, &both) else {
+        panic!("a collection delete cannot force");
+    };
+    let forced: Vec<(&str, bool)> = pods.iter().map(|p| (p.name.as_str(), p.force)).collect();
+    assert_eq!(forced, [("pi-node-0-0", false), ("pi-node-0-1", true)]);
 }

@@ -79,6 +79,29 @@ pub fn transitions(old: Option<&TrainJobStatus>, new: &TrainJobStatus) -> Vec<No
         let (reason, text) = message(condition::GANG_SCHEDULED);
         notes.push(note(Severity::Normal, &reason, text));
     }
+    // One Event per stall: when it starts or its reason changes, and when it is over.
+    let stalled = |s: &TrainJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition::STALLED && c.status == "True")
+            .map(|c| c.reason.clone())
+    };
+    let was_stalled = old.and_then(stalled);
+    match stalled(new) {
+        Some(reason)
+            if was_stalled.as_ref() != Some(&reason) && !is_true(&new.conditions, condition::FAILED) =>
+        {
+            notes.push(note(Severity::Warning, &reason, message(condition::STALLED).1));
+        }
+        None if was_stalled.is_some() && !is_true(&new.conditions, condition::FAILED) => {
+            notes.push(note(
+                Severity::Normal,
+                reasons::RECOVERED,
+                message(condition::STALLED).1,
+            ));
+        }
+        _ => {}
+    }
     if became(condition::FAILED) {
         let (reason, text) = message(condition::FAILED);
         notes.push(note(Severity::Warning, &reason, text));

@@ -1,28 +1,48 @@
 //! What broke an MPI world, in one line a user can act on: which pod, which container, the exit
 //! code and reason, and what to do next.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus};
+
 use crate::api::NODE;
 use crate::plan::{Plan, Role};
 
 use super::pod_state::PodState;
 
-/// The first pod of the current attempt that breaks the world: failed, deleted by someone else
-/// (eviction, drain, node loss), or, once the launcher exists, missing altogether. A failed
-/// launcher's log, when given, names SSH, DNS or key trouble.
+/// The first pod of the current attempt that breaks the world: failed, lost with its node
+/// (`lost_nodes`: why each is), deleted by someone else (eviction, drain), or, once the launcher
+/// exists, missing altogether. A failed launcher's log, when given, names SSH, DNS or key trouble.
 pub(super) fn broken(
     job: &str,
     plan: &Plan,
     mine: &[&PodState],
     launcher_log: Option<&str>,
+    lost_nodes: &BTreeMap<String, String>,
 ) -> Option<String> {
-    mine.iter()
-        .find(|o| o.failed())
+    let failed = mine.iter().find(|o| o.failed());
+    let lost = mine.iter().find(|o| o.lost && !o.succeeded());
+    if let (None, Some(o)) = (failed, lost) {
+        let node = o.node().unwrap_or_default();
+        let why = lost_nodes.get(node).map(String::as_str).unwrap_or_default();
+        return Some(format!(
+            "pod {} lost its node {node} ({why}); MPI cannot continue without it",
+            o.name
+        ));
+    }
+    failed
         .or_else(|| mine.iter().find(|o| o.deleting && !o.succeeded()))
         .map(|o| {
             let cause = launcher_log
                 .filter(|_| o.rjob == plan.launcher())
                 .and_then(|log| super::diagnose::launcher_log(log, plan));
-            describe(o, cause)
+            let host = plan.job_named(o.rjob).is_some_and(|j| plan.gang_member(j.role));
+            let resources = if host {
+                "spec.trainer.resourcesPerNode, or the runtime's"
+            } else {
+                "in the runtime's pod template, or with a runtimePatch"
+            };
+            describe(o, cause, resources)
         })
         .or_else(|| missing_worker(job, plan, mine))
 }
@@ -45,7 +65,8 @@ fn missing_worker(job: &str, plan: &Plan, mine: &[&PodState]) -> Option<String> 
 }
 
 /// One line saying which pod failed, how, and what to do about it (`cause`, when known).
-fn describe(o: &PodState, cause: Option<String>) -> String {
+/// `resources`: where the pod's resources are set, for an out-of-memory kill.
+fn describe(o: &PodState, cause: Option<String>, resources: &str) -> String {
     let status = o.pod.status.as_ref();
     if o.deleting && !o.failed() {
         return format!(
@@ -59,36 +80,54 @@ fn describe(o: &PodState, cause: Option<String>) -> String {
             .trim_end_matches([':', ' '])
             .to_string();
     }
-    let terminated = status.and_then(|s| s.container_statuses.as_ref()).and_then(|cs| {
-        let mut cs: Vec<_> = cs
-            .iter()
-            .filter_map(|c| Some((c.name.as_str(), c.state.as_ref()?.terminated.as_ref()?)))
-            .collect();
-        // The training container first, then any container that failed.
-        cs.sort_by_key(|(name, t)| (*name != NODE, t.exit_code == 0));
-        cs.into_iter().next()
-    });
-    match terminated {
-        Some((container, t)) => {
-            let reason = t.reason.as_deref().unwrap_or("Error");
-            let hint = match (cause, reason) {
-                (Some(cause), _) => format!("; {cause}"),
-                (None, "OOMKilled") => {
-                    "; it ran out of memory: raise the memory limit (spec.trainer.resourcesPerNode)"
-                        .to_string()
-                }
-                (None, _) => format!("; see `kubectl logs {} -c {container}`", o.name),
-            };
-            format!(
-                "pod {} failed: container {container} exited with code {} ({reason}){hint}",
-                o.name, t.exit_code
-            )
+    let mut exited: Vec<_> = terminated(status.and_then(|s| s.container_statuses.as_ref()), false)
+        .chain(terminated(
+            status.and_then(|s| s.init_container_statuses.as_ref()),
+            true,
+        ))
+        .collect();
+    // A container that failed first, the training container before others.
+    exited.sort_by_key(|(name, _, t)| (t.exit_code == 0, *name != NODE));
+    let Some((container, init, t)) = exited.into_iter().next() else {
+        let why = status
+            .and_then(|s| s.message.clone().or(s.reason.clone()))
+            .unwrap_or_else(|| "no container status".into());
+        return format!("pod {} failed: {why}", o.name);
+    };
+    let reason = t.reason.as_deref().unwrap_or("Error");
+    let hint = match (cause, reason) {
+        (Some(cause), _) => format!("; {cause}"),
+        (None, "OOMKilled") => {
+            let limit = memory_limit(o, container).map_or(String::new(), |l| format!(" at its limit of {l}"));
+            format!("; it ran out of memory{limit}: raise the memory limit ({resources})")
         }
-        None => {
-            let why = status
-                .and_then(|s| s.message.clone().or(s.reason.clone()))
-                .unwrap_or_else(|| "no container status".into());
-            format!("pod {} failed: {why}", o.name)
-        }
-    }
+        (None, _) => format!("; see `kubectl logs {} -c {container}`", o.name),
+    };
+    let what = if init { "init container" } else { "container" };
+    format!(
+        "pod {} failed: {what} {container} exited with code {} ({reason}){hint}",
+        o.name, t.exit_code
+    )
+}
+
+/// The containers of `statuses` that exited: name, whether an init container, how.
+fn terminated(
+    statuses: Option<&Vec<ContainerStatus>>,
+    init: bool,
+) -> impl Iterator<Item = (&str, bool, &ContainerStateTerminated)> {
+    statuses
+        .into_iter()
+        .flatten()
+        .filter_map(move |c| Some((c.name.as_str(), init, c.state.as_ref()?.terminated.as_ref()?)))
+}
+
+/// The memory limit of `container` in the pod's spec, as written there (`64Mi`).
+fn memory_limit(o: &PodState, container: &str) -> Option<String> {
+    let spec = o.pod.spec.as_ref()?;
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)?;
+    Some(c.resources.as_ref()?.limits.as_ref()?.get("memory")?.0.clone())
 }

@@ -12,6 +12,7 @@ mod jobs_status;
 mod pass;
 mod pod_state;
 mod scheduling;
+mod stall;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{finished, is_true, set_condition};
 use super::pod_state::PodState;
-use super::{Decision, Error, Phase, failure, jobs_status, scheduling};
+use super::{Decision, Error, Phase, failure, jobs_status, scheduling, stall};
 use crate::api::{DependsOnStatus, TrainJob, TrainJobStatus};
 use crate::names;
 use crate::observed::Observed;
@@ -42,7 +42,8 @@ pub(super) fn pass(job: &TrainJob, plan: &Plan, observed: &Observed, now: &Time)
         return Ok(pass.fail(reasons::DEADLINE_EXCEEDED, message));
     }
     let log = observed.launcher_log.as_deref();
-    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), log) {
+    let lost = &observed.lost_nodes;
+    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), log, lost) {
         return Ok(pass.restart_or_fail(what));
     }
     if let Some(launcher) = pass.launcher_succeeded() {
@@ -71,7 +72,15 @@ impl<'a> Pass<'a> {
             plan,
             observed,
             now,
-            pods: observed.pods.iter().filter_map(|p| PodState::new(p)).collect(),
+            pods: observed
+                .pods
+                .iter()
+                .filter_map(|p| PodState::new(p))
+                .map(|mut o| {
+                    o.lost = o.node().is_some_and(|n| observed.lost_nodes.contains_key(n));
+                    o
+                })
+                .collect(),
             attempt: status.restarts.unwrap_or(0),
             status,
             d: Decision::default(),
@@ -126,7 +135,7 @@ impl<'a> Pass<'a> {
     /// Pods of an earlier attempt go, whatever else happens.
     fn delete_earlier_attempts(&mut self) {
         let attempt = self.attempt;
-        self.delete_where(|o| o.attempt == Some(attempt) || o.deleting);
+        self.delete_where(|o| o.attempt == Some(attempt) || o.leaving());
     }
 
     /// Complete or Failed: stop what still runs. Workers run sshd forever; the launcher of a
@@ -134,7 +143,7 @@ impl<'a> Pass<'a> {
     fn finished(mut self) -> Decision {
         let complete = is_true(&self.status.conditions, condition::COMPLETE);
         let launcher = self.plan.launcher().to_string();
-        self.delete_where(|o| !o.active() || (complete && o.rjob == launcher));
+        self.delete_where(|o| (!o.active() && !o.lost) || (complete && o.rjob == launcher));
         self.d.phase = Some(if complete { Phase::Complete } else { Phase::Failed });
         self.finish(false)
     }
@@ -149,7 +158,7 @@ impl<'a> Pass<'a> {
             "TrainJob is suspended",
             self.now,
         );
-        self.delete_where(|o| o.deleting);
+        self.delete_where(|o| o.leaving());
         self.d.phase = Some(Phase::Suspended);
         self.finish(true)
     }
@@ -196,7 +205,7 @@ impl<'a> Pass<'a> {
         if self.attempt < max {
             self.attempt += 1;
             self.status.restarts = Some(self.attempt);
-            self.delete_where(|o| o.deleting);
+            self.delete_where(|o| o.leaving());
             self.d.restart = Some(format!(
                 "{what}; restarting all pods (restart {} of {max})",
                 self.attempt
@@ -221,7 +230,7 @@ impl<'a> Pass<'a> {
             &message,
             self.now,
         );
-        self.delete_where(|o| !o.active());
+        self.delete_where(|o| !o.active() && !o.lost);
         self.d.create.clear();
         self.d.requeue_after = None;
         self.d.phase = Some(Phase::Failed);
@@ -264,6 +273,15 @@ impl<'a> Pass<'a> {
     fn create_missing(mut self) -> Result<Decision, Error> {
         if let Some(message) = self.watch_gang() {
             return Ok(self.fail(reasons::GANG_SCHEDULING_TIMEOUT, message));
+        }
+        let stall = stall::find(self.plan, &self.mine());
+        let timeout = self.plan.cluster.stall_timeout;
+        let verdict = stall::watch(&mut self.status.conditions, stall, timeout, self.now);
+        if let Some((reason, message)) = verdict.fail {
+            return Ok(self.fail(reason, message));
+        }
+        if let Some(recheck) = verdict.recheck {
+            self.d.requeue_after = Some(self.d.requeue_after.map_or(recheck, |r| r.min(recheck)));
         }
         let mine = self.mine();
         let mut create = Vec::new();

@@ -18,6 +18,8 @@ pub(super) struct PodState<'a> {
     pub phase: &'a str,
     pub ready: bool,
     pub deleting: bool,
+    /// Bound to a node that is lost: the pod will never finish, nor finish going, by itself.
+    pub lost: bool,
 }
 
 impl<'a> PodState<'a> {
@@ -40,12 +42,23 @@ impl<'a> PodState<'a> {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             deleting: pod.metadata.deletion_timestamp.is_some(),
+            lost: false,
         })
     }
 
-    /// Pending or Running, and not on its way out.
+    /// The pod's node, once it is bound to one.
+    pub fn node(&self) -> Option<&'a str> {
+        self.pod.spec.as_ref()?.node_name.as_deref()
+    }
+
+    /// On its way out, and able to get there: deleted, on a node that can confirm it.
+    pub fn leaving(&self) -> bool {
+        self.deleting && !self.lost
+    }
+
+    /// Pending or Running, not on its way out and not lost with its node.
     pub fn active(&self) -> bool {
-        !self.deleting && matches!(self.phase, "Pending" | "Running")
+        !self.deleting && !self.lost && matches!(self.phase, "Pending" | "Running")
     }
 
     /// Running with every container ready. A finished pod is never ready.

@@ -229,8 +229,9 @@ fn diagnosis(job: &TrainJob, plan: Option<&Plan>, log: Option<&str>) -> Option<D
     if found(condition::COMPLETE, "True").is_some() {
         return None;
     }
-    let waiting =
-        found(condition::GANG_SCHEDULED, "False").or_else(|| found(condition::SUSPENDED, "True"))?;
+    let waiting = found(condition::STALLED, "True")
+        .or_else(|| found(condition::GANG_SCHEDULED, "False"))
+        .or_else(|| found(condition::SUSPENDED, "True"))?;
     Some(Diagnosis {
         reason: waiting.reason.clone(),
         message: waiting.message.clone(),

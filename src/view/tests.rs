@@ -244,6 +244,13 @@ fn a_waiting_gang_a_suspended_job_and_progress_are_shown() {
     );
     let d = view(&waiting, Sources::default()).diagnosis.expect("diagnosis");
     assert_eq!((d.reason.as_str(), d.failed), ("WaitingForGang", false));
+    let stalled = with_status(
+        job(json!({})),
+        json!({"conditions": [{"type": "Stalled", "status": "True", "reason": "ImagePullBackOff",
+            "message": "worker pod pi-node-0-0: container node cannot pull image", "lastTransitionTime": "2026-11-25T10:00:05Z"}]}),
+    );
+    let d = view(&stalled, Sources::default()).diagnosis.expect("diagnosis");
+    assert_eq!((d.reason.as_str(), d.failed), ("ImagePullBackOff", false));
     let suspended = with_status(
         job(json!({"suspend": true})),
         json!({"conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended",

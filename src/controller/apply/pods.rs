@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 
 use super::{Context, Error, create_params, is_status, write_err};
 use crate::api::TrainJob;
-use crate::desired::Delete;
+use crate::desired::{Delete, PodDelete};
 use crate::names;
 
 /// The largest batch of one job's creates; [`Context::writes`] bounds all jobs together.
@@ -85,23 +85,23 @@ pub(super) async fn delete(
                 })
         }
         Delete::Each(pods) => {
-            let deletes = pods
-                .iter()
-                .map(|(name, uid)| delete_pod(api, name, uid.clone(), ctx));
+            let deletes = pods.iter().map(|pod| delete_pod(api, pod, ctx));
             futures::future::join_all(deletes).await.into_iter().collect()
         }
     }
 }
 
-/// Deletes a pod, only the object with `uid` (within the bound on pod writes); one that is
+/// Deletes a pod, only the object it names (within the bound on pod writes); one that is
 /// already gone is fine.
-async fn delete_pod(api: &Api<Pod>, name: &str, uid: Option<String>, ctx: &Context) -> Result<(), Error> {
+async fn delete_pod(api: &Api<Pod>, pod: &PodDelete, ctx: &Context) -> Result<(), Error> {
     let _permit = ctx.writes.acquire().await;
+    let name = &pod.name;
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid,
+            uid: pod.uid.clone(),
             resource_version: None,
         }),
+        grace_period_seconds: pod.force.then_some(0),
         ..DeleteParams::background()
     };
     match api.delete(name, &params).await {

@@ -170,15 +170,24 @@ fn worker_failure_restarts_the_whole_gang_within_max_restarts() {
 
 #[test]
 fn failure_messages_name_oom_and_eviction() {
-    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
+    let (j, p, mut pods) =
+        started(json!({"trainer": {"numNodes": 4, "resourcesPerNode": {"limits": {"memory": "64Mi"}}}}));
     terminate(&mut pods, "pi-node-0-2", 137, "OOMKilled");
     let d = decide(&j, &p, &pods, &at(T0));
     let msg = &condition(&d, condition::FAILED).expect("Failed").message;
+    assert_eq!(
+        msg,
+        "pod pi-node-0-2 failed: container node exited with code 137 (OOMKilled); it ran out of memory at its limit of 64Mi: raise the memory limit (spec.trainer.resourcesPerNode, or the runtime's)"
+    );
+    // The launcher is no MPI host: its resources are the runtime's.
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    terminate(&mut pods, "pi-launcher-0-0", 137, "OOMKilled");
+    let d = decide(&j, &p, &pods, &at(T0));
+    let msg = &condition(&d, condition::FAILED).expect("Failed").message;
     assert!(
-        msg.contains("pod pi-node-0-2 failed: container node exited with code 137 (OOMKilled)"),
+        msg.ends_with("raise the memory limit (in the runtime's pod template, or with a runtimePatch)"),
         "{msg}"
     );
-    assert!(msg.contains("raise the memory limit"), "{msg}");
 
     let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 4}}));
     let victim = pods
@@ -237,4 +246,74 @@ fn a_worker_that_vanished_after_the_launcher_started_breaks_the_world() {
         "{msg}"
     );
     assert!(d.create.is_empty(), "a lost rank is not silently replaced");
+}
+
+#[test]
+fn a_failed_init_container_is_named() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-node-0-1"))
+        .expect("pod");
+    pod.status = Some(
+        serde_json::from_value(json!({"phase": "Failed",
+            "initContainerStatuses": [{"name": "fetch", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 7, "reason": "Error"}}}],
+            "containerStatuses": [{"name": "node", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}}}]}))
+        .expect("status"),
+    );
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(
+        condition(&d, condition::FAILED).expect("Failed").message,
+        "pod pi-node-0-1 failed: init container fetch exited with code 7 (Error); see `kubectl logs pi-node-0-1 -c fetch`"
+    );
+}
+
+/// A node that stops being Ready takes its pods with it: the gang restarts at once (as for an
+/// eviction) and the lost pod, even one already being deleted, is deleted again so that it goes.
+#[test]
+fn a_pod_on_a_lost_node_restarts_the_gang_naming_the_node() {
+    let (j, mut p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    p.max_restarts = 1;
+    for pod in &mut pods {
+        let node = if pod.metadata.name.as_deref() == Some("pi-node-0-1") {
+            "n1"
+        } else {
+            "n0"
+        };
+        pod.spec.as_mut().expect("spec").node_name = Some(node.into());
+    }
+    let lost = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-node-0-1"))
+        .expect("pod");
+    lost.metadata.deletion_timestamp = Some(at(T0));
+    let why = "NodeStatusUnknown: Kubelet stopped posting node status.";
+    let observed = Observed {
+        lost_nodes: [("n1".to_string(), why.to_string())].into(),
+        ..seeing(&pods)
+    };
+    let d = decide_observed(&j, &p, &observed, &at(T0));
+    assert_eq!(
+        d.restart.as_deref(),
+        Some(format!("pod pi-node-0-1 lost its node n1 ({why}); MPI cannot continue without it; restarting all pods (restart 1 of 1)").as_str())
+    );
+    assert_eq!(d.delete, ["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"]);
+
+    // Without restarts left, the job fails naming the node.
+    let observed = Observed {
+        lost_nodes: [("n1".to_string(), why.to_string())].into(),
+        ..seeing(&pods)
+    };
+    p.max_restarts = 0;
+    let d = decide_observed(&j, &p, &observed, &at(T0));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert_eq!(
+        (
+            failed.reason.as_str(),
+            failed.message.contains("lost its node n1")
+        ),
+        ("FailedJobs", true)
+    );
 }

@@ -117,6 +117,7 @@ fn started(spec: serde_json::Value) -> (TrainJob, Plan, Vec<Pod>) {
 mod failures;
 mod gang;
 mod observed;
+mod stalls;
 
 #[test]
 fn workers_first_then_the_launcher_once_all_are_ready() {
