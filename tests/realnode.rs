@@ -7,20 +7,16 @@
 use trainjob_testbed::support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, ListParams, LogParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::jobs::{pod_spec, runtime};
+use support::realnode::{RUN_DEADLINE, create, finished, launcher_log};
 use support::{TestNs, client, operator, real_bed};
-use trainjob_operator::api::TrainJob;
 use trainjob_testbed::REAL_NODE;
-
-/// Deadline for one MPI job on the shared 2-core node, pods started from local images.
-const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
 /// MPI slots per host in every job here.
 const SLOTS: usize = 2;
@@ -94,18 +90,6 @@ impl Case {
     }
 }
 
-/// The pod spec fields that put a pod on the real node, the way Kueue would: `runtimePatches`.
-fn real_node_patches() -> Value {
-    let pod = json!({"spec": {
-        "nodeSelector": {REAL_NODE: "true"},
-        "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
-    }});
-    let patch = |rjob: &str| json!({"name": rjob, "template": {"spec": {"template": pod}}});
-    json!([{"manager": "trainjob.test/real-node", "trainingRuntimeSpec": {"template": {"spec": {
-        "replicatedJobs": [patch("node"), patch("launcher")],
-    }}}}])
-}
-
 /// The `node` container of replicated job `rjob` in a runtime spec.
 fn container<'a>(spec: &'a mut Value, rjob: &str) -> &'a mut Value {
     &mut pod_spec(spec, rjob)["containers"][0]
@@ -163,76 +147,6 @@ async fn submit(c: &Client, ns: &str, case: Case, probe: &str) {
         "env": [{"name": "PROBE", "value": probe}]});
     trainer[if case.mpi.hydra { "args" } else { "command" }] = json!(line);
     create(c, ns, case.job, runtime_ref, trainer).await;
-}
-
-async fn create(c: &Client, ns: &str, name: &str, runtime_ref: Value, trainer: Value) {
-    let job: TrainJob = serde_json::from_value(json!({
-        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"runtimeRef": runtime_ref, "trainer": trainer, "runtimePatches": real_node_patches()},
-    }))
-    .expect("job");
-    Api::<TrainJob>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .expect("create job");
-}
-
-/// The launcher's log, as `kubectl logs` (and the Kubeflow SDK) read it.
-async fn launcher_log(c: &Client, ns: &str, job: &str) -> String {
-    let params = LogParams {
-        container: Some("node".into()),
-        ..Default::default()
-    };
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .logs(&format!("{job}-launcher-0-0"), &params)
-        .await
-        .unwrap_or_else(|e| format!("(no launcher log: {e})"))
-}
-
-/// Waits until the job is Complete or Failed; returns (type, reason, message). A job that never
-/// finishes fails the test with its pods' phases and every pod's log tail, which say why.
-async fn finished(c: &Client, ns: &str, job: &str) -> (String, String, String) {
-    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
-    let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
-    loop {
-        if let Ok(j) = jobs.get(job).await {
-            let status = j.status.unwrap_or_default();
-            let end = status
-                .conditions
-                .iter()
-                .find(|c| ["Complete", "Failed"].contains(&c.type_.as_str()) && c.status == "True");
-            if let Some(c) = end {
-                return (c.type_.clone(), c.reason.clone(), c.message.clone());
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "{job} did not finish within {RUN_DEADLINE:?}:\n{}",
-                pod_report(c, ns, job).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Each pod of the job with its phase and the tail of its log.
-async fn pod_report(c: &Client, ns: &str, job: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
-    let lp = ListParams::default().labels(&format!("trainer.kubeflow.org/trainjob-name={job}"));
-    let mut report = String::new();
-    for pod in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        let params = LogParams {
-            container: Some("node".into()),
-            tail_lines: Some(30),
-            ..Default::default()
-        };
-        let log = pods.logs(&name, &params).await.unwrap_or_else(|e| e.to_string());
-        report.push_str(&format!("--- {name} ({phase})\n{log}\n"));
-    }
-    report
 }
 
 /// Runs `case` to completion and checks that every rank ran where the hostfile put it, saw the

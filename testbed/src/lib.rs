@@ -147,6 +147,12 @@ impl Identity {
 /// terminating.
 pub const KWOK_GUARD: &str = "testbed-kwok-deletes-only-terminating-pods";
 
+/// The ValidatingAdmissionPolicy that refuses kwok the renewals of a silenced node's Lease.
+pub const KWOK_SILENCE: &str = "testbed-kwok-silence";
+
+/// The label that silences a node's Lease ([`Bed::silence_node`]).
+const SILENCED: &str = "testbed.trainjob.test/silenced";
+
 /// A fake node that kwok keeps Ready.
 #[derive(Clone, Debug)]
 pub struct FakeNode {
@@ -162,6 +168,8 @@ pub struct FakeNode {
     pub labels: BTreeMap<String, String>,
     /// How many pods the node takes (a kubelet's default is 110).
     pub pods: u32,
+    /// Taints (`spec.taints`), for tests that keep other pods off a node.
+    pub taints: Vec<serde_json::Value>,
 }
 
 impl FakeNode {
@@ -174,6 +182,7 @@ impl FakeNode {
             gpus,
             labels: BTreeMap::new(),
             pods: 110,
+            taints: Vec::new(),
         }
     }
 }
@@ -498,13 +507,16 @@ impl Bed {
                 &kc,
                 "--leader-elect=false",
                 "--secure-port=0",
-                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
                 "--use-service-account-credentials=false",
                 // The defaults (20/30) are sized for shared production API servers; a burst of
                 // thousands of pods would wait on the garbage collector and job controllers.
                 "--kube-api-qps=500",
                 "--kube-api-burst=1000",
-                &format!("--service-account-private-key-file={}", self.path("sa.key").display()),
+                &format!(
+                    "--service-account-private-key-file={}",
+                    self.path("sa.key").display()
+                ),
                 &format!("--root-ca-file={}", self.path("pki/apiserver.crt").display()),
                 gates,
             ],
@@ -637,6 +649,65 @@ impl Bed {
         pods.delete("testbed-kwok-guard-probe", &Default::default())
             .await
             .map_err(kube("deleting the kwok guard's probe pod"))?;
+        // kwok renews a node's Lease for as long as it runs, managed or not: a node is silenced
+        // (`silence_node`) by refusing kwok the renewals of a Lease labelled so.
+        let silence: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": KWOK_SILENCE},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": ["coordination.k8s.io"], "apiVersions": ["v1"],
+                    "operations": ["UPDATE"], "resources": ["leases"]}]},
+                "matchConditions": [{"name": "kwok",
+                    "expression": format!("request.userInfo.username == '{}'", Identity::Kwok.user())}],
+                "validations": [{"expression": format!("!has(oldObject.metadata.labels) || !('{SILENCED}' in oldObject.metadata.labels)"),
+                    "message": "this node is silenced: its kubelet is gone", "reason": "Forbidden"}],
+            },
+        }))
+        .map_err(|e| BedError::Command(format!("the kwok silence: {e}")))?;
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": KWOK_SILENCE},
+            "spec": {"policyName": KWOK_SILENCE, "validationActions": ["Deny"]},
+        }))
+        .map_err(|e| BedError::Command(format!("the kwok silence's binding: {e}")))?;
+        Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+            .create(&PostParams::default(), &silence)
+            .await
+            .map_err(kube("creating the kwok silence"))?;
+        Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map_err(kube("creating the kwok silence's binding"))?;
+        Ok(())
+    }
+
+    /// Makes fake node `name` go silent, as a node whose kubelet died: kwok stops managing it
+    /// and may no longer renew its Lease, so kube-controller-manager's node lifecycle controller
+    /// marks it `NodeStatusUnknown` once `--node-monitor-grace-period` (50 s) passed, taints it
+    /// unreachable and marks its pods not ready.
+    pub async fn silence_node(&self, name: &str) -> Result<(), BedError> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let admin = self.client(Identity::Admin).await?;
+        let patch = |value: serde_json::Value| kube::api::Patch::Merge(value);
+        let params = kube::api::PatchParams::default();
+        Api::<Lease>::namespaced(admin.clone(), "kube-node-lease")
+            .patch(
+                name,
+                &params,
+                &patch(serde_json::json!({"metadata": {"labels": {SILENCED: "true"}}})),
+            )
+            .await
+            .map_err(|source| BedError::Kube {
+                what: format!("silencing the Lease of node {name}"),
+                source,
+            })?;
+        let unmanaged = serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/node": null}}});
+        Api::<Node>::all(admin)
+            .patch(name, &params, &patch(unmanaged))
+            .await
+            .map_err(|source| BedError::Kube {
+                what: format!("taking node {name} from kwok"),
+                source,
+            })?;
         Ok(())
     }
 
@@ -659,7 +730,7 @@ impl Bed {
                 "labels": labels,
                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             },
-            "spec": {},
+            "spec": {"taints": node.taints},
             "status": {"allocatable": capacity, "capacity": capacity},
         }))
         .map_err(|e| BedError::Command(format!("building node {}: {e}", node.name)))?;

@@ -5,6 +5,7 @@ pub mod jobs;
 pub mod leaders;
 pub mod logs;
 pub mod process;
+pub mod realnode;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -179,6 +180,10 @@ where
 /// Default deadline for state the control plane reaches on its own.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The test operator's `--stall-timeout` (5 min by default), so that tests see a stalled job
+/// fail, and still have time to make one recover.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// The operator under test: the real controller and HTTP server, running as the operator's
 /// service account (bound only to `config/rbac`), on a thread and runtime of its own.
 pub struct Operator {
@@ -308,6 +313,7 @@ impl Operator {
                         instance,
                         cluster: trainjob_operator::plan::Cluster {
                             network_policies: true,
+                            stall_timeout: STALL_TIMEOUT,
                             ..Default::default()
                         },
                         ..Default::default()

@@ -1,0 +1,256 @@
+//! Stuck and failing pods as a real kubelet reports them, told on the job: an image that does
+//! not exist (there is no registry, so the pull really fails) or is not a valid name, a missing
+//! Secret (and the job going on once it is created), a crash-looping sidecar, a failing init
+//! container, and a real out-of-memory kill followed by the rerun with more memory that completes
+//! (TC-E2E-004). The test operator's `--stall-timeout` is [`support::STALL_TIMEOUT`].
+
+use trainjob_testbed::support;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use support::jobs::{pod_spec, runtime, wait_event};
+use support::realnode::{RUN_DEADLINE, create, finished};
+use support::{STALL_TIMEOUT, TestNs, client, eventually, operator, real_bed};
+use trainjob_operator::api::TrainJob;
+
+const IMAGE: &str = "trainjob.local/openmpi4:bed";
+
+/// `mpirun` of the pi program over 2 workers of 2 slots.
+fn pi(image: &str) -> Value {
+    json!({"image": image, "numNodes": 2, "numProcPerNode": 2,
+        "command": ["mpirun", "-n", "4", "/home/mpiuser/pi"]})
+}
+
+async fn setup(prefix: &str) -> (TestNs, Client) {
+    real_bed();
+    operator();
+    (TestNs::new(prefix).await, client(support::Identity::Admin).await)
+}
+
+/// Waits (as long as a job may take on the real node) until `job`'s `Stalled` condition has
+/// `status` and `reason`.
+async fn stalled(c: &Client, ns: &str, job: &str, status: &str, reason: &str) -> Condition {
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    eventually(
+        &format!("Stalled={status} ({reason}) on {job}"),
+        RUN_DEADLINE,
+        || async {
+            let conditions = jobs
+                .get(job)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default();
+            conditions
+                .iter()
+                .find(|c| c.type_ == "Stalled" && c.status == status && c.reason == reason)
+                .cloned()
+                .ok_or_else(|| format!("{conditions:?}"))
+        },
+    )
+    .await
+}
+
+/// The `Failed` condition of a finished job, after checking that it failed for `reason`.
+async fn failed(c: &Client, ns: &str, job: &str, reason: &str) -> Condition {
+    let (type_, why, message) = finished(c, ns, job).await;
+    assert_eq!(
+        (type_.as_str(), why.as_str()),
+        ("Failed", reason),
+        "{job}: {message}"
+    );
+    let job: TrainJob = Api::namespaced(c.clone(), ns).get(job).await.expect("job");
+    let status = job.status.unwrap_or_default();
+    status
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed")
+}
+
+/// How long after `stalled` began `failed` came, in seconds.
+fn waited(stalled: &Condition, failed: &Condition) -> i64 {
+    failed
+        .last_transition_time
+        .0
+        .duration_since(stalled.last_transition_time.0)
+        .as_secs()
+}
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_stalls_the_job_and_fails_it_after_the_timeout_an_invalid_one_at_once()
+{
+    let (ns, c) = setup("images").await;
+    let ns = ns.name.as_str();
+    let missing = "trainjob.local/no-such-image:bed";
+    create(&c, ns, "nopull", json!({"name": "mpi-openmpi"}), pi(missing)).await;
+    create(
+        &c,
+        ns,
+        "badname",
+        json!({"name": "mpi-openmpi"}),
+        pi("trainjob.local/Bad:Name:x"),
+    )
+    .await;
+
+    let stall = stalled(&c, ns, "nopull", "True", "ImagePullBackOff").await;
+    assert!(
+        stall.message.starts_with(&format!(
+            "worker pod nopull-node-0-0: container node cannot pull image \"{missing}\": "
+        )) && stall
+            .message
+            .contains("(1 more pod alike); check the image name and tag"),
+        "{}",
+        stall.message
+    );
+    wait_event(&c, ns, "nopull", "ImagePullBackOff", |r, n| {
+        r == "ImagePullBackOff" && n == stall.message
+    })
+    .await;
+    let end = failed(&c, ns, "nopull", "ImagePullBackOff").await;
+    assert!(
+        end.message.ends_with(&format!(
+            "; the job was stalled for {}s (--stall-timeout)",
+            STALL_TIMEOUT.as_secs()
+        )),
+        "{}",
+        end.message
+    );
+    assert!(
+        waited(&stall, &end) >= STALL_TIMEOUT.as_secs() as i64,
+        "failed {}s after the stall began",
+        waited(&stall, &end)
+    );
+
+    let end = failed(&c, ns, "badname", "InvalidImageName").await;
+    let message = &end.message;
+    assert!(
+        message.starts_with("worker pod badname-node-0-")
+            && message.contains(": container node has an invalid image name \"trainjob.local/Bad:Name:x\"")
+            && message.ends_with("fix the image reference (spec.trainer.image, or the runtime's)"),
+        "{message}"
+    );
+    let job: TrainJob = Api::namespaced(c.clone(), ns).get("badname").await.expect("job");
+    let conditions = job.status.map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        !conditions.iter().any(|c| c.type_ == "Stalled"),
+        "an invalid name fails at once, it is no stall: {conditions:?}"
+    );
+    wait_event(&c, ns, "badname", "InvalidImageName", |r, n| {
+        r == "InvalidImageName" && n == end.message
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_holds_the_workers_until_it_is_created_then_the_job_completes() {
+    let (ns, c) = setup("secret").await;
+    let ns = ns.name.as_str();
+    let mut trainer = pi(IMAGE);
+    trainer["env"] =
+        json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]);
+    create(&c, ns, "creds", json!({"name": "mpi-openmpi"}), trainer).await;
+    let stall = stalled(&c, ns, "creds", "True", "CreateContainerConfigError").await;
+    assert!(
+        stall
+            .message
+            .starts_with("worker pod creds-node-0-0: container node cannot be created: ")
+            && stall.message.contains("secret \"creds\" not found")
+            && stall
+                .message
+                .contains("create the missing Secret, ConfigMap or key"),
+        "{}",
+        stall.message
+    );
+    wait_event(&c, ns, "creds", "CreateContainerConfigError", |r, _| {
+        r == "CreateContainerConfigError"
+    })
+    .await;
+
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"token": "t"}}))
+            .expect("secret");
+    Api::<Secret>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the Secret");
+    stalled(&c, ns, "creds", "False", "Recovered").await;
+    wait_event(&c, ns, "creds", "Recovered", |r, _| r == "Recovered").await;
+    let (type_, _, message) = finished(&c, ns, "creds").await;
+    assert_eq!(type_, "Complete", "{message}");
+}
+
+#[tokio::test]
+async fn a_crash_looping_sidecar_and_a_failing_init_container_are_named() {
+    let (ns, c) = setup("init").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, "mpi-openmpi", "sidecar", |spec| {
+        pod_spec(spec, "node")["initContainers"] = json!([{"name": "helper", "image": IMAGE, "restartPolicy": "Always",
+            "command": ["bash", "-c", "echo the helper broke; exit 2"]}]);
+    })
+    .await;
+    runtime(&c, ns, "mpi-openmpi", "initfail", |spec| {
+        pod_spec(spec, "node")["initContainers"] = json!([{"name": "fetch", "image": IMAGE,
+            "command": ["bash", "-c", "echo no data; exit 7"]}]);
+    })
+    .await;
+    let training = |name: &str| json!({"kind": "TrainingRuntime", "name": name});
+    create(&c, ns, "sidecar", training("sidecar"), pi(IMAGE)).await;
+    create(&c, ns, "initfail", training("initfail"), pi(IMAGE)).await;
+
+    let stall = stalled(&c, ns, "sidecar", "True", "CrashLoopBackOff").await;
+    assert!(
+        stall.message.starts_with("worker pod sidecar-node-0-")
+            && stall
+                .message
+                .contains(": container helper keeps crashing: exited with code 2 (Error), restarted ")
+            && stall.message.contains("(its log: `kubectl logs sidecar-node-0-"),
+        "{}",
+        stall.message
+    );
+    let end = failed(&c, ns, "sidecar", "CrashLoopBackOff").await;
+    assert!(waited(&stall, &end) >= STALL_TIMEOUT.as_secs() as i64);
+
+    let end = failed(&c, ns, "initfail", "FailedJobs").await;
+    assert!(
+        end.message.starts_with("pod initfail-node-0-")
+            && end.message.contains(
+                " failed: init container fetch exited with code 7 (Error); see `kubectl logs initfail-node-0-"
+            ),
+        "{}",
+        end.message
+    );
+}
+
+/// TC-E2E-004: the launcher (an MPI host here) allocates past its memory limit and the kernel
+/// kills it; the job names the pod, the container and the limit, and says where to raise it. The
+/// same job again with the limit raised, as a user would resubmit it, completes.
+#[tokio::test]
+async fn out_of_memory_is_named_with_the_limit_and_the_rerun_with_more_memory_completes() {
+    let (ns, c) = setup("oom").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, "mpi-openmpi", "asnode", |spec| {
+        spec["mlPolicy"]["mpi"]["runLauncherAsNode"] = json!(true);
+    })
+    .await;
+    // `tail` keeps the one 256 MiB line it is given: the training step needs that much.
+    let trainer = |memory: &str| {
+        json!({"image": IMAGE, "numNodes": 2, "numProcPerNode": 2,
+            "resourcesPerNode": {"limits": {"memory": memory}},
+            "command": ["bash", "-c", "head -c 256M /dev/zero | tail > /dev/null && mpirun -n 4 /home/mpiuser/pi"]})
+    };
+    let runtime_ref = json!({"kind": "TrainingRuntime", "name": "asnode"});
+    create(&c, ns, "small", runtime_ref.clone(), trainer("64Mi")).await;
+    let end = failed(&c, ns, "small", "FailedJobs").await;
+    assert_eq!(
+        end.message,
+        "pod small-launcher-0-0 failed: container node exited with code 137 (OOMKilled); it ran out of memory at its limit of 64Mi: raise the memory limit (spec.trainer.resourcesPerNode, or the runtime's)"
+    );
+    create(&c, ns, "bigger", runtime_ref, trainer("512Mi")).await;
+    let (type_, _, message) = finished(&c, ns, "bigger").await;
+    assert_eq!(type_, "Complete", "{message}");
+}
