@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::resolve::Runtime;
@@ -45,6 +45,9 @@ pub struct Observed {
     /// How long a status that differs from the job's in pod counts alone must wait before it is
     /// written; `None`: it may be written now.
     pub status_hold: Option<Duration>,
+    /// The volume claims the job's pods wait for (the scheduler holds them for a claim), as read:
+    /// `None` for one that does not exist.
+    pub claims: BTreeMap<String, Option<PersistentVolumeClaim>>,
     /// The nodes of the job's pods that are not Ready (the node controller no longer hears
     /// their kubelet, or it reports them not ready), with why in the node's own words.
     pub lost_nodes: BTreeMap<String, String>,

@@ -358,13 +358,13 @@ fn exported_metrics() -> BTreeMap<String, String> {
     };
     m.jobs_created.get_or_create(&job).inc();
     m.jobs_completed.get_or_create(&job).inc();
-    m.jobs_failed
-        .get_or_create(&ReasonLabels {
-            namespace: "ns".into(),
-            runtime: "mpi-openmpi".into(),
-            reason: "FailedJobs".into(),
-        })
-        .inc();
+    let reason = |reason: &str| ReasonLabels {
+        namespace: "ns".into(),
+        runtime: "mpi-openmpi".into(),
+        reason: reason.into(),
+    };
+    m.jobs_failed.get_or_create(&reason("FailedJobs")).inc();
+    m.jobs_stalled.get_or_create(&reason("ImagePullBackOff")).inc();
     m.phase_changed(None, Some(Phase::Running));
     m.reconcile_errors
         .get_or_create(&ErrorLabels {

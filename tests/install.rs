@@ -120,15 +120,23 @@ async fn config_default_runs_the_operator_as_a_pod_that_completes_a_job() {
         "{err}"
     );
 
+    // The operator logs a job's completion with its Event, after the status that the wait above
+    // saw: read its log until the line is there.
     let name = pod.metadata.name.clone().expect("name");
-    let log = pods
-        .logs(&name, &LogParams::default())
-        .await
-        .expect("operator log");
+    let log = eventually("the operator to log the completion", DEADLINE, || async {
+        let log = pods
+            .logs(&name, &LogParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match log.contains("TrainJob completed successfully") {
+            true => Ok(log),
+            false => Err(log),
+        }
+    })
+    .await;
     support::logs::record(&log);
     assert!(log.contains("connected; watching TrainJobs"), "{log}");
     assert!(log.contains("became the leader"), "{log}");
-    assert!(log.contains("TrainJob completed successfully"), "{log}");
     let log = pods
         .logs(&standby.name_any(), &LogParams::default())
         .await

@@ -1,7 +1,7 @@
 //! Least privilege, measured: with the API server's audit log recording every request of the
 //! operator's identity, jobs go through everything the operator does (completion, failure with a
 //! log read, suspension, deletion, quota, native, coscheduling and Volcano gangs, NetworkPolicies,
-//! a job refused at admission, a pod name someone else took), with the admission webhook serving and publishing its CA. Then no
+//! a job refused at admission, a pod name someone else took, a pod waiting for a volume claim), with the admission webhook serving and publishing its CA. Then no
 //! request may have been refused (403), and every verb on every resource the shipped ClusterRole
 //! grants must have been used: a right nobody uses is a right to remove.
 
@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::jobs::{
-    EXIT, HOLD, annotate, create_job, install_gang_crd, pod_meta, runtime, setup, wait_condition, wait_pods,
+    EXIT, HOLD, annotate, create_job, install_gang_crd, pod_meta, pod_spec, runtime, setup, wait_condition,
+    wait_pods,
 };
 use support::{DEADLINE, Identity, admitting_operator, bed, client, eventually};
 use trainjob_operator::api::TrainJob;
@@ -114,6 +115,29 @@ async fn name_taken() {
         .expect("someone else's pod");
     let jobs = create_job(&c, &ns.name, "pi", "rt", json!({})).await;
     wait_condition(&jobs, "pi", "Failed").await;
+}
+
+/// The workers wait for a volume claim that does not exist: the operator reads it to say so.
+async fn claim_missing() {
+    let (ns, c) = setup("priv-claim").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "rt", |spec| {
+        pod_spec(spec, "node")["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "absent"}}]);
+    })
+    .await;
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({})).await;
+    eventually("the job to wait for its claim", DEADLINE, || async {
+        let job = jobs.get("pi").await.map_err(|e| e.to_string())?;
+        let conditions = job.status.map(|s| s.conditions).unwrap_or_default();
+        match conditions
+            .iter()
+            .any(|c| c.reason == "VolumeClaimNotBound" && c.message.contains("(not found)"))
+        {
+            true => Ok(()),
+            false => Err(format!("{conditions:?}")),
+        }
+    })
+    .await;
 }
 
 /// The launcher fails: its log is read; the namespace has a ResourceQuota.
@@ -272,7 +296,8 @@ async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
         suspended_resumed_deleted(),
         gangs(),
         missing_runtime(),
-        name_taken()
+        name_taken(),
+        claim_missing()
     );
 
     let (used, refused) = used();

@@ -135,7 +135,7 @@ async fn workers_wait_for_their_volume_claim_until_it_is_bound() {
     let waiting = stalled(&jobs, "pi", "True", "VolumeClaimNotBound").await;
     assert!(
         waiting.message.starts_with(&format!(
-            "worker pod pi-node-0-0: waits for its volume claim \"{claim}\": 0/"
+            "worker pod pi-node-0-0: waits for its volume claim \"{claim}\" (not found): 0/"
         )) && waiting
             .message
             .contains(&format!("persistentvolumeclaim \"{claim}\" not found"))

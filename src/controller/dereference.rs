@@ -4,10 +4,10 @@
 //! from the watch caches, a failed launcher's log, and what the operator remembers of the job.
 //! Reads only; `apply` does every write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret};
 use k8s_openapi::api::scheduling::v1alpha2::PodGroup;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -119,6 +119,11 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         false => None,
     };
     let lost_nodes = lost_nodes(ctx, &pods);
+    let awaited_claims: BTreeSet<String> = pods.iter().flat_map(|p| lifecycle::claims_awaited(p)).collect();
+    let claims = match active {
+        true => read_claims(ctx, &ns, awaited_claims).await?,
+        false => BTreeMap::new(),
+    };
     Ok(Observed {
         runtime,
         fresh,
@@ -132,9 +137,33 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         gang,
         quotas,
         lost_nodes,
+        claims,
         status_hold: ctx.memory.status_wait(job),
         key_retired: ctx.memory.key_retired(job),
     })
+}
+
+/// The volume claims `names` in `ns`, as the API server has them (`None`: not found). Read only
+/// while a pod waits for one, so they are not watched.
+async fn read_claims(
+    ctx: &Context,
+    ns: &str,
+    names: BTreeSet<String>,
+) -> Result<BTreeMap<String, Option<PersistentVolumeClaim>>, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let reads = names.into_iter().map(|name| {
+        let api = api.clone();
+        async move {
+            let claim = api
+                .get_opt(&name)
+                .await
+                .map_err(kube_err(format!("the PersistentVolumeClaim {ns}/{name}")))?;
+            Ok::<_, Error>((name, claim))
+        }
+    });
+    futures::future::try_join_all(reads)
+        .await
+        .map(BTreeMap::from_iter)
 }
 
 /// The nodes of `pods` that are not Ready, with why.

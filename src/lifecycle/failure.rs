@@ -24,7 +24,9 @@ pub(super) fn broken(
     let lost = mine.iter().find(|o| o.lost && !o.succeeded());
     if let (None, Some(o)) = (failed, lost) {
         let node = o.node().unwrap_or_default();
-        let why = lost_nodes.get(node).map(String::as_str).unwrap_or_default();
+        let why = lost_nodes
+            .get(node)
+            .map_or("the pod's phase is Unknown", String::as_str);
         return Some(format!(
             "pod {} lost its node {node} ({why}); MPI cannot continue without it",
             o.name

@@ -29,6 +29,7 @@ pub use conditions::{failed_status, finished, is_true, now, set_condition};
 pub use diagnose::launcher_log as diagnose;
 pub use events::{Note, Severity, events, transitions};
 use pass::pass;
+pub use stall::claims_awaited;
 
 /// Coarse phase, for metrics, logs and the job view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -77,7 +77,9 @@ impl<'a> Pass<'a> {
                 .iter()
                 .filter_map(|p| PodState::new(p))
                 .map(|mut o| {
-                    o.lost = o.node().is_some_and(|n| observed.lost_nodes.contains_key(n));
+                    // `Unknown`: what an API server of old said of a pod whose node stopped answering.
+                    o.lost =
+                        o.phase == "Unknown" || o.node().is_some_and(|n| observed.lost_nodes.contains_key(n));
                     o
                 })
                 .collect(),
@@ -274,7 +276,7 @@ impl<'a> Pass<'a> {
         if let Some(message) = self.watch_gang() {
             return Ok(self.fail(reasons::GANG_SCHEDULING_TIMEOUT, message));
         }
-        let stall = stall::find(self.plan, &self.mine());
+        let stall = stall::find(self.plan, &self.mine(), &self.observed.claims, self.now);
         let timeout = self.plan.cluster.stall_timeout;
         let verdict = stall::watch(&mut self.status.conditions, stall, timeout, self.now);
         if let Some((reason, message)) = verdict.fail {

@@ -2,9 +2,10 @@
 //! configuration, a crash loop) and the scheduler (no room, a volume claim) report on the pods
 //! of the current attempt, and what each means for the job.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::conditions::{is_true, set_condition};
@@ -73,12 +74,18 @@ pub(super) struct Stall {
 
 /// The job's stall, if a pod of the current attempt is held up. A native gang's scheduling is
 /// told by its own condition (`GangScheduled`), so `Unschedulable` is left to it.
-pub(super) fn find(plan: &Plan, mine: &[&PodState]) -> Option<Stall> {
+/// `claims`: the claims the pods wait for, as read (`None`: there is no such claim).
+pub(super) fn find(
+    plan: &Plan,
+    mine: &[&PodState],
+    claims: &BTreeMap<String, Option<PersistentVolumeClaim>>,
+    now: &Time,
+) -> Option<Stall> {
     let mut held: Vec<(Kind, &str, String)> = mine
         .iter()
         .filter(|o| o.active())
         .filter_map(|o| {
-            let (kind, detail) = pod(o)?;
+            let (kind, detail) = pod(o, claims, now)?;
             let gang_tells = kind == Kind::Unschedulable && plan.native_gang().is_some();
             (!gang_tells).then(|| (kind, o.name, format!("{} {}: {detail}", role(plan, o), o.name)))
         })
@@ -184,7 +191,11 @@ fn role(plan: &Plan, o: &PodState) -> String {
 }
 
 /// What holds one pod up, and the detail to tell.
-fn pod(o: &PodState) -> Option<(Kind, String)> {
+fn pod(
+    o: &PodState,
+    claims: &BTreeMap<String, Option<PersistentVolumeClaim>>,
+    now: &Time,
+) -> Option<(Kind, String)> {
     let status = o.pod.status.as_ref()?;
     let containers = status
         .init_container_statuses
@@ -192,21 +203,46 @@ fn pod(o: &PodState) -> Option<(Kind, String)> {
         .chain(status.container_statuses.iter())
         .flatten();
     containers
-        .filter_map(|c| container(o.name, c))
+        .filter_map(|c| container(o.name, c, now))
         .min_by_key(|(kind, _)| *kind)
-        .or_else(|| scheduling(o.pod))
+        .or_else(|| scheduling(o.pod, claims))
 }
 
-fn container(pod: &str, c: &ContainerStatus) -> Option<(Kind, String)> {
-    let waiting = c.state.as_ref()?.waiting.as_ref()?;
-    let message = waiting.message.as_deref().map(clean).unwrap_or_default();
+/// How long a container that exited with an error must run again before it no longer counts as
+/// crash looping: between two back-offs it runs a moment, which is no recovery.
+const CRASH_LOOP_SETTLED: i64 = 60;
+
+fn container(pod: &str, c: &ContainerStatus, now: &Time) -> Option<(Kind, String)> {
+    let state = c.state.as_ref()?;
+    let waiting = state.waiting.as_ref();
+    let message = waiting
+        .and_then(|w| w.message.as_deref())
+        .map(clean)
+        .unwrap_or_default();
     let name = &c.name;
-    let kind = match waiting.reason.as_deref()? {
-        "InvalidImageName" => Kind::InvalidImage,
-        "ErrImagePull" | "ImagePullBackOff" => Kind::ImagePull,
-        "CreateContainerConfigError" | "CreateContainerError" => Kind::Config,
-        "CrashLoopBackOff" => Kind::CrashLoop,
-        _ => return None,
+    let kind = match waiting.and_then(|w| w.reason.as_deref()) {
+        Some("InvalidImageName") => Kind::InvalidImage,
+        Some("ErrImagePull" | "ImagePullBackOff") => Kind::ImagePull,
+        Some("CreateContainerConfigError" | "CreateContainerError") => Kind::Config,
+        Some("CrashLoopBackOff") => Kind::CrashLoop,
+        _ => {
+            // Restarted after an error, and not yet running for long (or exited again).
+            let failed_before = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0);
+            let settled = state
+                .running
+                .as_ref()
+                .and_then(|r| r.started_at.as_ref())
+                .is_some_and(|t| now.0.duration_since(t.0).as_secs() >= CRASH_LOOP_SETTLED);
+            let running_or_exited = state.running.is_some() || state.terminated.is_some();
+            match c.restart_count > 0 && failed_before && running_or_exited && !settled {
+                true => Kind::CrashLoop,
+                false => return None,
+            }
+        }
     };
     let detail = match kind {
         Kind::InvalidImage => format!(
@@ -247,27 +283,53 @@ fn pull_error(message: &str) -> &str {
     message.strip_prefix("ErrImagePull: ").unwrap_or(message)
 }
 
-/// The scheduler's reason for a pod it cannot place: a volume claim, else no room.
-fn scheduling(pod: &Pod) -> Option<(Kind, String)> {
+/// The scheduler's message for a pod it cannot place.
+fn unschedulable(pod: &Pod) -> Option<&str> {
     let conditions = pod.status.as_ref()?.conditions.as_ref()?;
     let c = conditions.iter().find(|c| {
         c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
     })?;
-    let message = c.message.as_deref().map(clean).unwrap_or_default();
-    if message.to_ascii_lowercase().contains("persistentvolumeclaim") {
-        let claims: Vec<String> = pod
-            .spec
+    Some(c.message.as_deref().unwrap_or_default())
+}
+
+/// The volume claims `pod` waits for: those it mounts, when the scheduler holds it for a claim.
+pub fn claims_awaited(pod: &Pod) -> Vec<String> {
+    let waits = unschedulable(pod).is_some_and(|m| m.to_ascii_lowercase().contains("persistentvolumeclaim"));
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    volumes
+        .filter(|_| waits)
+        .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+        .collect()
+}
+
+/// The scheduler's reason for a pod it cannot place: a volume claim (with its StorageClass and
+/// phase), else no room.
+fn scheduling(pod: &Pod, claims: &BTreeMap<String, Option<PersistentVolumeClaim>>) -> Option<(Kind, String)> {
+    let message = clean(unschedulable(pod)?);
+    let awaited = claims_awaited(pod);
+    if !awaited.is_empty() {
+        let told: Vec<String> = awaited
             .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .filter_map(|v| {
-                v.persistent_volume_claim
-                    .as_ref()
-                    .map(|c| format!("\"{}\"", c.claim_name))
+            .map(|name| {
+                let state = match claims.get(name) {
+                    Some(None) => "not found".to_string(),
+                    Some(Some(claim)) => {
+                        let class = claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref());
+                        let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
+                        format!(
+                            "{}, {}",
+                            class.map_or("no StorageClass".into(), |c| format!("StorageClass \"{c}\"")),
+                            phase.unwrap_or("Pending")
+                        )
+                    }
+                    None => return format!("\"{name}\""),
+                };
+                format!("\"{name}\" ({state})")
             })
             .collect();
         return Some((
             Kind::Volume,
-            format!("waits for its volume claim {}: {message}", claims.join(", ")),
+            format!("waits for its volume claim {}: {message}", told.join(", ")),
         ));
     }
     Some((Kind::Unschedulable, format!("cannot be scheduled: {message}")))

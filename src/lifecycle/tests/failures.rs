@@ -317,3 +317,20 @@ fn a_pod_on_a_lost_node_restarts_the_gang_naming_the_node() {
         ("FailedJobs", true)
     );
 }
+
+#[test]
+fn a_pod_whose_phase_is_unknown_is_lost_with_its_node() {
+    let (j, p, mut pods) = started(json!({"trainer": {"numNodes": 2}}));
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-node-0-0"))
+        .expect("pod");
+    pod.spec.as_mut().expect("spec").node_name = Some("n0".into());
+    pod.status.as_mut().expect("status").phase = Some("Unknown".into());
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert_eq!(
+        failed.message,
+        "pod pi-node-0-0 lost its node n0 (the pod's phase is Unknown); MPI cannot continue without it"
+    );
+}

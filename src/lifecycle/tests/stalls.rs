@@ -201,13 +201,31 @@ fn unschedulable_pods_wait_with_the_schedulers_words_and_a_claim_is_named() {
         serde_json::from_value(json!({"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}))
             .expect("volume"),
     ]);
-    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(crate::lifecycle::claims_awaited(&pods[0]), ["imagenet"]);
+    assert!(
+        crate::lifecycle::claims_awaited(&pods[1]).is_empty(),
+        "mounts none"
+    );
+    let claim = serde_json::from_value(json!({"metadata": {"name": "imagenet"},
+        "spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}))
+    .expect("claim");
+    let observed = Observed {
+        claims: [("imagenet".to_string(), Some(claim))].into(),
+        ..seeing(&pods)
+    };
+    let d = decide_observed(&j, &p, &observed, &at(T0));
     let (_, reason, text) = stalled(&d);
     assert_eq!(reason, "VolumeClaimNotBound", "worse than room: told first");
     assert!(
-        text.starts_with("worker pod pi-node-0-0: waits for its volume claim \"imagenet\": 0/4 nodes"),
+        text.starts_with("worker pod pi-node-0-0: waits for its volume claim \"imagenet\" (StorageClass \"fast\", Pending): 0/4 nodes"),
         "{text}"
     );
+    let missing = Observed {
+        claims: [("imagenet".to_string(), None)].into(),
+        ..seeing(&pods)
+    };
+    let text = stalled(&decide_observed(&j, &p, &missing, &at(T0))).2;
+    assert!(text.contains("volume claim \"imagenet\" (not found): "), "{text}");
 }
 
 #[test]
@@ -249,4 +267,23 @@ fn a_zero_timeout_waits_for_ever() {
     let d = decide(&with_status(j, &d), &p, &pods, &at("2026-11-26T10:00:05Z"));
     assert!(condition(&d, condition::FAILED).is_none());
     assert_eq!(stalled(&d).1, "ImagePullBackOff");
+}
+
+/// Between two back-offs a crash-looping sidecar runs a moment: that is no recovery, and the
+/// stall (and its timeout) goes on. Once it has run a minute, it has recovered.
+#[test]
+fn a_sidecar_running_a_moment_between_crashes_still_crash_loops() {
+    let running_since = |started: &str| {
+        json!({"initContainerStatuses": [{"name": "proxy", "image": "proxy", "imageID": "",
+            "ready": true, "restartCount": 3, "state": {"running": {"startedAt": started}},
+            "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}}}]})
+    };
+    let (j, p, pods) = pending_workers(running_since("2026-11-25T10:00:00Z"));
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert_eq!(stalled(&d).1, "CrashLoopBackOff");
+    let d = decide(&with_status(j, &d), &p, &pods, &at("2026-11-25T10:01:05Z"));
+    assert_eq!(
+        (stalled(&d).0.as_str(), stalled(&d).1.as_str()),
+        ("False", "Recovered")
+    );
 }
