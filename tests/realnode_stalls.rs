@@ -11,9 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::jobs::{pod_spec, pods_of, runtime, wait_event};
+use support::jobs::{pod_spec, pods_of, runtime, wait_event, wait_stalled};
 use support::realnode::{RUN_DEADLINE, create, finished};
-use support::{STALL_TIMEOUT, TestNs, client, eventually, operator, real_bed};
+use support::{STALL_TIMEOUT, TestNs, client, operator, real_bed};
 use trainjob_operator::api::TrainJob;
 
 const IMAGE: &str = "trainjob.local/openmpi4:bed";
@@ -30,34 +30,11 @@ async fn setup(prefix: &str) -> (TestNs, Client) {
     (TestNs::new(prefix).await, client(support::Identity::Admin).await)
 }
 
-/// Waits (as long as a job may take on the real node) until `job`'s `Stalled` condition has
-/// `status` and `reason`, and a message with `words` in it.
+/// The job's `Stalled` condition once it has `status`, `reason` and `words` in its message,
+/// waited for as long as a job may take on the real node.
 async fn stalled(c: &Client, ns: &str, job: &str, status: &str, reason: &str, words: &str) -> Condition {
-    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
-    eventually(
-        &format!("Stalled={status} ({reason}) on {job}"),
-        RUN_DEADLINE,
-        || async {
-            let conditions = jobs
-                .get(job)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .map(|s| s.conditions)
-                .unwrap_or_default();
-            conditions
-                .iter()
-                .find(|c| {
-                    c.type_ == "Stalled"
-                        && c.status == status
-                        && c.reason == reason
-                        && c.message.contains(words)
-                })
-                .cloned()
-                .ok_or_else(|| format!("{conditions:?}"))
-        },
-    )
-    .await
+    let jobs = Api::namespaced(c.clone(), ns);
+    wait_stalled(&jobs, job, (status, reason, words), RUN_DEADLINE).await
 }
 
 /// The `Failed` condition of a finished job, after checking that it failed for `reason`.

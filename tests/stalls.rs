@@ -15,43 +15,15 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::jobs::{
     HOLD, create_job, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition, wait_event, wait_pods,
+    wait_stalled,
 };
 use support::{DEADLINE, eventually, operator};
 use trainjob_operator::api::TrainJob;
 use trainjob_testbed::FakeNode;
 
-/// Waits until the job's `Stalled` condition has `status` and `reason`, and returns it.
-async fn stalled(jobs: &Api<TrainJob>, name: &str, status: &str, reason: &str) -> Condition {
-    stalled_saying(jobs, name, status, reason, "").await
-}
-
-/// As [`stalled`], once the message also contains `words`.
-async fn stalled_saying(
-    jobs: &Api<TrainJob>,
-    name: &str,
-    status: &str,
-    reason: &str,
-    words: &str,
-) -> Condition {
-    eventually(
-        &format!("Stalled={status} ({reason}: {words}) on {name}"),
-        DEADLINE,
-        || async {
-            let job = jobs.get(name).await.map_err(|e| e.to_string())?;
-            let conditions = job.status.map(|s| s.conditions).unwrap_or_default();
-            conditions
-                .iter()
-                .find(|c| {
-                    c.type_ == "Stalled"
-                        && c.status == status
-                        && c.reason == reason
-                        && c.message.contains(words)
-                })
-                .cloned()
-                .ok_or_else(|| format!("{conditions:?}"))
-        },
-    )
-    .await
+/// The job's `Stalled` condition once it has `status`, `reason` and `words` in its message.
+async fn stalled(jobs: &Api<TrainJob>, name: &str, status: &str, reason: &str, words: &str) -> Condition {
+    wait_stalled(jobs, name, (status, reason, words), DEADLINE).await
 }
 
 /// The shared operator's `trainjob_jobs_stalled_total` for `namespace` and `reason`.
@@ -79,7 +51,7 @@ async fn workers_nobody_can_place_wait_with_the_schedulers_reason_until_a_node_c
     )
     .await;
     // Both workers, once the scheduler has tried both.
-    let waiting = stalled_saying(&jobs, "gpu", "True", "Unschedulable", "(1 more pod alike)").await;
+    let waiting = stalled(&jobs, "gpu", "True", "Unschedulable", "(1 more pod alike)").await;
     assert!(
         waiting
             .message
@@ -113,7 +85,7 @@ async fn workers_nobody_can_place_wait_with_the_schedulers_reason_until_a_node_c
         .add_node(&FakeNode::new("kwok-node-gpus", 64, 18))
         .await
         .expect("adding a node");
-    let recovered = stalled(&jobs, "gpu", "False", "Recovered").await;
+    let recovered = stalled(&jobs, "gpu", "False", "Recovered", "").await;
     assert_eq!(recovered.message, "nothing holds the job's pods up any more");
     wait_event(&c, ns, "gpu", "Recovered", |r, _| r == "Recovered").await;
     wait_condition(&jobs, "gpu", "Complete").await;
@@ -132,7 +104,7 @@ async fn workers_wait_for_their_volume_claim_until_it_is_bound() {
     })
     .await;
     let jobs = create_job(&c, ns, "pi", "with-data", json!({})).await;
-    let waiting = stalled(&jobs, "pi", "True", "VolumeClaimNotBound").await;
+    let waiting = stalled(&jobs, "pi", "True", "VolumeClaimNotBound", "").await;
     assert!(
         waiting.message.starts_with(&format!(
             "worker pod pi-node-0-0: waits for its volume claim \"{claim}\" (not found): 0/"
@@ -170,7 +142,7 @@ async fn workers_wait_for_their_volume_claim_until_it_is_bound() {
         .create(&PostParams::default(), &pvc)
         .await
         .expect("creating the claim");
-    stalled(&jobs, "pi", "False", "Recovered").await;
+    stalled(&jobs, "pi", "False", "Recovered", "").await;
     wait_condition(&jobs, "pi", "Complete").await;
 }
 
@@ -263,7 +235,7 @@ async fn a_lost_node_restarts_the_gang_at_once_or_fails_the_job_naming_it() {
     );
     // The lost pods go at once (no kubelet would confirm a graceful delete), and the next
     // attempt waits, unschedulable, for room in the pool, then runs there.
-    let waiting = stalled(&jobs, "again", "True", "Unschedulable").await;
+    let waiting = stalled(&jobs, "again", "True", "Unschedulable", "").await;
     assert!(
         waiting.message.contains("node(s) had untolerated taint"),
         "{}",
@@ -279,7 +251,7 @@ async fn a_lost_node_restarts_the_gang_at_once_or_fails_the_job_naming_it() {
     bed.add_node(&pool_node(&format!("{ns}-b"), ns))
         .await
         .expect("adding a node");
-    stalled(&jobs, "again", "False", "Recovered").await;
+    stalled(&jobs, "again", "False", "Recovered", "").await;
     let b = format!("{ns}-b");
     eventually("the next attempt to run on the new node", DEADLINE, || async {
         let pods = wait_pods(

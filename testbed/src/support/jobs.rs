@@ -259,3 +259,27 @@ pub async fn install_gang_crd(c: &Client, plugin: trainjob_operator::desired::ga
     )
     .await;
 }
+
+/// Waits up to `deadline` until job `name`'s `Stalled` condition has `status` and `reason` and a
+/// message containing `words`, and returns it.
+pub async fn wait_stalled(
+    jobs: &Api<TrainJob>,
+    name: &str,
+    (status, reason, words): (&str, &str, &str),
+    deadline: std::time::Duration,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let what = format!("Stalled={status} ({reason}: {words:?}) on {name}");
+    eventually(&what, deadline, || async {
+        let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+        let conditions = job.status.map(|s| s.conditions).unwrap_or_default();
+        let wanted = |c: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+            c.type_ == "Stalled" && c.status == status && c.reason == reason && c.message.contains(words)
+        };
+        conditions
+            .iter()
+            .find(wanted)
+            .cloned()
+            .ok_or_else(|| format!("{conditions:?}"))
+    })
+    .await
+}
