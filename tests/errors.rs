@@ -221,7 +221,16 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
             pods.is_empty() || pods == [format!("{job}-node-0-0")],
             "only the foreign pod: {pods:?}"
         );
-        assert!(!exists::<Secret>(&c, &ns.name, &format!("{job}-mpi-ssh-auth")).await);
+        // Its key was made before its first pod, and goes once the job failed (after the
+        // status that says so).
+        let secret = format!("{job}-mpi-ssh-auth");
+        eventually(&format!("{secret} to be deleted"), DEADLINE, || async {
+            match exists::<Secret>(&c, &ns.name, &secret).await {
+                false => Ok(()),
+                true => Err("still there".to_string()),
+            }
+        })
+        .await;
     }
     let foreign = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.clone(), &ns.name);
     for name in ["clash-node-0-0", "hidden-node-0-0"] {
