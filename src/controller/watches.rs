@@ -222,19 +222,21 @@ async fn signal_ready(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
     let Some(spec) = pod.spec.as_mut() else { return };
+    // Only the containers with a memory limit, each with its name and that limit alone: a
+    // `Container` is large even when empty, and a burst holds thousands of pods.
     let limits = |containers: Vec<Container>| -> Vec<Container> {
         containers
             .into_iter()
-            .map(|c| Container {
-                resources: c.resources.and_then(|r| {
-                    let memory = r.limits?.remove_entry("memory")?;
-                    Some(ResourceRequirements {
+            .filter_map(|c| {
+                let memory = c.resources?.limits?.remove_entry("memory")?;
+                Some(Container {
+                    name: c.name,
+                    resources: Some(ResourceRequirements {
                         limits: Some([memory].into()),
                         ..Default::default()
-                    })
-                }),
-                name: c.name,
-                ..Default::default()
+                    }),
+                    ..Default::default()
+                })
             })
             .collect()
     };
@@ -253,7 +255,7 @@ fn trim_pod(pod: &mut Pod) {
     *spec = PodSpec {
         node_name: spec.node_name.take(),
         containers: limits(std::mem::take(&mut spec.containers)),
-        init_containers: spec.init_containers.take().map(limits),
+        init_containers: spec.init_containers.take().map(limits).filter(|c| !c.is_empty()),
         volumes: (!claims.is_empty()).then_some(claims),
         ..Default::default()
     };

@@ -56,6 +56,7 @@ impl Kind {
         }
     }
 
+    /// What the kind means for the job (documented in the user guide's "Stalled jobs").
     pub fn policy(self) -> Policy {
         match self {
             Kind::InvalidImage => Policy::Fail,
