@@ -269,6 +269,9 @@ pub fn remove_dir_at_exit(dir: PathBuf) {
     static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     static REGISTER: Once = Once::new();
     extern "C" fn cleanup() {
+        // A real node in the directory holds mounts and files open until it is stopped; exit
+        // handlers run in reverse order, and the node's was registered first.
+        node::clean_host();
         let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
         for dir in dirs {
             let _ = std::fs::remove_dir_all(dir);

@@ -74,13 +74,26 @@ fn build() -> Result<Parts, BedError> {
     Ok(parts)
 }
 
+/// Whether this process started a real node, whose host changes `clean_host` undoes.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops the real node this process started and puts the host back (idempotent: `hack/node.sh
+/// cleanup` does nothing once the host is clean). Run before a bed's directory is removed, whose
+/// mounts and running kubelet would otherwise keep it.
+pub(crate) fn clean_host() {
+    if STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = script(&["cleanup"], &[]);
+    }
+}
+
 /// Puts the host back when the process exits, for beds that live in a static and are never
 /// dropped.
 fn cleanup_at_exit() {
     static ONCE: Once = Once::new();
     extern "C" fn cleanup() {
-        let _ = script(&["cleanup"], &[]);
+        clean_host();
     }
+    STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
     ONCE.call_once(|| {
         // SAFETY: registers a plain `extern "C"` function with no captured state.
         unsafe { libc::atexit(cleanup) };
