@@ -197,8 +197,14 @@ async fn suspended_resumed_deleted() {
         })
         .await;
     }
+    // Not counting the suspended run's pods still on their way out.
     eventually("the resumed job's pods", DEADLINE, || async {
-        let names = support::jobs::names(&support::jobs::pods_of(&c, &ns.name, "pi").await);
+        let pods = support::jobs::pods_of(&c, &ns.name, "pi").await;
+        let live: Vec<_> = pods
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let names = support::jobs::names(&live);
         if names == ["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"] {
             return Ok(());
         }

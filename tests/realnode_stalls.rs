@@ -188,6 +188,9 @@ async fn a_crash_looping_sidecar_and_a_failing_init_container_are_named() {
     let ns = ns.name.as_str();
     runtime(&c, ns, "mpi-openmpi", "sidecar", |spec| {
         pod_spec(spec, "node")["initContainers"] = json!([{"name": "helper", "image": IMAGE, "restartPolicy": "Always",
+            // Until a sidecar has started (its startup probe passed) the pod's own containers do
+            // not start: it cannot turn Ready between two crashes and let the job run past it.
+            "startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
             "command": ["bash", "-c", "echo the helper broke; exit 2"]}]);
     })
     .await;
