@@ -34,6 +34,7 @@ pub mod names;
 pub mod nodes;
 pub mod observed;
 pub mod plan;
+pub mod progress;
 pub mod quota;
 pub mod reasons;
 pub mod resolve;

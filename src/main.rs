@@ -96,6 +96,18 @@ struct RunArgs {
         default_value = "trainjob-operator"
     )]
     webhook_configuration: String,
+    /// Address of the HTTPS status server, where training code reports progress (served with
+    /// the webhook's certificate, behind the webhook Service).
+    #[arg(long, env = "TRAINJOB_STATUS_SERVER_ADDR", default_value = "0.0.0.0:10443")]
+    status_server_addr: std::net::SocketAddr,
+    /// The status server's URL as pods reach it; by default
+    /// `https://<webhook service>.<namespace>.svc:<port of --status-server-addr>`.
+    #[arg(long, env = "TRAINJOB_STATUS_SERVER_URL")]
+    status_server_url: Option<String>,
+    /// Do not serve the status server, and give jobs' pods no progress variables (also off with
+    /// --disable-webhook).
+    #[arg(long, env = "TRAINJOB_DISABLE_STATUS_SERVER")]
+    disable_status_server: bool,
     /// Namespace the operator runs in; its webhook certificate Secret lives there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "trainjob-system")]
     namespace: String,
@@ -207,6 +219,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Admission and reconciles read runtimes from one cache, which the webhook needs on every
     // replica, leading or not.
     let runtimes = trainjob_operator::runtimes::Cache::start(&client);
+    let (trust, trusted) = tokio::sync::watch::channel(None);
+    let progress = (webhook_ready.is_some() && !args.disable_status_server).then(|| {
+        let url = args.status_server_url.clone().unwrap_or_else(|| {
+            trainjob_operator::progress::base_url(
+                &args.webhook_service,
+                &args.namespace,
+                args.status_server_addr.port(),
+            )
+        });
+        (
+            trainjob_operator::progress::Serving {
+                addr: args.status_server_addr,
+                trust: Arc::new(trust),
+            },
+            trainjob_operator::progress::Reporting { url, trust: trusted },
+        )
+    });
+    let (serving, reporting) = progress.unzip();
     let webhook = match webhook_ready {
         Some(webhook_ready) => {
             let certs = match args.webhook_cert_dir {
@@ -225,6 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 certs,
                 limits,
                 fips: args.fips,
+                progress: serving,
             };
             let serve = webhook::serve(
                 client.clone(),
@@ -267,8 +298,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             domain: args.cluster_domain,
             network_policies: args.network_policies,
             stall_timeout: args.stall_timeout,
+            reporting: None,
         },
         keep_ssh_secrets: args.keep_ssh_secrets,
+        progress: reporting,
     };
     let memory = Arc::new(controller::Memory::new(metrics.clone()));
     let reconcile = controller::run(

@@ -56,6 +56,14 @@ pub struct AdmissionLabels {
     pub allowed: String,
 }
 
+/// Labels of the progress report counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `accepted`, or why a report was refused: `unauthenticated`, `forbidden`, `rate_limited`,
+    /// `too_large`, `malformed`, `invalid`, `not_found`, `error`.
+    pub result: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +90,8 @@ pub struct Metrics {
     pub time_to_gang_scheduled: Histogram,
     /// Admission reviews answered, by kind, operation and verdict.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
+    /// Progress reports the status server answered, by result.
+    pub progress_reports: Family<ResultLabels, Counter>,
     /// 1 while this process reconciles (it leads, or runs without leader election), else 0.
     pub leader: Gauge,
     /// Times this process became the leader.
@@ -174,6 +184,12 @@ impl Metrics {
             "Admission reviews the webhook answered, by kind, operation and whether it allowed them",
             admission_reviews.clone(),
         );
+        let progress_reports = Family::default();
+        registry.register(
+            "progress_reports",
+            "Progress reports the status server answered, by result (accepted, or why it refused one)",
+            progress_reports.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -194,6 +210,7 @@ impl Metrics {
         Metrics {
             registry,
             admission_reviews,
+            progress_reports,
             leader,
             leader_transitions,
             jobs_created,

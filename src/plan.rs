@@ -22,6 +22,18 @@ pub struct Cluster {
     /// How long a job may stay stalled by an image that cannot be pulled, a container that
     /// cannot be created or one that keeps crashing before it fails; zero: never.
     pub stall_timeout: Duration,
+    /// Where the job's pods report their progress; `None` when the status server is off (or has
+    /// no certificate yet).
+    pub reporting: Option<Reporting>,
+}
+
+/// The status server as a job's pods reach it (`progress`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reporting {
+    /// Its URL, without the job's path.
+    pub url: String,
+    /// The CA bundle its certificate chains to (PEM).
+    pub ca: String,
 }
 
 /// How long a stalled job waits before it fails, unless the settings say otherwise.
@@ -33,6 +45,7 @@ impl Default for Cluster {
             domain: DEFAULT_CLUSTER_DOMAIN.into(),
             network_policies: false,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            reporting: None,
         }
     }
 }

@@ -480,6 +480,7 @@ async fn second_webhook(ns: &str, name: &str, source: certs::Source, ca: Option<
             max_pods_per_job: COPY_MAX_PODS,
         },
         fips: false,
+        progress: None,
     };
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = std::sync::Arc::new(trainjob_operator::metrics::Metrics::new());

@@ -100,6 +100,43 @@ async fn completes() {
     .await;
 }
 
+/// A pod of a running job reports progress: the status server reviews its token, reads the
+/// pod it is bound to and writes `trainerStatus`.
+async fn reports_progress() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use trainjob_operator::progress::{audience, path};
+    let (ns, c) = setup("priv-progress").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    create_job(&c, &ns.name, "pi", "held", json!({})).await;
+    let pods = wait_pods(
+        &c,
+        &ns.name,
+        "pi",
+        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
+    )
+    .await;
+    let launcher: &Pod = &pods[0];
+    let ca = eventually("the job's CA", DEADLINE, || async {
+        let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
+            .get("pi-mpi-hostfile")
+            .await
+            .map_err(|e| e.to_string())?;
+        cm.data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .ok_or_else(|| "no CA yet".to_string())
+    })
+    .await;
+    let token = support::progress::token(&c, &ns.name, Some(launcher), &audience(&ns.name, "pi")).await;
+    let port = admitting_operator().status_port.expect("status server");
+    let body = json!({"trainerStatus": {"progressPercentage": 5}}).to_string();
+    let reply =
+        support::progress::post(port, &ca, &path(&ns.name, "pi"), Some(&token), body.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 /// A pod the job needs is taken by someone else's, which the operator reads to say whose.
 async fn name_taken() {
     let (ns, c) = setup("priv-taken").await;
@@ -303,7 +340,8 @@ async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
         gangs(),
         missing_runtime(),
         name_taken(),
-        claim_missing()
+        claim_missing(),
+        reports_progress()
     );
 
     let (used, refused) = used();

@@ -21,6 +21,8 @@ use super::RuntimePatch;
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.conditions[-1:].type"}"#,
     printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtimeRef.name"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".spec.trainer.numNodes"}"#,
+    printcolumn = r#"{"name":"Progress %","type":"integer","jsonPath":".status.trainerStatus.progressPercentage","description":"How far training got, as its code reports it"}"#,
+    printcolumn = r#"{"name":"Seconds Left","type":"integer","jsonPath":".status.trainerStatus.estimatedRemainingSeconds","description":"Training time left, as its code estimates it"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must match RFC 1035 DNS label format"),

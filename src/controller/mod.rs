@@ -54,6 +54,8 @@ pub struct Settings {
     pub cluster: Cluster,
     /// Keep a finished job's SSH Secret (for debugging) instead of deleting it.
     pub keep_ssh_secrets: bool,
+    /// Where jobs' pods report their progress; `None`: the status server is off.
+    pub progress: Option<crate::progress::Reporting>,
 }
 
 impl Default for Settings {
@@ -65,6 +67,7 @@ impl Default for Settings {
             limits: Limits::default(),
             cluster: Cluster::default(),
             keep_ssh_secrets: false,
+            progress: None,
         }
     }
 }
@@ -179,7 +182,11 @@ fn managed_here(job: &TrainJob) -> bool {
 async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let now = lifecycle::now();
     let observed = dereference::observe(job, ctx).await?;
-    let plan = resolve(job, &observed.runtime, &ctx.settings.cluster)?;
+    let cluster = Cluster {
+        reporting: ctx.settings.progress.as_ref().and_then(|p| p.current()),
+        ..ctx.settings.cluster.clone()
+    };
+    let plan = resolve(job, &observed.runtime, &cluster)?;
     validate(job, &observed.runtime.label, &plan, &ctx.settings.limits)?;
     if let Some(quotas) = &observed.quotas {
         validate::quotas(job, &plan, quotas)?;

@@ -33,12 +33,17 @@ pub fn render(job: &str, plan: &Plan) -> String {
     out
 }
 
-/// The ConfigMap `<job>-mpi-hostfile`.
+/// The ConfigMap `<job>-mpi-hostfile`; with the status server on, it also holds the CA the
+/// pods verify it with (one ConfigMap per job, not two).
 pub fn configmap(job: &TrainJob, plan: &Plan) -> ConfigMap {
     let name = job.metadata.name.as_deref().unwrap_or_default();
+    let mut data = BTreeMap::from([(KEY.to_string(), render(name, plan))]);
+    if let Some(reporting) = &plan.cluster.reporting {
+        data.insert(super::reporting::CA_KEY.into(), reporting.ca.clone());
+    }
     ConfigMap {
         metadata: names::child_meta(job, &names::hostfile_configmap(name)),
-        data: Some(BTreeMap::from([(KEY.to_string(), render(name, plan))])),
+        data: Some(data),
         ..Default::default()
     }
 }

@@ -6,12 +6,14 @@
 //!
 //! The builders: `pods` (pods and the headless Service), `hostfile`, `gang` (native Workload and
 //! PodGroup, the scheduler plugins' PodGroups), `netpol`, `snapshot` (the frozen runtime); the
-//! SSH Secret comes from a key pair the shell generated (`ssh`).
+//! SSH Secret comes from a key pair the shell generated (`ssh`); `reporting` points the pods at
+//! the status server.
 
 pub mod gang;
 pub mod hostfile;
 pub mod netpol;
 pub mod pods;
+pub mod reporting;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -155,6 +155,10 @@ pub fn pod(job: &TrainJob, plan: &Plan, rjob: &JobPlan, at: PodIndex, attempt: i
                 wait_for_workers(&mut spec, plan, job_name, copy, WAIT_FOR_POLICY_SECONDS);
             }
         }
+        if let Some(reporting) = &plan.cluster.reporting {
+            // Before the launcher's variables: Open MPI forwards the ones the container has.
+            super::reporting::inject(&mut spec, namespace, job_name, reporting);
+        }
         for c in spec.containers.iter_mut().filter(|c| c.name == NODE) {
             let mounts = c.volume_mounts.get_or_insert_default();
             mounts.push(VolumeMount {

@@ -348,7 +348,9 @@ where
     Ok(true)
 }
 
-/// The bundle of the files source (no CA: its tool publishes that).
+/// The bundle of the files source. Its tool publishes the CA to the webhook configurations;
+/// `ca.crt` beside the certificate (cert-manager writes one) is what pods verify the status
+/// server with, and without it they get no progress reporting.
 pub fn read_files(dir: &std::path::Path) -> Result<Bundle, CertError> {
     let read = |name: &str| {
         let path = dir.join(name);
@@ -358,7 +360,7 @@ pub fn read_files(dir: &std::path::Path) -> Result<Bundle, CertError> {
         })
     };
     Ok(Bundle {
-        ca: String::new(),
+        ca: read("ca.crt").unwrap_or_default(),
         cert: read("tls.crt")?,
         key: read("tls.key")?,
     })

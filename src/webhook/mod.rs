@@ -49,6 +49,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Offer only FIPS-approved TLS cipher suites and key exchanges.
     pub fips: bool,
+    /// The status server (`progress`), served with the same certificate; `None`: off.
+    pub progress: Option<crate::progress::Serving>,
 }
 
 /// What the handlers share.
@@ -300,8 +302,9 @@ async fn current(client: &Client, source: &Source) -> Result<Bundle, CertError> 
     }
 }
 
-/// Serves the webhook until `shutdown` resolves: waits for a certificate (retrying), then serves
-/// it and sets `ready`, and swaps in renewed certificates without dropping connections.
+/// Serves the webhook (and the status server, when on) until `shutdown` resolves: waits for a
+/// certificate (retrying), then serves it and sets `ready`, and swaps in renewed certificates
+/// without dropping connections. Every certificate's CA goes to the status server's `trust`.
 pub async fn serve(
     client: Client,
     settings: Settings,
@@ -329,11 +332,41 @@ pub async fn serve(
         }
     };
     let (mut bundle, config) = first;
+    let trust = settings.progress.as_ref().map(|p| p.trust.clone());
+    let publish = |bundle: &Bundle| {
+        if let Some(trust) = &trust {
+            trust.send_replace(Some(bundle.ca.clone()));
+        }
+    };
+    publish(&bundle);
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
     let handle = axum_server::Handle::new();
+    let progress_handle = axum_server::Handle::new();
+    let progress = match &settings.progress {
+        Some(p) => {
+            if bundle.ca.is_empty() {
+                tracing::warn!(
+                    "the certificate directory holds no ca.crt: pods cannot verify the status server, so jobs get no progress reporting"
+                );
+            }
+            let serve = axum_server::bind_rustls(p.addr, tls.clone())
+                .handle(progress_handle.clone())
+                .serve(crate::progress::router(client.clone(), metrics.clone()).into_make_service());
+            tracing::info!(addr = %p.addr, "serving the status server for training progress");
+            futures::future::Either::Left(serve)
+        }
+        None => futures::future::Either::Right(std::future::pending()),
+    };
     let server = axum_server::bind_rustls(settings.addr, tls.clone())
         .handle(handle.clone())
         .serve(router(client.clone(), settings.limits, metrics, runtimes).into_make_service());
+    // Either server ending ends both: the process restarts and the failure is seen.
+    let server = async move {
+        tokio::select! {
+            result = server => result,
+            result = progress => result,
+        }
+    };
     let mut server = std::pin::pin!(server);
     // Ready once the socket listens, with the CA published.
     tokio::select! {
@@ -350,6 +383,7 @@ pub async fn serve(
             result = &mut server => return result,
             _ = &mut shutdown => {
                 handle.graceful_shutdown(Some(Duration::from_secs(5)));
+                progress_handle.graceful_shutdown(Some(Duration::from_secs(5)));
                 return server.await;
             }
             _ = tokio::time::sleep(interval) => {}
@@ -358,6 +392,7 @@ pub async fn serve(
             Ok(next) if next != bundle => match tls_config(&next, settings.fips) {
                 Ok(config) => {
                     tls.reload_from_config(Arc::new(config));
+                    publish(&next);
                     tracing::info!("serving a renewed webhook certificate");
                     bundle = next;
                 }

@@ -16,6 +16,10 @@ use kube::Api;
 use super::process::{Component, Process, run};
 use super::{Bed, BedError, Identity, repo_root};
 
+/// The host's address on the node's pod bridge (`hack/node.sh`): pods reach processes on the
+/// host there.
+pub const HOST_ADDRESS: &str = "10.244.0.1";
+
 /// Label and taint key of the real node.
 pub const REAL_NODE: &str = "trainjob.test/real-node";
 

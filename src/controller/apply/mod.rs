@@ -250,11 +250,17 @@ where
         .map_err(write_err(kind, &name, action.into()))
 }
 
-/// Writes `status` with server-side apply on the status subresource.
+/// Writes `status` with server-side apply on the status subresource. Never `trainerStatus`:
+/// the status server owns that under its own field manager, and a copy written from this
+/// reconcile's (older) view of the job would take it over and later turn it back.
 async fn write_status(job: &TrainJob, ctx: &Context, status: &TrainJobStatus) -> Result<(), Error> {
     let api: Api<TrainJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let ours = TrainJobStatus {
+        trainer_status: None,
+        ..status.clone()
+    };
     let patch =
-        json!({"apiVersion": TrainJob::api_version(&()), "kind": TrainJob::kind(&()), "status": status});
+        json!({"apiVersion": TrainJob::api_version(&()), "kind": TrainJob::kind(&()), "status": ours});
     api.patch_status(&job.name_any(), &apply_params(), &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::Kube {

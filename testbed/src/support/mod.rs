@@ -5,6 +5,7 @@ pub mod jobs;
 pub mod leaders;
 pub mod logs;
 pub mod process;
+pub mod progress;
 pub mod realnode;
 
 use std::future::Future;
@@ -197,6 +198,8 @@ pub struct Operator {
     pub memory: std::sync::Arc<trainjob_operator::controller::Memory>,
     /// Base URL of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub http: String,
+    /// Port of the status server (on every address), for an operator that serves admission.
+    pub status_port: Option<u16>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -231,6 +234,7 @@ impl Operator {
         let mem = memory.clone();
         let port = free_port();
         let webhook_port = admission.then(free_port);
+        let status_port = admission.then(free_port);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (admitting_tx, admitting_rx) = std::sync::mpsc::channel::<()>();
@@ -275,6 +279,17 @@ impl Operator {
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     let http = tokio::spawn(server::serve(addr, health, stopped()));
                     let runtimes = trainjob_operator::runtimes::Cache::start(&client);
+                    let (trust, trusted) = tokio::sync::watch::channel(None);
+                    // As config/default serves it: pods reach it through the webhook Service
+                    // (a real node's pods: see `expose_status_server`).
+                    let reporting = status_port.map(|port| trainjob_operator::progress::Reporting {
+                        url: trainjob_operator::progress::base_url(
+                            "trainjob-operator-webhook",
+                            "trainjob-system",
+                            port,
+                        ),
+                        trust: trusted,
+                    });
                     if let (Some(webhook_port), Some(webhook_ready)) = (webhook_port, webhook_ready) {
                         bed.register_operator_webhooks(webhook_port)
                             .await
@@ -295,6 +310,10 @@ impl Operator {
                             ),
                             limits: Default::default(),
                             fips: false,
+                            progress: status_port.map(|port| trainjob_operator::progress::Serving {
+                                addr: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                                trust: std::sync::Arc::new(trust),
+                            }),
                         };
                         tokio::spawn(webhook::serve(
                             client.clone(),
@@ -316,6 +335,7 @@ impl Operator {
                             stall_timeout: STALL_TIMEOUT,
                             ..Default::default()
                         },
+                        progress: reporting,
                         ..Default::default()
                     };
                     let reconcile = controller::run(
@@ -374,6 +394,7 @@ impl Operator {
             metrics,
             memory,
             http: format!("http://127.0.0.1:{port}"),
+            status_port,
             stop: Some(stop),
             kill: Some(kill),
             thread: Some(thread),
