@@ -222,7 +222,8 @@ cleanup() {
   for ipt in iptables ip6tables; do remove_kube_chains "$ipt"; done
   # kube-router's ipsets, once no rule refers to them.
   if command -v ipset >/dev/null; then
-    ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' | while read -r set; do
+    # No sets at all is fine (grep finding none must not end the script under pipefail).
+    ipset list -n 2>/dev/null | { grep -E '^(KUBE-|kube-router)' || true; } | while read -r set; do
       ipset destroy "$set" 2>/dev/null || true
     done
   fi

@@ -8,7 +8,11 @@
 #     /run: image.conf passes --skip=cleanup/run to mmdebstrap);
 #   - ssh connects to port 2222; host key checking is the caller's business (the operator passes
 #     StrictHostKeyChecking and UserKnownHostsFile itself);
-#   - /home/mpiuser/pi: mpi4py program (common/pi.py), runnable by mpiuser and root.
+#   - /home/mpiuser/pi: mpi4py program (common/pi.py), runnable by mpiuser and root;
+#   - /home/mpiuser/train: data-parallel training (common/train.py: a numpy MLP on scikit-learn's
+#     bundled digits data, gradients summed by Allreduce, progress reported to the TrainJob through
+#     the Kubeflow SDK, exit 0 when the test accuracy reaches --target); it needs the wheels of
+#     common/train-requirements.txt, which the image's customize.sh installs with common/pip.sh.
 set -euo pipefail
 root=$1
 common=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,4 +42,5 @@ mkdir -p "$home/.sshd"
 chroot "$root" ssh-keygen -q -t ed25519 -N '' -f /home/mpiuser/.sshd/host_ed25519_key
 install -m 0644 "$common/sshd_config" "$home/.sshd_config"
 install -m 0755 "$common/pi.py" "$home/pi"
+install -m 0755 "$common/train.py" "$home/train"
 chroot "$root" chown -R mpiuser:mpiuser /home/mpiuser

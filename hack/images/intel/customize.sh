@@ -3,5 +3,5 @@
 set -euo pipefail
 common=$(dirname "$0")/../common
 # 2021.17 and later need a libfabric package that PyPI lacks.
-"$common/pip.sh" "$1" impi-rt==2021.16.1 mpi4py==4.1.2
+"$common/pip.sh" "$1" impi-rt==2021.16.1 mpi4py==4.1.2 -r "$common/train-requirements.txt"
 "$common/mpiuser.sh" "$1"
