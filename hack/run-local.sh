@@ -11,8 +11,9 @@ kubectl="$("$root/hack/controlplane.sh" --dir)/kubectl"
 rm -rf "$dir"
 mkdir -p "$dir"
 webhook_port=${WEBHOOK_PORT:-9443}
+status_port=${STATUS_PORT:-10443}
 "$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${KUEUE:+--kueue} \
-  --operator-webhook-port "$webhook_port" 2>"$dir/testbed.out" &
+  --operator-webhook-port "$webhook_port" --operator-status-port "$status_port" 2>"$dir/testbed.out" &
 bed=$!
 # SIGINT lets the bed drop cleanly (the real node puts the host back).
 trap 'kill -INT $bed 2>/dev/null; wait $bed 2>/dev/null || true' EXIT INT TERM
@@ -40,8 +41,10 @@ cat >&2 <<EOF
 
 EOF
 # The webhook is registered by URL on loopback, so its self-managed certificate is for 127.0.0.1.
+# The status server listens on every address: the real node's pods reach it on the host.
 KUBECONFIG="$dir/operator.kubeconfig" "$target/trainjob-operator" run --http-addr 127.0.0.1:8080 \
-  --webhook-addr "127.0.0.1:$webhook_port" --webhook-hosts 127.0.0.1 &
+  --webhook-addr "127.0.0.1:$webhook_port" --webhook-hosts 127.0.0.1 \
+  --status-server-addr "0.0.0.0:$status_port" &
 operator=$!
 # In the background and waited for, so that a SIGTERM to this script (not only Ctrl-C) runs the
 # trap at once: bash defers traps while a foreground command runs.

@@ -378,6 +378,11 @@ fn exported_metrics() -> BTreeMap<String, String> {
             allowed: "true".into(),
         })
         .inc();
+    m.progress_reports
+        .get_or_create(&trainjob_operator::metrics::ResultLabels {
+            result: "accepted".into(),
+        })
+        .inc();
     let text = m.encode();
     let families: BTreeMap<String, String> = text
         .lines()

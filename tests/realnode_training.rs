@@ -92,7 +92,8 @@ async fn submit(c: &Client, ns: &str, (name, image, shipped, hydra): (&str, &str
     runtime(c, ns, shipped, name, |spec| {
         for rjob in ["node", "launcher"] {
             let pod = pod_spec(spec, rjob);
-            pod["volumes"] = json!([{"name": "checkpoints", "persistentVolumeClaim": {"claimName": "checkpoints"}}]);
+            pod["volumes"] =
+                json!([{"name": "checkpoints", "persistentVolumeClaim": {"claimName": "checkpoints"}}]);
             pod["containers"][0]["volumeMounts"] = json!([{"name": "checkpoints", "mountPath": CHECKPOINTS}]);
         }
     })
@@ -101,39 +102,56 @@ async fn submit(c: &Client, ns: &str, (name, image, shipped, hydra): (&str, &str
     let dir = format!("{CHECKPOINTS}/{name}");
     let epochs = EPOCHS.to_string();
     let line = [
-        "mpirun", "-n", &ranks, "/home/mpiuser/train", "--epochs", &epochs, "--checkpoint-dir", &dir,
+        "mpirun",
+        "-n",
+        &ranks,
+        "/home/mpiuser/train",
+        "--epochs",
+        &epochs,
+        "--checkpoint-dir",
+        &dir,
     ];
     let mut trainer = json!({"image": image, "numNodes": NODES, "numProcPerNode": SLOTS});
     trainer[if hydra { "args" } else { "command" }] = json!(line);
-    create(c, ns, name, json!({"kind": "TrainingRuntime", "name": name}), trainer).await;
+    create(
+        c,
+        ns,
+        name,
+        json!({"kind": "TrainingRuntime", "name": name}),
+        trainer,
+    )
+    .await;
 }
 
 /// Records every `trainerStatus` the watch shows for the namespace's jobs.
 fn watch_progress(c: &Client, ns: &str) -> Seen {
     let seen: Seen = Arc::default();
     let record = seen.clone();
-    let stream = watcher(Api::<TrainJob>::namespaced(c.clone(), ns), watcher::Config::default())
-        .applied_objects()
-        .for_each(move |job| {
-            if let Ok(job) = job
-                && let Some(t) = job.status.as_ref().and_then(|s| s.trainer_status.as_ref())
+    let stream = watcher(
+        Api::<TrainJob>::namespaced(c.clone(), ns),
+        watcher::Config::default(),
+    )
+    .applied_objects()
+    .for_each(move |job| {
+        if let Ok(job) = job
+            && let Some(t) = job.status.as_ref().and_then(|s| s.trainer_status.as_ref())
+        {
+            let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
+            let (values, metrics) = seen.entry(job.name_any()).or_default();
+            if let Some(p) = t.progress_percentage
+                && values.last() != Some(&i64::from(p))
             {
-                let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
-                let (values, metrics) = seen.entry(job.name_any()).or_default();
-                if let Some(p) = t.progress_percentage
-                    && values.last() != Some(&i64::from(p))
-                {
-                    values.push(i64::from(p));
-                }
-                *metrics = t
-                    .metrics
-                    .iter()
-                    .map(|m| (m.name.clone(), json!(m.value)))
-                    .collect::<serde_json::Map<_, _>>()
-                    .into();
+                values.push(i64::from(p));
             }
-            async {}
-        });
+            *metrics = t
+                .metrics
+                .iter()
+                .map(|m| (m.name.clone(), json!(m.value)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        async {}
+    });
     tokio::spawn(stream);
     seen
 }
@@ -164,7 +182,13 @@ async fn check(c: &Client, ns: &str, dir: &std::path::Path, seen: &Seen, name: &
     );
     let accuracy: f64 = log
         .lines()
-        .find_map(|l| l.strip_prefix("final accuracy ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("final accuracy ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("{name}: no final accuracy:\n{log}"));
     assert!(accuracy >= TARGET, "{name}: accuracy {accuracy}:\n{log}");
     assert!(
@@ -194,7 +218,10 @@ async fn check(c: &Client, ns: &str, dir: &std::path::Path, seen: &Seen, name: &
         "{name}: progress seen {values:?}"
     );
     assert!(values.windows(2).all(|w| w[0] < w[1]), "{name}: {values:?}");
-    let reported: f64 = metrics["accuracy"].as_str().and_then(|a| a.parse().ok()).unwrap_or(0.0);
+    let reported: f64 = metrics["accuracy"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0.0);
     assert!(
         (reported - accuracy).abs() < 1e-3 && metrics["epoch"] == json!(EPOCHS.to_string()),
         "{name}: {metrics}"
@@ -207,14 +234,22 @@ async fn digits_training_reaches_its_accuracy_on_every_mpi_and_reports_progress_
     real_bed();
     let port = admitting_operator().status_port.expect("status server");
     let c = client(support::Identity::Admin).await;
-    support::progress::expose_status_server(&c, port).await;
+    bed()
+        .expose_status_server(port)
+        .await
+        .expect("the status server's Service");
     let ns = TestNs::new("training").await;
     let dir = shared_volume(&c, &ns.name).await;
     let seen = watch_progress(&c, &ns.name);
     for case in CASES {
         submit(&c, &ns.name, case).await;
     }
-    join_all(CASES.iter().map(|(name, ..)| check(&c, &ns.name, &dir, &seen, name))).await;
+    join_all(
+        CASES
+            .iter()
+            .map(|(name, ..)| check(&c, &ns.name, &dir, &seen, name)),
+    )
+    .await;
     Api::<PersistentVolume>::all(c.clone())
         .delete(&format!("{}-checkpoints", ns.name), &DeleteParams::default())
         .await

@@ -85,3 +85,45 @@ impl Bed {
         Ok(())
     }
 }
+
+impl Bed {
+    /// Makes the webhook Service's name (`trainjob-operator-webhook.trainjob-system.svc`)
+    /// resolve, for the real node's pods, to the host, where the operator under test (or `make
+    /// run`'s) serves the status server on every address: a headless Service whose one endpoint
+    /// is the node bridge's host address.
+    pub async fn expose_status_server(&self, port: u16) -> Result<(), BedError> {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let admin = self.client(super::Identity::Admin).await?;
+        let apply = PatchParams::apply("trainjob-testbed").force();
+        let what = |what: &'static str| {
+            move |source| BedError::Kube {
+                what: what.to_string(),
+                source,
+            }
+        };
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "trainjob-operator-webhook", "namespace": "trainjob-system"},
+            "spec": {"clusterIP": "None", "ports": [{"name": "status", "port": port, "protocol": "TCP"}]},
+        });
+        Api::<Service>::namespaced(admin.clone(), "trainjob-system")
+            .patch("trainjob-operator-webhook", &apply, &Patch::Apply(&service))
+            .await
+            .map_err(what("creating the webhook Service"))?;
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "trainjob-operator-webhook-host", "namespace": "trainjob-system",
+                         "labels": {"kubernetes.io/service-name": "trainjob-operator-webhook",
+                                    "endpointslice.kubernetes.io/managed-by": "trainjob-testbed"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [super::node::HOST_ADDRESS], "conditions": {"ready": true}}],
+            "ports": [{"name": "status", "port": port, "protocol": "TCP"}],
+        });
+        Api::<EndpointSlice>::namespaced(admin, "trainjob-system")
+            .patch("trainjob-operator-webhook-host", &apply, &Patch::Apply(&slice))
+            .await
+            .map_err(what("creating the webhook Service's endpoint"))?;
+        Ok(())
+    }
+}

@@ -29,6 +29,10 @@ struct Args {
     /// where the operator serves them.
     #[arg(long)]
     operator_webhook_port: Option<u16>,
+    /// With the real node: make the webhook Service's name resolve, for pods, to this host, where
+    /// the operator serves its status server on this port.
+    #[arg(long)]
+    operator_status_port: Option<u16>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -57,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
     bed.apply_kustomization("config/runtimes")?;
     if let Some(port) = args.operator_webhook_port {
         bed.register_operator_webhooks(port).await?;
+    }
+    if let (Some(port), Some(_)) = (args.operator_status_port, bed.real_node()) {
+        bed.expose_status_server(port).await?;
     }
     eprintln!(
         "test bed up in {:.1}s at {}\n  admin:    {}\n  operator: {}",

@@ -1,15 +1,14 @@
 //! Talking to the status server as training code does: HTTPS verified with the job's CA, a
 //! projected-style service account token from the API server (TokenRequest, bound to a pod), and
 //! for the real node, the webhook Service's name resolving to the host where the operator under
-//! test serves.
+//! test serves (`Bed::expose_status_server`).
 
 use std::sync::Arc;
 
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,33 +158,4 @@ pub fn expired(token: &str, signing_key_pem: &str) -> String {
     .expect("the bed's key is ECDSA P-256");
     let signature = key.sign(&rng, signed.as_bytes()).expect("signing");
     format!("{signed}.{}", b64.encode(signature.as_ref()))
-}
-
-/// Makes [`SERVER_NAME`] resolve, for the real node's pods, to the host, where the operator under
-/// test serves the status server on every address: a headless Service with one endpoint, the
-/// node bridge's host address.
-pub async fn expose_status_server(admin: &Client, port: u16) {
-    let apply = PatchParams::apply("trainjob-testbed").force();
-    let service = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "trainjob-operator-webhook", "namespace": "trainjob-system"},
-        "spec": {"clusterIP": "None", "ports": [{"name": "status", "port": port, "protocol": "TCP"}]},
-    });
-    Api::<Service>::namespaced(admin.clone(), "trainjob-system")
-        .patch("trainjob-operator-webhook", &apply, &Patch::Apply(&service))
-        .await
-        .expect("the webhook Service");
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "trainjob-operator-webhook-host", "namespace": "trainjob-system",
-                     "labels": {"kubernetes.io/service-name": "trainjob-operator-webhook",
-                                "endpointslice.kubernetes.io/managed-by": "trainjob-testbed"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [crate::node::HOST_ADDRESS], "conditions": {"ready": true}}],
-        "ports": [{"name": "status", "port": port, "protocol": "TCP"}],
-    });
-    Api::<EndpointSlice>::namespaced(admin.clone(), "trainjob-system")
-        .patch("trainjob-operator-webhook-host", &apply, &Patch::Apply(&slice))
-        .await
-        .expect("the webhook Service's endpoint");
 }
