@@ -39,10 +39,11 @@ test: bed ## Unit tests and integration tests against the local control plane (a
 	# Every test binary, the independent ones several at a time (TEST_JOBS), the key scan last.
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator hack/test.sh $(TESTS)
 
-bench: bed ## Benchmarks against a plain-client floor; writes docs/development/benchmarks.md (BENCH_SCALE=quick: smaller and faster)
+bench: bed ## Benchmarks against a plain-client floor, then training scaling on the real node (root); writes docs/development/benchmarks.md (BENCH_SCALE=quick: smaller and faster)
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
+	$(CARGO) bench --locked --bench training
 
 soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into docs/development/benchmarks.md
 	hack/bench-deps.sh

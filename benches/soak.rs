@@ -144,7 +144,7 @@ fn main() {
     .expect("soak.json");
     let doc = trainjob_testbed::repo_root().join("docs/development/benchmarks.md");
     let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, splice(&old, &markdown(&report))).expect("docs/development/benchmarks.md");
+    std::fs::write(&doc, section::SOAK.splice(&old, &markdown(&report))).expect("docs/development/benchmarks.md");
     println!("wrote the soak section of docs/development/benchmarks.md and benches/results/soak.json");
 }
 
@@ -284,14 +284,6 @@ async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64
     }
 }
 
-/// `doc` with its soak section replaced by `body` (appended when it has none).
-fn splice(doc: &str, body: &str) -> String {
-    let block = format!("{}\n{body}{}", section::BEGIN, section::END);
-    match section::soak(doc) {
-        Some(old) => doc.replacen(old, &block, 1),
-        None => section::keep(&block, doc.to_string()),
-    }
-}
 
 fn markdown(r: &Soak) -> String {
     let fmt =
