@@ -144,7 +144,8 @@ fn main() {
     .expect("soak.json");
     let doc = trainjob_testbed::repo_root().join("docs/development/benchmarks.md");
     let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, section::SOAK.splice(&old, &markdown(&report))).expect("docs/development/benchmarks.md");
+    std::fs::write(&doc, section::SOAK.splice(&old, &markdown(&report)))
+        .expect("docs/development/benchmarks.md");
     println!("wrote the soak section of docs/development/benchmarks.md and benches/results/soak.json");
 }
 
@@ -283,7 +284,6 @@ async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64
         peak_rss_mib,
     }
 }
-
 
 fn markdown(r: &Soak) -> String {
     let fmt =

@@ -52,9 +52,13 @@ fn parse(pods: usize, ranks: usize, log: &str) -> Option<Run> {
         let at = timing.iter().position(|w| *w == key)?;
         timing.get(at + 1)?.parse().ok()
     };
-    let accuracy = log
-        .lines()
-        .find_map(|l| l.strip_prefix("final accuracy ")?.split_whitespace().next()?.parse().ok())?;
+    let accuracy = log.lines().find_map(|l| {
+        l.strip_prefix("final accuracy ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })?;
     Some(Run {
         ranks,
         pods,

@@ -408,7 +408,10 @@ fn crds_have_the_upstream_shape() {
         .flatten()
         .map(|c| c["name"].clone())
         .collect();
-    assert_eq!(columns, ["State", "Runtime", "Nodes", "Age"]);
+    assert_eq!(
+        columns,
+        ["State", "Runtime", "Nodes", "Progress %", "Seconds Left", "Age"]
+    );
     assert_eq!(job["spec"]["names"]["shortNames"], json!(["tj"]));
     assert!(version["subresources"]["status"].is_object());
     let conditions =

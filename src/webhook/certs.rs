@@ -370,6 +370,21 @@ pub fn read_files(dir: &std::path::Path) -> Result<Bundle, CertError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn files_give_the_ca_beside_the_certificate_when_there_is_one() {
+        let dir = std::env::temp_dir().join(format!("trainjob-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("tls.crt"), "CERT").expect("write");
+        std::fs::write(dir.join("tls.key"), "KEY").expect("write");
+        assert_eq!(read_files(&dir).expect("bundle").ca, "", "no ca.crt: no CA");
+        std::fs::write(dir.join("ca.crt"), "CA").expect("write");
+        let bundle = read_files(&dir).expect("bundle");
+        assert_eq!((bundle.ca.as_str(), bundle.cert.as_str()), ("CA", "CERT"));
+        std::fs::remove_file(dir.join("tls.key")).expect("remove");
+        assert!(matches!(read_files(&dir), Err(CertError::Read { .. })));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
     fn hosts() -> Vec<String> {
         vec![
             "trainjob-operator-webhook.trainjob-system.svc".into(),

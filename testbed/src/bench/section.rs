@@ -61,7 +61,10 @@ mod tests {
         assert!(!doc.contains("soak 1"));
         let rewritten = keep(&doc, "# New report\n".into());
         assert!(rewritten.starts_with("# New report"));
-        assert!(rewritten.contains("soak 2") && rewritten.contains("training 1"), "{rewritten}");
+        assert!(
+            rewritten.contains("soak 2") && rewritten.contains("training 1"),
+            "{rewritten}"
+        );
         assert_eq!(keep("# no sections", "# new".into()), "# new");
     }
 }
