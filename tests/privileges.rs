@@ -103,7 +103,7 @@ async fn completes() {
 /// A pod of a running job reports progress: the status server reviews its token, reads the
 /// pod it is bound to and writes `trainerStatus`.
 async fn reports_progress() {
-    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use k8s_openapi::api::core::v1::Pod;
     use trainjob_operator::progress::{audience, path};
     let (ns, c) = setup("priv-progress").await;
     runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
@@ -119,16 +119,7 @@ async fn reports_progress() {
     )
     .await;
     let launcher: &Pod = &pods[0];
-    let ca = eventually("the job's CA", DEADLINE, || async {
-        let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns.name)
-            .get("pi-mpi-hostfile")
-            .await
-            .map_err(|e| e.to_string())?;
-        cm.data
-            .and_then(|d| d.get("ca.crt").cloned())
-            .ok_or_else(|| "no CA yet".to_string())
-    })
-    .await;
+    let ca = support::progress::job_ca(&c, &ns.name, "pi").await;
     let token = support::progress::token(&c, &ns.name, Some(launcher), &audience(&ns.name, "pi")).await;
     let port = admitting_operator().status_port.expect("status server");
     let body = json!({"trainerStatus": {"progressPercentage": 5}}).to_string();

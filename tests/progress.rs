@@ -8,13 +8,13 @@ use trainjob_testbed::support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::jobs::{HOLD, annotate, create_job, running, wait_condition, wait_pods};
 use support::process::metric_sum;
-use support::progress::{Reply, expired, post, token};
+use support::progress::{Reply, expired, job_ca as ca_of, post, token};
 use support::{DEADLINE, Identity, admitting_operator, bed, client, eventually, logs};
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::desired::reporting;
@@ -32,20 +32,6 @@ async fn started(prefix: &str) -> (support::TestNs, Client, Api<TrainJob>) {
     logs::capture();
     admitting_operator();
     running(prefix, |_| {}, json!({})).await
-}
-
-/// The CA the job's pods trust the server by: `ca.crt` of its hostfile ConfigMap.
-async fn ca_of(c: &Client, ns: &str, job: &str) -> String {
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
-    let name = format!("{job}-mpi-hostfile");
-    eventually("the job's CA in its hostfile ConfigMap", DEADLINE, || async {
-        let cm = cms.get(&name).await.map_err(|e| e.to_string())?;
-        cm.data
-            .and_then(|d| d.get(reporting::CA_KEY).cloned())
-            .filter(|ca| ca.contains("BEGIN CERTIFICATE"))
-            .ok_or_else(|| "no ca.crt".to_string())
-    })
-    .await
 }
 
 async fn pod(c: &Client, ns: &str, name: &str) -> Pod {

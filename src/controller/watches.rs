@@ -144,7 +144,8 @@ pub async fn run(
         }
         watcher::Event::Init => {}
     })
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(reconciled_part, Default::default());
     let controller = Controller::for_stream(job_events, jobs.clone());
     tokio::spawn(signal_ready(ctx.clone(), ready));
     let by_namespaced = jobs.clone();
@@ -261,6 +262,22 @@ fn trim_pod(pod: &mut Pod) {
     };
 }
 
+/// A hash of what reconciles read of a job: all of it but its `resourceVersion`, `managedFields`
+/// and `status.trainerStatus`, the progress its pods report, which no decision reads. Training
+/// code reporting every few seconds must not cost a reconcile each time.
+fn reconciled_part(job: &TrainJob) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut job = job.clone();
+    job.metadata.resource_version = None;
+    job.metadata.managed_fields = None;
+    if let Some(status) = job.status.as_mut() {
+        status.trainer_status = None;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&job).ok()?.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Unfinished jobs that reference a runtime. Only jobs that have not frozen their runtime yet
 /// care, and reconciling a frozen one is a cheap no-op, so this need not tell them apart.
 fn referencing(
@@ -280,4 +297,32 @@ fn referencing(
         })
         .map(|j| ObjectRef::from_obj(&*j))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_progress_report_alone_does_not_wake_a_reconcile() {
+        let job = |rv: &str, progress: i32, condition: &str| -> TrainJob {
+            serde_json::from_value(json!({
+                "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                "metadata": {"name": "pi", "namespace": "ns", "resourceVersion": rv},
+                "spec": {"runtimeRef": {"name": "mpi-openmpi"}},
+                "status": {
+                    "conditions": [{"type": condition, "status": "True", "reason": "R", "message": "",
+                                    "lastTransitionTime": "2026-12-04T10:00:00Z"}],
+                    "trainerStatus": {"progressPercentage": progress, "lastUpdatedTime": "2026-12-04T10:00:00Z"},
+                },
+            }))
+            .expect("job")
+        };
+        let base = reconciled_part(&job("1", 10, "Suspended"));
+        assert!(base.is_some());
+        assert_eq!(reconciled_part(&job("2", 60, "Suspended")), base);
+        assert_ne!(reconciled_part(&job("3", 60, "Complete")), base);
+    }
 }

@@ -107,6 +107,25 @@ fn dechunk(mut rest: &str) -> String {
     out
 }
 
+/// The CA a job's pods trust the status server by: `ca.crt` of its hostfile ConfigMap, once
+/// the operator has written it.
+pub async fn job_ca(c: &Client, ns: &str, job: &str) -> String {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), ns);
+    let name = format!("{job}-mpi-hostfile");
+    super::eventually(
+        "the job's CA in its hostfile ConfigMap",
+        super::DEADLINE,
+        || async {
+            let cm = cms.get(&name).await.map_err(|e| e.to_string())?;
+            cm.data
+                .and_then(|d| d.get("ca.crt").cloned())
+                .filter(|ca| ca.contains("BEGIN CERTIFICATE"))
+                .ok_or_else(|| "no ca.crt".to_string())
+        },
+    )
+    .await
+}
+
 /// A token of service account `default` in `ns` for `audience`, bound to `pod` when given, as
 /// the kubelet requests one for a projected volume.
 pub async fn token(c: &Client, ns: &str, pod: Option<&Pod>, audience: &str) -> String {
