@@ -14,7 +14,7 @@ COPY . .
 # image, so the binary is copied out in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p trainjob-operator \
+    cargo build --release --locked -p trainjob-operator --bin trainjob-operator \
     && cp target/release/trainjob-operator /trainjob-operator
 
 FROM scratch

@@ -6,7 +6,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # tests/install.rs runs the release binary as a pod on the real node.
 TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: help build bed crds fmt lint test bench soak run clean
+.PHONY: help build bed crds fmt lint test bench soak run clean install-plugin
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1
 # adds a real kubelet node where MPI really runs (needs root); KUEUE=1 runs Kueue in front.
+install-plugin: ## Install the kubectl plugin (`kubectl trainjob`, binary kubectl-trainjob) into ~/.cargo/bin
+	$(CARGO) install --locked --path . --bin kubectl-trainjob
+
 run: ## Run the operator (against the local test control plane when KUBECONFIG is unset)
 ifeq ($(strip $(KUBECONFIG)),)
 	@$(MAKE) --no-print-directory bed
