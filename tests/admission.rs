@@ -359,6 +359,16 @@ async fn every_admitted_trainjob_change_leaves_one_audit_line_without_the_spec()
     let secret_env = "s3cr3t-value-not-for-logs";
     let spec = json!({"suspend": true, "trainer": {"env": [{"name": "TOKEN", "value": secret_env}]}});
     apply(&manifest(&ns.name, "audited", spec)).expect("create");
+    // The operator's first status write first: an update that races it is retried by the API
+    // server, which calls admission again (one more audit line for one change).
+    eventually("the operator to take the job on", DEADLINE, || async {
+        let job = jobs.get("audited").await.map_err(|e| e.to_string())?;
+        match job.status.map(|s| s.conditions.len()) {
+            Some(n) if n > 0 => Ok(()),
+            _ => Err("no status yet".to_string()),
+        }
+    })
+    .await;
     jobs.patch(
         "audited",
         &PatchParams::default(),

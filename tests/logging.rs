@@ -36,6 +36,9 @@ fn logs(format: &str) -> Vec<String> {
             "127.0.0.1:0",
             "--webhook-addr",
             "127.0.0.1:0",
+            // Not the default 0.0.0.0:10443: test binaries run side by side.
+            "--status-server-addr",
+            "127.0.0.1:0",
             "--log-format",
             format,
         ])

@@ -133,7 +133,12 @@ fn fips_mode_refuses_a_non_fips_key_algorithm_at_start() {
                 "--http-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--webhook-addr", "127.0.0.1:0"])
+            .args([
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--status-server-addr",
+                "127.0.0.1:0",
+            ])
             .env("KUBECONFIG", "/nonexistent/kubeconfig")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .output()
@@ -165,6 +170,7 @@ fn overlapping_leader_election_timings_are_refused_at_start() {
         Command::new(env!("CARGO_BIN_EXE_trainjob-operator"))
             .args(["run", "--leader-elect", "--leader-elect-renew-deadline", deadline])
             .args(["--http-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+            .args(["--status-server-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", "/nonexistent/kubeconfig")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .output()

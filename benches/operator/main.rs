@@ -465,6 +465,7 @@ async fn admission(bed: &'static Bed, admin: &Client, count: u32, existing: u32)
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-admission.log");
     let args = [
         format!("--webhook-addr=127.0.0.1:{port}"),
+        "--status-server-addr=127.0.0.1:0".into(),
         "--webhook-hosts=127.0.0.1".into(),
     ];
     // Registered first: the operator puts its CA into the configurations as it starts.
