@@ -20,6 +20,7 @@ pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod desired;
+pub mod flags;
 // Shared by the unit tests of the pure modules.
 #[cfg(test)]
 mod fixtures;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use trainjob_operator::flags::{parse_domain, parse_duration, parse_timeout};
 use trainjob_operator::logging::{self, LogFormat};
 use trainjob_operator::{api, crdgen};
 
@@ -341,44 +342,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// A DNS domain: dot-separated lower-case labels of letters, digits and `-`, without a final dot.
-fn parse_domain(s: &str) -> Result<String, String> {
-    if trainjob_operator::names::is_dns_subdomain(s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} is not a DNS domain such as cluster.local"))
-    }
-}
-
-/// A duration such as `90d`, `12h`, `30m` or `600s`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 90d, 12h, 600s or 500ms"))?;
-    let millis = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?} needs a unit: ms, s, m, h or d")),
-    };
-    match n.checked_mul(millis) {
-        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
-        _ => Err(format!("{s:?} must be more than zero and fit in 64 bits")),
-    }
-}
-
-/// A duration as [`parse_duration`] takes it, or zero (`0`, `0s`): never.
-fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    match s.trim_start_matches('0') {
-        "" | "ms" | "s" | "m" | "h" | "d" => Ok(std::time::Duration::ZERO),
-        _ => parse_duration(s),
-    }
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

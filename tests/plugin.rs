@@ -17,6 +17,9 @@ use support::jobs::{
 use support::{DEADLINE, Identity, bed, eventually};
 use trainjob_operator::api::TrainJob;
 
+/// The pods of the job `mine` while it runs.
+const MINE_PODS: [&str; 3] = ["mine-launcher-0-0", "mine-node-0-0", "mine-node-0-1"];
+
 /// Runs the plugin as `identity`; (exit code, stdout, stderr).
 fn plugin(identity: Identity, args: &[&str]) -> (i32, String, String) {
     plugin_with(&bed().kubeconfig_path(identity), args)
@@ -200,13 +203,7 @@ async fn submit_suspend_resume_and_cancel_as_a_tenant_who_sees_nothing_else() {
         }
     })
     .await;
-    wait_pods(
-        &c,
-        ns,
-        "mine",
-        &["mine-launcher-0-0", "mine-node-0-0", "mine-node-0-1"],
-    )
-    .await;
+    wait_pods(&c, ns, "mine", &MINE_PODS).await;
     let (code, out, _) = plugin(Identity::TenantA, &["cancel", "mine", "--suspend", "-n", ns]);
     assert_eq!(
         (code, out.as_str()),
@@ -218,13 +215,7 @@ async fn submit_suspend_resume_and_cancel_as_a_tenant_who_sees_nothing_else() {
         (code, out.as_str()),
         (0, "trainjob.trainer.kubeflow.org/mine resumed\n")
     );
-    wait_pods(
-        &c,
-        ns,
-        "mine",
-        &["mine-launcher-0-0", "mine-node-0-0", "mine-node-0-1"],
-    )
-    .await;
+    wait_pods(&c, ns, "mine", &MINE_PODS).await;
     let (code, out, _) = plugin(Identity::TenantA, &["cancel", "mine", "-n", ns]);
     assert_eq!(
         (code, out.as_str()),

@@ -96,8 +96,8 @@ enum Command {
         #[arg(long = "for", value_enum)]
         until: Until,
         /// How long to wait (`90s`, `10m`).
-        #[arg(long, default_value = "10m", value_parser = seconds)]
-        timeout: u64,
+        #[arg(long, default_value = "10m", value_parser = trainjob_operator::flags::parse_duration)]
+        timeout: Duration,
     },
     /// Shell completions: `kubectl trainjob completion bash > /etc/bash_completion.d/kubectl-trainjob`.
     Completion { shell: clap_complete::Shell },
@@ -112,19 +112,6 @@ enum Until {
 
 /// A failure, said in one line.
 type Failure = String;
-
-fn seconds(s: &str) -> Result<u64, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 90s or 10m"))?;
-    match unit {
-        "" | "s" => Ok(n),
-        "m" => Ok(n * 60),
-        "h" => Ok(n * 3600),
-        _ => Err(format!("{s:?}: use s, m or h")),
-    }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -296,10 +283,10 @@ async fn wait(
     ns: &str,
     name: &str,
     until: Until,
-    timeout: u64,
+    timeout: Duration,
 ) -> Result<ExitCode, Failure> {
     use trainjob_operator::lifecycle::Phase;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let job = job(client, ns, name).await?;
         let pods = pods_of(client, ns, name).await?;
@@ -329,7 +316,7 @@ async fn wait(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
-                "timed out after {timeout}s waiting for TrainJob {name} to be {}; it is {phase:?}",
+                "timed out after {timeout:?} waiting for TrainJob {name} to be {}; it is {phase:?}",
                 match until {
                     Until::Complete => "complete",
                     Until::Failed => "failed",

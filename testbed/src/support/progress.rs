@@ -111,14 +111,14 @@ fn dechunk(mut rest: &str) -> String {
 /// the operator has written it.
 pub async fn job_ca(c: &Client, ns: &str, job: &str) -> String {
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), ns);
-    let name = format!("{job}-mpi-hostfile");
+    let name = trainjob_operator::names::hostfile_configmap(job);
     super::eventually(
         "the job's CA in its hostfile ConfigMap",
         super::DEADLINE,
         || async {
             let cm = cms.get(&name).await.map_err(|e| e.to_string())?;
             cm.data
-                .and_then(|d| d.get("ca.crt").cloned())
+                .and_then(|d| d.get(trainjob_operator::desired::reporting::CA_KEY).cloned())
                 .filter(|ca| ca.contains("BEGIN CERTIFICATE"))
                 .ok_or_else(|| "no ca.crt".to_string())
         },
