@@ -2,6 +2,7 @@
 //! built the way the plugin builds them, at a fixed time.
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::*;
@@ -188,4 +189,34 @@ fn logs_are_merged_in_time_order_with_each_pods_role_and_index() {
     let j = job(json!({"trainer": {"numNodes": 2}}));
     let worker = pod(&j, "pi-node-0-1", None, json!({}));
     assert_eq!(log_prefix(&worker), "[node-1]");
+}
+
+#[test]
+fn a_restarted_gangs_lines_name_their_attempt() {
+    let j = job(json!({"trainer": {"numNodes": 2}}));
+    let mut worker = pod(&j, "pi-node-0-1", None, json!({}));
+    worker
+        .labels_mut()
+        .insert(crate::names::RESTART_ATTEMPT_LABEL.into(), "2".into());
+    assert_eq!(log_prefix(&worker), "[node-1 attempt 2]");
+}
+
+#[test]
+fn a_followed_pod_prints_each_line_once_across_reopened_streams() {
+    let mut printed = Printed::default();
+    let a = "2026-11-25T10:00:01.000000000Z first";
+    let b = "2026-11-25T10:00:01.500000000Z second";
+    assert!(printed.fresh("uid-1", a));
+    assert!(printed.fresh("uid-1", b));
+    // A stream reopened from the start of that second delivers both again.
+    assert!(!printed.fresh("uid-1", a));
+    assert!(!printed.fresh("uid-1", b));
+    // Another pod (a new gang's pod of the same name has a new uid) starts afresh.
+    assert!(printed.fresh("uid-2", a));
+    assert_eq!(printed.newest("uid-1"), Some("2026-11-25T10:00:01.500000000Z"));
+    assert_eq!(log_line("[node-1]", b, false), "[node-1] second");
+    assert_eq!(
+        log_line("[node-1]", b, true),
+        "2026-11-25T10:00:01.500000000Z [node-1] second"
+    );
 }

@@ -7,15 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::cli::{self, ListOptions};
-use trainjob_operator::names;
 use trainjob_operator::view::{self, JobView, Sources};
 
+mod logs;
 mod reads;
 use reads::{connect, describe, job, list, pods_of, said};
 
@@ -75,6 +74,9 @@ enum Command {
         /// Print each line's time.
         #[arg(long)]
         timestamps: bool,
+        /// Keep printing new lines, also from the pods of a restarted gang, until the job ends.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Create the TrainJobs in a YAML file.
     #[command(alias = "create")]
@@ -180,41 +182,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             tail,
             since,
             timestamps,
+            follow,
         } => {
-            job(&client, &ns, &name).await?;
-            let filter = |p: &Pod| {
-                let labels = p.labels();
-                role.as_ref()
-                    .is_none_or(|r| labels.get(names::JOB_ROLE_LABEL) == Some(r))
-                    && index.is_none_or(|i| labels.get(names::COMPLETION_INDEX_LABEL) == Some(&i.to_string()))
+            let selection = logs::Selection {
+                role,
+                index,
+                tail,
+                since,
+                timestamps,
+                follow,
             };
-            let pods: Vec<Pod> = pods_of(&client, &ns, &name)
-                .await?
-                .into_iter()
-                .filter(filter)
-                .collect();
-            if pods.is_empty() {
-                return Err(format!(
-                    "TrainJob {name} has no pods{} yet",
-                    role.map(|r| format!(" of role {r}")).unwrap_or_default()
-                ));
-            }
-            let mut logs = Vec::new();
-            for pod in &pods {
-                let params = LogParams {
-                    container: Some("node".into()),
-                    timestamps: true,
-                    tail_lines: tail,
-                    since_seconds: since,
-                    ..Default::default()
-                };
-                let text = Api::<Pod>::namespaced(client.clone(), &ns)
-                    .logs(&pod.name_any(), &params)
-                    .await
-                    .map_err(|e| said(e, &format!("reading the log of pod {}", pod.name_any())))?;
-                logs.push((cli::log_prefix(pod), text));
-            }
-            print!("{}", cli::merge_logs(&logs, timestamps));
+            logs::logs(&client, &ns, &name, selection).await?;
         }
         Command::Submit { file } => {
             let text =
