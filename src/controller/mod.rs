@@ -8,6 +8,7 @@ mod apply;
 mod backoff;
 mod dereference;
 mod error;
+mod events;
 mod index;
 mod memory;
 mod observe;
@@ -17,10 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use events::Recorder;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 

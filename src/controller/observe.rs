@@ -3,8 +3,8 @@
 //! state the API server does not have yet. Also settles the job in the operator's memory once
 //! it finished.
 
+use super::events;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::Context;
@@ -211,16 +211,12 @@ async fn record(ctx: &Context, job: &TrainJob, note: &Note) {
         Severity::Normal => tracing::info!(namespace = %ns, job = %name, reason, "{}", note.message),
         Severity::Warning => tracing::warn!(namespace = %ns, job = %name, reason, "{}", note.message),
     }
-    let event = Event {
-        type_: match note.severity {
-            Severity::Normal => EventType::Normal,
-            Severity::Warning => EventType::Warning,
-        },
-        reason: note.reason.clone(),
-        // Event notes are capped at 1 KiB by the API server.
-        note: Some(note.message.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
+    // Event notes are capped at 1 KiB by the API server.
+    let message: String = note.message.chars().take(1000).collect();
+    let event = events::Note {
+        warning: matches!(note.severity, Severity::Warning),
+        reason,
+        note: &message,
     };
     match ctx.recorder.publish(&event, &job.object_ref(&())).await {
         Ok(()) => {}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::events::Recorder;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Node, Pod, PodSpec, ResourceRequirements, Service, Volume,
@@ -14,7 +15,6 @@ use k8s_openapi::api::core::v1::{
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -94,13 +94,9 @@ pub async fn run(
         .reflect(writer)
         .inspect_ok(listed.on_list("services"))
         .touched_objects();
-    let reporter = Reporter {
-        controller: names::FIELD_MANAGER.into(),
-        instance: Some(settings.instance.clone()),
-    };
     let (jobs, writer) = reflector::store();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), names::FIELD_MANAGER, &settings.instance),
         client: client.clone(),
         settings: settings.clone(),
         metrics,

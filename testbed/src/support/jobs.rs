@@ -157,13 +157,23 @@ pub async fn annotate(c: &Client, ns: &str, pod: &str, key: &str, value: Option<
         .expect("annotate");
 }
 
+/// Every Event on `job` as (reason, note).
 pub async fn events_for(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), ns);
+    // Read through core/v1, as `kubectl describe` and the Kubeflow SDK read them: there an Event
+    // of the operator must carry its first time, or the SDK's get_job_events skips it.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), ns);
     let list = events.list(&Default::default()).await.expect("events");
     list.items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .filter(|e| e.involved_object.name.as_deref() == Some(job))
+        .map(|e| {
+            let reason = e.reason.unwrap_or_default();
+            assert!(
+                e.first_timestamp.is_some() && e.count.is_some_and(|n| n >= 1),
+                "Event {reason} on {job} has no firstTimestamp or count in core/v1"
+            );
+            (reason, e.message.unwrap_or_default())
+        })
         .collect()
 }
 
@@ -282,4 +292,20 @@ pub async fn wait_stalled(
             .ok_or_else(|| format!("{conditions:?}"))
     })
     .await
+}
+
+/// Binds `who` to the `edit` ClusterRole in `ns` (which the shipped user roles extend to
+/// TrainJobs), as a namespace admin would for a data scientist. The binding reaches the API
+/// server's authorizer a moment later: callers retry their first request.
+pub async fn grant_edit(c: &Client, ns: &str, who: Identity) {
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}-edit", who.user().replace(':', "-")), "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": who.user()}],
+    }))
+    .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind");
 }
