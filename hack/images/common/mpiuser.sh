@@ -12,7 +12,9 @@
 #   - /home/mpiuser/train: data-parallel training (common/train.py: a numpy MLP on scikit-learn's
 #     bundled digits data, gradients summed by Allreduce, progress reported to the TrainJob through
 #     the Kubeflow SDK, exit 0 when the test accuracy reaches --target); it needs the wheels of
-#     common/train-requirements.txt, which the image's customize.sh installs with common/pip.sh.
+#     common/train-requirements.txt, which the image's customize.sh installs with common/pip.sh;
+#   - `python` is python3 (as Debian's python-is-python3 makes it): the Kubeflow SDK's
+#     CustomTrainer on an MPI runtime has every rank run `python <file>`.
 set -euo pipefail
 root=$1
 common=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,4 +45,5 @@ chroot "$root" ssh-keygen -q -t ed25519 -N '' -f /home/mpiuser/.sshd/host_ed2551
 install -m 0644 "$common/sshd_config" "$home/.sshd_config"
 install -m 0755 "$common/pi.py" "$home/pi"
 install -m 0755 "$common/train.py" "$home/train"
+[[ -e "$root/usr/bin/python" ]] || ln -s python3 "$root/usr/bin/python"
 chroot "$root" chown -R mpiuser:mpiuser /home/mpiuser
