@@ -8,11 +8,11 @@ use trainjob_testbed::support;
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::json;
 use support::jobs::{
-    EXIT, HOLD, create_job, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition, wait_pods,
+    EXIT, HOLD, create_job, grant_edit, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition,
+    wait_pods,
 };
 use support::{DEADLINE, Identity, bed, eventually};
 use trainjob_operator::api::TrainJob;
@@ -174,16 +174,7 @@ async fn submit_suspend_resume_and_cancel_as_a_tenant_who_sees_nothing_else() {
     let (ns, c) = setup("plugin-tenant").await;
     let ns = ns.name.as_str();
     let (other, _) = setup("plugin-other").await;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "tenant-a-edit", "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": Identity::TenantA.user()}],
-    }))
-    .expect("binding");
-    Api::<RoleBinding>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("bind");
+    grant_edit(&c, ns, Identity::TenantA).await;
     runtime(&c, ns, "mpi-openmpi", "held", |rt| {
         pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
     })

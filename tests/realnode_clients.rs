@@ -1,0 +1,340 @@
+//! The user's tools against real MPI pods on the real node, as a tenant holding the `edit` role:
+//! `kubectl trainjob logs --follow` (the real binary) from a job's first gang through a gang
+//! restart to its end, `kubectl trainjob cancel` of a running job, and the Kubeflow Python SDK's
+//! contract suite (`tests/sdk`, pytest in the virtual environment of `hack/sdk.sh`).
+
+use trainjob_testbed::support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::jobs::{grant_edit, runtime};
+use support::realnode::{RUN_DEADLINE, create, finished, pod_report};
+use support::{DEADLINE, Identity, TestNs, admitting_operator, bed, client, eventually, real_bed};
+use trainjob_operator::api::TrainJob;
+use trainjob_operator::names::TRAINJOB_NAME_LABEL;
+
+/// The Open MPI 4 image of the bed.
+const IMAGE: &str = "trainjob.local/openmpi4:bed";
+
+/// A namespace where the tenant may work, on a bed whose operator serves progress reports.
+async fn tenant_namespace(prefix: &str) -> (TestNs, Client) {
+    real_bed();
+    let port = admitting_operator().status_port.expect("status server");
+    bed()
+        .expose_status_server(port)
+        .await
+        .expect("the status server's Service");
+    let ns = TestNs::new(prefix).await;
+    let admin = client(Identity::Admin).await;
+    grant_edit(&admin, &ns.name, Identity::TenantA).await;
+    (ns, admin)
+}
+
+/// `kubectl trainjob ARGS` as the tenant; (exit code, stdout, stderr).
+fn plugin(args: &[&str]) -> (i32, String, String) {
+    let out = plugin_command(args).output().expect("running kubectl-trainjob");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn plugin_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-trainjob"));
+    command
+        .arg("--kubeconfig")
+        .arg(bed().kubeconfig_path(Identity::TenantA))
+        .args(args);
+    command
+}
+
+/// A running `kubectl trainjob logs --follow` and the lines it has printed so far.
+struct Following {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Following {
+    fn start(args: &[&str]) -> Following {
+        let mut child = plugin_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kubectl-trainjob logs --follow");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.lock().expect("lines").push(line);
+            }
+        });
+        Following { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    async fn until(&self, what: &str, wanted: impl Fn(&str) -> bool) {
+        eventually(what, RUN_DEADLINE, || async {
+            let lines = self.lines();
+            match lines.iter().any(|l| wanted(l)) {
+                true => Ok(()),
+                false => Err(lines[lines.len().saturating_sub(10)..].join("\n")),
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn logs_follow_a_job_through_a_gang_restart_to_its_end() {
+    let (ns, c) = tenant_namespace("follow").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, "mpi-openmpi", "restarts", |spec| {
+        spec["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": 1});
+    })
+    .await;
+    let train = [
+        "mpirun",
+        "-n",
+        "2",
+        "/home/mpiuser/train",
+        "--epochs",
+        "12",
+        "--epoch-seconds",
+        "1",
+        "--target",
+        "0.5",
+    ];
+    create(
+        &c,
+        ns,
+        "twice",
+        json!({"kind": "TrainingRuntime", "name": "restarts"}),
+        json!({"image": IMAGE, "numNodes": 2, "command": train}),
+    )
+    .await;
+    // Started before the job has a pod: the plugin waits for them.
+    let follow = Following::start(&["logs", "twice", "-n", ns, "--follow"]);
+    follow
+        .until("the first gang's epoch 3", |l| {
+            l.starts_with("[launcher-0] epoch 3/")
+        })
+        .await;
+    // A worker lost mid-run: the operator restarts the whole gang (maxRestarts 1).
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .delete("twice-node-0-1", &DeleteParams::default())
+        .await
+        .expect("delete a worker");
+    let (end, reason, message) = finished(&c, ns, "twice").await;
+    assert_eq!(
+        end,
+        "Complete",
+        "{reason}: {message}\n{}",
+        pod_report(&c, ns, "twice").await
+    );
+
+    let mut child = follow;
+    let code = eventually("the plugin to end with the job", DEADLINE, || {
+        let status = child.child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status.code()),
+                _ => Err("still following".to_string()),
+            }
+        }
+    })
+    .await;
+    let lines = child.lines();
+    let text = lines.join("\n");
+    assert_eq!(code, Some(0), "{text}");
+    // Both gangs' launchers and workers, the second named by its attempt.
+    for wanted in [
+        "[launcher-0] epoch 3/12 ",
+        "[node-0] Server listening on",
+        "[node-1] Accepted publickey for mpiuser",
+        "[launcher-0 attempt 1] rank 0 of 2 on twice-node-0-0",
+        "[node-1 attempt 1] Accepted publickey for mpiuser",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(wanted)),
+            "no line {wanted:?} in:\n{text}"
+        );
+    }
+    // The second gang's run from its first epoch to its end, each line once and in order.
+    let epochs: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[launcher-0 attempt 1] epoch "))
+        .map(|l| l.split('/').next().unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = (1..=12).map(|e| e.to_string()).collect();
+    // (`epoch E/N loss L accuracy A ...`, from rank 0)
+    assert_eq!(epochs, expected, "{text}");
+    let last_first_gang = lines.iter().rposition(|l| l.starts_with("[launcher-0] "));
+    let first_second_gang = lines
+        .iter()
+        .position(|l| l.starts_with("[launcher-0 attempt 1] "));
+    assert!(last_first_gang < first_second_gang, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[launcher-0 attempt 1] final accuracy") && l.ends_with("reached")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_and_leaves_nothing_behind() {
+    let (ns, c) = tenant_namespace("cancel").await;
+    let ns = ns.name.as_str();
+    let train = [
+        "mpirun",
+        "-n",
+        "2",
+        "/home/mpiuser/train",
+        "--epochs",
+        "600",
+        "--epoch-seconds",
+        "1",
+    ];
+    create(
+        &c,
+        ns,
+        "endless",
+        json!({"kind": "ClusterTrainingRuntime", "name": "mpi-openmpi"}),
+        json!({"image": IMAGE, "numNodes": 2, "command": train}),
+    )
+    .await;
+    let timeout = format!("{}s", RUN_DEADLINE.as_secs());
+    let (code, out, err) = plugin(&[
+        "wait",
+        "endless",
+        "-n",
+        ns,
+        "--for",
+        "running",
+        "--timeout",
+        &timeout,
+    ]);
+    assert_eq!(code, 0, "{out}{err}\n{}", pod_report(&c, ns, "endless").await);
+    // Training is under way on real pods.
+    eventually("an epoch in the launcher's log", RUN_DEADLINE, || async {
+        let (_, log, err) = plugin(&["logs", "endless", "-n", ns, "--role", "launcher"]);
+        match log.contains("[launcher-0] epoch ") {
+            true => Ok(()),
+            false => Err(format!("{log}{err}")),
+        }
+    })
+    .await;
+
+    let (code, out, err) = plugin(&["cancel", "endless", "-n", ns]);
+    assert_eq!(code, 0, "{out}{err}");
+    let selector = ListParams::default().labels(&format!("{TRAINJOB_NAME_LABEL}=endless"));
+    eventually("the job and all it made gone", RUN_DEADLINE, || async {
+        let mut left = Vec::new();
+        if Api::<TrainJob>::namespaced(c.clone(), ns)
+            .get_opt("endless")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            left.push("TrainJob endless".to_string());
+        }
+        let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&selector).await;
+        left.extend(
+            pods.map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|p| p.name_any()),
+        );
+        let secrets = Api::<Secret>::namespaced(c.clone(), ns).list(&selector).await;
+        left.extend(
+            secrets
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|s| s.name_any()),
+        );
+        let maps = Api::<ConfigMap>::namespaced(c.clone(), ns).list(&selector).await;
+        left.extend(
+            maps.map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|m| m.name_any()),
+        );
+        let services = Api::<Service>::namespaced(c.clone(), ns).list(&selector).await;
+        left.extend(
+            services
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|s| s.name_any()),
+        );
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!("left: {left:?}")),
+        }
+    })
+    .await;
+    let (code, _, err) = plugin(&["describe", "endless", "-n", ns]);
+    assert_eq!(code, 1);
+    assert!(err.contains("TrainJob endless not found"), "{err}");
+}
+
+#[tokio::test]
+async fn the_kubeflow_python_sdk_drives_mpi_jobs() {
+    let (ns, _) = tenant_namespace("sdk").await;
+    let root = trainjob_testbed::repo_root();
+    let venv = Command::new(root.join("hack/sdk.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("hack/sdk.sh");
+    assert!(venv.status.success(), "hack/sdk.sh failed");
+    let venv = String::from_utf8_lossy(&venv.stdout).trim().to_string();
+    let report = std::env::temp_dir().join(format!("{}-junit.xml", ns.name));
+    let out = Command::new(format!("{venv}/bin/python"))
+        .args(["-m", "pytest", "-v", "-p", "no:cacheprovider", "--junitxml"])
+        .arg(&report)
+        .arg(root.join("tests/sdk"))
+        .env("KUBECONFIG", bed().kubeconfig_path(Identity::TenantA))
+        .env("KUBEFLOW_SYSTEM_NAMESPACE", "trainjob-system")
+        .env("TRAINJOB_TEST_NAMESPACE", &ns.name)
+        .env("TRAINJOB_TEST_IMAGE", IMAGE)
+        .env("TRAINJOB_TEST_REAL_NODE", trainjob_testbed::REAL_NODE)
+        .output()
+        .expect("pytest");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pytest's own report is part of this test's output: its cases count in CI's log.
+    println!("{said}");
+    assert!(out.status.success(), "the SDK suite failed:\n{said}");
+    let junit = std::fs::read_to_string(&report).expect("pytest's junit report");
+    let suite = junit
+        .split("<testsuite ")
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .unwrap_or_default();
+    for clean in ["errors=\"0\"", "failures=\"0\"", "skipped=\"0\""] {
+        assert!(suite.contains(clean), "{suite}");
+    }
+    assert!(suite.contains("tests=\"9\""), "every case ran: {suite}");
+}
