@@ -233,10 +233,12 @@ async fn cancel_stops_a_running_job_and_leaves_nothing_behind() {
         &timeout,
     ]);
     assert_eq!(code, 0, "{out}{err}\n{}", pod_report(&c, ns, "endless").await);
-    // Training is under way on real pods.
+    // Training is under way on real pods (`-o wide`: on the real node).
+    let node = bed().real_node().expect("the real node").name().to_string();
+    let node = format!("[launcher-0 on {node}] epoch ");
     eventually("an epoch in the launcher's log", RUN_DEADLINE, || async {
-        let (_, log, err) = plugin(&["logs", "endless", "-n", ns, "--role", "launcher"]);
-        match log.contains("[launcher-0] epoch ") {
+        let (_, log, err) = plugin(&["logs", "endless", "-n", ns, "--role", "launcher", "-o", "wide"]);
+        match log.contains(&node) {
             true => Ok(()),
             false => Err(format!("{log}{err}")),
         }

@@ -10,8 +10,9 @@ use kube::ResourceExt;
 use crate::names::{COMPLETION_INDEX_LABEL, JOB_ROLE_LABEL, RESTART_ATTEMPT_LABEL};
 
 /// `[launcher-0]`, `[node-3]`: the pod's role and index, as its labels say; after a gang
-/// restart also the attempt (`[node-3 attempt 1]`), so lines of the new gang stand apart.
-pub fn log_prefix(pod: &Pod) -> String {
+/// restart also the attempt (`[node-3 attempt 1]`), so lines of the new gang stand apart; with
+/// `host`, the node it runs on (`[node-3 on gpu-7]`).
+pub fn log_prefix(pod: &Pod, host: bool) -> String {
     let labels = pod.labels();
     let role = labels
         .get(JOB_ROLE_LABEL)
@@ -26,7 +27,14 @@ pub fn log_prefix(pod: &Pod) -> String {
         .filter(|a| a.as_str() != "0")
         .map(|a| format!(" attempt {a}"))
         .unwrap_or_default();
-    format!("[{role}{index}{attempt}]")
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|_| host)
+        .map(|n| format!(" on {n}"))
+        .unwrap_or_default();
+    format!("[{role}{index}{attempt}{node}]")
 }
 
 /// A log line read with `timestamps=true`: the kubelet's RFC 3339 time, then the text.

@@ -188,7 +188,7 @@ fn logs_are_merged_in_time_order_with_each_pods_role_and_index() {
     assert!(merge_logs(&logs, true).starts_with("2026-11-25T10:00:01.000000000Z [node-1] Server listening"));
     let j = job(json!({"trainer": {"numNodes": 2}}));
     let worker = pod(&j, "pi-node-0-1", None, json!({}));
-    assert_eq!(log_prefix(&worker), "[node-1]");
+    assert_eq!(log_prefix(&worker, false), "[node-1]");
 }
 
 #[test]
@@ -198,7 +198,10 @@ fn a_restarted_gangs_lines_name_their_attempt() {
     worker
         .labels_mut()
         .insert(crate::names::RESTART_ATTEMPT_LABEL.into(), "2".into());
-    assert_eq!(log_prefix(&worker), "[node-1 attempt 2]");
+    assert_eq!(log_prefix(&worker, false), "[node-1 attempt 2]");
+    worker.spec.get_or_insert_default().node_name = Some("gpu-7".into());
+    assert_eq!(log_prefix(&worker, true), "[node-1 attempt 2 on gpu-7]");
+    assert_eq!(log_prefix(&worker, false), "[node-1 attempt 2]");
 }
 
 #[test]
@@ -218,5 +221,23 @@ fn a_followed_pod_prints_each_line_once_across_reopened_streams() {
     assert_eq!(
         log_line("[node-1]", b, true),
         "2026-11-25T10:00:01.500000000Z [node-1] second"
+    );
+}
+
+#[test]
+fn phases_are_painted_in_place_for_a_terminal() {
+    let table = "NAME   PHASE      AGE\nok     Complete   1m\nbad    Failed     2m\nwip    Running    3m\n";
+    let painted = paint_phases(table);
+    assert_eq!(
+        painted,
+        "NAME   PHASE      AGE\nok     \x1b[32mComplete\x1b[0m   1m\nbad    \x1b[31mFailed\x1b[0m     2m\nwip    Running    3m\n"
+    );
+    // Without the codes it is the same table.
+    assert_eq!(
+        painted
+            .replace("\x1b[32m", "")
+            .replace("\x1b[31m", "")
+            .replace("\x1b[0m", ""),
+        table
     );
 }

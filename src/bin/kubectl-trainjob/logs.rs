@@ -34,6 +34,8 @@ pub struct Selection {
     pub since: Option<i64>,
     pub timestamps: bool,
     pub follow: bool,
+    /// Name each line's node too (`-o wide`).
+    pub host: bool,
 }
 
 impl Selection {
@@ -97,7 +99,7 @@ pub async fn logs(client: &Client, ns: &str, name: &str, sel: Selection) -> Resu
             .logs(&pod.name_any(), &params)
             .await
             .map_err(|e| said(e, &format!("reading the log of pod {}", pod.name_any())))?;
-        read.push((cli::log_prefix(pod), text));
+        read.push((cli::log_prefix(pod, sel.host), text));
     }
     let mut out = std::io::stdout().lock();
     if out
@@ -177,7 +179,7 @@ async fn follow(
             pod.name_any(),
             params,
             uid,
-            cli::log_prefix(pod),
+            cli::log_prefix(pod, sel.host),
             tx.clone(),
         ));
         true

@@ -56,7 +56,7 @@ enum Command {
     },
     /// One job: conditions, diagnosis, pods, timeline and Events.
     Describe { name: String },
-    /// The launcher's and every worker's logs, merged in time order, each line prefixed with its pod's role and index.
+    /// The launcher's and every worker's logs, merged in time order, each line prefixed with its pod's role and index (`-o wide`: and node).
     Logs {
         name: String,
         /// Only this role's pods (`launcher`, `node`).
@@ -163,7 +163,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                             }
                         );
                     } else {
-                        print!("{}", cli::list(&views, options, now));
+                        let table = cli::list(&views, options, now);
+                        // Colour only for a person at a terminal (and never with NO_COLOR).
+                        let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+                            && std::env::var_os("NO_COLOR").is_none();
+                        match colour {
+                            true => print!("{}", cli::paint_phases(&table)),
+                            false => print!("{table}"),
+                        }
                     }
                 }
             }
@@ -191,6 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 since,
                 timestamps,
                 follow,
+                host: cli.output == Some(Output::Wide),
             };
             logs::logs(&client, &ns, &name, selection).await?;
         }
