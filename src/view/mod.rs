@@ -5,6 +5,7 @@
 //! it (`lifecycle::phase_of`, the conditions, `lifecycle::diagnose`), so a reason added there
 //! shows everywhere at once.
 
+pub mod fetch;
 mod pods;
 #[cfg(test)]
 mod tests;
@@ -38,7 +39,7 @@ pub struct Sources<'a> {
 }
 
 /// One TrainJob as a person wants to see it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     /// Namespace of the job.
@@ -68,7 +69,7 @@ pub struct JobView {
 }
 
 /// MPI hosts running and ready, of those wanted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Nodes {
     /// Running and ready, in the current attempt.
     pub ready: i32,
@@ -77,7 +78,7 @@ pub struct Nodes {
 }
 
 /// A condition on the job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConditionRow {
     /// Its type (`Complete`, `Failed`, `Suspended`, `GangScheduled`).
@@ -93,7 +94,7 @@ pub struct ConditionRow {
 }
 
 /// Why the job failed or waits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Diagnosis {
     /// The condition reason.
@@ -105,7 +106,7 @@ pub struct Diagnosis {
 }
 
 /// How far training got, as the training code reported it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// Percent done.
@@ -119,7 +120,7 @@ pub struct Progress {
 }
 
 /// An Event about the job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRow {
     /// When it last happened.

@@ -18,7 +18,9 @@ use trainjob_operator::lifecycle::{Phase, phase_of};
 use trainjob_operator::names;
 
 use super::Failure;
-use super::reads::{job, pods_of, said};
+use trainjob_operator::view::fetch::{job, pods_of};
+
+use super::reads::{fail, said};
 
 /// The container whose log is the job's: the MPI runtimes name it `node` in every pod.
 const CONTAINER: &str = "node";
@@ -69,10 +71,11 @@ fn source(pod: &Pod) -> Option<String> {
 }
 
 pub async fn logs(client: &Client, ns: &str, name: &str, sel: Selection) -> Result<(), Failure> {
-    job(client, ns, name).await?;
+    job(client, ns, name).await.map_err(fail)?;
     let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
     let pods: Vec<Pod> = pods_of(client, ns, name)
-        .await?
+        .await
+        .map_err(fail)?
         .into_iter()
         .filter(|p| sel.wants(p) && source(p).is_some())
         .collect();

@@ -1,16 +1,9 @@
-//! The plugin's reads, as the kubeconfig's user: the connection, errors in one line, paged lists,
-//! and what `list` and `describe` render.
+//! The plugin's connection as the kubeconfig's user, and its errors in one line; what `list` and
+//! `describe` read is `trainjob_operator::view::fetch`, shared with the dashboard.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, LogParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
-use trainjob_operator::api::TrainJob;
-use trainjob_operator::desired::snapshot;
-use trainjob_operator::names;
-use trainjob_operator::view::{self, JobView, Sources};
+use kube::{Client, Config};
+use trainjob_operator::view::fetch::FetchError;
 
 use super::{Cli, Failure};
 
@@ -39,178 +32,10 @@ pub async fn connect(cli: &Cli) -> Result<(Client, String), Failure> {
 
 /// One line for an API error, naming what was done and what to check.
 pub fn said(e: kube::Error, doing: &str) -> Failure {
-    match e {
-        kube::Error::Api(s) if s.code == 403 => format!(
-            "{doing}: forbidden: {}; ask an admin for access in that namespace",
-            s.message
-        ),
-        kube::Error::Api(s) if s.code == 404 => format!("{doing}: not found"),
-        kube::Error::Api(s) => format!("{doing}: {}", s.message),
-        other => format!("{doing}: cannot reach the cluster ({other}); check --kubeconfig and --context"),
-    }
+    FetchError::new(e, doing).to_string()
 }
 
-pub async fn job(client: &Client, ns: &str, name: &str) -> Result<TrainJob, Failure> {
-    match Api::<TrainJob>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-    {
-        Ok(Some(job)) => Ok(job),
-        Ok(None) => Err(format!(
-            "TrainJob {name} not found in namespace {ns}: `kubectl trainjob list -n {ns}` shows its jobs"
-        )),
-        Err(e) => Err(said(e, &format!("reading TrainJob {name}"))),
-    }
-}
-
-/// Every page of a list, `limit` at a time.
-async fn pages<K>(api: &Api<K>, params: ListParams, what: &str) -> Result<Vec<K>, Failure>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut params = params.limit(500);
-    let mut items = Vec::new();
-    loop {
-        let page = api.list(&params).await.map_err(|e| said(e, what))?;
-        items.extend(page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(items),
-        }
-    }
-}
-
-pub async fn pods_of(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>, Failure> {
-    let params = ListParams::default().labels(&format!("{}={job}", names::TRAINJOB_NAME_LABEL));
-    pages(
-        &Api::<Pod>::namespaced(client.clone(), ns),
-        params,
-        &format!("listing the pods of TrainJob {job}"),
-    )
-    .await
-}
-
-/// Every job of `ns` (or all namespaces) with its view: one paged list of jobs and one of the
-/// operator's pods, never a request per job.
-pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Option<Time>)>, Failure> {
-    let (jobs, pods): (Api<TrainJob>, Api<Pod>) = match ns {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let where_ = ns.map_or_else(
-        || "in any namespace".to_string(),
-        |ns| format!("in namespace {ns}"),
-    );
-    let jobs = pages(
-        &jobs,
-        ListParams::default(),
-        &format!("listing TrainJobs {where_}"),
-    )
-    .await?;
-    let managed = ListParams::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
-    let pods = pages(
-        &pods,
-        managed.clone(),
-        &format!("listing the TrainJobs' pods {where_}"),
-    )
-    .await?;
-    // The frozen runtimes say how many nodes each job wants once its workers are gone; a user
-    // who may not list ConfigMaps still gets the rest.
-    let configmaps: Api<ConfigMap> = match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let runtimes: std::collections::HashMap<(String, String), trainjob_operator::resolve::Runtime> =
-        pages(&configmaps, managed, "listing the frozen runtimes")
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|cm| {
-                let job = cm.labels().get(names::TRAINJOB_NAME_LABEL)?.clone();
-                (cm.name_any() == names::runtime_snapshot(&job)).then(|| {
-                    Some((
-                        (cm.namespace().unwrap_or_default(), job),
-                        snapshot::read(cm).ok()?,
-                    ))
-                })?
-            })
-            .collect();
-    let mut by_job: std::collections::HashMap<(String, String), Vec<Pod>> = Default::default();
-    for pod in pods {
-        if let Some(job) = pod.labels().get(names::TRAINJOB_NAME_LABEL).cloned() {
-            by_job
-                .entry((pod.namespace().unwrap_or_default(), job))
-                .or_default()
-                .push(pod);
-        }
-    }
-    Ok(jobs
-        .iter()
-        .map(|job| {
-            let key = (job.namespace().unwrap_or_default(), job.name_any());
-            let pods = by_job.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let view = view::view(
-                job,
-                Sources {
-                    runtime: runtimes.get(&key),
-                    pods,
-                    ..Sources::default()
-                },
-            );
-            (view, job.metadata.creation_timestamp.clone())
-        })
-        .collect())
-}
-
-/// The whole view of one job: its pods, Events, frozen runtime and (when it failed) the launcher's log.
-pub async fn describe(client: &Client, ns: &str, name: &str) -> Result<JobView, Failure> {
-    let job = job(client, ns, name).await?;
-    let pods = pods_of(client, ns, name).await?;
-    let events = pages(
-        &Api::<Event>::namespaced(client.clone(), ns),
-        ListParams::default().fields(&format!("regarding.name={name},regarding.kind=TrainJob")),
-        &format!("listing the Events of TrainJob {name}"),
-    )
-    .await?;
-    // The frozen runtime is optional: a user who may not read ConfigMaps still gets the rest.
-    let runtime = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&names::runtime_snapshot(name))
-        .await
-        .ok()
-        .flatten()
-        .and_then(|cm| snapshot::read(&cm).ok());
-    let failed =
-        trainjob_operator::lifecycle::phase_of(&job, &pods) == trainjob_operator::lifecycle::Phase::Failed;
-    let launcher_log = match failed {
-        true => {
-            let params = LogParams {
-                container: Some("node".into()),
-                tail_lines: Some(40),
-                ..Default::default()
-            };
-            let launcher = pods
-                .iter()
-                .find(|p| p.labels().get(names::JOB_ROLE_LABEL).map(String::as_str) == Some("launcher"));
-            match launcher {
-                Some(p) => Api::<Pod>::namespaced(client.clone(), ns)
-                    .logs(&p.name_any(), &params)
-                    .await
-                    .ok(),
-                None => None,
-            }
-        }
-        false => None,
-    };
-    Ok(view::view(
-        &job,
-        Sources {
-            runtime: runtime.as_ref(),
-            pods: &pods,
-            events: &events,
-            launcher_log: launcher_log.as_deref(),
-        },
-    ))
+/// A failed read, in one line.
+pub fn fail(e: FetchError) -> Failure {
+    e.to_string()
 }
