@@ -19,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
+pub mod dashboard;
 pub mod desired;
 pub mod flags;
 // Shared by the unit tests of the pure modules.

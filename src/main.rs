@@ -24,6 +24,17 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Serve the dashboard's API: every request acts as the user of its bearer token
+    /// (`Authorization: Bearer`, from an authenticating proxy or the user), against the cluster
+    /// of KUBECONFIG or the in-cluster service account, whose own credentials are not used.
+    Dashboard {
+        /// Where to listen.
+        #[arg(long, env = "TRAINJOB_DASHBOARD_ADDR", default_value = "0.0.0.0:8080")]
+        addr: std::net::SocketAddr,
+        /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
+        #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Print the version.
     Version,
 }
@@ -144,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
         Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Dashboard { addr, log_format } => dashboard(addr, log_format).await,
         Command::Version => {
             println!("trainjob-operator {}", trainjob_operator::VERSION);
             Ok(())
@@ -162,6 +174,16 @@ fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
             None => print!("---\n{yaml}"),
         }
     }
+    Ok(())
+}
+
+async fn dashboard(addr: std::net::SocketAddr, log_format: LogFormat) -> anyhow::Result<()> {
+    use trainjob_operator::dashboard::{self, Identity};
+    logging::init(log_format);
+    let config = kube::Config::infer().await.context("finding the cluster")?;
+    let listener = dashboard::listen(addr).await?;
+    tracing::info!(%addr, cluster = %config.cluster_url, "serving the dashboard; each request acts as its bearer token's user");
+    dashboard::serve(listener, Identity::bearer(config), shutdown_signal()).await?;
     Ok(())
 }
 

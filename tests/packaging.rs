@@ -193,3 +193,38 @@ fn overlapping_leader_election_timings_are_refused_at_start() {
         "it got past the check: {stderr}"
     );
 }
+
+/// `config/dashboard` as kustomize renders it: its own Deployment running `dashboard`, non-root
+/// with a read-only root filesystem, under a service account no Role or ClusterRole binds.
+#[test]
+fn the_dashboard_runs_apart_non_root_and_without_rights() {
+    let kubectl = trainjob_testbed::default_bin_dir()
+        .expect("bin dir")
+        .join("kubectl");
+    let root = trainjob_testbed::repo_root();
+    let out = std::process::Command::new(kubectl)
+        .args(["kustomize"])
+        .arg(root.join("config/dashboard"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "Service", "Deployment"]);
+    let pod = &docs[2]["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], docs[0]["metadata"]["name"]);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "dashboard");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    // Nothing anywhere in config/ binds the dashboard's service account.
+    let bound = std::process::Command::new("grep")
+        .args(["-rl", "trainjob-dashboard"])
+        .arg(root.join("config"))
+        .output()
+        .expect("grep");
+    let files = String::from_utf8_lossy(&bound.stdout);
+    assert!(files.lines().all(|f| f.contains("config/dashboard/")), "{files}");
+}

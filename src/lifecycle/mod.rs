@@ -32,7 +32,9 @@ use pass::pass;
 pub use stall::claims_awaited;
 
 /// Coarse phase, for metrics, logs and the job view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
 pub enum Phase {
     /// Suspended.
     Suspended,

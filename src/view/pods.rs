@@ -16,7 +16,7 @@ pub const RUNNING: &str = "Running";
 const MAX_REASON: usize = 200;
 
 /// One pod of the job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodRow {
     /// The pod's name.

@@ -12,7 +12,7 @@ use crate::api::{LAUNCHER, NODE, TrainJob};
 use crate::reasons::{condition, event};
 
 /// What happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 pub enum Moment {
     /// The TrainJob was created.
     Created,
@@ -33,7 +33,7 @@ pub enum Moment {
 }
 
 /// A milestone and when it happened.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Milestone {
     /// What happened.

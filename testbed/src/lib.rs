@@ -122,7 +122,8 @@ impl Identity {
         }
     }
 
-    fn token(self) -> String {
+    /// The static token the bed's API server knows this identity by.
+    pub fn token(self) -> String {
         format!("{}-token", self.name())
     }
 

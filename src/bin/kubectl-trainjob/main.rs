@@ -16,7 +16,8 @@ use trainjob_operator::view::{self, JobView, Sources};
 
 mod logs;
 mod reads;
-use reads::{connect, describe, job, list, pods_of, said};
+use reads::{connect, fail, said};
+use trainjob_operator::view::fetch::{describe, job, list, pods_of};
 
 /// Follow Kubeflow TrainJobs: list, describe, logs, submit, cancel, resume, wait.
 #[derive(Parser)]
@@ -101,6 +102,16 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = trainjob_operator::flags::parse_duration)]
         timeout: Duration,
     },
+    /// Serve the dashboard's API on this machine, acting as the kubeconfig's user (like `kubectl
+    /// proxy`: anyone who can reach the address acts as you, so it listens on loopback).
+    Dashboard {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// Port to listen on (0: any free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Shell completions: `kubectl trainjob completion bash > /etc/bash_completion.d/kubectl-trainjob`.
     Completion { shell: clap_complete::Shell },
 }
@@ -142,7 +153,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let now = k8s_openapi::jiff::Timestamp::now();
     match cli.command {
         Command::List { all_namespaces } => {
-            let views = list(&client, (!all_namespaces).then_some(ns.as_str())).await?;
+            let views = list(&client, (!all_namespaces).then_some(ns.as_str()))
+                .await
+                .map_err(fail)?;
             match cli.output {
                 Some(Output::Json | Output::Yaml) => {
                     let views: Vec<&JobView> = views.iter().map(|(v, _)| v).collect();
@@ -176,7 +189,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Describe { name } => {
-            let view = describe(&client, &ns, &name).await?;
+            let view = describe(&client, &ns, &name).await.map_err(fail)?;
             match cli.output {
                 Some(Output::Json | Output::Yaml) => print_as(cli.output, &view)?,
                 _ => print!("{}", cli::describe(&view, now)),
@@ -239,6 +252,23 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             set_suspend(&Api::namespaced(client.clone(), &ns), &name, false).await?;
             println!("trainjob.trainer.kubeflow.org/{name} resumed");
         }
+        Command::Dashboard { address, port } => {
+            use trainjob_operator::dashboard;
+            let listener = dashboard::listen((address, port).into())
+                .await
+                .map_err(|e| e.to_string())?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            eprintln!(
+                "Serving the dashboard's API as your kubeconfig's user at http://{bound}/api/ \
+                 (its description: http://{bound}/api/openapi.json). Ctrl-C stops it."
+            );
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            dashboard::serve(listener, dashboard::Identity::Kubeconfig(client), stop)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Command::Wait { name, until, timeout } => return wait(&client, &ns, &name, until, timeout).await,
         Command::Completion { .. } => {}
     }
@@ -274,8 +304,8 @@ async fn wait(
     use trainjob_operator::lifecycle::Phase;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let job = job(client, ns, name).await?;
-        let pods = pods_of(client, ns, name).await?;
+        let job = job(client, ns, name).await.map_err(fail)?;
+        let pods = pods_of(client, ns, name).await.map_err(fail)?;
         let phase = trainjob_operator::lifecycle::phase_of(&job, &pods);
         let reached = match until {
             Until::Complete => phase == Phase::Complete,

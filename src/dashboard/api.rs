@@ -1,0 +1,237 @@
+//! The dashboard's JSON API, every call made as the person asking (see `identity`). Its shapes
+//! are documented by `openapi.json`, which the server also serves.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use super::identity::{Identity, IdentityError};
+use crate::api::TrainJob;
+use crate::cli::{log_prefix, merge_logs};
+use crate::view::JobView;
+use crate::view::fetch::{self, FetchError};
+
+/// The most a submitted job may weigh (a TrainJob is a few KiB).
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// A refusal, as every failing API call answers: the HTTP status, the Kubernetes reason, one
+/// sentence that says what to do, and the fields it is about (from admission or the schema).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Problem {
+    pub code: u16,
+    pub reason: String,
+    pub message: String,
+    /// Absent when the refusal is about no field in particular.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldProblem>,
+}
+
+/// One field a refusal is about.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct FieldProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(code: u16, reason: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The API server's refusal of `doing`, with its field causes.
+    fn from_kube(e: kube::Error, doing: &str) -> Problem {
+        match e {
+            kube::Error::Api(status) => {
+                let fields = status
+                    .details
+                    .iter()
+                    .flat_map(|d| &d.causes)
+                    .filter(|c| !c.field.is_empty())
+                    .map(|c| FieldProblem {
+                        field: c.field.clone(),
+                        message: c.message.clone(),
+                    })
+                    .collect();
+                Problem {
+                    code: status.code,
+                    reason: status.reason.clone(),
+                    message: FetchError::new(kube::Error::Api(status), doing).to_string(),
+                    fields,
+                }
+            }
+            other => Problem::from(FetchError::new(other, doing)),
+        }
+    }
+}
+
+impl From<FetchError> for Problem {
+    fn from(e: FetchError) -> Problem {
+        let reason = match &e {
+            FetchError::JobNotFound { .. } | FetchError::NotFound { .. } => "NotFound",
+            FetchError::Forbidden { .. } => "Forbidden",
+            FetchError::Refused { .. } => "Refused",
+            FetchError::Unreachable { .. } => "ClusterUnreachable",
+        };
+        Problem::new(e.status(), reason, e.to_string())
+    }
+}
+
+impl From<IdentityError> for Problem {
+    fn from(e: IdentityError) -> Problem {
+        Problem::new(401, "Unauthorized", e.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::BAD_GATEWAY);
+        (code, Json(self)).into_response()
+    }
+}
+
+type Answer<T> = Result<T, Problem>;
+
+fn caller(identity: &Identity, headers: &HeaderMap) -> Answer<Client> {
+    Ok(identity.client(headers)?)
+}
+
+/// One job in the list: its view and when it was created.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub view: JobView,
+    pub created: Option<Time>,
+}
+
+/// `GET /api/namespaces/{ns}/trainjobs`: every job of the namespace with its view.
+pub async fn list(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+) -> Answer<Json<serde_json::Value>> {
+    let client = caller(&identity, &headers)?;
+    let items: Vec<Listed> = fetch::list(&client, Some(&ns))
+        .await?
+        .into_iter()
+        .map(|(view, created)| Listed { view, created })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// `GET /api/namespaces/{ns}/trainjobs/{name}`: the whole view of one job.
+pub async fn get(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Answer<Json<JobView>> {
+    let client = caller(&identity, &headers)?;
+    Ok(Json(fetch::describe(&client, &ns, &name).await?))
+}
+
+/// `POST /api/namespaces/{ns}/trainjobs`: creates the TrainJob in the body (JSON, or YAML with
+/// `Content-Type: application/yaml`) in `ns`; the API server and the webhook judge it.
+pub async fn create(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer<(StatusCode, Json<serde_json::Value>)> {
+    let client = caller(&identity, &headers)?;
+    let yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("yaml"));
+    let job: Result<TrainJob, String> = match yaml {
+        true => std::str::from_utf8(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_saphyr::from_str(text).map_err(|e| e.to_string())),
+        false => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+    };
+    let mut job = job.map_err(|e| {
+        Problem::new(
+            400,
+            "BadRequest",
+            format!("the body is not a TrainJob ({e}); send one TrainJob as JSON or YAML"),
+        )
+    })?;
+    if job.metadata.namespace.as_ref().is_some_and(|n| n != &ns) {
+        return Err(Problem::new(
+            400,
+            "BadRequest",
+            format!("metadata.namespace says another namespace than {ns}; leave it out or make it {ns}"),
+        ));
+    }
+    job.metadata.namespace = Some(ns.clone());
+    let name = job.name_any();
+    let created = Api::<TrainJob>::namespaced(client, &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .map_err(|e| Problem::from_kube(e, &format!("creating TrainJob {name} in namespace {ns}")))?;
+    let body = serde_json::json!({"namespace": ns, "name": created.name_any()});
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `DELETE /api/namespaces/{ns}/trainjobs/{name}`: deletes the job (its pods go with it).
+pub async fn delete(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Answer<Json<serde_json::Value>> {
+    let client = caller(&identity, &headers)?;
+    let doing = format!("deleting TrainJob {name} in namespace {ns}");
+    Api::<TrainJob>::namespaced(client, &ns)
+        .delete(&name, &DeleteParams::background())
+        .await
+        .map_err(|e| Problem::from_kube(e, &doing))?;
+    Ok(Json(
+        serde_json::json!({"namespace": ns, "name": name, "deleted": true}),
+    ))
+}
+
+/// Which lines of the logs.
+#[derive(Deserialize)]
+pub struct LogQuery {
+    /// Lines per pod from its end.
+    tail: Option<i64>,
+}
+
+/// `GET /api/namespaces/{ns}/trainjobs/{name}/logs`: the launcher's and every worker's logs,
+/// merged in time order, each line prefixed with its role and index (plain text).
+pub async fn logs(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Answer<Response> {
+    let client = caller(&identity, &headers)?;
+    fetch::job(&client, &ns, &name).await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let mut read = Vec::new();
+    for pod in fetch::pods_of(&client, &ns, &name).await? {
+        let params = LogParams {
+            container: Some("node".into()),
+            timestamps: true,
+            tail_lines: query.tail.or(Some(1000)),
+            ..LogParams::default()
+        };
+        // A pod whose container has not started has no log yet.
+        if let Ok(text) = pods.logs(&pod.name_any(), &params).await {
+            read.push((log_prefix(&pod, false), text));
+        }
+    }
+    let text = merge_logs(&read, false);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}

@@ -1,0 +1,101 @@
+//! The OpenAPI 3.1 document of the dashboard's API. The paths are written here; the schemas of
+//! the answers are generated from the Rust types the handlers serialize, so the document cannot
+//! drift from what the server sends.
+
+use axum::Json;
+use schemars::generate::SchemaSettings;
+use serde_json::{Value, json};
+
+use super::api::{Listed, Problem};
+use crate::view::JobView;
+
+/// `GET /api/openapi.json`.
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
+
+/// The whole document.
+pub fn build() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<Listed>();
+    generator.subschema_for::<JobView>();
+    generator.subschema_for::<Problem>();
+    let schemas: serde_json::Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let problem = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    let ns = json!({"name": "ns", "in": "path", "required": true, "schema": {"type": "string"}});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let refusals = |mut responses: Value| {
+        for (code, what) in [
+            ("401", "no usable identity: sign in"),
+            (
+                "403",
+                "the user may not do this in the namespace (the API server's RBAC)",
+            ),
+            ("404", "no such job"),
+            ("502", "the cluster did not answer"),
+        ] {
+            responses[code] = problem(what);
+        }
+        responses
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "trainjob-operator dashboard",
+            "version": crate::VERSION,
+            "description": "Every call acts as the person making it (their bearer token, or the kubeconfig's user locally), so what it shows and may change is what Kubernetes RBAC allows them. Writes must carry the header x-trainjob-dashboard.",
+        },
+        "paths": {
+            "/api/namespaces/{ns}/trainjobs": {
+                "get": {
+                    "summary": "Every TrainJob of the namespace with its view",
+                    "parameters": [ns],
+                    "responses": refusals(json!({"200": {"description": "the jobs", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Listed"}}},
+                    }}}}})),
+                },
+                "post": {
+                    "summary": "Create a TrainJob (judged by the API server and the admission webhook)",
+                    "parameters": [ns],
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "application/yaml": {"schema": {"type": "string"}},
+                    }},
+                    "responses": refusals(json!({
+                        "201": {"description": "created", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["namespace", "name"],
+                            "properties": {"namespace": {"type": "string"}, "name": {"type": "string"}},
+                        }}}},
+                        "400": problem("not a TrainJob"),
+                        "409": problem("a TrainJob of that name exists"),
+                        "422": problem("refused field by field (`fields`)"),
+                    })),
+                },
+            },
+            "/api/namespaces/{ns}/trainjobs/{name}": {
+                "get": {
+                    "summary": "The whole view of one job: conditions, diagnosis, pods, timeline, Events, progress",
+                    "parameters": [ns, name],
+                    "responses": refusals(json!({"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobView"}}}}})),
+                },
+                "delete": {
+                    "summary": "Delete the job (its pods go with it)",
+                    "parameters": [ns, name],
+                    "responses": refusals(json!({"200": {"description": "deleted", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["namespace", "name", "deleted"],
+                        "properties": {"namespace": {"type": "string"}, "name": {"type": "string"}, "deleted": {"type": "boolean"}},
+                    }}}}})),
+                },
+            },
+            "/api/namespaces/{ns}/trainjobs/{name}/logs": {
+                "get": {
+                    "summary": "The launcher's and every worker's logs merged in time order, each line prefixed with its role and index",
+                    "parameters": [ns, name, {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": refusals(json!({"200": {"description": "the lines", "content": {"text/plain": {"schema": {"type": "string"}}}}})),
+                },
+            },
+        },
+        "components": {"schemas": schemas},
+    })
+}
