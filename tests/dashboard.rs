@@ -11,10 +11,12 @@ use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode, header};
 use kube::Config;
+use kube::api::Api;
 use serde_json::{Value, json};
 use support::jobs::{HOLD, grant_edit, pod_meta, runtime, setup, wait_pods};
 use support::{Identity, bed};
 use tower::ServiceExt;
+use trainjob_operator::api::TrainJob;
 use trainjob_operator::dashboard::{self, WRITE_HEADER};
 
 /// The dashboard as deployed: forwarding each request's token to the bed's API server.
@@ -308,6 +310,7 @@ async fn the_openapi_document_describes_every_route() {
     assert_eq!(
         paths,
         [
+            "/api/namespaces/{ns}/feed",
             "/api/namespaces/{ns}/trainjobs",
             "/api/namespaces/{ns}/trainjobs/{name}",
             "/api/namespaces/{ns}/trainjobs/{name}/logs",
@@ -395,4 +398,118 @@ async fn kubectl_trainjob_dashboard_serves_as_the_kubeconfigs_user() {
     );
     let (status, body) = http_get(&addr, "/api/namespaces/kube-system/trainjobs").await;
     assert_eq!(status, 403, "{body}");
+}
+
+/// The events of a Server-Sent Events body, read as they come: (event, data).
+struct Feed {
+    body: axum::body::BodyDataStream,
+    buffer: String,
+}
+
+impl Feed {
+    /// The next event, within the deadline.
+    async fn next(&mut self) -> (String, Value) {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + support::DEADLINE;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(name))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                let event = field("event: ");
+                // Keep-alive comments carry no event.
+                if !event.is_empty() {
+                    return (event, serde_json::from_str(&field("data: ")).expect("json data"));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("no event within the deadline; so far: {:?}", self.buffer))
+                .expect("the feed ended")
+                .expect("a chunk");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Events until one satisfies `wanted`.
+    async fn until(&mut self, what: &str, wanted: impl Fn(&str, &Value) -> bool) -> Value {
+        let mut seen = Vec::new();
+        loop {
+            let (event, data) = self.next().await;
+            if wanted(&event, &data) {
+                return data;
+            }
+            seen.push(format!("{event} {data}"));
+            assert!(seen.len() < 200, "no {what} in {seen:#?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_others() {
+    let (ns, c) = setup("dash-feed").await;
+    let ns = ns.name.as_str();
+    grant_edit(&c, ns, Identity::TenantA).await;
+    runtime(&c, ns, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    let app = dashboard().await;
+    let path = format!("/api/namespaces/{ns}/feed");
+
+    // Another tenant: an ordinary refusal, no stream.
+    let refused = get(&app, Some(Identity::TenantB), &path).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
+
+    let response = support::eventually("the tenant's feed", support::DEADLINE, || async {
+        let request = Request::get(&path)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", Identity::TenantA.token()),
+            )
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("an answer");
+        match response.status() {
+            StatusCode::OK => Ok(response),
+            status => Err(status.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut feed = Feed {
+        body: response.into_body().into_data_stream(),
+        buffer: String::new(),
+    };
+    let (event, first) = feed.next().await;
+    assert_eq!((event.as_str(), &first), ("snapshot", &json!({"items": []})));
+
+    support::jobs::create_job(&c, ns, "live", "held", json!({})).await;
+    feed.until("the new job", |e, d| e == "job" && d["name"] == "live")
+        .await;
+    // Its workers come up on the kwok nodes: the view follows, pod by pod.
+    let ready = feed
+        .until("both workers ready", |e, d| {
+            e == "job" && d["nodes"]["ready"] == 2
+        })
+        .await;
+    assert_eq!(ready["nodes"]["wanted"], 2, "{ready}");
+    Api::<TrainJob>::namespaced(c.clone(), ns)
+        .delete("live", &Default::default())
+        .await
+        .expect("delete");
+    feed.until("the job gone", |e, d| e == "gone" && d["name"] == "live")
+        .await;
 }

@@ -5,6 +5,7 @@
 //! as `kubectl trainjob dashboard` on a workstation (the kubeconfig's user, on loopback).
 
 mod api;
+mod feed;
 mod identity;
 mod openapi;
 mod security;
@@ -42,6 +43,7 @@ pub fn router(identity: Identity) -> Router {
         .route(jobs, get(api::list).post(api::create))
         .route(&format!("{jobs}/{{name}}"), get(api::get).delete(api::delete))
         .route(&format!("{jobs}/{{name}}/logs"), get(api::logs))
+        .route("/api/namespaces/{ns}/feed", get(feed::feed))
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
         .layer(axum::middleware::from_fn(security::guard))
         .with_state(Arc::new(identity))

@@ -95,6 +95,13 @@ pub fn build() -> Value {
                     "responses": refusals(json!({"200": {"description": "the lines", "content": {"text/plain": {"schema": {"type": "string"}}}}})),
                 },
             },
+            "/api/namespaces/{ns}/feed": {
+                "get": {
+                    "summary": "Live changes of the namespace's jobs (Server-Sent Events): `snapshot` ({items: [Listed]}), then `job` (a Listed whose view changed), `gone` ({name}), and `problem` ({message}) if the feed stops",
+                    "parameters": [ns],
+                    "responses": refusals(json!({"200": {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})),
+                },
+            },
         },
         "components": {"schemas": schemas},
     })

@@ -1,0 +1,243 @@
+//! The live feed of a namespace's jobs, as Server-Sent Events: first `snapshot` (every job, as
+//! the list answers), then `job` with a job's new view whenever it changes, and `gone` when a job
+//! is deleted.
+//!
+//! Server-Sent Events rather than a WebSocket: the feed only flows to the browser (what the page
+//! sends are ordinary API calls), it is plain HTTP that every proxy passes and `EventSource`
+//! reconnects by itself, and it needs no second protocol in the server.
+//!
+//! Each connection watches with the caller's own client (a watch is never shared between people):
+//! the namespace's jobs, and the operator's pods and frozen runtimes there. A change recomputes
+//! the view of that one job, and only a view that differs from the one last sent is sent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::channel::mpsc;
+use futures::{SinkExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::Api;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::api::{Listed, Problem};
+use super::identity::Identity;
+use crate::api::TrainJob;
+use crate::desired::snapshot;
+use crate::names;
+use crate::resolve::Runtime;
+use crate::view::{self, Sources, fetch};
+
+/// What one connection knows of the namespace.
+#[derive(Default)]
+struct Known {
+    jobs: BTreeMap<String, TrainJob>,
+    pods: HashMap<String, BTreeMap<String, Pod>>,
+    runtimes: HashMap<String, Runtime>,
+    /// The JSON of each job's view as last sent.
+    sent: HashMap<String, String>,
+    /// While a watch lists again (after it lost its place), the jobs and pods it has listed;
+    /// what it did not list is gone.
+    relisted_jobs: Option<HashSet<String>>,
+    relisted_pods: Option<HashSet<(String, String)>>,
+}
+
+impl Known {
+    /// The view of job `name` if it differs from the one last sent (and is now the last sent).
+    fn changed(&mut self, name: &str) -> Option<String> {
+        let job = self.jobs.get(name)?;
+        let pods: Vec<Pod> = self
+            .pods
+            .get(name)
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        let view = view::view(
+            job,
+            Sources {
+                runtime: self.runtimes.get(name),
+                pods: &pods,
+                ..Sources::default()
+            },
+        );
+        let listed = Listed {
+            view,
+            created: job.metadata.creation_timestamp.clone(),
+        };
+        let text = serde_json::to_string(&listed).ok()?;
+        (self.sent.get(name) != Some(&text)).then(|| {
+            self.sent.insert(name.to_string(), text.clone());
+            text
+        })
+    }
+}
+
+/// One change seen by a watch (boxed: a pod is large).
+enum Seen {
+    Job(Box<watcher::Event<TrainJob>>),
+    Pod(Box<watcher::Event<Pod>>),
+    Runtime(Box<watcher::Event<ConfigMap>>),
+    Failed(String),
+}
+
+/// `GET /api/namespaces/{ns}/feed`.
+pub async fn feed(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let client = identity.client(&headers)?;
+    // The first list answers now, so a refusal is an ordinary 403, not a broken stream.
+    let first = fetch::list(&client, Some(&ns)).await?;
+    let mut known = Known::default();
+    let snapshot: Vec<Listed> = first
+        .into_iter()
+        .map(|(view, created)| Listed { view, created })
+        .collect();
+    for listed in &snapshot {
+        if let Ok(text) = serde_json::to_string(listed) {
+            known.sent.insert(listed.view.name.clone(), text);
+        }
+    }
+    let (mut tx, rx) = mpsc::channel::<Event>(64);
+    let first = Event::default()
+        .event("snapshot")
+        .data(json!({ "items": snapshot }).to_string());
+    tokio::spawn(async move {
+        if tx.send(first).await.is_ok() {
+            follow(client, ns, known, tx).await;
+        }
+    });
+    Ok(Sse::new(rx.map(Ok)).keep_alive(KeepAlive::default()))
+}
+
+/// Sends every change until the browser goes away or a watch fails.
+async fn follow(client: Client, ns: String, mut known: Known, mut tx: mpsc::Sender<Event>) {
+    let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY);
+    let config = watcher::Config::default();
+    let jobs = watcher(Api::<TrainJob>::namespaced(client.clone(), &ns), config.clone()).map(|e| match e {
+        Ok(e) => Seen::Job(Box::new(e)),
+        Err(e) => Seen::Failed(e.to_string()),
+    });
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), &ns),
+        config.clone().labels(&managed),
+    )
+    .map(|e| match e {
+        Ok(e) => Seen::Pod(Box::new(e)),
+        Err(e) => Seen::Failed(e.to_string()),
+    });
+    // A user who may not read ConfigMaps still gets the rest (as the list does).
+    let runtimes = watcher(Api::<ConfigMap>::namespaced(client, &ns), config.labels(&managed))
+        .take_while(|e| std::future::ready(e.is_ok()))
+        .filter_map(|e| std::future::ready(e.ok().map(|e| Seen::Runtime(Box::new(e)))));
+    let mut seen = futures::stream::select(futures::stream::select(jobs, pods), runtimes).boxed();
+    while let Some(change) = seen.next().await {
+        let mut touched = Vec::new();
+        match change {
+            Seen::Job(event) => {
+                let mut gone = Vec::new();
+                match *event {
+                    watcher::Event::Init => known.relisted_jobs = Some(HashSet::new()),
+                    watcher::Event::InitApply(job) | watcher::Event::Apply(job) => {
+                        if let Some(listed) = known.relisted_jobs.as_mut() {
+                            listed.insert(job.name_any());
+                        }
+                        touched.push(job.name_any());
+                        known.jobs.insert(job.name_any(), job);
+                    }
+                    watcher::Event::InitDone => {
+                        let listed = known.relisted_jobs.take().unwrap_or_default();
+                        gone.extend(known.jobs.keys().filter(|j| !listed.contains(*j)).cloned());
+                    }
+                    watcher::Event::Delete(job) => gone.push(job.name_any()),
+                }
+                for name in gone {
+                    known.jobs.remove(&name);
+                    known.pods.remove(&name);
+                    known.runtimes.remove(&name);
+                    known.sent.remove(&name);
+                    let gone = Event::default()
+                        .event("gone")
+                        .data(json!({ "name": name }).to_string());
+                    if tx.send(gone).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Seen::Pod(event) => match *event {
+                watcher::Event::Init => known.relisted_pods = Some(HashSet::new()),
+                watcher::Event::InitDone => {
+                    let listed = known.relisted_pods.take().unwrap_or_default();
+                    for (job, pods) in known.pods.iter_mut() {
+                        let before = pods.len();
+                        pods.retain(|pod, _| listed.contains(&(job.clone(), pod.clone())));
+                        if pods.len() != before {
+                            touched.push(job.clone());
+                        }
+                    }
+                }
+                event => {
+                    for (pod, present) in applied(event) {
+                        let Some(job) = pod.labels().get(names::TRAINJOB_NAME_LABEL).cloned() else {
+                            continue;
+                        };
+                        if let Some(listed) = known.relisted_pods.as_mut() {
+                            listed.insert((job.clone(), pod.name_any()));
+                        }
+                        let pods = known.pods.entry(job.clone()).or_default();
+                        match present {
+                            true => pods.insert(pod.name_any(), pod),
+                            false => pods.remove(&pod.name_any()),
+                        };
+                        touched.push(job);
+                    }
+                }
+            },
+            Seen::Runtime(event) => {
+                for (cm, present) in applied(*event) {
+                    let Some(job) = cm.labels().get(names::TRAINJOB_NAME_LABEL).cloned() else {
+                        continue;
+                    };
+                    if cm.name_any() != names::runtime_snapshot(&job) {
+                        continue;
+                    }
+                    match present.then(|| snapshot::read(&cm).ok()).flatten() {
+                        Some(runtime) => known.runtimes.insert(job.clone(), runtime),
+                        None => known.runtimes.remove(&job),
+                    };
+                    touched.push(job);
+                }
+            }
+            Seen::Failed(why) => {
+                let said = json!({"message": format!("the live feed stopped: {why}; reload the page")});
+                let _ = tx
+                    .send(Event::default().event("problem").data(said.to_string()))
+                    .await;
+                return;
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for job in touched {
+            if let Some(text) = known.changed(&job)
+                && tx.send(Event::default().event("job").data(text)).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The objects of a watch event, each with whether it now exists.
+fn applied<K>(event: watcher::Event<K>) -> Vec<(K, bool)> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => vec![(o, true)],
+        watcher::Event::Delete(o) => vec![(o, false)],
+        watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+    }
+}
