@@ -400,57 +400,6 @@ async fn kubectl_trainjob_dashboard_serves_as_the_kubeconfigs_user() {
     assert_eq!(status, 403, "{body}");
 }
 
-/// The events of a Server-Sent Events body, read as they come: (event, data).
-struct Feed {
-    body: axum::body::BodyDataStream,
-    buffer: String,
-}
-
-impl Feed {
-    /// The next event, within the deadline.
-    async fn next(&mut self) -> (String, Value) {
-        use futures::StreamExt;
-        let deadline = tokio::time::Instant::now() + support::DEADLINE;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    block
-                        .lines()
-                        .filter_map(|l| l.strip_prefix(name))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                let event = field("event: ");
-                // Keep-alive comments carry no event.
-                if !event.is_empty() {
-                    return (event, serde_json::from_str(&field("data: ")).expect("json data"));
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next())
-                .await
-                .unwrap_or_else(|_| panic!("no event within the deadline; so far: {:?}", self.buffer))
-                .expect("the feed ended")
-                .expect("a chunk");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-
-    /// Events until one satisfies `wanted`.
-    async fn until(&mut self, what: &str, wanted: impl Fn(&str, &Value) -> bool) -> Value {
-        let mut seen = Vec::new();
-        loop {
-            let (event, data) = self.next().await;
-            if wanted(&event, &data) {
-                return data;
-            }
-            seen.push(format!("{event} {data}"));
-            assert!(seen.len() < 200, "no {what} in {seen:#?}");
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_others() {
     let (ns, c) = setup("dash-feed").await;
@@ -489,10 +438,7 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
-    let mut feed = Feed {
-        body: response.into_body().into_data_stream(),
-        buffer: String::new(),
-    };
+    let mut feed = support::sse::Events::new(response.into_body().into_data_stream());
     let (event, first) = feed.next().await;
     assert_eq!((event.as_str(), &first), ("snapshot", &json!({"items": []})));
 

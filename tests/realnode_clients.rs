@@ -340,3 +340,83 @@ async fn the_kubeflow_python_sdk_drives_mpi_jobs() {
     }
     assert!(suite.contains("tests=\"9\""), "every case ran: {suite}");
 }
+
+#[tokio::test]
+async fn the_dashboard_streams_a_real_jobs_merged_logs_to_its_end() {
+    use tower::ServiceExt;
+    let (ns, c) = tenant_namespace("dash-logs").await;
+    let ns = ns.name.as_str();
+    let train = [
+        "mpirun",
+        "-n",
+        "2",
+        "/home/mpiuser/train",
+        "--epochs",
+        "4",
+        "--target",
+        "0.5",
+    ];
+    create(
+        &c,
+        ns,
+        "streamed",
+        json!({"kind": "ClusterTrainingRuntime", "name": "mpi-openmpi"}),
+        json!({"image": IMAGE, "numNodes": 2, "command": train}),
+    )
+    .await;
+    let options = kube::config::KubeConfigOptions::default();
+    let cluster = kube::Config::from_custom_kubeconfig(bed().kubeconfig(Identity::Admin), &options)
+        .await
+        .expect("the bed's cluster");
+    let app = trainjob_operator::dashboard::router(trainjob_operator::dashboard::Identity::bearer(cluster));
+    // Followed from before the job's pods run, as the tenant.
+    let path = format!("/api/namespaces/{ns}/trainjobs/streamed/logs?follow=true");
+    let response = eventually("the tenant's log stream", DEADLINE, || async {
+        let request = http::Request::get(&path)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", Identity::TenantA.token()),
+            )
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("an answer");
+        match response.status() {
+            http::StatusCode::OK => Ok(response),
+            status => Err(status.to_string()),
+        }
+    })
+    .await;
+    let mut events = support::sse::Events::new(response.into_body().into_data_stream());
+    let mut lines = Vec::new();
+    loop {
+        let (event, data) = events.next_within(RUN_DEADLINE).await.expect("an end event");
+        match event.as_str() {
+            "line" => lines.push(format!(
+                "{} {}",
+                data["prefix"].as_str().unwrap_or_default(),
+                data["text"].as_str().unwrap_or_default()
+            )),
+            "end" => break,
+            other => panic!("{other}: {data}\nso far:\n{}", lines.join("\n")),
+        }
+    }
+    let text = lines.join("\n");
+    let epochs: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[launcher-0] epoch "))
+        .map(|l| l.split('/').next().unwrap_or_default())
+        .collect();
+    assert_eq!(epochs, ["1", "2", "3", "4"], "{text}");
+    for wanted in [
+        "[node-0] Server listening on",
+        "[node-1] Accepted publickey for mpiuser",
+        "[launcher-0] final accuracy",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(wanted)),
+            "no line {wanted:?} in:\n{text}"
+        );
+    }
+    let (end, reason, message) = finished(&c, ns, "streamed").await;
+    assert_eq!(end, "Complete", "{reason}: {message}");
+}

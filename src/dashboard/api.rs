@@ -1,23 +1,26 @@
 //! The dashboard's JSON API, every call made as the person asking (see `identity`). Its shapes
 //! are documented by `openapi.json`, which the server also serves.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::core::v1::Pod;
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use super::identity::{Identity, IdentityError};
 use crate::api::TrainJob;
-use crate::cli::{log_prefix, merge_logs};
+use crate::cli::merge_logs;
 use crate::view::JobView;
 use crate::view::fetch::{self, FetchError};
+use crate::view::logs::{self, Selection};
 
 /// The most a submitted job may weigh (a TrainJob is a few KiB).
 pub const MAX_BODY: usize = 256 * 1024;
@@ -204,12 +207,16 @@ pub async fn delete(
 /// Which lines of the logs.
 #[derive(Deserialize)]
 pub struct LogQuery {
-    /// Lines per pod from its end.
+    /// Lines per pod from its end (at most 1000 when not given).
     tail: Option<i64>,
+    /// Go on with every new line, as Server-Sent Events.
+    #[serde(default)]
+    follow: bool,
 }
 
 /// `GET /api/namespaces/{ns}/trainjobs/{name}/logs`: the launcher's and every worker's logs,
-/// merged in time order, each line prefixed with its role and index (plain text).
+/// merged in time order, each line prefixed with its role and index: plain text, or with
+/// `follow=true` Server-Sent Events (`line` for each line, `end`, or `problem`).
 pub async fn logs(
     State(identity): State<Arc<Identity>>,
     headers: HeaderMap,
@@ -217,21 +224,36 @@ pub async fn logs(
     Query(query): Query<LogQuery>,
 ) -> Answer<Response> {
     let client = caller(&identity, &headers)?;
-    fetch::job(&client, &ns, &name).await?;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let mut read = Vec::new();
-    for pod in fetch::pods_of(&client, &ns, &name).await? {
-        let params = LogParams {
-            container: Some("node".into()),
-            timestamps: true,
-            tail_lines: query.tail.or(Some(1000)),
-            ..LogParams::default()
-        };
-        // A pod whose container has not started has no log yet.
-        if let Ok(text) = pods.logs(&pod.name_any(), &params).await {
-            read.push((log_prefix(&pod, false), text));
-        }
+    let sel = Selection {
+        tail: query.tail.or(Some(1000)),
+        ..Selection::default()
+    };
+    let read = logs::read(&client, &ns, &name, &sel).await?;
+    if !query.follow {
+        let text = merge_logs(&read.logs, false);
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
-    let text = merge_logs(&read, false);
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    let line = |prefix: &str, line: &str| {
+        let (at, text) = line.split_once(' ').unwrap_or((line, ""));
+        let data = serde_json::json!({"prefix": prefix, "at": at, "text": text});
+        Ok::<_, Infallible>(Event::default().event("line").data(data.to_string()))
+    };
+    // What was written so far, in time order, then every new line.
+    let mut first: Vec<(&str, &str)> = read
+        .logs
+        .iter()
+        .flat_map(|(prefix, text)| text.lines().map(move |l| (prefix.as_str(), l)))
+        .collect();
+    first.sort_by(|a, b| a.1.split(' ').next().cmp(&b.1.split(' ').next()));
+    let first: Vec<_> = first.into_iter().map(|(p, l)| line(p, l)).collect();
+    let then = logs::follow(client, ns, name, sel, read).map(move |l| match l {
+        Ok(l) => line(&l.prefix, &l.line),
+        Err(e) => {
+            let said = serde_json::json!({"message": e.to_string()});
+            Ok(Event::default().event("problem").data(said.to_string()))
+        }
+    });
+    let end = futures::stream::once(async { Ok(Event::default().event("end").data("{}")) });
+    let events = futures::stream::iter(first).chain(then).chain(end);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }

@@ -90,9 +90,16 @@ pub fn build() -> Value {
             },
             "/api/namespaces/{ns}/trainjobs/{name}/logs": {
                 "get": {
-                    "summary": "The launcher's and every worker's logs merged in time order, each line prefixed with its role and index",
-                    "parameters": [ns, name, {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": refusals(json!({"200": {"description": "the lines", "content": {"text/plain": {"schema": {"type": "string"}}}}})),
+                    "summary": "The launcher's and every worker's logs merged in time order, each line prefixed with its role and index; with follow=true as Server-Sent Events: `line` ({prefix, at, text}) for what was written so far and then every new line, through restarts, `end` once the job has ended, `problem` ({message}) if following fails",
+                    "parameters": [
+                        ns, name,
+                        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                    ],
+                    "responses": refusals(json!({"200": {"description": "the lines", "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    }}})),
                 },
             },
             "/api/namespaces/{ns}/feed": {

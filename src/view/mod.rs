@@ -1,11 +1,14 @@
 //! The job view: what a person wants to see of one TrainJob, from the job, its pods, its Events,
 //! its frozen runtime and the launcher's log tail: the phase, a table of its pods, a timeline
-//! of milestones, the diagnosis with its fix, and progress when the training reports it. Pure.
+//! of milestones, the diagnosis with its fix, and progress when the training reports it. Pure,
+//! but for its two reads as the caller: `fetch` (what the view needs) and `logs` (a job's logs,
+//! read and followed).
 //! The kubectl plugin and the dashboard render it; it reads status the way the lifecycle writes
 //! it (`lifecycle::phase_of`, the conditions, `lifecycle::diagnose`), so a reason added there
 //! shows everywhere at once.
 
 pub mod fetch;
+pub mod logs;
 mod pods;
 #[cfg(test)]
 mod tests;

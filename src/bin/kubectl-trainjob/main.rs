@@ -204,16 +204,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             timestamps,
             follow,
         } => {
-            let selection = logs::Selection {
+            let selection = trainjob_operator::view::logs::Selection {
                 role,
                 index,
                 tail,
                 since,
-                timestamps,
-                follow,
                 host: cli.output == Some(Output::Wide),
             };
-            logs::logs(&client, &ns, &name, selection).await?;
+            logs::print(&client, &ns, &name, selection, timestamps, follow).await?;
         }
         Command::Submit { file } => {
             let text =

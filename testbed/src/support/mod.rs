@@ -7,6 +7,7 @@ pub mod logs;
 pub mod process;
 pub mod progress;
 pub mod realnode;
+pub mod sse;
 
 use std::future::Future;
 use std::sync::OnceLock;
