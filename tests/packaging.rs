@@ -56,24 +56,27 @@ fn the_operator_binary_contains_no_test_bed_code() {
     }
 }
 
+/// The objects kustomize renders from `dir` (relative to the repository).
+fn kustomize(dir: &str) -> Vec<serde_json::Value> {
+    let kubectl = trainjob_testbed::default_bin_dir()
+        .expect("bin dir")
+        .join("kubectl");
+    let out = std::process::Command::new(kubectl)
+        .args(["kustomize"])
+        .arg(trainjob_testbed::repo_root().join(dir))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("yaml")
+}
+
 /// `config/certmanager` as kustomize renders it: the operator reads cert-manager's Secret from
 /// the directory it is told, cert-manager's CA injector is asked to fill both webhook
 /// configurations, and the certificate names the Service the webhooks call. (Serving from
 /// files, and reloading them, is tested against the API server in tests/admission.rs.)
 #[test]
 fn the_cert_manager_overlay_wires_its_certificate_to_the_webhook() {
-    let kubectl = trainjob_testbed::default_bin_dir()
-        .expect("bin dir")
-        .join("kubectl");
-    let root = trainjob_testbed::repo_root();
-    let out = std::process::Command::new(kubectl)
-        .args(["kustomize"])
-        .arg(root.join("config/certmanager"))
-        .output()
-        .expect("kubectl kustomize");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let docs = kustomize("config/certmanager");
     let find = |kind: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind)
@@ -198,18 +201,8 @@ fn overlapping_leader_election_timings_are_refused_at_start() {
 /// with a read-only root filesystem, under a service account no Role or ClusterRole binds.
 #[test]
 fn the_dashboard_runs_apart_non_root_and_without_rights() {
-    let kubectl = trainjob_testbed::default_bin_dir()
-        .expect("bin dir")
-        .join("kubectl");
     let root = trainjob_testbed::repo_root();
-    let out = std::process::Command::new(kubectl)
-        .args(["kustomize"])
-        .arg(root.join("config/dashboard"))
-        .output()
-        .expect("kubectl kustomize");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).expect("yaml");
+    let docs = kustomize("config/dashboard");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert_eq!(kinds, ["ServiceAccount", "Service", "Deployment"]);
     let pod = &docs[2]["spec"]["template"]["spec"];

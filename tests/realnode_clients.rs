@@ -199,6 +199,23 @@ async fn logs_follow_a_job_through_a_gang_restart_to_its_end() {
     );
 }
 
+/// The names of the `K`s of `ns` that `selector` picks.
+async fn names<K>(c: &Client, ns: &str, selector: &ListParams) -> Result<Vec<String>, String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let list = Api::<K>::namespaced(c.clone(), ns).list(selector).await;
+    Ok(list
+        .map_err(|e| e.to_string())?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect())
+}
+
 #[tokio::test]
 async fn cancel_stops_a_running_job_and_leaves_nothing_behind() {
     let (ns, c) = tenant_namespace("cancel").await;
@@ -258,36 +275,10 @@ async fn cancel_stops_a_running_job_and_leaves_nothing_behind() {
         {
             left.push("TrainJob endless".to_string());
         }
-        let pods = Api::<Pod>::namespaced(c.clone(), ns).list(&selector).await;
-        left.extend(
-            pods.map_err(|e| e.to_string())?
-                .items
-                .iter()
-                .map(|p| p.name_any()),
-        );
-        let secrets = Api::<Secret>::namespaced(c.clone(), ns).list(&selector).await;
-        left.extend(
-            secrets
-                .map_err(|e| e.to_string())?
-                .items
-                .iter()
-                .map(|s| s.name_any()),
-        );
-        let maps = Api::<ConfigMap>::namespaced(c.clone(), ns).list(&selector).await;
-        left.extend(
-            maps.map_err(|e| e.to_string())?
-                .items
-                .iter()
-                .map(|m| m.name_any()),
-        );
-        let services = Api::<Service>::namespaced(c.clone(), ns).list(&selector).await;
-        left.extend(
-            services
-                .map_err(|e| e.to_string())?
-                .items
-                .iter()
-                .map(|s| s.name_any()),
-        );
+        left.extend(names::<Pod>(&c, ns, &selector).await?);
+        left.extend(names::<Secret>(&c, ns, &selector).await?);
+        left.extend(names::<ConfigMap>(&c, ns, &selector).await?);
+        left.extend(names::<Service>(&c, ns, &selector).await?);
         match left.is_empty() {
             true => Ok(()),
             false => Err(format!("left: {left:?}")),

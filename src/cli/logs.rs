@@ -52,20 +52,23 @@ pub fn log_line(prefix: &str, line: &str, timestamps: bool) -> String {
     }
 }
 
-/// The lines of every `(prefix, log)` (each line starting with the kubelet's RFC 3339 time), in
-/// time order; lines of the same instant keep their pod's order.
-pub fn merge_logs(logs: &[(String, String)], timestamps: bool) -> String {
-    let mut lines: Vec<(&str, usize, &str, &str)> = Vec::new();
-    for (pod, (prefix, text)) in logs.iter().enumerate() {
-        for line in text.lines() {
-            lines.push((split(line).0, pod, prefix, line));
-        }
-    }
-    // RFC 3339 in UTC with the kubelet's fixed nine digits sorts as text.
-    lines.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+/// The lines of every `(prefix, log)` (each line starting with the kubelet's RFC 3339 time) as
+/// `(prefix, line)`, in time order; lines of the same instant keep their pod's order.
+pub fn in_time_order(logs: &[(String, String)]) -> Vec<(&str, &str)> {
+    let mut lines: Vec<(&str, &str)> = logs
+        .iter()
+        .flat_map(|(prefix, text)| text.lines().map(move |l| (prefix.as_str(), l)))
+        .collect();
+    // RFC 3339 in UTC with the kubelet's fixed nine digits sorts as text; the sort is stable.
+    lines.sort_by(|a, b| split(a.1).0.cmp(split(b.1).0));
     lines
+}
+
+/// The lines of every `(prefix, log)` merged [`in_time_order`], each rendered by [`log_line`].
+pub fn merge_logs(logs: &[(String, String)], timestamps: bool) -> String {
+    in_time_order(logs)
         .into_iter()
-        .map(|(_, _, prefix, line)| log_line(prefix, line, timestamps) + "\n")
+        .map(|(prefix, line)| log_line(prefix, line, timestamps) + "\n")
         .collect()
 }
 

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::view::{JobView, Progress};
-pub use logs::{Printed, log_line, log_prefix, merge_logs};
+pub use logs::{Printed, in_time_order, log_line, log_prefix, merge_logs};
 pub use table::Table;
 
 /// How long ago `then` was, as kubectl prints ages (`42s`, `5m10s`, `3h`, `2d4h`, `90d`).

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{Identity, IdentityError};
 use crate::api::TrainJob;
-use crate::cli::merge_logs;
+use crate::cli::{in_time_order, merge_logs};
 use crate::view::JobView;
 use crate::view::fetch::{self, FetchError};
 use crate::view::logs::{self, Selection};
@@ -239,13 +239,10 @@ pub async fn logs(
         Ok::<_, Infallible>(Event::default().event("line").data(data.to_string()))
     };
     // What was written so far, in time order, then every new line.
-    let mut first: Vec<(&str, &str)> = read
-        .logs
-        .iter()
-        .flat_map(|(prefix, text)| text.lines().map(move |l| (prefix.as_str(), l)))
+    let first: Vec<_> = in_time_order(&read.logs)
+        .into_iter()
+        .map(|(p, l)| line(p, l))
         .collect();
-    first.sort_by(|a, b| a.1.split(' ').next().cmp(&b.1.split(' ').next()));
-    let first: Vec<_> = first.into_iter().map(|(p, l)| line(p, l)).collect();
     let then = logs::follow(client, ns, name, sel, read).map(move |l| match l {
         Ok(l) => line(&l.prefix, &l.line),
         Err(e) => {
