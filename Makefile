@@ -6,7 +6,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # tests/install.rs runs the release binary as a pod on the real node.
 TARGET_DIR ?= $(abspath $(or $(CARGO_TARGET_DIR),target))
 
-.PHONY: help build bed crds fmt lint test bench soak run clean install-plugin
+.PHONY: help build bed crds fmt lint test bench soak run clean install-plugin screenshots
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -49,6 +49,11 @@ soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's 
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator
 	SOAK_DURATION=$(or $(DURATION),30m) TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench soak
+
+screenshots: bed ## Take the dashboard's screenshots in docs/images again, from its browser tests (the real node's need root)
+	hack/test-deps.sh
+	TRAINJOB_SCREENSHOTS=$(CURDIR)/docs/images $(CARGO) test --locked --test dashboard the_page
+	TRAINJOB_SCREENSHOTS=$(CURDIR)/docs/images $(CARGO) test --locked --test realnode_clients the_page
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1

@@ -13,19 +13,24 @@ use http::{Request, StatusCode, header};
 use kube::Config;
 use kube::api::Api;
 use serde_json::{Value, json};
-use support::jobs::{HOLD, grant_edit, pod_meta, runtime, setup, wait_pods};
-use support::{Identity, bed};
+use support::browser::{Browser, Driver, sign_in};
+use support::jobs::{EXIT, HOLD, grant_edit, pod_meta, runtime, setup, wait_condition, wait_pods};
+use support::{DEADLINE, Identity, bed, eventually};
 use tower::ServiceExt;
 use trainjob_operator::api::TrainJob;
 use trainjob_operator::dashboard::{self, WRITE_HEADER};
 
 /// The dashboard as deployed: forwarding each request's token to the bed's API server.
 async fn dashboard() -> Router {
+    dashboard::router(deployed().await)
+}
+
+async fn deployed() -> dashboard::Identity {
     let options = kube::config::KubeConfigOptions::default();
     let config = Config::from_custom_kubeconfig(bed().kubeconfig(Identity::Admin), &options)
         .await
         .expect("the bed's cluster");
-    dashboard::router(dashboard::Identity::bearer(config))
+    dashboard::Identity::bearer(config)
 }
 
 /// One answer: status, headers, JSON body (Null when not JSON) and the raw text.
@@ -152,7 +157,38 @@ async fn each_tenant_sees_creates_and_deletes_only_their_own_jobs() {
     let one = get(&app, Some(Identity::TenantA), &format!("{jobs}/mine")).await;
     assert_eq!(one.status, StatusCode::OK, "{}", one.text);
     conforms(&doc, "JobView", &one.json);
+    conforms(&doc, "Detailed", &one.json);
     assert_eq!(one.json["runtime"], "TrainingRuntime/pi");
+
+    // Who the page talks as, what it may run on, and usage where no metrics API is served.
+    let session = get(&app, Some(Identity::TenantA), "/api/session").await;
+    conforms(&doc, "Session", &session.json);
+    assert_eq!(session.json["user"], "tenant-a", "{}", session.text);
+    assert_eq!(session.json["signedIn"], true);
+    let nobody = get(&app, None, "/api/session").await;
+    assert_eq!(nobody.json["signedIn"], false, "{}", nobody.text);
+    let runtimes = get(
+        &app,
+        Some(Identity::TenantA),
+        &format!("/api/namespaces/{a}/runtimes"),
+    )
+    .await;
+    let runtimes = runtimes.json["items"].as_array().cloned().unwrap_or_default();
+    for rt in &runtimes {
+        conforms(&doc, "RuntimeRow", rt);
+    }
+    let names: Vec<&str> = runtimes.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(
+        names.contains(&"pi") && names.contains(&"mpi-openmpi"),
+        "{names:?}"
+    );
+    let usage = get(&app, Some(Identity::TenantA), &format!("{jobs}/mine/usage")).await;
+    assert_eq!(
+        usage.json,
+        json!({"available": false, "pods": []}),
+        "{}",
+        usage.text
+    );
     assert!(
         one.json["events"]
             .as_array()
@@ -311,12 +347,23 @@ async fn the_openapi_document_describes_every_route() {
         paths,
         [
             "/api/namespaces/{ns}/feed",
+            "/api/namespaces/{ns}/runtimes",
             "/api/namespaces/{ns}/trainjobs",
             "/api/namespaces/{ns}/trainjobs/{name}",
             "/api/namespaces/{ns}/trainjobs/{name}/logs",
+            "/api/namespaces/{ns}/trainjobs/{name}/usage",
+            "/api/session",
         ]
     );
-    for schema in ["JobView", "Listed", "Problem"] {
+    for schema in [
+        "Detailed",
+        "JobView",
+        "Listed",
+        "Problem",
+        "RuntimeRow",
+        "Session",
+        "Usage",
+    ] {
         assert!(
             doc.json["components"]["schemas"][schema]["properties"].is_object(),
             "{schema}"
@@ -458,4 +505,317 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
         .expect("delete");
     feed.until("the job gone", |e, d| e == "gone" && d["name"] == "live")
         .await;
+}
+
+/// The list's rows as the page shows them: name → (phase, reason text, nodes text).
+const ROWS: &str = "return Object.fromEntries([...document.querySelectorAll('#jobs tr[data-job]')].map(r => \
+     [r.dataset.job, {phase: r.dataset.phase, reason: r.querySelector('.reason').textContent, \
+     nodes: r.querySelector('.nodes').textContent}]))";
+
+#[tokio::test]
+async fn the_page_in_chromium_follows_creates_and_deletes_each_tenants_jobs() {
+    let (a, c) = setup("page-a").await;
+    let (b, _) = setup("page-b").await;
+    let (a, b) = (a.name.as_str(), b.name.as_str());
+    grant_edit(&c, a, Identity::TenantA).await;
+    grant_edit(&c, b, Identity::TenantB).await;
+    runtime(&c, a, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    runtime(&c, a, "mpi-openmpi", "crashing", |rt| {
+        pod_meta(rt, "launcher")["annotations"][EXIT] = json!("3");
+    })
+    .await;
+    let base = support::browser::dashboard().await;
+    let driver = Driver::start();
+    let alice = Browser::open(&driver).await;
+
+    // Signing in: a token the cluster does not know is refused in words; alice's is taken and
+    // kept where the page's script cannot read it.
+    alice.goto(&format!("{base}/")).await;
+    alice.fill("#token", "not-a-token-anyone-knows").await;
+    alice.click("#signin button[type=submit]").await;
+    alice
+        .until(
+            "the refusal of a wrong token",
+            DEADLINE,
+            "return document.querySelector('#signin .note.failed')?.textContent",
+            |v| {
+                v.as_str()
+                    .filter(|t| t.contains("does not accept this token"))
+                    .map(|_| ())
+            },
+        )
+        .await;
+    sign_in(&alice, &base, Identity::TenantA).await;
+    let cookies = alice.eval("return document.cookie", vec![]).await;
+    assert!(!cookies.to_string().contains("tenant-a-token"), "{cookies}");
+
+    // A job applied with kubectl appears in the open list by itself; its annotation's markup
+    // stays text.
+    alice.goto(&format!("{base}/#/{a}")).await;
+    alice
+        .until(
+            "the empty list",
+            DEADLINE,
+            "return document.querySelector('.live')?.textContent",
+            |v| (v.as_str() == Some("Live")).then_some(()),
+        )
+        .await;
+    let markup = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>";
+    let manifest = json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "applied", "namespace": a, "labels": {"team": "vision"},
+                     "annotations": {"description": markup}},
+        "spec": {"runtimeRef": {"kind": "TrainingRuntime", "name": "held"}},
+    });
+    eventually("kubectl apply as alice", DEADLINE, || async {
+        bed()
+            .kubectl_as(Identity::TenantA, &["apply", "-f", "-"], &manifest.to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    alice
+        .until(
+            "the applied job running, both workers ready",
+            DEADLINE,
+            ROWS,
+            |rows| {
+                let row = &rows["applied"];
+                (row["phase"] == "Running" && row["nodes"].as_str()?.ends_with("2/2")).then_some(())
+            },
+        )
+        .await;
+    alice.screenshot("dashboard-list").await;
+
+    // Its page: the pods, the timeline, the annotation as text, no script run.
+    alice.click("#jobs tr[data-job=applied] a").await;
+    let shown = alice
+        .until("the job's page", DEADLINE, "return document.querySelector('#pods-table') && document.querySelector('#labels-list') && \
+             {pods: document.querySelectorAll('#pods-table tbody tr').length, labels: document.querySelector('#labels-list').textContent, \
+              images: document.querySelectorAll('#labels-list img, #labels-list script').length, pwned: window.pwned ?? null, \
+              milestones: [...document.querySelectorAll('svg.timeline [data-milestone]')].map(g => g.dataset.milestone)}", |v| {
+            (v["pods"] == 3 && v["milestones"].as_array()?.len() >= 3).then(|| v.clone())
+        })
+        .await;
+    assert!(
+        shown["labels"].as_str().unwrap_or_default().contains(markup),
+        "{shown}"
+    );
+    assert_eq!(shown["images"], 0, "{shown}");
+    assert_eq!(shown["pwned"], Value::Null, "{shown}");
+    assert!(
+        shown["labels"].as_str().unwrap_or_default().contains("vision"),
+        "{shown}"
+    );
+    alice.screenshot("dashboard-job").await;
+
+    // A job whose launcher fails shows why and what to change, as the operator wrote it.
+    bed()
+        .kubectl_as(
+            Identity::TenantA,
+            &["create", "-f", "-"],
+            &json!({
+                "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                "metadata": {"name": "crashes", "namespace": a},
+                "spec": {"runtimeRef": {"kind": "TrainingRuntime", "name": "crashing"}},
+            })
+            .to_string(),
+        )
+        .expect("kubectl create");
+    let (_, failed) = wait_condition(&Api::namespaced(c.clone(), a), "crashes", "Failed").await;
+    let message = failed.message.clone();
+    alice.goto(&format!("{base}/#/{a}/jobs/crashes")).await;
+    let said = alice
+        .until(
+            "the failure's reason on the page",
+            DEADLINE,
+            "return document.querySelector('#diagnosis .note.failed')?.textContent",
+            |v| v.as_str().filter(|t| t.contains(&message)).map(str::to_string),
+        )
+        .await;
+    assert!(said.contains(&failed.reason), "{said}");
+    alice.screenshot("dashboard-failed").await;
+    alice.goto(&format!("{base}/#/{a}")).await;
+    alice
+        .until("the failure in the list", DEADLINE, ROWS, |rows| {
+            let row = &rows["crashes"];
+            (row["phase"] == "Failed" && row["reason"].as_str()?.contains(&failed.reason)).then_some(())
+        })
+        .await;
+
+    // The form: a bad name and too many nodes come back on their fields, the markup in the
+    // answer as text; then a good job is created and exists in the cluster.
+    alice.goto(&format!("{base}/#/{a}/new")).await;
+    alice.fill("#f-name", "<b>bold</b>").await;
+    alice.select("#f-runtime", "TrainingRuntime/held").await;
+    alice.click("#create").await;
+    let refused = alice
+        .until("the name refused on its field", DEADLINE, "return {invalid: document.querySelector('#f-name').getAttribute('aria-invalid'), \
+             error: document.querySelector('#e-name').textContent, outcome: document.querySelector('#outcome').textContent, \
+             bold: document.querySelectorAll('#outcome b, #create-form b').length}", |v| {
+            (v["invalid"] == "true").then(|| v.clone())
+        })
+        .await;
+    assert!(
+        refused["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("<b>bold</b>"),
+        "{refused}"
+    );
+    assert_eq!(refused["bold"], 0, "{refused}");
+    alice.fill("#f-name", "from-the-form").await;
+    alice.fill("#f-nodes", "0").await;
+    alice.click("#create").await;
+    let nodes = alice
+        .until(
+            "zero nodes refused on the field",
+            DEADLINE,
+            "return {invalid: document.querySelector('#f-nodes').getAttribute('aria-invalid'), \
+             error: document.querySelector('#e-nodes').textContent}",
+            |v| (v["invalid"] == "true").then(|| v.clone()),
+        )
+        .await;
+    assert!(
+        nodes["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("numNodes must be at least 1"),
+        "{nodes}"
+    );
+    alice.screenshot("dashboard-create").await;
+    alice.fill("#f-nodes", "3").await;
+    alice.fill("#f-image", "trainjob.local/openmpi4:bed").await;
+    alice.fill("#f-command", "mpirun\n-n\n3\nhostname").await;
+    alice.click("#create").await;
+    alice
+        .until("the new job's page", DEADLINE, "return location.hash", |v| {
+            v.as_str()
+                .filter(|h| h.ends_with("/jobs/from-the-form"))
+                .map(|_| ())
+        })
+        .await;
+    let made = Api::<TrainJob>::namespaced(c.clone(), a)
+        .get("from-the-form")
+        .await
+        .expect("the job the form created");
+    let trainer = made.spec.trainer.expect("trainer");
+    assert_eq!(trainer.num_nodes, Some(3));
+    assert_eq!(trainer.image.as_deref(), Some("trainjob.local/openmpi4:bed"));
+    assert_eq!(trainer.command, ["mpirun", "-n", "3", "hostname"]);
+
+    // The same form as YAML: what the form says, editable, and created as written.
+    alice.goto(&format!("{base}/#/{a}/new")).await;
+    alice.fill("#f-name", "from-yaml").await;
+    alice.select("#f-runtime", "TrainingRuntime/held").await;
+    alice.click("#tab-yaml").await;
+    let yaml = alice
+        .until(
+            "the YAML of the form",
+            DEADLINE,
+            "return document.querySelector('#f-yaml').value",
+            |v| {
+                v.as_str()
+                    .filter(|y| y.contains("name: \"from-yaml\""))
+                    .map(str::to_string)
+            },
+        )
+        .await;
+    alice
+        .fill("#f-yaml", &yaml.replace("numNodes: 2", "numNodes: 1"))
+        .await;
+    alice.click("#create-yaml").await;
+    alice
+        .until("the YAML job's page", DEADLINE, "return location.hash", |v| {
+            v.as_str().filter(|h| h.ends_with("/jobs/from-yaml")).map(|_| ())
+        })
+        .await;
+    let made = Api::<TrainJob>::namespaced(c.clone(), a)
+        .get("from-yaml")
+        .await
+        .expect("the job the YAML created");
+    assert_eq!(made.spec.trainer.and_then(|t| t.num_nodes), Some(1));
+
+    // Delete asks first, then the job is gone from the cluster and from the list.
+    alice.goto(&format!("{base}/#/{a}/jobs/applied")).await;
+    alice.click("#delete").await;
+    let asked = alice
+        .until("the confirmation", DEADLINE, "return document.querySelector('#confirm').open && document.querySelector('#confirm-text').textContent", |v| {
+            v.as_str().map(str::to_string)
+        })
+        .await;
+    assert!(asked.contains("applied"), "{asked}");
+    alice.click("#confirm-delete").await;
+    eventually("the job deleted", DEADLINE, || async {
+        match Api::<TrainJob>::namespaced(c.clone(), a).get_opt("applied").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    alice
+        .until("the list without it", DEADLINE, ROWS, |rows| {
+            (rows.get("applied").is_none() && rows.get("crashes").is_some()).then_some(())
+        })
+        .await;
+
+    // Bob signs in in his own browser: alice's namespace is refused in the API server's words,
+    // and his own list has only his job.
+    bed()
+        .kubectl_as(
+            Identity::TenantB,
+            &["create", "-f", "-"],
+            &json!({
+                "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                "metadata": {"name": "bobs", "namespace": b},
+                "spec": {"runtimeRef": {"name": "mpi-openmpi"}},
+            })
+            .to_string(),
+        )
+        .expect("bob's job");
+    let bob = Browser::open(&driver).await;
+    sign_in(&bob, &base, Identity::TenantB).await;
+    bob.goto(&format!("{base}/#/{a}")).await;
+    let refused = bob
+        .until("alice's namespace refused to bob", DEADLINE, "return {note: document.querySelector('.note.failed')?.textContent, rows: document.querySelectorAll('#jobs tr[data-job]').length}", |v| {
+            v["note"].as_str().filter(|t| t.contains("forbidden")).map(|_| v.clone())
+        })
+        .await;
+    assert_eq!(refused["rows"], 0, "{refused}");
+    bob.goto(&format!("{base}/#/{a}/jobs/crashes")).await;
+    bob.until(
+        "alice's job refused to bob",
+        DEADLINE,
+        "return document.querySelector('.note.failed')?.textContent",
+        |v| v.as_str().filter(|t| t.contains("forbidden")).map(|_| ()),
+    )
+    .await;
+    bob.goto(&format!("{base}/#/{b}")).await;
+    bob.until("bob's own list", DEADLINE, ROWS, |rows| {
+        let names: Vec<&String> = rows.as_object()?.keys().collect();
+        (names == ["bobs"]).then_some(())
+    })
+    .await;
+
+    // Signing out forgets the token: the next request needs a sign-in again.
+    bob.click("#sign-out").await;
+    bob.until(
+        "the sign-in page",
+        DEADLINE,
+        "return !!document.querySelector('#token')",
+        |v| (v == &Value::Bool(true)).then_some(()),
+    )
+    .await;
+    bob.goto(&format!("{base}/#/{b}")).await;
+    bob.until(
+        "the sign-in page after a reload",
+        DEADLINE,
+        "return !!document.querySelector('#token')",
+        |v| (v == &Value::Bool(true)).then_some(()),
+    )
+    .await;
+    alice.close().await;
+    bob.close().await;
 }

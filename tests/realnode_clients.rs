@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::jobs::{grant_edit, runtime};
 use support::realnode::{RUN_DEADLINE, create, finished, pod_report};
 use support::{DEADLINE, Identity, TestNs, admitting_operator, bed, client, eventually, real_bed};
@@ -410,4 +410,155 @@ async fn the_dashboard_streams_a_real_jobs_merged_logs_to_its_end() {
     }
     let (end, reason, message) = finished(&c, ns, "streamed").await;
     assert_eq!(end, "Complete", "{reason}: {message}");
+}
+
+#[tokio::test]
+async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_they_happen() {
+    use support::browser::{Browser, Driver, dashboard, sign_in};
+    let (ns, c) = tenant_namespace("page-real").await;
+    let ns = ns.name.as_str();
+    let base = dashboard().await;
+    let driver = Driver::start();
+    let browser = Browser::open(&driver).await;
+    sign_in(&browser, &base, Identity::TenantA).await;
+    // The page is open before the job exists; a log line with markup must stay text.
+    browser.goto(&format!("{base}/#/{ns}/jobs/watched")).await;
+    let markup = "<img src=x onerror=window.pwned=1> markup stays text";
+    let train = format!(
+        "echo '{markup}'; exec mpirun -n 2 /home/mpiuser/train --epochs 8 --epoch-seconds 2.5 --target 0.5"
+    );
+    create(
+        &c,
+        ns,
+        "watched",
+        json!({"kind": "ClusterTrainingRuntime", "name": "mpi-openmpi"}),
+        json!({"image": IMAGE, "numNodes": 2, "command": ["sh", "-c", train]}),
+    )
+    .await;
+    browser.goto(&format!("{base}/#/{ns}")).await;
+    browser
+        .until(
+            "the job in the list",
+            RUN_DEADLINE,
+            "return document.querySelector('#jobs tr[data-job=watched]')?.dataset.phase",
+            |v| v.as_str().filter(|p| *p == "Running").map(|_| ()),
+        )
+        .await;
+    browser.click("#jobs tr[data-job=watched] a").await;
+
+    // The progress bar moves as the training reports, until the job is Complete.
+    let mut percents: Vec<i64> = Vec::new();
+    let mut pictured = false;
+    let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
+    loop {
+        let now = browser
+            .until(
+                "the job page",
+                DEADLINE,
+                "return document.querySelector('#phase') && \
+                 {phase: document.querySelector('#phase').dataset.phase, \
+                  percent: document.querySelector('#summary progress')?.value ?? null, \
+                  points: Number(document.querySelector('figure[data-metric=loss]')?.dataset.points ?? 0)}",
+                |v| v.get("phase").map(|_| v.clone()),
+            )
+            .await;
+        if let Some(p) = now["percent"].as_i64()
+            && percents.last() != Some(&p)
+        {
+            percents.push(p);
+        }
+        if !pictured && now["points"].as_i64().unwrap_or(0) >= 2 {
+            browser.screenshot("dashboard-progress").await;
+            pictured = true;
+        }
+        match now["phase"].as_str() {
+            Some("Complete") if percents.last() == Some(&100) => break,
+            Some("Failed") => panic!("the job failed: {now}"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not Complete at 100 %: {now}, seen {percents:?}"
+        );
+        // Sampled often enough to see each report (they land seconds apart).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let moving: Vec<&i64> = percents.iter().filter(|p| **p > 0 && **p < 100).collect();
+    assert!(
+        moving.len() >= 2,
+        "the bar moved through several values: {percents:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] < w[1]),
+        "only forward: {percents:?}"
+    );
+
+    // Its logs streamed in while it ran: every epoch, the workers' sshd, the markup as text.
+    let logs = browser
+        .until(
+            "the whole log",
+            DEADLINE,
+            "return {text: document.querySelector('#logs').textContent, \
+             lines: [...document.querySelectorAll('#logs .line')].map(l => l.textContent), \
+             images: document.querySelectorAll('#logs img').length, pwned: window.pwned ?? null}",
+            |v| {
+                v["text"]
+                    .as_str()
+                    .filter(|t| t.contains("final accuracy"))
+                    .map(|_| v.clone())
+            },
+        )
+        .await;
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let epochs: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("[launcher-0] epoch "))
+        .map(|l| l.split('/').next().unwrap_or_default())
+        .collect();
+    assert_eq!(epochs, ["1", "2", "3", "4", "5", "6", "7", "8"], "{lines:#?}");
+    assert!(
+        lines.contains(&format!("[launcher-0] {markup}").as_str()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("[node-1] Accepted publickey")),
+        "{lines:#?}"
+    );
+    assert_eq!(logs["images"], 0, "{logs}");
+    assert_eq!(logs["pwned"], Value::Null, "{logs}");
+
+    // The metrics it reported, charted over time; the timeline to its end.
+    let charts = browser
+        .until("the charts", DEADLINE, "return {metrics: Object.fromEntries([...document.querySelectorAll('figure[data-metric]')].map(f => [f.dataset.metric, Number(f.dataset.points)])), \
+             milestones: [...document.querySelectorAll('svg.timeline [data-milestone]')].map(g => g.dataset.milestone)}", |v| {
+            v["milestones"].as_array().filter(|m| m.iter().any(|m| m == "Complete")).map(|_| v.clone())
+        })
+        .await;
+    for metric in ["loss", "accuracy"] {
+        assert!(
+            charts["metrics"][metric].as_i64().unwrap_or(0) >= 2,
+            "{metric}: {charts}"
+        );
+    }
+    for milestone in [
+        "Created",
+        "Scheduled",
+        "WorkersReady",
+        "LauncherStarted",
+        "Complete",
+    ] {
+        assert!(
+            charts["milestones"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m == milestone)),
+            "{milestone}: {charts}"
+        );
+    }
+    browser.screenshot("dashboard-complete").await;
+    browser.close().await;
 }

@@ -1,6 +1,7 @@
 //! The dashboard's JSON API, every call made as the person asking (see `identity`). Its shapes
 //! are documented by `openapi.json`, which the server also serves.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ pub struct FieldProblem {
 }
 
 impl Problem {
-    fn new(code: u16, reason: &str, message: impl Into<String>) -> Problem {
+    pub(super) fn new(code: u16, reason: &str, message: impl Into<String>) -> Problem {
         Problem {
             code,
             reason: reason.into(),
@@ -134,14 +135,157 @@ pub async fn list(
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
+/// One job with all of its view, and what its owner wrote on it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Detailed {
+    #[serde(flatten)]
+    pub view: JobView,
+    /// When the job was created.
+    pub created: Option<Time>,
+    /// The job's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The job's annotations (but kubectl's copy of the last applied manifest).
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// `GET /api/namespaces/{ns}/trainjobs/{name}`: the whole view of one job.
 pub async fn get(
     State(identity): State<Arc<Identity>>,
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
-) -> Answer<Json<JobView>> {
+) -> Answer<Json<Detailed>> {
     let client = caller(&identity, &headers)?;
-    Ok(Json(fetch::describe(&client, &ns, &name).await?))
+    let job = fetch::job(&client, &ns, &name).await?;
+    let view = fetch::describe_job(&client, &job).await?;
+    let mut annotations = job.annotations().clone();
+    // kubectl's copy of the whole manifest says nothing new and would crowd the page.
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    Ok(Json(Detailed {
+        view,
+        created: job.metadata.creation_timestamp.clone(),
+        labels: job.labels().clone(),
+        annotations,
+    }))
+}
+
+/// A runtime a job may reference.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RuntimeRow {
+    /// `ClusterTrainingRuntime` or `TrainingRuntime`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The MPI hosts it runs by default.
+    #[serde(rename = "numNodes")]
+    pub num_nodes: Option<i32>,
+}
+
+/// `GET /api/namespaces/{ns}/runtimes`: the cluster's runtimes and the namespace's, those the
+/// user may read (a refusal of either kind leaves it out).
+pub async fn runtimes(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path(ns): Path<String>,
+) -> Answer<Json<serde_json::Value>> {
+    use crate::api::{ClusterTrainingRuntime, TrainingRuntime};
+    let client = caller(&identity, &headers)?;
+    let params = kube::api::ListParams::default();
+    let (cluster, namespaced) = (
+        Api::<ClusterTrainingRuntime>::all(client.clone()),
+        Api::<TrainingRuntime>::namespaced(client, &ns),
+    );
+    let (cluster, namespaced) = futures::join!(cluster.list(&params), namespaced.list(&params));
+    let row = |kind: &str, name: String, nodes: Option<i32>| RuntimeRow {
+        kind: kind.into(),
+        name,
+        num_nodes: nodes,
+    };
+    let mut items: Vec<RuntimeRow> = Vec::new();
+    for rt in cluster.map(|l| l.items).unwrap_or_default() {
+        let nodes = rt.spec.ml_policy.as_ref().and_then(|p| p.num_nodes);
+        items.push(row("ClusterTrainingRuntime", rt.name_any(), nodes));
+    }
+    for rt in namespaced.map(|l| l.items).unwrap_or_default() {
+        let nodes = rt.spec.ml_policy.as_ref().and_then(|p| p.num_nodes);
+        items.push(row("TrainingRuntime", rt.name_any(), nodes));
+    }
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// What one pod uses now, from `metrics.k8s.io`.
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// The pod's name.
+    pub pod: String,
+    /// CPU in millicores, all containers together.
+    pub cpu_millicores: f64,
+    /// Memory (working set) in bytes, all containers together.
+    pub memory_bytes: f64,
+}
+
+/// `GET /api/namespaces/{ns}/trainjobs/{name}/usage`: CPU and memory of the job's pods, where
+/// the cluster serves `metrics.k8s.io` (`available: false` where it does not, or the user may
+/// not read it).
+pub async fn usage(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Answer<Json<serde_json::Value>> {
+    let client = caller(&identity, &headers)?;
+    let selector = format!("{}={name}", crate::names::TRAINJOB_NAME_LABEL);
+    let uri = format!(
+        "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={}",
+        selector.replace('=', "%3D")
+    );
+    let request = axum::http::Request::get(uri)
+        .body(Vec::new())
+        .map_err(|e| Problem::new(500, "InternalError", e.to_string()))?;
+    let Ok(listed) = client.request::<serde_json::Value>(request).await else {
+        return Ok(Json(serde_json::json!({"available": false, "pods": []})));
+    };
+    let pods: Vec<Usage> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pod| {
+            let containers = pod["containers"].as_array().into_iter().flatten();
+            let (cpu, memory) = containers.fold((0.0, 0.0), |(cpu, memory), c| {
+                let quantity = |what: &str| c["usage"][what].as_str().and_then(quantity).unwrap_or(0.0);
+                (cpu + quantity("cpu") * 1000.0, memory + quantity("memory"))
+            });
+            Usage {
+                pod: pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                cpu_millicores: cpu,
+                memory_bytes: memory,
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"available": true, "pods": pods})))
+}
+
+/// A Kubernetes quantity (`250m`, `1234567n`, `512Mi`, `2`) as a number.
+fn quantity(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// `POST /api/namespaces/{ns}/trainjobs`: creates the TrainJob in the body (JSON, or YAML with
@@ -253,4 +397,21 @@ pub async fn logs(
     let end = futures::stream::once(async { Ok(Event::default().event("end").data("{}")) });
     let events = futures::stream::iter(first).chain(then).chain(end);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_read_as_numbers() {
+        assert_eq!(quantity("250m"), Some(0.25));
+        assert_eq!(quantity("1500000n"), Some(0.0015));
+        assert_eq!(quantity("512Mi"), Some(512.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("12Ki"), Some(12.0 * 1024.0));
+        assert_eq!(quantity("1.5G"), Some(1.5e9));
+        assert_eq!(quantity("3Xi"), None);
+        assert_eq!(quantity(""), None);
+    }
 }

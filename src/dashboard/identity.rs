@@ -35,7 +35,9 @@ pub enum Identity {
 /// Why a request has no identity.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("sign in: this dashboard acts as you, with your Kubernetes token (Authorization: Bearer)")]
+    #[error(
+        "sign in: this dashboard acts as you, with your Kubernetes token (the sign-in page, or Authorization: Bearer)"
+    )]
     NoToken,
     #[error("the token cannot be used: {0}")]
     Unusable(String),
@@ -50,12 +52,25 @@ impl Identity {
         }
     }
 
-    /// The client that acts as the person who sent `headers`.
+    /// The client that acts as the person who sent `headers`: their `Authorization: Bearer`
+    /// token, else the token they signed in with.
     pub fn client(&self, headers: &HeaderMap) -> Result<Client, IdentityError> {
         match self {
             Identity::Kubeconfig(client) => Ok(client.clone()),
+            Identity::Bearer { .. } => {
+                let token = bearer(headers)
+                    .or_else(|| signed_in(headers))
+                    .ok_or(IdentityError::NoToken)?;
+                self.client_for_token(token)
+            }
+        }
+    }
+
+    /// The client that acts as the owner of `token` (the kubeconfig's user, locally).
+    pub fn client_for_token(&self, token: &str) -> Result<Client, IdentityError> {
+        match self {
+            Identity::Kubeconfig(client) => Ok(client.clone()),
             Identity::Bearer { base, kept } => {
-                let token = bearer(headers).ok_or(IdentityError::NoToken)?;
                 let key = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
                 let key: [u8; 32] = key.as_ref().try_into().map_err(|_| IdentityError::NoToken)?;
                 let now = Instant::now();
@@ -80,6 +95,18 @@ impl Identity {
             }
         }
     }
+}
+
+/// The token of the sign-in cookie.
+fn signed_in(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == super::session::COOKIE && !value.is_empty())
+        .map(|(_, value)| value)
 }
 
 /// The token of `Authorization: Bearer <token>`.

@@ -1,14 +1,17 @@
-//! The dashboard's server: its JSON API (`api`), the identity every request acts as
-//! (`identity`), the headers and write checks every response and write goes through
-//! (`security`), and the OpenAPI document that describes the API (`openapi`). It runs as
+//! The dashboard's server: the page (`assets`, built into the binary), its JSON API (`api`) and
+//! live feed (`feed`), the identity every request acts as (`identity`, `session` for signing in),
+//! the headers and write checks every response and write goes through (`security`), and the
+//! OpenAPI document that describes the API (`openapi`). It runs as
 //! `trainjob-operator dashboard` in the cluster (each request with the user's bearer token) and
 //! as `kubectl trainjob dashboard` on a workstation (the kubeconfig's user, on loopback).
 
 mod api;
+mod assets;
 mod feed;
 mod identity;
 mod openapi;
 mod security;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,10 +42,19 @@ pub fn router(identity: Identity) -> Router {
     let jobs = "/api/namespaces/{ns}/trainjobs";
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/app.css", get(assets::style))
+        .route(
+            "/api/session",
+            get(session::get).post(session::sign_in).delete(session::sign_out),
+        )
+        .route("/api/namespaces/{ns}/runtimes", get(api::runtimes))
         .route("/api/openapi.json", get(openapi::document))
         .route(jobs, get(api::list).post(api::create))
         .route(&format!("{jobs}/{{name}}"), get(api::get).delete(api::delete))
         .route(&format!("{jobs}/{{name}}/logs"), get(api::logs))
+        .route(&format!("{jobs}/{{name}}/usage"), get(api::usage))
         .route("/api/namespaces/{ns}/feed", get(feed::feed))
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
         .layer(axum::middleware::from_fn(security::guard))

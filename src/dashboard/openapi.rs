@@ -6,7 +6,8 @@ use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use super::api::{Listed, Problem};
+use super::api::{Detailed, Listed, Problem, RuntimeRow, Usage};
+use super::session::Session;
 use crate::view::JobView;
 
 /// `GET /api/openapi.json`.
@@ -20,6 +21,10 @@ pub fn build() -> Value {
     generator.subschema_for::<Listed>();
     generator.subschema_for::<JobView>();
     generator.subschema_for::<Problem>();
+    generator.subschema_for::<Detailed>();
+    generator.subschema_for::<Session>();
+    generator.subschema_for::<RuntimeRow>();
+    generator.subschema_for::<Usage>();
     let schemas: serde_json::Map<String, Value> = generator.take_definitions(true).into_iter().collect();
     let problem = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
     let ns = json!({"name": "ns", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -43,9 +48,51 @@ pub fn build() -> Value {
         "info": {
             "title": "trainjob-operator dashboard",
             "version": crate::VERSION,
-            "description": "Every call acts as the person making it (their bearer token, or the kubeconfig's user locally), so what it shows and may change is what Kubernetes RBAC allows them. Writes must carry the header x-trainjob-dashboard.",
+            "description": "Every call acts as the person making it (their bearer token or the token they signed in with, or the kubeconfig's user locally), so what it shows and may change is what Kubernetes RBAC allows them. Writes must carry the header x-trainjob-dashboard.",
         },
         "paths": {
+            "/api/session": {
+                "get": {
+                    "summary": "Who requests act as now (signedIn false when no one)",
+                    "responses": {"200": {"description": "the session", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}},
+                },
+                "post": {
+                    "summary": "Sign in with a Kubernetes token: the API server is asked who it is, then it is kept in an HttpOnly, SameSite=Strict cookie",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}},
+                    }}}},
+                    "responses": {
+                        "200": {"description": "signed in", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}},
+                        "400": problem("not a token, or a dashboard that acts as its kubeconfig's user"),
+                        "401": problem("the cluster does not accept the token"),
+                        "502": problem("the cluster did not answer"),
+                    },
+                },
+                "delete": {
+                    "summary": "Sign out (the cookie is dropped)",
+                    "responses": {"204": {"description": "signed out"}},
+                },
+            },
+            "/api/namespaces/{ns}/runtimes": {
+                "get": {
+                    "summary": "The ClusterTrainingRuntimes and the namespace's TrainingRuntimes the user may read",
+                    "parameters": [ns],
+                    "responses": refusals(json!({"200": {"description": "the runtimes", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/RuntimeRow"}}},
+                    }}}}})),
+                },
+            },
+            "/api/namespaces/{ns}/trainjobs/{name}/usage": {
+                "get": {
+                    "summary": "CPU and memory of the job's pods from metrics.k8s.io; available false where the cluster does not serve it or the user may not read it",
+                    "parameters": [ns, name],
+                    "responses": refusals(json!({"200": {"description": "the usage", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["available", "pods"],
+                        "properties": {"available": {"type": "boolean"}, "pods": {"type": "array", "items": {"$ref": "#/components/schemas/Usage"}}},
+                    }}}}})),
+                },
+            },
             "/api/namespaces/{ns}/trainjobs": {
                 "get": {
                     "summary": "Every TrainJob of the namespace with its view",
@@ -77,7 +124,7 @@ pub fn build() -> Value {
                 "get": {
                     "summary": "The whole view of one job: conditions, diagnosis, pods, timeline, Events, progress",
                     "parameters": [ns, name],
-                    "responses": refusals(json!({"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobView"}}}}})),
+                    "responses": refusals(json!({"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Detailed"}}}}})),
                 },
                 "delete": {
                     "summary": "Delete the job (its pods go with it)",

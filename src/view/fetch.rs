@@ -189,7 +189,13 @@ pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Opt
 
 /// The whole view of one job: its pods, Events, frozen runtime and (when it failed) the launcher's log.
 pub async fn describe(client: &Client, ns: &str, name: &str) -> Result<JobView, FetchError> {
-    let job = job(client, ns, name).await?;
+    describe_job(client, &job(client, ns, name).await?).await
+}
+
+/// The whole view of `job`, read already.
+pub async fn describe_job(client: &Client, job: &TrainJob) -> Result<JobView, FetchError> {
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
     let pods = pods_of(client, ns, name).await?;
     let events = pages(
         &Api::<Event>::namespaced(client.clone(), ns),
@@ -204,7 +210,7 @@ pub async fn describe(client: &Client, ns: &str, name: &str) -> Result<JobView, 
         .ok()
         .flatten()
         .and_then(|cm| snapshot::read(&cm).ok());
-    let failed = crate::lifecycle::phase_of(&job, &pods) == crate::lifecycle::Phase::Failed;
+    let failed = crate::lifecycle::phase_of(job, &pods) == crate::lifecycle::Phase::Failed;
     let launcher_log = match failed {
         true => {
             let params = LogParams {
@@ -226,7 +232,7 @@ pub async fn describe(client: &Client, ns: &str, name: &str) -> Result<JobView, 
         false => None,
     };
     Ok(super::view(
-        &job,
+        job,
         Sources {
             runtime: runtime.as_ref(),
             pods: &pods,

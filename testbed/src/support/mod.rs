@@ -1,6 +1,7 @@
 //! Shared set-up for the integration tests and benches: one control plane per test binary, one
 //! namespace per test, the operator under test, and polling with a deadline instead of sleeps.
 
+pub mod browser;
 pub mod jobs;
 pub mod leaders;
 pub mod logs;
