@@ -126,40 +126,37 @@ pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Opt
         || "in any namespace".to_string(),
         |ns| format!("in namespace {ns}"),
     );
-    let jobs = pages(
-        &jobs,
-        ListParams::default(),
-        &format!("listing TrainJobs {where_}"),
-    )
-    .await?;
-    let managed = ListParams::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
-    let pods = pages(
-        &pods,
-        managed.clone(),
-        &format!("listing the TrainJobs' pods {where_}"),
-    )
-    .await?;
-    // The frozen runtimes say how many nodes each job wants once its workers are gone; a user
-    // who may not list ConfigMaps still gets the rest.
     let configmaps: Api<ConfigMap> = match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let runtimes: std::collections::HashMap<(String, String), crate::resolve::Runtime> =
-        pages(&configmaps, managed, "listing the frozen runtimes")
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|cm| {
-                let job = cm.labels().get(names::TRAINJOB_NAME_LABEL)?.clone();
-                (cm.name_any() == names::runtime_snapshot(&job)).then(|| {
-                    Some((
-                        (cm.namespace().unwrap_or_default(), job),
-                        snapshot::read(cm).ok()?,
-                    ))
-                })?
-            })
-            .collect();
+    let managed = ListParams::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+    let (jobs_doing, pods_doing) = (
+        format!("listing TrainJobs {where_}"),
+        format!("listing the TrainJobs' pods {where_}"),
+    );
+    // The three lists at once: one round trip instead of three.
+    let (jobs, pods, configmaps) = futures::join!(
+        pages(&jobs, ListParams::default(), &jobs_doing),
+        pages(&pods, managed.clone(), &pods_doing),
+        pages(&configmaps, managed.clone(), "listing the frozen runtimes"),
+    );
+    let (jobs, pods) = (jobs?, pods?);
+    // The frozen runtimes say how many nodes each job wants once its workers are gone; a user
+    // who may not list ConfigMaps still gets the rest.
+    let runtimes: std::collections::HashMap<(String, String), crate::resolve::Runtime> = configmaps
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|cm| {
+            let job = cm.labels().get(names::TRAINJOB_NAME_LABEL)?.clone();
+            (cm.name_any() == names::runtime_snapshot(&job)).then(|| {
+                Some((
+                    (cm.namespace().unwrap_or_default(), job),
+                    snapshot::read(cm).ok()?,
+                ))
+            })?
+        })
+        .collect();
     let mut by_job: std::collections::HashMap<(String, String), Vec<Pod>> = Default::default();
     for pod in pods {
         if let Some(job) = pod.labels().get(names::TRAINJOB_NAME_LABEL).cloned() {

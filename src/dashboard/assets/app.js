@@ -374,11 +374,11 @@ async function jobView(ns, name) {
       p && p.updated ? [el('dt', { text: 'Last report' }), el('dd', { text: `${age(p.updated)} ago` })] : null));
     fill(parts.timeline, timelineChart(view));
     seen.add(p);
-    fill(parts.metrics,
-      p && p.metrics.length
-        ? table('The latest report', ['Metric', 'Value'], p.metrics.map(([k, v]) => el('tr', {}, el('td', { text: k }), el('td', { class: 'num', text: v }))), { id: 'latest-metrics' })
-        : el('p', { class: 'muted', text: 'No metrics reported yet.' }),
-      p && p.metrics.length ? [metricCharts(seen.samples()), el('p', { class: 'muted', text: 'The charts show the reports this browser tab has seen.' })] : null);
+    fill(parts.metrics, p && p.metrics.length
+      ? [metricCharts(seen.samples()),
+        el('p', { class: 'muted', text: 'The charts show the reports this browser tab has seen.' }),
+        table('The latest report', ['Metric', 'Value'], p.metrics.map(([k, v]) => el('tr', {}, el('td', { text: k }), el('td', { class: 'num', text: v }))), { id: 'latest-metrics' })]
+      : el('p', { class: 'muted', text: 'No metrics reported yet.' }));
     const used = new Map(usage.pods.map((u) => [u.pod, u]));
     const heads = ['Pod', 'Role', 'Index', 'Attempt', 'Node', 'State', 'Ready', 'Restarts', 'Reason'];
     if (usage.available) heads.push('CPU', 'Memory');

@@ -20,6 +20,12 @@ pub const TRAINING: Section = Section {
     end: "<!-- /training -->",
 };
 
+/// Written by `make bench`'s dashboard benchmark (`benches/dashboard.rs`).
+pub const DASHBOARD: Section = Section {
+    begin: "<!-- dashboard: written by `make bench` (benches/dashboard.rs) -->",
+    end: "<!-- /dashboard -->",
+};
+
 impl Section {
     /// This section of `doc`, markers included, if it has one.
     pub fn find<'a>(&self, doc: &'a str) -> Option<&'a str> {
@@ -40,7 +46,7 @@ impl Section {
 
 /// `new`, with the sections of `old` carried over.
 pub fn keep(old: &str, new: String) -> String {
-    [&SOAK, &TRAINING]
+    [&SOAK, &TRAINING, &DASHBOARD]
         .into_iter()
         .fold(new, |doc, section| match section.find(old) {
             Some(block) => format!("{}\n\n{block}\n", doc.trim_end()),

@@ -27,6 +27,27 @@ impl OperatorProcess {
     /// Starts the operator under its own identity with `args` on top of the defaults (give
     /// `--disable-webhook` or the webhook's address), and waits until it is ready.
     pub async fn start(bed: &Bed, port: u16, args: &[String], log: PathBuf) -> OperatorProcess {
+        let mut all = vec!["run".to_string(), format!("--http-addr=127.0.0.1:{port}")];
+        all.extend_from_slice(args);
+        Self::spawn(bed, Identity::Operator, &all, port, "/readyz", log).await
+    }
+
+    /// Starts the release binary's dashboard (`trainjob-operator dashboard`) on `port`, as it
+    /// runs in a cluster: the bed's API server as its cluster (its kubeconfig's own credentials
+    /// are dropped), each request acting as the token it brings. Waits until it serves.
+    pub async fn dashboard(bed: &Bed, port: u16, log: PathBuf) -> OperatorProcess {
+        let args = ["dashboard".to_string(), format!("--addr=127.0.0.1:{port}")];
+        Self::spawn(bed, Identity::Admin, &args, port, "/healthz", log).await
+    }
+
+    async fn spawn(
+        bed: &Bed,
+        identity: Identity,
+        args: &[String],
+        port: u16,
+        ready: &str,
+        log: PathBuf,
+    ) -> OperatorProcess {
         let binary = binary();
         assert!(
             binary.is_file(),
@@ -36,11 +57,9 @@ impl OperatorProcess {
         let log_path = log.clone();
         let log = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(&binary)
-            .arg("run")
-            .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .arg("--log-format=json")
             .args(args)
-            .env("KUBECONFIG", bed.kubeconfig_path(Identity::Operator))
+            .arg("--log-format=json")
+            .env("KUBECONFIG", bed.kubeconfig_path(identity))
             // BENCH_OPERATOR_LOG: the operator's RUST_LOG, e.g. to see its watches.
             .env(
                 "RUST_LOG",
@@ -58,7 +77,7 @@ impl OperatorProcess {
             ticks_per_s,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while super::http_get(&format!("{}/readyz", operator.http), "text/plain")
+        while super::http_get(&format!("{}{ready}", operator.http), "text/plain")
             .await
             .is_err()
         {
@@ -66,7 +85,8 @@ impl OperatorProcess {
                 // Its reconciles wait for the caches themselves: time the scenario anyway, and
                 // leave the reason to its log.
                 println!(
-                    "  (the operator was not ready after 60 s; see {})",
+                    "  (trainjob-operator {} was not ready after 60 s; see {})",
+                    args[0],
                     log_path.display()
                 );
                 break;

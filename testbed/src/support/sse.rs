@@ -71,3 +71,29 @@ where
         }
     }
 }
+
+/// `GET url` over plain HTTP with `token` as its bearer (the dashboard as its own process): the
+/// status, and the body's chunks as they come.
+pub async fn get(
+    url: &str,
+    token: &str,
+) -> Result<
+    (
+        http::StatusCode,
+        impl Stream<Item = Result<bytes::Bytes, String>> + Unpin + use<>,
+    ),
+    String,
+> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body =
+        http_body_util::BodyDataStream::new(response.into_body()).map(|c| c.map_err(|e| e.to_string()));
+    Ok((status, body))
+}
