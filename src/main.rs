@@ -24,9 +24,10 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
-    /// Serve the dashboard's API: every request acts as the user of its bearer token
-    /// (`Authorization: Bearer`, from an authenticating proxy or the user), against the cluster
-    /// of KUBECONFIG or the in-cluster service account, whose own credentials are not used.
+    /// Serve the dashboard (the page and its API): every request acts as the user who signed in
+    /// on the page, or of its bearer token (`Authorization: Bearer`, from an authenticating
+    /// proxy), against the cluster of KUBECONFIG or the in-cluster service account, whose own
+    /// credentials are not used.
     Dashboard {
         /// Where to listen.
         #[arg(long, env = "TRAINJOB_DASHBOARD_ADDR", default_value = "0.0.0.0:8080")]

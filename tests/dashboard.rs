@@ -445,6 +445,21 @@ async fn kubectl_trainjob_dashboard_serves_as_the_kubeconfigs_user() {
     );
     let (status, body) = http_get(&addr, "/api/namespaces/kube-system/trainjobs").await;
     assert_eq!(status, 403, "{body}");
+    // The page too, with nothing to sign in to: the kubeconfig's user and namespace.
+    let (status, page) = http_get(&addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"<script type="module" src="/app.js">"#), "{page}");
+    for asset in ["/app.js", "/app.css"] {
+        let (status, body) = http_get(&addr, asset).await;
+        assert!(status == 200 && body.len() > 1000, "{asset}: {status}");
+    }
+    let (_, session) = http_get(&addr, "/api/session").await;
+    let session: Value = serde_json::from_str(&session).expect("json");
+    assert_eq!(
+        (&session["mode"], &session["user"], &session["signedIn"]),
+        (&json!("kubeconfig"), &json!("tenant-a"), &json!(true)),
+        "{session}"
+    );
 }
 
 #[tokio::test]
@@ -463,21 +478,31 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
     let refused = get(&app, Some(Identity::TenantB), &path).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
 
-    let response = support::eventually("the tenant's feed", support::DEADLINE, || async {
-        let request = Request::get(&path)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", Identity::TenantA.token()),
-            )
-            .body(Body::empty())
-            .expect("request");
-        let response = app.clone().oneshot(request).await.expect("an answer");
-        match response.status() {
-            StatusCode::OK => Ok(response),
-            status => Err(status.to_string()),
+    let open = |path: String| {
+        let app = app.clone();
+        async move {
+            support::eventually("the tenant's feed", support::DEADLINE, || async {
+                let request = Request::get(&path)
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", Identity::TenantA.token()),
+                    )
+                    .body(Body::empty())
+                    .expect("request");
+                let response = app.clone().oneshot(request).await.expect("an answer");
+                match response.status() {
+                    StatusCode::OK => Ok(response),
+                    status => Err(status.to_string()),
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
+    let response = open(path.clone()).await;
+    // A job page's feed: that job only.
+    let one = open(format!("{path}?job=live")).await;
+    let mut one = support::sse::Events::new(one.into_body().into_data_stream());
+    assert_eq!(one.next().await, ("snapshot".to_string(), json!({"items": []})));
     assert_eq!(
         response
             .headers()
@@ -489,6 +514,7 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
     let (event, first) = feed.next().await;
     assert_eq!((event.as_str(), &first), ("snapshot", &json!({"items": []})));
 
+    support::jobs::create_job(&c, ns, "other", "held", json!({})).await;
     support::jobs::create_job(&c, ns, "live", "held", json!({})).await;
     feed.until("the new job", |e, d| e == "job" && d["name"] == "live")
         .await;
@@ -499,6 +525,14 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
         })
         .await;
     assert_eq!(ready["nodes"]["wanted"], 2, "{ready}");
+    // The job page's feed had that job's changes, and nothing of the other's.
+    loop {
+        let (event, data) = one.next().await;
+        assert_eq!((event.as_str(), &data["name"]), ("job", &json!("live")), "{data}");
+        if data["nodes"]["ready"] == 2 {
+            break;
+        }
+    }
     Api::<TrainJob>::namespaced(c.clone(), ns)
         .delete("live", &Default::default())
         .await

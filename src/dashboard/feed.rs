@@ -1,6 +1,6 @@
-//! The live feed of a namespace's jobs, as Server-Sent Events: first `snapshot` (every job, as
-//! the list answers), then `job` with a job's new view whenever it changes, and `gone` when a job
-//! is deleted.
+//! The live feed of a namespace's jobs (or of one, `?job=NAME`, for a job's page), as
+//! Server-Sent Events: first `snapshot` (every job, as the list answers), then `job` with a job's
+//! new view whenever it changes, and `gone` when a job is deleted.
 //!
 //! Server-Sent Events rather than a WebSocket: the feed only flows to the browser (what the page
 //! sends are ordinary API calls), it is plain HTTP that every proxy passes and `EventSource`
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::channel::mpsc;
@@ -84,15 +84,24 @@ enum Seen {
     Failed(String),
 }
 
+/// Which jobs a feed follows.
+#[derive(serde::Deserialize)]
+pub struct FeedQuery {
+    /// Only this one (a job's page), watched by selector: other jobs' changes cost nothing.
+    job: Option<String>,
+}
+
 /// `GET /api/namespaces/{ns}/feed`.
 pub async fn feed(
     State(identity): State<Arc<Identity>>,
     headers: HeaderMap,
     Path(ns): Path<String>,
+    Query(query): Query<FeedQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let client = identity.client(&headers)?;
     // The first list answers now, so a refusal is an ordinary 403, not a broken stream.
-    let first = fetch::list(&client, Some(&ns)).await?;
+    let only = query.job;
+    let first = fetch::list_selected(&client, Some(&ns), only.as_deref()).await?;
     let mut known = Known::default();
     let snapshot: Vec<Listed> = first
         .into_iter()
@@ -109,30 +118,32 @@ pub async fn feed(
         .data(json!({ "items": snapshot }).to_string());
     tokio::spawn(async move {
         if tx.send(first).await.is_ok() {
-            follow(client, ns, known, tx).await;
+            follow(client, ns, only, known, tx).await;
         }
     });
     Ok(Sse::new(rx.map(Ok)).keep_alive(KeepAlive::default()))
 }
 
 /// Sends every change until the browser goes away or a watch fails.
-async fn follow(client: Client, ns: String, mut known: Known, mut tx: mpsc::Sender<Event>) {
-    let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY);
-    let config = watcher::Config::default();
-    let jobs = watcher(Api::<TrainJob>::namespaced(client.clone(), &ns), config.clone()).map(|e| match e {
+async fn follow(client: Client, ns: String, only: Option<String>, mut known: Known, mut tx: mpsc::Sender<Event>) {
+    let (all, managed) = fetch::selectors(only.as_deref());
+    let selected = |params: kube::api::ListParams| watcher::Config {
+        label_selector: params.label_selector,
+        field_selector: params.field_selector,
+        ..watcher::Config::default()
+    };
+    let (config, managed) = (selected(all), selected(managed));
+    let jobs = watcher(Api::<TrainJob>::namespaced(client.clone(), &ns), config).map(|e| match e {
         Ok(e) => Seen::Job(Box::new(e)),
         Err(e) => Seen::Failed(e.to_string()),
     });
-    let pods = watcher(
-        Api::<Pod>::namespaced(client.clone(), &ns),
-        config.clone().labels(&managed),
-    )
+    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), managed.clone())
     .map(|e| match e {
         Ok(e) => Seen::Pod(Box::new(e)),
         Err(e) => Seen::Failed(e.to_string()),
     });
     // A user who may not read ConfigMaps still gets the rest (as the list does).
-    let runtimes = watcher(Api::<ConfigMap>::namespaced(client, &ns), config.labels(&managed))
+    let runtimes = watcher(Api::<ConfigMap>::namespaced(client, &ns), managed)
         .take_while(|e| std::future::ready(e.is_ok()))
         .filter_map(|e| std::future::ready(e.ok().map(|e| Seen::Runtime(Box::new(e)))));
     let mut seen = futures::stream::select(futures::stream::select(jobs, pods), runtimes).boxed();

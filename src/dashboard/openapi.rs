@@ -151,8 +151,8 @@ pub fn build() -> Value {
             },
             "/api/namespaces/{ns}/feed": {
                 "get": {
-                    "summary": "Live changes of the namespace's jobs (Server-Sent Events): `snapshot` ({items: [Listed]}), then `job` (a Listed whose view changed), `gone` ({name}), and `problem` ({message}) if the feed stops",
-                    "parameters": [ns],
+                    "summary": "Live changes of the namespace's jobs, or of the one job named by `job` (Server-Sent Events): `snapshot` ({items: [Listed]}), then `job` (a Listed whose view changed), `gone` ({name}), and `problem` ({message}) if the feed stops",
+                    "parameters": [ns, {"name": "job", "in": "query", "schema": {"type": "string"}}],
                     "responses": refusals(json!({"200": {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})),
                 },
             },

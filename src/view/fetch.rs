@@ -115,6 +115,15 @@ pub async fn pods_of(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>, F
 /// Every job of `ns` (or all namespaces) with its view: one paged list of jobs and one of the
 /// operator's pods, never a request per job.
 pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Option<Time>)>, FetchError> {
+    list_selected(client, ns, None).await
+}
+
+/// As [`list`], of the one job `only` when given (its objects only, by selector).
+pub async fn list_selected(
+    client: &Client,
+    ns: Option<&str>,
+    only: Option<&str>,
+) -> Result<Vec<(JobView, Option<Time>)>, FetchError> {
     let (jobs, pods): (Api<TrainJob>, Api<Pod>) = match ns {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -130,14 +139,14 @@ pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Opt
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let managed = ListParams::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
+    let (all, managed) = selectors(only);
     let (jobs_doing, pods_doing) = (
         format!("listing TrainJobs {where_}"),
         format!("listing the TrainJobs' pods {where_}"),
     );
     // The three lists at once: one round trip instead of three.
     let (jobs, pods, configmaps) = futures::join!(
-        pages(&jobs, ListParams::default(), &jobs_doing),
+        pages(&jobs, all, &jobs_doing),
         pages(&pods, managed.clone(), &pods_doing),
         pages(&configmaps, managed.clone(), "listing the frozen runtimes"),
     );
@@ -182,6 +191,18 @@ pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Opt
             (view, job.metadata.creation_timestamp.clone())
         })
         .collect())
+}
+
+/// What to list of a namespace's jobs, and of their pods and ConfigMaps: all, or one job's.
+pub fn selectors(only: Option<&str>) -> (ListParams, ListParams) {
+    let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY);
+    match only {
+        None => (ListParams::default(), ListParams::default().labels(&managed)),
+        Some(job) => (
+            ListParams::default().fields(&format!("metadata.name={job}")),
+            ListParams::default().labels(&format!("{managed},{}={job}", names::TRAINJOB_NAME_LABEL)),
+        ),
+    }
 }
 
 /// The whole view of one job: its pods, Events, frozen runtime and (when it failed) the launcher's log.

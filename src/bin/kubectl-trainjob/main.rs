@@ -102,8 +102,9 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = trainjob_operator::flags::parse_duration)]
         timeout: Duration,
     },
-    /// Serve the dashboard's API on this machine, acting as the kubeconfig's user (like `kubectl
-    /// proxy`: anyone who can reach the address acts as you, so it listens on loopback).
+    /// Serve the dashboard (the page and its API) on this machine, acting as the kubeconfig's
+    /// user (like `kubectl proxy`: anyone who can reach the address acts as you, so it listens
+    /// on loopback).
     Dashboard {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
@@ -257,8 +258,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(|e| e.to_string())?;
             let bound = listener.local_addr().map_err(|e| e.to_string())?;
             eprintln!(
-                "Serving the dashboard's API as your kubeconfig's user at http://{bound}/api/ \
-                 (its description: http://{bound}/api/openapi.json). Ctrl-C stops it."
+                "Serving the dashboard as your kubeconfig's user at http://{bound}/ (its API's \
+                 description: http://{bound}/api/openapi.json). Ctrl-C stops it."
             );
             let stop = async {
                 let _ = tokio::signal::ctrl_c().await;

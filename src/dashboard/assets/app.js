@@ -421,7 +421,7 @@ async function jobView(ns, name) {
     if (r.ok) { view = r.data; render(); }
     if (again) { again = false; refresh(); }
   };
-  const feed = new EventSource(`/api/namespaces/${enc(ns)}/feed`);
+  const feed = new EventSource(`/api/namespaces/${enc(ns)}/feed?job=${enc(name)}`);
   feed.addEventListener('open', () => { live.className = 'live'; live.textContent = 'Live'; });
   feed.addEventListener('error', () => { live.className = 'live off'; live.textContent = 'Reconnecting…'; });
   feed.addEventListener('job', (e) => { if (JSON.parse(e.data).name === name) refresh(); });
