@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The real node of the test bed (containerd, CNI bridge, CoreDNS, kubelet): what it needs on the
-# host, and the host changes around it. The Rust test bed runs the daemons itself (so they die
-# with it) and calls this script to set the host up and to put it back.
+# The real node of the test bed (containerd, CNI bridge, CoreDNS, kubelet, metrics-server): what it
+# needs on the host, and the host changes around it. The Rust test bed runs the daemons itself (so
+# they die with it) and calls this script to set the host up and to put it back.
 #
 #   hack/node.sh deps            install the Debian packages (idempotent; needs root)
 #   hack/node.sh build           deps, kubelet (hack/controlplane.sh), CoreDNS, kube-router (the
-#                                NetworkPolicy enforcer), images; prints "kubelet PATH",
-#                                "coredns PATH", "kube-router PATH", "image NAME ARCHIVE" lines
+#                                NetworkPolicy enforcer), metrics-server (metrics.k8s.io), images;
+#                                prints "kubelet PATH", "coredns PATH", "kube-router PATH",
+#                                "metrics-server PATH", "image NAME ARCHIVE" lines
 #   hack/node.sh prepare DIR     save host state, create the bridge, write every config into DIR
 #   hack/node.sh cleanup         stop what a node left behind and restore the saved host state;
 #                                safe to run at any time, also after a crash
@@ -58,6 +59,27 @@ coredns() {
   echo "coredns $bin"
 }
 
+# metrics-server serves metrics.k8s.io (kubectl top, the dashboard) from the real node's kubelet.
+metrics_server() {
+  local mod="$here/metrics-server" version sum bin
+  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/metrics-server") { print $(i + 1); exit } }' "$mod/go.mod")
+  [[ -n "$version" ]] || fail "no sigs.k8s.io/metrics-server requirement in $mod/go.mod"
+  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
+  bin="$cache_root/metrics-server-$version-$sum/metrics-server"
+  if [[ ! -x "$bin" ]]; then
+    echo ">> building metrics-server $version into $bin" >&2
+    local start=$SECONDS
+    mkdir -p "$(dirname "$bin")"
+    # Its version as upstream's Makefile stamps it (the client-go version package), else v0.0.0.
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$version" \
+      -o "$bin.tmp" sigs.k8s.io/metrics-server/cmd/metrics-server >&2)
+    mv "$bin.tmp" "$bin"
+    echo ">> built metrics-server in $((SECONDS - start))s" >&2
+  fi
+  echo "metrics-server $bin"
+}
+
 kube_router() {
   local bin="$cache_root/kube-router-$kube_router_version/kube-router"
   if [[ ! -x "$bin" ]]; then
@@ -78,6 +100,7 @@ build() {
   echo "kubelet $bin/kubelet"
   coredns
   kube_router
+  metrics_server
   "$here/images.sh" | sed 's/^/image /'
 }
 
@@ -200,6 +223,7 @@ cleanup() {
     kill_matching "kubelet --config=$dir/kubelet.yaml"
     kill_matching "$dir/Corefile"
     kill_matching "kube-router --kubeconfig=$dir/"
+    kill_matching "metrics-server --kubeconfig=$dir/"
   fi
   # Every pod process lives in a kubepods cgroup; the shims are containerd's children.
   for procs in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
@@ -241,5 +265,5 @@ case "${1:-}" in
   build) build ;;
   prepare) [[ -n "${2:-}" ]] || fail "prepare needs a directory"; prepare "$2" ;;
   cleanup) cleanup ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 //! across real pods on a real kubelet node (containerd, CNI bridge, CoreDNS; `hack/node.sh`),
 //! with images built from Debian and PyPI packages (`hack/images.sh`): Open MPI 4 and 5, MPICH
 //! and Intel MPI, as the runtime's user and as root, with and without the launcher running ranks.
-//! Then the failures a fake pod cannot show: no sshd, no DNS, a refused key.
+//! Then the failures a fake pod cannot show: no sshd, no DNS, a refused key. And the node's
+//! `metrics.k8s.io` (metrics-server), read for a real pod by a namespace's viewer.
 
 use trainjob_testbed::support;
 
@@ -470,4 +471,154 @@ async fn another_tenants_pod_cannot_reach_a_workers_sshd_but_the_jobs_own_pods_c
         neighbour, "Failed",
         "a pod of the same namespace outside the job must not either"
     );
+}
+
+/// Bytes of a memory quantity as metrics-server writes them (`123456Ki`; also `Mi`, `Gi`, SI
+/// suffixes and plain bytes); `None` for anything else.
+fn memory_bytes(quantity: &str) -> Option<u64> {
+    let digits = quantity.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let factor: u64 = match &quantity[digits.len()..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok().map(|n| n * factor)
+}
+
+/// The `usage` of pod `pod` in `ns` as `metrics.k8s.io` serves it to `c`: the same request as
+/// `kubectl top pod` (and the dashboard). Err says what was seen instead.
+async fn pod_usage(c: &Client, ns: &str, pod: &str) -> Result<Value, String> {
+    let request = http::Request::get(format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods"))
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let list: Value = c.request(request).await.map_err(|e| e.to_string())?;
+    let item = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|item| item["metadata"]["name"] == pod)
+        .ok_or_else(|| format!("no metrics for {pod} yet: {list}"))?;
+    let container = item["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "hog"))
+        .ok_or_else(|| format!("no container hog in {item}"))?;
+    Ok(container["usage"].clone())
+}
+
+/// The real node serves `metrics.k8s.io` through the bed's metrics-server (what `kubectl top`
+/// and the dashboard read): a real pod holding 64 MiB shows that much memory. Kubernetes' own
+/// `view` role has no metrics (upstream metrics-server's manifests aggregate them into it; the
+/// bed does not), so a namespace's viewer reads them once granted `metrics.k8s.io` pods there.
+#[tokio::test]
+async fn metrics_server_reports_the_cpu_and_memory_of_a_real_pod_to_a_namespace_viewer() {
+    let bed = real_bed();
+    let ns = TestNs::new("metrics").await;
+    let ns = ns.name.as_str();
+    let admin = client(support::Identity::Admin).await;
+    // Touches one byte a page so that the 64 MiB are resident, then idles.
+    let hog = "import time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * len(range(0, len(b), 4096))\ntime.sleep(600)";
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hog", "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {REAL_NODE: "true"},
+            "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "hog", "image": OPENMPI4.image, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", hog]}],
+        },
+    }))
+    .expect("hog pod");
+    Api::<Pod>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the hog pod");
+
+    let grant = |name: &str, role_kind: &str, role: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant-a"}]})
+        .to_string()
+    };
+    bed.kubectl_as(
+        support::Identity::Admin,
+        &["apply", "-f", "-"],
+        &grant("viewer", "ClusterRole", "view"),
+    )
+    .expect("bind view to tenant-a");
+    let tenant = client(support::Identity::TenantA).await;
+    let tenant_pods: Api<Pod> = Api::namespaced(tenant.clone(), ns);
+    // Once tenant-a can list the pods, view is in force: what it cannot read is not in view.
+    support::eventually("tenant-a to view the namespace", support::DEADLINE, || async {
+        tenant_pods
+            .list(&Default::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let refused = pod_usage(&tenant, ns, "hog").await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("forbidden")),
+        "view alone must not read metrics.k8s.io (Kubernetes' view role has no metrics): {refused:?}"
+    );
+
+    let reader = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "metrics-reader", "namespace": ns},
+        "rules": [{"apiGroups": ["metrics.k8s.io"], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]});
+    bed.kubectl_as(
+        support::Identity::Admin,
+        &["apply", "-f", "-"],
+        &reader.to_string(),
+    )
+    .expect("create the metrics-reader Role");
+    bed.kubectl_as(
+        support::Identity::Admin,
+        &["apply", "-f", "-"],
+        &grant("metrics-reader", "Role", "metrics-reader"),
+    )
+    .expect("bind metrics-reader to tenant-a");
+
+    // Two scrapes (10 s apart) after the container starts: CPU is a rate.
+    let usage = support::eventually("the hog pod's usage in metrics.k8s.io", RUN_DEADLINE, || async {
+        let usage = pod_usage(&tenant, ns, "hog").await?;
+        let memory = usage["memory"].as_str().and_then(memory_bytes);
+        match memory {
+            Some(bytes) if bytes >= 64 << 20 => Ok(usage),
+            _ => Err(format!("usage {usage}")),
+        }
+    })
+    .await;
+    assert!(
+        usage["cpu"].as_str().is_some_and(|cpu| !cpu.is_empty()),
+        "a CPU figure: {usage}"
+    );
+
+    // The same through kubectl, as a person with the namespace's view (and metrics) reads it.
+    let top = bed
+        .kubectl_as(
+            support::Identity::TenantA,
+            &["top", "pod", "-n", ns, "--no-headers"],
+            "",
+        )
+        .expect("kubectl top pod as tenant-a");
+    assert!(
+        top.lines()
+            .any(|line| line.split_whitespace().next() == Some("hog")),
+        "kubectl top pod lists the hog pod: {top}"
+    );
+    // The node is shared with the other tests of this binary: free its memory now.
+    let now = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(admin, ns)
+        .delete("hog", &now)
+        .await
+        .expect("delete the hog pod");
 }

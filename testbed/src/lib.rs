@@ -15,6 +15,7 @@ pub use admission::WebhookCopy;
 pub mod bench;
 pub mod keyscan;
 mod kueue;
+mod metrics;
 mod node;
 mod process;
 pub mod support;
@@ -361,7 +362,7 @@ impl Bed {
         let etcd_peer = free_port()?;
         let api_port = free_port()?;
         self.server = format!("https://127.0.0.1:{api_port}");
-        self.write_auth_files()?;
+        self.write_auth_files(config.real_node)?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
@@ -430,6 +431,13 @@ impl Bed {
                 "--disable-admission-plugins=ServiceAccount",
             )
         };
+        // The real node's metrics-server is an aggregated API server, which the API server
+        // calls with a front-proxy client certificate; kwok-only beds need none.
+        let front_proxy = if config.real_node {
+            metrics::front_proxy(&self.path("pki"))?
+        } else {
+            Vec::new()
+        };
         self.spawn(
             Component::ApiServer,
             &[
@@ -459,6 +467,7 @@ impl Bed {
             ]
             .into_iter()
             .chain(audit.iter().map(String::as_str))
+            .chain(front_proxy.iter().map(String::as_str))
             .collect::<Vec<_>>(),
         )?;
         self.wait_for_file(
@@ -908,13 +917,18 @@ impl Bed {
         Ok(())
     }
 
-    fn write_auth_files(&self) -> Result<(), BedError> {
+    /// The static tokens and the service-account key; with a real node, also metrics-server's
+    /// token (see `metrics`).
+    fn write_auth_files(&self, real_node: bool) -> Result<(), BedError> {
         std::fs::create_dir_all(self.path("pki")).map_err(|source| io("creating pki dir".into(), source))?;
-        let tokens: String = Identity::ALL
+        let mut tokens: String = Identity::ALL
             .iter()
             .enumerate()
             .map(|(uid, id)| format!("{},{},{},\"{}\"\n", id.token(), id.user(), uid + 1, id.groups()))
             .collect();
+        if real_node {
+            tokens.push_str(&metrics::token_line());
+        }
         let key = rcgen::KeyPair::generate()?;
         for (name, content) in [
             ("tokens.csv", tokens),

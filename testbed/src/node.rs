@@ -1,6 +1,7 @@
 //! The real node: containerd, a CNI bridge, CoreDNS and a kubelet registered with the bed's API
-//! server, so pods really run (MPI over SSH, DNS, file modes). `hack/node.sh` sets the host up
-//! and puts it back; the daemons are children of this process and die with it.
+//! server, so pods really run (MPI over SSH, DNS, file modes), and metrics-server for their CPU
+//! and memory (see `metrics`). `hack/node.sh` sets the host up and puts it back; the daemons are
+//! children of this process and die with it.
 //!
 //! The node is the machine's hostname, labelled and tainted `trainjob.test/real-node`, so only
 //! pods that ask for it land there. One real node per machine: kubelet's ports are fixed.
@@ -35,6 +36,7 @@ struct Parts {
     kubelet: PathBuf,
     coredns: PathBuf,
     kube_router: PathBuf,
+    metrics_server: PathBuf,
     images: Vec<PathBuf>,
 }
 
@@ -54,6 +56,7 @@ fn build() -> Result<Parts, BedError> {
         kubelet: PathBuf::new(),
         coredns: PathBuf::new(),
         kube_router: PathBuf::new(),
+        metrics_server: PathBuf::new(),
         images: Vec::new(),
     };
     for line in out.lines() {
@@ -62,6 +65,7 @@ fn build() -> Result<Parts, BedError> {
             ["kubelet", path] => parts.kubelet = PathBuf::from(path),
             ["coredns", path] => parts.coredns = PathBuf::from(path),
             ["kube-router", path] => parts.kube_router = PathBuf::from(path),
+            ["metrics-server", path] => parts.metrics_server = PathBuf::from(path),
             ["image", _, path] => parts.images.push(PathBuf::from(path)),
             _ => {}
         }
@@ -69,10 +73,11 @@ fn build() -> Result<Parts, BedError> {
     if !parts.kubelet.is_file()
         || !parts.coredns.is_file()
         || !parts.kube_router.is_file()
+        || !parts.metrics_server.is_file()
         || parts.images.is_empty()
     {
         return Err(BedError::Command(format!(
-            "hack/node.sh build printed no kubelet, CoreDNS, kube-router or images:\n{out}"
+            "hack/node.sh build printed no kubelet, CoreDNS, kube-router, metrics-server or images:\n{out}"
         )));
     }
     Ok(parts)
@@ -145,6 +150,9 @@ impl RealNode {
                 &format!("--node-labels={REAL_NODE}=true"),
             ],
         )?;
+        // Started now, so that it comes up while the node does; it finds the node on its first
+        // scrape after the node registers.
+        let metrics = super::metrics::start(bed, &parts.metrics_server, &dir).await?;
         let nodes: Api<Node> = Api::all(bed.client(Identity::Admin).await?);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -156,6 +164,8 @@ impl RealNode {
             if ready {
                 node.enforce_network_policies(&parts.kube_router, &kubeconfig, timeout)
                     .await?;
+                super::metrics::wait_available(bed, &metrics, timeout).await?;
+                node.procs.push(metrics.process);
                 return Ok(node);
             }
             node.check_alive()?;

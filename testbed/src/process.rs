@@ -28,6 +28,8 @@ pub enum Component {
     KubeRouter,
     /// Kueue's manager (job queueing), for the Kueue contract test.
     Kueue,
+    /// The real node's resource metrics (`metrics.k8s.io`).
+    MetricsServer,
 }
 
 /// Every binary the bed needs (kubectl is used for installs).
@@ -53,6 +55,7 @@ impl Component {
             Component::Kubelet => "kubelet",
             Component::KubeRouter => "kube-router",
             Component::Kueue => "kueue",
+            Component::MetricsServer => "metrics-server",
         }
     }
 }

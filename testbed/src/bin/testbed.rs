@@ -18,7 +18,8 @@ struct Args {
     /// Number of fake nodes (32 CPUs, 256Gi, 8 GPUs each).
     #[arg(long, default_value_t = 4)]
     nodes: u32,
-    /// Also run a real node (containerd, CNI, CoreDNS, kubelet) where pods really run; needs root.
+    /// Also run a real node (containerd, CNI, CoreDNS, kubelet, metrics-server) where pods really
+    /// run; needs root.
     #[arg(long)]
     real_node: bool,
     /// Also run Kueue (built by `hack/kueue.sh`) with its TrainJob integration; needs root (it
@@ -83,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
             "  real node: {} (label and taint {}; images trainjob.local/<name>:bed from hack/images)",
             node.name(),
             trainjob_testbed::REAL_NODE
+        );
+        eprintln!(
+            "  metrics:  kubectl top pod (metrics-server, the real node's pods only; log in node/metrics-server.log)"
         );
     }
     // Readiness marker for scripts waiting on the bed.
