@@ -195,7 +195,7 @@ async fn run(bed: &'static trainjob_testbed::Bed, jobs: usize) -> Report {
 
     // The sessions: each page's feed, read as it comes; every job event reported with its time.
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String, i64, Instant)>();
-    let mut snapshots = Vec::new();
+    let (mut snapshots, mut readers) = (Vec::new(), Vec::new());
     for session in 0..SESSIONS {
         let t = Instant::now();
         let (status, body) = get(&format!("{base}/api/namespaces/{ns}/feed"), &token)
@@ -211,7 +211,7 @@ async fn run(bed: &'static trainjob_testbed::Bed, jobs: usize) -> Report {
         assert_eq!(data["items"].as_array().map_or(0, Vec::len), jobs);
         snapshots.push(ms(t.elapsed()));
         let tx = tx.clone();
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             while let Some((event, data)) = events.next_within(Duration::from_secs(3600)).await {
                 if event == "job" {
                     let name = data["name"].as_str().unwrap_or_default().to_string();
@@ -221,7 +221,7 @@ async fn run(bed: &'static trainjob_testbed::Bed, jobs: usize) -> Report {
                     }
                 }
             }
-        });
+        }));
     }
     // The floor: a plain watch of the same jobs.
     let floor_tx = tx.clone();
@@ -298,6 +298,8 @@ async fn run(bed: &'static trainjob_testbed::Bed, jobs: usize) -> Report {
         kib_per_session: (rss_sessions_mib - rss_idle_mib) * 1024.0 / SESSIONS as f64,
         cpu_s: server.cpu_s(),
     };
+    // The pages close before the server stops.
+    readers.iter().for_each(tokio::task::JoinHandle::abort);
     server.stop();
     report
 }

@@ -424,9 +424,11 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
     // The page is open before the job exists; a log line with markup must stay text.
     browser.goto(&format!("{base}/#/{ns}/jobs/watched")).await;
     let markup = "<img src=x onerror=window.pwned=1> markup stays text";
+    // Long enough for metrics-server's two scrapes of the workers (CPU is a rate).
     let train = format!(
-        "echo '{markup}'; exec mpirun -n 2 /home/mpiuser/train --epochs 8 --epoch-seconds 2.5 --target 0.5"
+        "echo '{markup}'; exec mpirun -n 2 /home/mpiuser/train --epochs 16 --epoch-seconds 2.5 --target 0.5"
     );
+    grant_metrics(ns);
     create(
         &c,
         ns,
@@ -449,6 +451,7 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
     // The progress bar moves as the training reports, until the job is Complete.
     let mut percents: Vec<i64> = Vec::new();
     let mut pictured = false;
+    let mut used = None;
     let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
     loop {
         let now = browser
@@ -458,7 +461,8 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
                 "return document.querySelector('#phase') && \
                  {phase: document.querySelector('#phase').dataset.phase, \
                   percent: document.querySelector('#summary progress')?.value ?? null, \
-                  points: Number(document.querySelector('figure[data-metric=loss]')?.dataset.points ?? 0)}",
+                  points: Number(document.querySelector('figure[data-metric=loss]')?.dataset.points ?? 0), \
+                  memory: [...document.querySelectorAll('#pods-table td.memory')].map(td => td.textContent)}",
                 |v| v.get("phase").map(|_| v.clone()),
             )
             .await;
@@ -467,8 +471,15 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
         {
             percents.push(p);
         }
-        if !pictured && now["points"].as_i64().unwrap_or(0) >= 2 {
+        let memory = now["memory"]
+            .as_array()
+            .filter(|m| m.iter().any(|m| m.as_str().is_some_and(|m| m.ends_with("MiB"))));
+        if let Some(memory) = memory {
+            used.get_or_insert(memory.clone());
+        }
+        if !pictured && now["points"].as_i64().unwrap_or(0) >= 2 && used.is_some() {
             browser.screenshot("dashboard-progress").await;
+            browser.screenshot_from("dashboard-pods", "#h-pods").await;
             pictured = true;
         }
         match now["phase"].as_str() {
@@ -483,6 +494,10 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
         // Sampled often enough to see each report (they land seconds apart).
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    assert!(
+        used.is_some(),
+        "the pods' memory from metrics.k8s.io was shown while the job ran"
+    );
     let moving: Vec<&i64> = percents.iter().filter(|p| **p > 0 && **p < 100).collect();
     assert!(
         moving.len() >= 2,
@@ -520,7 +535,8 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
         .filter_map(|l| l.strip_prefix("[launcher-0] epoch "))
         .map(|l| l.split('/').next().unwrap_or_default())
         .collect();
-    assert_eq!(epochs, ["1", "2", "3", "4", "5", "6", "7", "8"], "{lines:#?}");
+    let every: Vec<String> = (1..=16).map(|e| e.to_string()).collect();
+    assert_eq!(epochs, every, "{lines:#?}");
     assert!(
         lines.contains(&format!("[launcher-0] {markup}").as_str()),
         "{lines:#?}"
@@ -561,4 +577,20 @@ async fn the_page_in_chromium_shows_a_real_jobs_progress_metrics_and_logs_as_the
     }
     browser.screenshot("dashboard-complete").await;
     browser.close().await;
+}
+
+/// Lets the tenant read `metrics.k8s.io` pods in `ns` (Kubernetes' own `edit` role does not).
+fn grant_metrics(ns: &str) {
+    let reader = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "metrics-reader", "namespace": ns},
+        "rules": [{"apiGroups": ["metrics.k8s.io"], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "metrics-reader", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "metrics-reader"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": Identity::TenantA.name()}]});
+    for object in [reader, binding] {
+        bed()
+            .kubectl_as(Identity::Admin, &["apply", "-f", "-"], &object.to_string())
+            .expect("granting metrics.k8s.io pods");
+    }
 }

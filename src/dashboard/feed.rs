@@ -9,9 +9,14 @@
 //! Each connection watches with the caller's own client (a watch is never shared between people):
 //! the namespace's jobs, and the operator's pods and frozen runtimes there. A change recomputes
 //! the view of that one job, and only a view that differs from the one last sent is sent.
+//!
+//! A connection keeps only what the view reads, since every open page holds its own copy: pods
+//! without their specs and managed fields, one copy of each distinct frozen runtime (a
+//! thousand jobs of one runtime share it), and a hash of each view sent rather than its text.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -19,8 +24,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::channel::mpsc;
 use futures::{SinkExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -31,16 +37,19 @@ use crate::api::TrainJob;
 use crate::desired::snapshot;
 use crate::names;
 use crate::resolve::Runtime;
-use crate::view::{self, Sources, fetch};
+use crate::view::fetch::{self, FetchError};
+use crate::view::{self, Sources};
 
 /// What one connection knows of the namespace.
 #[derive(Default)]
 struct Known {
     jobs: BTreeMap<String, TrainJob>,
     pods: HashMap<String, BTreeMap<String, Pod>>,
-    runtimes: HashMap<String, Runtime>,
-    /// The JSON of each job's view as last sent.
-    sent: HashMap<String, String>,
+    runtimes: HashMap<String, Arc<Runtime>>,
+    /// Each distinct frozen runtime once, by the hash of its ConfigMap's data.
+    distinct: HashMap<u64, std::sync::Weak<Runtime>>,
+    /// The hash of each job's view as last sent.
+    sent: HashMap<String, u64>,
     /// While a watch lists again (after it lost its place), the jobs and pods it has listed;
     /// what it did not list is gone.
     relisted_jobs: Option<HashSet<String>>,
@@ -59,7 +68,7 @@ impl Known {
         let view = view::view(
             job,
             Sources {
-                runtime: self.runtimes.get(name),
+                runtime: self.runtimes.get(name).map(|rt| &**rt),
                 pods: &pods,
                 ..Sources::default()
             },
@@ -69,11 +78,56 @@ impl Known {
             created: job.metadata.creation_timestamp.clone(),
         };
         let text = serde_json::to_string(&listed).ok()?;
-        (self.sent.get(name) != Some(&text)).then(|| {
-            self.sent.insert(name.to_string(), text.clone());
+        let hash = hash(&text);
+        (self.sent.get(name) != Some(&hash)).then(|| {
+            self.sent.insert(name.to_string(), hash);
             text
         })
     }
+
+    /// The runtime frozen in `cm`, shared with every other job frozen on the same one.
+    fn runtime(&mut self, cm: &ConfigMap) -> Option<Arc<Runtime>> {
+        let key = hash(&cm.data);
+        if let Some(known) = self.distinct.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Some(known);
+        }
+        let runtime = Arc::new(snapshot::read(cm).ok()?);
+        self.distinct.retain(|_, rt| rt.strong_count() > 0);
+        self.distinct.insert(key, Arc::downgrade(&runtime));
+        Some(runtime)
+    }
+}
+
+fn hash(value: &impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What the view reads of a pod: its name, labels and deletion, its node, its status.
+fn slim(pod: Pod) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name,
+            labels: pod.metadata.labels,
+            deletion_timestamp: pod.metadata.deletion_timestamp,
+            ..ObjectMeta::default()
+        },
+        spec: pod.spec.map(|s| PodSpec {
+            node_name: s.node_name,
+            ..PodSpec::default()
+        }),
+        status: pod.status,
+    }
+}
+
+/// A job without what no view reads (its managed fields, kubectl's copy of it).
+fn slim_job(mut job: TrainJob) -> TrainJob {
+    job.metadata.managed_fields = None;
+    if let Some(a) = job.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    job
 }
 
 /// One change seen by a watch (boxed: a pod is large).
@@ -81,6 +135,8 @@ enum Seen {
     Job(Box<watcher::Event<TrainJob>>),
     Pod(Box<watcher::Event<Pod>>),
     Runtime(Box<watcher::Event<ConfigMap>>),
+    /// The user may not read ConfigMaps: the views go without frozen runtimes.
+    NoRuntimes,
     Failed(String),
 }
 
@@ -99,33 +155,27 @@ pub async fn feed(
     Query(query): Query<FeedQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     let client = identity.client(&headers)?;
-    // The first list answers now, so a refusal is an ordinary 403, not a broken stream.
-    let only = query.job;
-    let first = fetch::list_selected(&client, Some(&ns), only.as_deref()).await?;
-    let mut known = Known::default();
-    let snapshot: Vec<Listed> = first
-        .into_iter()
-        .map(|(view, created)| Listed { view, created })
-        .collect();
-    for listed in &snapshot {
-        if let Ok(text) = serde_json::to_string(listed) {
-            known.sent.insert(listed.view.name.clone(), text);
-        }
-    }
-    let (mut tx, rx) = mpsc::channel::<Event>(64);
-    let first = Event::default()
-        .event("snapshot")
-        .data(json!({ "items": snapshot }).to_string());
-    tokio::spawn(async move {
-        if tx.send(first).await.is_ok() {
-            follow(client, ns, only, known, tx).await;
-        }
-    });
+    // Whether the user may read the jobs and their pods is asked now, so a refusal is an
+    // ordinary 403, not a broken stream. The snapshot then comes from the watches' own first
+    // lists: each connection lists the namespace once.
+    let probe = ListParams::default().limit(1);
+    let (jobs, pods) = (
+        Api::<TrainJob>::namespaced(client.clone(), &ns),
+        Api::<Pod>::namespaced(client.clone(), &ns),
+    );
+    let (jobs, pods) = futures::join!(jobs.list(&probe), pods.list(&probe));
+    jobs.map_err(|e| FetchError::new(e, &format!("listing TrainJobs in namespace {ns}")))?;
+    pods.map_err(|e| FetchError::new(e, &format!("listing the TrainJobs' pods in namespace {ns}")))?;
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(follow(client, ns, query.job, tx));
     Ok(Sse::new(rx.map(Ok)).keep_alive(KeepAlive::default()))
 }
 
 /// Sends every change until the browser goes away or a watch fails.
-async fn follow(client: Client, ns: String, only: Option<String>, mut known: Known, mut tx: mpsc::Sender<Event>) {
+/// First `snapshot`, once every watch has listed, then every change until the browser goes away
+/// or a watch fails.
+async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::Sender<Event>) {
+    let mut known = Known::default();
     let (all, managed) = fetch::selectors(only.as_deref());
     let selected = |params: kube::api::ListParams| watcher::Config {
         label_selector: params.label_selector,
@@ -137,18 +187,34 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
         Ok(e) => Seen::Job(Box::new(e)),
         Err(e) => Seen::Failed(e.to_string()),
     });
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), managed.clone())
-    .map(|e| match e {
+    let pods = watcher(Api::<Pod>::namespaced(client.clone(), &ns), managed.clone()).map(|e| match e {
         Ok(e) => Seen::Pod(Box::new(e)),
         Err(e) => Seen::Failed(e.to_string()),
     });
     // A user who may not read ConfigMaps still gets the rest (as the list does).
     let runtimes = watcher(Api::<ConfigMap>::namespaced(client, &ns), managed)
-        .take_while(|e| std::future::ready(e.is_ok()))
-        .filter_map(|e| std::future::ready(e.ok().map(|e| Seen::Runtime(Box::new(e)))));
+        .map(|e| match e {
+            Ok(e) => Seen::Runtime(Box::new(e)),
+            Err(_) => Seen::NoRuntimes,
+        })
+        .scan(false, |ended, seen| {
+            let go_on = !*ended;
+            *ended |= matches!(seen, Seen::NoRuntimes);
+            std::future::ready(go_on.then_some(seen))
+        });
     let mut seen = futures::stream::select(futures::stream::select(jobs, pods), runtimes).boxed();
+    // Which watches have listed once (jobs, pods, runtimes); the snapshot waits for all three.
+    let mut listed = [false; 3];
+    let mut snapshot_sent = false;
     while let Some(change) = seen.next().await {
         let mut touched = Vec::new();
+        match &change {
+            Seen::Job(e) if matches!(**e, watcher::Event::InitDone) => listed[0] = true,
+            Seen::Pod(e) if matches!(**e, watcher::Event::InitDone) => listed[1] = true,
+            Seen::Runtime(e) if matches!(**e, watcher::Event::InitDone) => listed[2] = true,
+            Seen::NoRuntimes => listed[2] = true,
+            _ => {}
+        }
         match change {
             Seen::Job(event) => {
                 let mut gone = Vec::new();
@@ -159,7 +225,7 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
                             listed.insert(job.name_any());
                         }
                         touched.push(job.name_any());
-                        known.jobs.insert(job.name_any(), job);
+                        known.jobs.insert(job.name_any(), slim_job(job));
                     }
                     watcher::Event::InitDone => {
                         let listed = known.relisted_jobs.take().unwrap_or_default();
@@ -172,6 +238,9 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
                     known.pods.remove(&name);
                     known.runtimes.remove(&name);
                     known.sent.remove(&name);
+                    if !snapshot_sent {
+                        continue;
+                    }
                     let gone = Event::default()
                         .event("gone")
                         .data(json!({ "name": name }).to_string());
@@ -202,7 +271,7 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
                         }
                         let pods = known.pods.entry(job.clone()).or_default();
                         match present {
-                            true => pods.insert(pod.name_any(), pod),
+                            true => pods.insert(pod.name_any(), slim(pod)),
                             false => pods.remove(&pod.name_any()),
                         };
                         touched.push(job);
@@ -217,13 +286,14 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
                     if cm.name_any() != names::runtime_snapshot(&job) {
                         continue;
                     }
-                    match present.then(|| snapshot::read(&cm).ok()).flatten() {
+                    match present.then(|| known.runtime(&cm)).flatten() {
                         Some(runtime) => known.runtimes.insert(job.clone(), runtime),
                         None => known.runtimes.remove(&job),
                     };
                     touched.push(job);
                 }
             }
+            Seen::NoRuntimes => {}
             Seen::Failed(why) => {
                 let said = json!({"message": format!("the live feed stopped: {why}; reload the page")});
                 let _ = tx
@@ -231,6 +301,22 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut known: Kno
                     .await;
                 return;
             }
+        }
+        if !snapshot_sent {
+            if listed.iter().all(|l| *l) {
+                let names: Vec<String> = known.jobs.keys().cloned().collect();
+                let items: Vec<String> = names.iter().filter_map(|n| known.changed(n)).collect();
+                let data = format!("{{\"items\":[{}]}}", items.join(","));
+                if tx
+                    .send(Event::default().event("snapshot").data(data))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                snapshot_sent = true;
+            }
+            continue;
         }
         touched.sort();
         touched.dedup();

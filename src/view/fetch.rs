@@ -115,15 +115,6 @@ pub async fn pods_of(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>, F
 /// Every job of `ns` (or all namespaces) with its view: one paged list of jobs and one of the
 /// operator's pods, never a request per job.
 pub async fn list(client: &Client, ns: Option<&str>) -> Result<Vec<(JobView, Option<Time>)>, FetchError> {
-    list_selected(client, ns, None).await
-}
-
-/// As [`list`], of the one job `only` when given (its objects only, by selector).
-pub async fn list_selected(
-    client: &Client,
-    ns: Option<&str>,
-    only: Option<&str>,
-) -> Result<Vec<(JobView, Option<Time>)>, FetchError> {
     let (jobs, pods): (Api<TrainJob>, Api<Pod>) = match ns {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -139,7 +130,7 @@ pub async fn list_selected(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (all, managed) = selectors(only);
+    let (all, managed) = selectors(None);
     let (jobs_doing, pods_doing) = (
         format!("listing TrainJobs {where_}"),
         format!("listing the TrainJobs' pods {where_}"),

@@ -419,6 +419,7 @@ async function jobView(ns, name) {
     const r = await asking;
     asking = null;
     if (r.ok) { view = r.data; render(); }
+    if (Date.now() - measured > 5000) measure();
     if (again) { again = false; refresh(); }
   };
   const feed = new EventSource(`/api/namespaces/${enc(ns)}/feed?job=${enc(name)}`);
@@ -432,12 +433,14 @@ async function jobView(ns, name) {
     feed.close();
     live.className = 'live off'; live.textContent = 'Deleted';
   });
+  let measured = 0;
   const measure = async () => {
+    measured = Date.now();
     const r = await call('GET', `${jobsPath(ns)}/${enc(name)}/usage`);
     if (r.ok && (r.data.available || usage.available)) { usage = r.data; render(); }
   };
   measure();
-  const measuring = setInterval(measure, 15000);
+  const measuring = setInterval(measure, 10000);
   del.addEventListener('click', () => confirmDelete(ns, name, parts.flash));
   leave = () => { feed.close(); logs.close(); clearInterval(measuring); };
 }

@@ -135,29 +135,39 @@ impl Browser {
 
     /// Clicks the element `css` once it is there.
     pub async fn click(&self, css: &str) {
-        let element = self.wait_for(css).await;
-        element.click().await.expect("clicking");
+        self.on(css, "click", |e| async move { e.click().await.map(drop) })
+            .await;
     }
 
     /// Types `text` into the element `css` (emptied first).
     pub async fn fill(&self, css: &str, text: &str) {
-        let element = self.wait_for(css).await;
-        element.clear().await.expect("clearing a field");
-        element.send_keys(text).await.expect("typing");
+        self.on(css, "fill", |e| async move {
+            e.clear().await?;
+            e.send_keys(text).await
+        })
+        .await;
     }
 
     /// Picks the option whose value is `value` in the select `css`.
     pub async fn select(&self, css: &str, value: &str) {
-        let element = self.wait_for(css).await;
-        element.select_by_value(value).await.expect("choosing an option");
+        self.on(css, "select", |e| async move { e.select_by_value(value).await })
+            .await;
     }
 
-    async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
-        eventually(&format!("the element {css}"), super::DEADLINE, || async {
-            self.client
+    /// Does `act` to the element `css` once it is there. A live page replaces elements as
+    /// changes arrive: one replaced between finding and acting is found again.
+    async fn on<F, Fut>(&self, css: &str, what: &str, act: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        eventually(&format!("{what} {css}"), super::DEADLINE, || async {
+            let element = self
+                .client
                 .find(Locator::Css(css))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            act(element).await.map_err(|e| e.to_string())
         })
         .await
     }
@@ -166,6 +176,17 @@ impl Browser {
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         // From the top of the page, as a person arriving there sees it.
         let _ = self.client.execute("window.scrollTo(0, 0)", vec![]).await;
+        self.picture(name).await
+    }
+
+    /// Saves a PNG of the window as `name`.png, scrolled to the element `css`.
+    pub async fn screenshot_from(&self, name: &str, css: &str) -> PathBuf {
+        let scroll = "document.querySelector(arguments[0])?.scrollIntoView()";
+        let _ = self.client.execute(scroll, vec![json!(css)]).await;
+        self.picture(name).await
+    }
+
+    async fn picture(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("a screenshot");
         let dir = screenshots();
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
