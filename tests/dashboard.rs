@@ -643,6 +643,18 @@ async fn the_page_in_chromium_follows_creates_and_deletes_each_tenants_jobs() {
         shown["labels"].as_str().unwrap_or_default().contains("vision"),
         "{shown}"
     );
+    // This cluster serves no metrics.k8s.io: no CPU or memory columns, once the page has asked.
+    let heads = alice
+        .until(
+            "the answer about usage",
+            DEADLINE,
+            "return document.querySelector('#pods').dataset.usage === 'absent' && \
+             [...document.querySelectorAll('#pods-table th')].map(th => th.textContent)",
+            |v| v.as_array().map(|h| h.clone()),
+        )
+        .await;
+    assert_eq!(heads.len(), 9, "{heads:?}");
+    assert!(!heads.iter().any(|h| h == "CPU" || h == "Memory"), "{heads:?}");
     alice.screenshot("dashboard-job").await;
 
     // A job whose launcher fails shows why and what to change, as the operator wrote it.

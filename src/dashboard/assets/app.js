@@ -438,6 +438,8 @@ async function jobView(ns, name) {
     measured = Date.now();
     const r = await call('GET', `${jobsPath(ns)}/${enc(name)}/usage`);
     if (r.ok && (r.data.available || usage.available)) { usage = r.data; render(); }
+    // Whether the cluster answered with usage: the columns are there, or hidden for good reason.
+    parts.pods.dataset.usage = usage.available ? 'shown' : 'absent';
   };
   measure();
   const measuring = setInterval(measure, 10000);
