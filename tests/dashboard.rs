@@ -650,7 +650,7 @@ async fn the_page_in_chromium_follows_creates_and_deletes_each_tenants_jobs() {
             DEADLINE,
             "return document.querySelector('#pods').dataset.usage === 'absent' && \
              [...document.querySelectorAll('#pods-table th')].map(th => th.textContent)",
-            |v| v.as_array().map(|h| h.clone()),
+            |v| v.as_array().cloned(),
         )
         .await;
     assert_eq!(heads.len(), 9, "{heads:?}");
