@@ -174,7 +174,11 @@ mod tests {
         assert_eq!(parse(&q("1e3")), Some(1000.0));
         assert_eq!(parse(&q("4")), Some(4.0));
         assert_eq!(parse(&q("1.5k")), Some(1500.0));
+        // metrics-server reports CPU in nanocores and memory in Ki.
+        assert_eq!(parse(&q("1500000n")), Some(0.0015));
+        assert_eq!(parse(&q("12Ki")), Some(12288.0));
         assert_eq!(parse(&q("lots")), None);
+        assert_eq!(parse(&q("")), None);
     }
 
     fn pod(requests: serde_json::Value, init: Option<serde_json::Value>) -> Pod {

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -251,7 +252,10 @@ pub async fn usage(
         .map(|pod| {
             let containers = pod["containers"].as_array().into_iter().flatten();
             let (cpu, memory) = containers.fold((0.0, 0.0), |(cpu, memory), c| {
-                let quantity = |what: &str| c["usage"][what].as_str().and_then(quantity).unwrap_or(0.0);
+                let quantity = |what: &str| {
+                    let text = c["usage"][what].as_str().unwrap_or_default();
+                    crate::quota::parse(&Quantity(text.into())).unwrap_or(0.0)
+                };
                 (cpu + quantity("cpu") * 1000.0, memory + quantity("memory"))
             });
             Usage {
@@ -262,30 +266,6 @@ pub async fn usage(
         })
         .collect();
     Ok(Json(serde_json::json!({"available": true, "pods": pods})))
-}
-
-/// A Kubernetes quantity (`250m`, `1234567n`, `512Mi`, `2`) as a number.
-fn quantity(text: &str) -> Option<f64> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let scale = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// `POST /api/namespaces/{ns}/trainjobs`: creates the TrainJob in the body (JSON, or YAML with
@@ -397,21 +377,4 @@ pub async fn logs(
     let end = futures::stream::once(async { Ok(Event::default().event("end").data("{}")) });
     let events = futures::stream::iter(first).chain(then).chain(end);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantity;
-
-    #[test]
-    fn quantities_read_as_numbers() {
-        assert_eq!(quantity("250m"), Some(0.25));
-        assert_eq!(quantity("1500000n"), Some(0.0015));
-        assert_eq!(quantity("512Mi"), Some(512.0 * 1024.0 * 1024.0));
-        assert_eq!(quantity("2"), Some(2.0));
-        assert_eq!(quantity("12Ki"), Some(12.0 * 1024.0));
-        assert_eq!(quantity("1.5G"), Some(1.5e9));
-        assert_eq!(quantity("3Xi"), None);
-        assert_eq!(quantity(""), None);
-    }
 }
