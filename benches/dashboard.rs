@@ -79,20 +79,7 @@ fn main() {
         .expect("runtime");
     let report = rt.block_on(run(bed, jobs));
     println!("{report:#?}");
-    let results = trainjob_testbed::repo_root().join("benches/results");
-    std::fs::create_dir_all(&results).expect("results dir");
-    std::fs::write(
-        results.join("dashboard.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("dashboard.json");
-    let doc = trainjob_testbed::repo_root().join("docs/development/benchmarks.md");
-    let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, section::DASHBOARD.splice(&old, &markdown(&report)))
-        .expect("docs/development/benchmarks.md");
-    println!(
-        "wrote the dashboard section of docs/development/benchmarks.md and benches/results/dashboard.json"
-    );
+    section::DASHBOARD.publish("dashboard", &report, &markdown(&report));
 }
 
 /// `jobs` finished TrainJobs in a namespace where the tenant holds `edit`.

@@ -135,18 +135,7 @@ fn main() {
         .build()
         .expect("runtime");
     let report = rt.block_on(soak(bed, duration, rate, keep));
-    let results = trainjob_testbed::repo_root().join("benches/results");
-    std::fs::create_dir_all(&results).expect("results dir");
-    std::fs::write(
-        results.join("soak.json"),
-        serde_json::to_string_pretty(&report).expect("json"),
-    )
-    .expect("soak.json");
-    let doc = trainjob_testbed::repo_root().join("docs/development/benchmarks.md");
-    let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, section::SOAK.splice(&old, &markdown(&report)))
-        .expect("docs/development/benchmarks.md");
-    println!("wrote the soak section of docs/development/benchmarks.md and benches/results/soak.json");
+    section::SOAK.publish("soak", &report, &markdown(&report));
 }
 
 async fn soak(bed: &'static trainjob_testbed::Bed, duration: Duration, rate: f64, keep: u64) -> Soak {

@@ -147,11 +147,6 @@ fn main() {
             runs,
         }
     });
-    let root = trainjob_testbed::repo_root();
-    let json_path = root.join("benches/results/training.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report).expect("JSON")).expect("training.json");
-    let doc = root.join("docs/development/benchmarks.md");
-    let old = std::fs::read_to_string(&doc).unwrap_or_default();
-    std::fs::write(&doc, section::TRAINING.splice(&old, &markdown(&report))).expect("benchmarks.md");
+    section::TRAINING.publish("training", &report, &markdown(&report));
     println!("{}", markdown(&report));
 }

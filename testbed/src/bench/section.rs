@@ -34,6 +34,22 @@ impl Section {
         Some(&doc[a..b])
     }
 
+    /// Writes `report` to `benches/results/{name}.json` and `markdown` into this section of
+    /// `docs/development/benchmarks.md`: what every section's benchmark does at its end.
+    pub fn publish(&self, name: &str, report: &impl serde::Serialize, markdown: &str) {
+        let root = crate::repo_root();
+        let results = root.join("benches/results");
+        std::fs::create_dir_all(&results).expect("benches/results");
+        let json = serde_json::to_string_pretty(report).expect("a report serializes");
+        std::fs::write(results.join(format!("{name}.json")), json).expect("the results JSON");
+        let doc = root.join("docs/development/benchmarks.md");
+        let old = std::fs::read_to_string(&doc).unwrap_or_default();
+        std::fs::write(&doc, self.splice(&old, markdown)).expect("docs/development/benchmarks.md");
+        println!(
+            "wrote the {name} section of docs/development/benchmarks.md and benches/results/{name}.json"
+        );
+    }
+
     /// `doc` with this section's body replaced by `body` (appended when it has none).
     pub fn splice(&self, doc: &str, body: &str) -> String {
         let block = format!("{}\n{body}{}", self.begin, self.end);
