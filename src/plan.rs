@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec};
 
 use crate::api::{DependsOn, LAUNCHER, MPIImplementation, NODE, PodGroupPolicy};
 
@@ -139,6 +139,20 @@ pub struct Plan {
     /// The Volcano queue: annotation `scheduling.volcano.sh/queue-name` of the runtime's
     /// template, or of a runtime patch's template (the last one wins), as upstream reads it.
     pub volcano_queue: Option<String>,
+    /// The job's volume claims, from the runtime's `volumeClaimPolicies`.
+    pub claims: Vec<Claim>,
+}
+
+/// A PersistentVolumeClaim the job makes from a template of the runtime's
+/// `volumeClaimPolicies`, shared by every pod that mounts a volume of the template's name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    /// `<template name>-<job name>`, as JobSet names it.
+    pub name: String,
+    /// The runtime's template.
+    pub template: PersistentVolumeClaim,
+    /// `retentionPolicy.whenDeleted: Retain`: the claim outlives the job (not owned by it).
+    pub retain: bool,
 }
 
 impl Plan {

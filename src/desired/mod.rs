@@ -4,11 +4,12 @@
 //! [`Updates`] (the status, the SSH Secret's retirement and the pods to delete, which a job that
 //! could not even be planned still needs).
 //!
-//! The builders: `pods` (pods and the headless Service), `hostfile`, `gang` (native Workload and
+//! The builders: `pods` (pods and the headless Service), `claims` (the runtime's volume claims), `hostfile`, `gang` (native Workload and
 //! PodGroup, the scheduler plugins' PodGroups), `netpol`, `snapshot` (the frozen runtime); the
 //! SSH Secret comes from a key pair the shell generated (`ssh`); `reporting` points the pods at
 //! the status server.
 
+pub mod claims;
 pub mod gang;
 pub mod hostfile;
 pub mod netpol;
@@ -21,7 +22,7 @@ mod tests;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DynamicObject;
@@ -67,6 +68,8 @@ pub struct Objects {
     pub service: Option<Service>,
     /// The job's NetworkPolicy, before its first pods.
     pub network_policy: Option<NetworkPolicy>,
+    /// The runtime's volume claims, before the job's first pods (one that exists is kept).
+    pub claims: Vec<PersistentVolumeClaim>,
     /// The native gang's Workload and PodGroup, before their first member.
     pub gang: Option<Gang>,
     /// A scheduler plugin's PodGroup, before its first member.
@@ -176,6 +179,10 @@ pub fn objects(
     });
     let network_policy =
         (plan.cluster.network_policies && first_pods).then(|| netpol::network_policy(job, plan));
+    let claims = match first_pods {
+        true => claims::claims(job, plan),
+        false => Vec::new(),
+    };
     let attempt = decision.status.restarts.unwrap_or(0);
     let members = decision
         .create
@@ -201,6 +208,7 @@ pub fn objects(
         hostfile,
         service,
         network_policy,
+        claims,
         gang,
         plugin_group,
         pods,

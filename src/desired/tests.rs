@@ -237,3 +237,56 @@ fn pods_on_a_lost_node_are_deleted_by_force_and_one_by_one() {
     let forced: Vec<(&str, bool)> = pods.iter().map(|p| (p.name.as_str(), p.force)).collect();
     assert_eq!(forced, [("pi-node-0-0", false), ("pi-node-0-1", true)]);
 }
+
+#[test]
+fn a_job_with_initializers_gets_its_claim_and_its_initializers_first() {
+    let j = job(json!({"runtimeRef": {"name": "mpi-openmpi-initializers"}}));
+    let mut p = plan(&j, "mpi-openmpi-initializers");
+    let new = Observed::default();
+    let d = decide(&j, &p, &new, &at(T0)).expect("decision");
+    let o = objects(&j, &p, &new, &d, Some(&keys())).expect("objects");
+    let names: Vec<_> = o.pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+    assert_eq!(names, ["pi-dataset-initializer-0-0", "pi-model-initializer-0-0"]);
+    let [claim] = o.claims.as_slice() else {
+        panic!("one claim: {:?}", o.claims)
+    };
+    assert_eq!(claim.metadata.name.as_deref(), Some("initializer-pi"));
+    let labels = claim.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get(names::TRAINJOB_NAME_LABEL).map(String::as_str),
+        Some("pi")
+    );
+    let owners = claim.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1, "deleted with the job");
+    let storage = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").cloned());
+    assert_eq!(storage.map(|q| q.0).as_deref(), Some("1Gi"));
+
+    p.claims[0].retain = true;
+    let o = objects(&j, &p, &new, &d, None).expect("objects");
+    assert!(
+        o.claims[0].metadata.owner_references.is_none(),
+        "Retain: the claim outlives the job"
+    );
+
+    // Once pods exist, the claims are not made again.
+    let pods = o
+        .pods
+        .iter()
+        .map(|p| Arc::new(observed_pod(p, "Pending", false)))
+        .collect();
+    let later = Observed {
+        pods,
+        secret: true,
+        ..Observed::default()
+    };
+    let d = decide(&j, &p, &later, &at(T0)).expect("decision");
+    assert!(
+        objects(&j, &p, &later, &d, None)
+            .expect("objects")
+            .claims
+            .is_empty()
+    );
+}

@@ -4,6 +4,7 @@
 //! Order of application, as upstream: the runtime template, then `spec.trainer` (and
 //! `spec.initializer`) overrides, then `spec.runtimePatches` in list order.
 
+mod claims;
 mod overrides;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -70,6 +71,12 @@ pub enum ResolveError {
         "spec.runtimePatches[manager={manager}]: env cannot be patched on container \"{container}\"; set it in spec.trainer.env or spec.initializer instead"
     )]
     PatchEnvOnStepContainer { manager: String, container: String },
+    #[error("runtime {runtime}: {at} {problem}")]
+    BadClaimTemplate {
+        runtime: String,
+        at: String,
+        problem: String,
+    },
 }
 
 impl ResolveError {
@@ -85,6 +92,7 @@ impl ResolveError {
             ResolveError::PatchUnknownJob { .. } => "patch_unknown_job",
             ResolveError::PatchUnknownContainer { .. } => "patch_unknown_container",
             ResolveError::PatchEnvOnStepContainer { .. } => "patch_env_on_step_container",
+            ResolveError::BadClaimTemplate { .. } => "runtime_bad_claim_template",
         }
     }
 
@@ -99,7 +107,8 @@ impl ResolveError {
             ResolveError::NoLauncher { .. }
             | ResolveError::NoWorkers { .. }
             | ResolveError::MissingContainer { .. }
-            | ResolveError::BadDependency { .. } => reasons::INVALID_RUNTIME,
+            | ResolveError::BadDependency { .. }
+            | ResolveError::BadClaimTemplate { .. } => reasons::INVALID_RUNTIME,
         }
     }
 }
@@ -244,6 +253,8 @@ pub fn resolve(job: &TrainJob, runtime: &Runtime, cluster: &Cluster) -> Result<P
     for patch in &job.spec.runtime_patches {
         apply_patch(&mut jobs, patch, runtime_name)?;
     }
+    let job_name = job.metadata.name.as_deref().unwrap_or_default();
+    let claims = claims::claims(runtime_name, job_name, &spec.volume_claim_policies, &mut jobs)?;
 
     let slots = trainer.num_proc_per_node.unwrap_or_else(|| {
         let runtime_slots = mpi.num_proc_per_node.unwrap_or(1);
@@ -286,6 +297,7 @@ pub fn resolve(job: &TrainJob, runtime: &Runtime, cluster: &Cluster) -> Result<P
         jobs,
         gang: runtime.pod_group_policy.clone(),
         volcano_queue: volcano_queue(job, runtime),
+        claims,
     })
 }
 

@@ -356,3 +356,158 @@ fn initializer_settings_reach_the_initializer_container() {
         Some("hf")
     );
 }
+
+fn with_policies(runtime: &str, policies: serde_json::Value) -> TrainingRuntimeSpec {
+    let mut spec = shipped_runtime(runtime);
+    let template = spec.template.spec.as_mut().expect("spec");
+    template.volume_claim_policies = serde_json::from_value(policies).expect("policies");
+    spec
+}
+
+fn volumes(plan: &Plan, rjob: &str) -> Vec<(String, String)> {
+    let pod = plan.job_named(rjob).and_then(|j| j.template.spec.as_ref());
+    pod.and_then(|p| p.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            Some((
+                v.name.clone(),
+                v.persistent_volume_claim.as_ref()?.claim_name.clone(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_claim_template_becomes_one_claim_per_job_mounted_where_the_runtime_mounts_it() {
+    let runtime = shipped_runtime("mpi-openmpi-initializers");
+    let p = resolve(&job(json!({})), "rt", &runtime).expect("resolves");
+    assert_eq!(p.claims.len(), 1);
+    assert_eq!(
+        (p.claims[0].name.as_str(), p.claims[0].retain),
+        ("initializer-pi", false)
+    );
+    for rjob in ["dataset-initializer", "model-initializer", "node", "launcher"] {
+        assert_eq!(
+            volumes(&p, rjob),
+            [("initializer".to_string(), "initializer-pi".to_string())],
+            "{rjob}"
+        );
+    }
+    // The initializers run first, the workers after both finished.
+    let node = p.job_named("node").expect("node");
+    let deps: Vec<_> = node.depends_on.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(deps, ["dataset-initializer", "model-initializer"]);
+}
+
+#[test]
+fn a_claim_only_goes_to_pods_that_mount_it_and_retain_keeps_it_from_the_job() {
+    let mut spec = with_policies(
+        "mpi-openmpi",
+        json!([{"templates": [{"metadata": {"name": "scratch"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+                "retentionPolicy": {"whenDeleted": "Retain"}}]),
+    );
+    let launcher = spec.template.spec.as_mut().expect("spec").replicated_jobs[1]
+        .template
+        .spec
+        .as_mut()
+        .and_then(|j| j.template.spec.as_mut())
+        .expect("pod");
+    launcher.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "scratch", "mountPath": "/scratch"})).expect("mount"),
+    ]);
+    let p = resolve(&job(json!({})), "rt", &spec).expect("resolves");
+    assert_eq!(
+        volumes(&p, "launcher"),
+        [("scratch".to_string(), "scratch-pi".to_string())]
+    );
+    assert!(volumes(&p, "node").is_empty());
+    assert!(p.claims[0].retain);
+}
+
+#[test]
+fn claim_templates_that_cannot_work_are_refused_naming_the_field_and_the_fix() {
+    let claim = |extra: serde_json::Value| {
+        let mut t = json!({"metadata": {"name": "initializer"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        merge(&mut t, extra);
+        t
+    };
+    let cases = [
+        (
+            json!([{"templates": [claim(json!({"metadata": {"name": "unused"}}))]}]),
+            "no container of any replicated job mounts a volume named \"unused\"",
+        ),
+        (
+            json!([{"templates": [claim(json!({"metadata": {"namespace": "other"}}))]}]),
+            "must not set metadata.namespace",
+        ),
+        (
+            json!([{"templates": [claim(json!({"metadata": {"name": "Big_Name"}}))]}]),
+            "must be a DNS label",
+        ),
+        (
+            json!([{"templates": [claim(json!({"spec": {"resources": {"requests": {"storage": null}}}}))]}]),
+            "needs spec.resources.requests.storage",
+        ),
+        (
+            json!([{"templates": [claim(json!({"spec": {"resources": {"requests": {"storage": "0"}}}}))]}]),
+            "is not a positive quantity",
+        ),
+        (
+            json!([{"templates": [claim(json!({"spec": {"accessModes": []}}))]}]),
+            "needs spec.accessModes",
+        ),
+        (
+            json!([{"templates": [claim(json!({}))]}, {"templates": [claim(json!({}))]}]),
+            "an earlier template names already",
+        ),
+        (
+            json!([{"templates": [claim(json!({}))], "retentionPolicy": {"whenDeleted": "Forever"}}]),
+            "volumeClaimPolicies[0].retentionPolicy.whenDeleted must be Delete or Retain",
+        ),
+    ];
+    for (policies, expected) in cases {
+        // The shipped runtime's own policy is replaced: its mounts stay.
+        let spec = with_policies("mpi-openmpi-initializers", policies);
+        let err = resolve(&job(json!({})), "rt", &spec).expect_err(expected);
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(err.reason(), crate::reasons::INVALID_RUNTIME);
+    }
+    // A pod template that brings its own volume of the template's name.
+    let mut spec = shipped_runtime("mpi-openmpi-initializers");
+    let rjob = &mut spec.template.spec.as_mut().expect("spec").replicated_jobs[2];
+    let pod = rjob
+        .template
+        .spec
+        .as_mut()
+        .and_then(|j| j.template.spec.as_mut())
+        .expect("pod");
+    pod.volumes = Some(vec![
+        serde_json::from_value(json!({"name": "initializer", "emptyDir": {}})).expect("volume"),
+    ]);
+    let err = resolve(&job(json!({})), "rt", &spec).expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("replicated job \"node\" defines a volume of that name itself"),
+        "{err}"
+    );
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(&k) {
+                    _ if v.is_null() => {
+                        b.remove(&k);
+                    }
+                    Some(slot) if v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e,
+    }
+}

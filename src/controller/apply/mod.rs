@@ -8,7 +8,7 @@
 
 mod pods;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::scheduling::v1alpha2::{PodGroup, Workload};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
@@ -166,7 +166,19 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
         .await
         .map(|_| ())
     };
-    futures::try_join!(snapshot, secret, hostfile, service, policy)?;
+    // Before the first pod too: a pod whose claim does not exist yet waits unschedulable. One
+    // that exists is the job's from an earlier reconcile, or one it retained from an earlier
+    // run of the same name, which it uses as JobSet does.
+    let claims = futures::future::try_join_all(objects.claims.iter().map(|claim| {
+        create::<PersistentVolumeClaim>(
+            ctx,
+            &ns,
+            claim,
+            "PersistentVolumeClaim",
+            "creating a volume claim",
+        )
+    }));
+    futures::try_join!(snapshot, secret, hostfile, service, policy, claims)?;
     if let Some(status) = &updates.status {
         write_status(job, ctx, status).await?;
     }
