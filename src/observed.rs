@@ -34,9 +34,10 @@ pub struct Observed {
     pub hostfile: Option<Arc<ConfigMap>>,
     /// The headless Service as the watch last saw it.
     pub service: Option<Arc<Service>>,
-    /// The tail of the current attempt's launcher log, once that launcher has failed. Matched,
-    /// never logged or stored.
-    pub launcher_log: Option<String>,
+    /// The tail of the log of the current attempt's failed launcher or initializer:
+    /// `(pod, log)`. Matched (the launcher's) or quoted by its last line (an initializer's) in
+    /// the failure message, never logged.
+    pub failed_log: Option<(String, String)>,
     /// The native gang PodGroup's `PodGroupScheduled` condition (kube-scheduler writes it), read
     /// while a member is unbound.
     pub gang: Option<Condition>,

@@ -102,8 +102,10 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         })?;
         (secret, quotas) = (exists, listed);
     }
-    let launcher_log = match failed_launcher(job, &pods).filter(|_| active) {
-        Some(pod) => launcher_log(ctx, &ns, pod).await,
+    let failed_log = match failed_step(job, &pods).filter(|_| active) {
+        Some((pod, container)) => failed_log(ctx, &ns, pod, container)
+            .await
+            .map(|log| (pod.to_string(), log)),
         None => None,
     };
     let native_gang = runtime
@@ -133,7 +135,7 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         secret,
         hostfile,
         service,
-        launcher_log,
+        failed_log,
         gang,
         quotas,
         lost_nodes,
@@ -236,8 +238,9 @@ async fn gang_condition(ctx: &Context, ns: &str, job: &str) -> Option<Condition>
 /// Lines of a failed launcher's log worth reading: mpirun's ssh and DNS errors come last.
 const LOG_TAIL_LINES: i64 = 50;
 
-/// The launcher pod of the current restart attempt, if it has failed.
-fn failed_launcher<'a>(job: &TrainJob, pods: &'a [Arc<Pod>]) -> Option<&'a str> {
+/// The launcher or initializer pod of the current restart attempt that failed, with the
+/// container whose log says why: the launcher's `node`, an initializer's step container.
+fn failed_step<'a>(job: &TrainJob, pods: &'a [Arc<Pod>]) -> Option<(&'a str, &'static str)> {
     let attempt = job
         .status
         .as_ref()
@@ -247,20 +250,25 @@ fn failed_launcher<'a>(job: &TrainJob, pods: &'a [Arc<Pod>]) -> Option<&'a str> 
     pods.iter().find_map(|pod| {
         let labels = pod.metadata.labels.as_ref()?;
         let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
-        let launcher = labels.get(names::JOB_ROLE_LABEL).map(String::as_str) == Some(crate::api::LAUNCHER);
+        let container = match labels.get(crate::api::ANCESTOR_LABEL).map(String::as_str) {
+            Some(crate::api::ANCESTOR_DATASET_INITIALIZER) => crate::api::ANCESTOR_DATASET_INITIALIZER,
+            Some(crate::api::ANCESTOR_MODEL_INITIALIZER) => crate::api::ANCESTOR_MODEL_INITIALIZER,
+            _ if labels.get(names::JOB_ROLE_LABEL).map(String::as_str) == Some(crate::api::LAUNCHER) => {
+                crate::api::NODE
+            }
+            _ => return None,
+        };
         let current = labels.get(names::RESTART_ATTEMPT_LABEL) == Some(&attempt);
-        (failed && launcher && current)
-            .then_some(pod.metadata.name.as_deref())
-            .flatten()
+        (failed && current).then_some((pod.metadata.name.as_deref()?, container))
     })
 }
 
-/// The tail of the launcher's `node` container log; `None` when it cannot be read (the node is
-/// gone, or the operator may not read logs), which only makes the failure message less specific.
-/// The text is matched, never logged or stored (see `mpi::diagnose`).
-async fn launcher_log(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
+/// The tail of `container`'s log in `pod`; `None` when it cannot be read (the node is gone, or
+/// the operator may not read logs), which only makes the failure message less specific. The
+/// text is never logged (see `mpi::diagnose`, `lifecycle::failure`).
+async fn failed_log(ctx: &Context, ns: &str, pod: &str, container: &str) -> Option<String> {
     let params = kube::api::LogParams {
-        container: Some(crate::api::NODE.into()),
+        container: Some(container.into()),
         tail_lines: Some(LOG_TAIL_LINES),
         limit_bytes: Some(64 * 1024),
         ..Default::default()
@@ -271,7 +279,7 @@ async fn launcher_log(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
     {
         Ok(log) => Some(log),
         Err(e) => {
-            tracing::debug!(pod, error = %e, "could not read the failed launcher's log");
+            tracing::debug!(pod, error = %e, "could not read the failed pod's log");
             None
         }
     }

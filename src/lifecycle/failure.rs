@@ -5,19 +5,23 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus};
 
-use crate::api::NODE;
+use crate::api::{
+    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, NODE, StorageInitializer,
+    TrainJob,
+};
 use crate::plan::{Plan, Role};
 
 use super::pod_state::PodState;
 
 /// The first pod of the current attempt that breaks the world: failed, lost with its node
 /// (`lost_nodes`: why each is), deleted by someone else (eviction, drain), or, once the launcher
-/// exists, missing altogether. A failed launcher's log, when given, names SSH, DNS or key trouble.
+/// exists, missing altogether. `log`: the tail of a failed pod's log, `(pod, text)`: a launcher's
+/// names SSH, DNS or key trouble, an initializer's last line says what it could not fetch.
 pub(super) fn broken(
-    job: &str,
+    job: &TrainJob,
     plan: &Plan,
     mine: &[&PodState],
-    launcher_log: Option<&str>,
+    log: Option<(&str, &str)>,
     lost_nodes: &BTreeMap<String, String>,
 ) -> Option<String> {
     let failed = mine.iter().find(|o| o.failed());
@@ -35,7 +39,11 @@ pub(super) fn broken(
     failed
         .or_else(|| mine.iter().find(|o| o.deleting && !o.succeeded()))
         .map(|o| {
-            let cause = launcher_log
+            let log = log.filter(|(pod, _)| *pod == o.name).map(|(_, text)| text);
+            if let Some(failed) = initializer(job, o, log) {
+                return failed;
+            }
+            let cause = log
                 .filter(|_| o.rjob == plan.launcher())
                 .and_then(|log| super::diagnose::launcher_log(log, plan));
             let host = plan.job_named(o.rjob).is_some_and(|j| plan.gang_member(j.role));
@@ -46,7 +54,49 @@ pub(super) fn broken(
             };
             describe(o, cause, resources)
         })
-        .or_else(|| missing_worker(job, plan, mine))
+        .or_else(|| missing_worker(job.metadata.name.as_deref().unwrap_or_default(), plan, mine))
+}
+
+/// The failure of an initializer step, with what the job asked it to fetch, the last line of its
+/// log and the Secret its credentials come from: what a user checks first.
+fn initializer(job: &TrainJob, o: &PodState, log: Option<&str>) -> Option<String> {
+    let labels = o.pod.metadata.labels.as_ref()?;
+    let (what, field) = match labels.get(ANCESTOR_LABEL).map(String::as_str)? {
+        ANCESTOR_DATASET_INITIALIZER => ("dataset", "dataset"),
+        ANCESTOR_MODEL_INITIALIZER => ("model", "model"),
+        _ => return None,
+    };
+    let init = job.spec.initializer.as_ref();
+    let settings: Option<&StorageInitializer> = match field {
+        "dataset" => init.and_then(|i| i.dataset.as_ref()),
+        _ => init.and_then(|i| i.model.as_ref()),
+    };
+    let mut cause = log
+        .and_then(last_line)
+        .map(|line| format!("its last log line: {line:?}"));
+    if let Some(secret) = settings.and_then(|s| s.secret_ref.as_ref()) {
+        let hint = format!(
+            "its credentials come from Secret {} (spec.initializer.{field}.secretRef)",
+            secret.name
+        );
+        cause = Some(cause.map_or(hint.clone(), |c| format!("{c}; {hint}")));
+    }
+    let uri = settings
+        .and_then(|s| s.storage_uri.as_deref())
+        .map_or(String::new(), |u| format!(" reading {u}"));
+    Some(format!(
+        "the {what} initializer failed{uri}, so training did not start: {}",
+        describe(o, cause, "in the runtime's pod template, or with a runtimePatch")
+    ))
+}
+
+/// The last line of `log` with something on it, at most 300 characters.
+fn last_line(log: &str) -> Option<String> {
+    let line = log.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(match line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_string(),
+    })
 }
 
 /// Once the launcher runs, every worker must exist: one that vanished (deleted, or its node lost

@@ -26,7 +26,7 @@ pub(super) fn jobs_status(
                 let of_job: Vec<&PodState> = pods
                     .iter()
                     .filter(|o| o.rjob == rjob.name && o.at.job_index == job_index)
-                    .filter(|o| o.attempt == Some(attempt) && !o.deleting)
+                    .filter(|o| (o.attempt == Some(attempt) || o.carried) && !o.deleting)
                     .filter(|o| !deleting.iter().any(|d| d == o.name))
                     .collect();
                 let count = |f: &dyn Fn(&PodState) -> bool| of_job.iter().filter(|o| f(o)).count() as i32;

@@ -20,6 +20,7 @@ const GANG_REFRESH: Duration = Duration::from_secs(15);
 /// The states, tried in order.
 pub(super) fn pass(job: &TrainJob, plan: &Plan, observed: &Observed, now: &Time) -> Result<Decision, Error> {
     let mut pass = Pass::new(job, plan, observed, now);
+    pass.carry_finished_steps();
     // A pod of a later attempt than the status names means this copy of the job is older than
     // the pods (the job's watch lags the pods', as after a leader change): deciding from it would
     // delete the newer gang as an earlier one. Its newer status is on the way.
@@ -41,9 +42,12 @@ pub(super) fn pass(job: &TrainJob, plan: &Plan, observed: &Observed, now: &Time)
     if let Some(message) = pass.deadline_passed() {
         return Ok(pass.fail(reasons::DEADLINE_EXCEEDED, message));
     }
-    let log = observed.launcher_log.as_deref();
+    let log = observed
+        .failed_log
+        .as_ref()
+        .map(|(pod, log)| (pod.as_str(), log.as_str()));
     let lost = &observed.lost_nodes;
-    if let Some(what) = failure::broken(pass.job_name(), plan, &pass.mine(), log, lost) {
+    if let Some(what) = failure::broken(job, plan, &pass.mine(), log, lost) {
         return Ok(pass.restart_or_fail(what));
     }
     if let Some(launcher) = pass.launcher_succeeded() {
@@ -117,7 +121,7 @@ impl<'a> Pass<'a> {
         };
         self.pods
             .iter()
-            .filter(|o| o.attempt == Some(self.attempt) && !suspension_leftover(o))
+            .filter(|o| (o.attempt == Some(self.attempt) || o.carried) && !suspension_leftover(o))
             .collect()
     }
 
@@ -134,10 +138,29 @@ impl<'a> Pass<'a> {
         self.d
     }
 
-    /// Pods of an earlier attempt go, whatever else happens.
+    /// Whether `o` is a step outside the MPI world (an initializer) that finished: a gang
+    /// restart does not run it again.
+    fn finished_step(&self, o: &PodState) -> bool {
+        o.succeeded() && !o.deleting && self.plan.job_named(o.rjob).is_some_and(|j| j.role == Role::Other)
+    }
+
+    /// Marks the finished steps of earlier attempts as part of this one.
+    fn carry_finished_steps(&mut self) {
+        let carried: Vec<bool> = self
+            .pods
+            .iter()
+            .map(|o| o.attempt.is_some_and(|a| a < self.attempt) && self.finished_step(o))
+            .collect();
+        for (o, carried) in self.pods.iter_mut().zip(carried) {
+            o.carried = carried;
+        }
+    }
+
+    /// Pods of an earlier attempt go, whatever else happens, but for the finished steps it
+    /// carries.
     fn delete_earlier_attempts(&mut self) {
         let attempt = self.attempt;
-        self.delete_where(|o| o.attempt == Some(attempt) || o.leaving());
+        self.delete_where(|o| o.attempt == Some(attempt) || o.leaving() || o.carried);
     }
 
     /// Complete or Failed: stop what still runs. Workers run sshd forever; the launcher of a
@@ -207,7 +230,15 @@ impl<'a> Pass<'a> {
         if self.attempt < max {
             self.attempt += 1;
             self.status.restarts = Some(self.attempt);
-            self.delete_where(|o| o.leaving());
+            let finished: Vec<bool> = self.pods.iter().map(|o| self.finished_step(o)).collect();
+            let keep: std::collections::BTreeSet<&str> = self
+                .pods
+                .iter()
+                .zip(finished)
+                .filter(|(o, finished)| *finished || o.leaving())
+                .map(|(o, _)| o.name)
+                .collect();
+            self.delete_where(|o| keep.contains(o.name));
             self.d.restart = Some(format!(
                 "{what}; restarting all pods (restart {} of {max})",
                 self.attempt

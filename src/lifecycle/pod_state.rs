@@ -20,6 +20,9 @@ pub(super) struct PodState<'a> {
     pub deleting: bool,
     /// Bound to a node that is lost: the pod will never finish, nor finish going, by itself.
     pub lost: bool,
+    /// A step outside the MPI world (an initializer) that succeeded in an earlier attempt: a
+    /// restart keeps it (its data is on the job's volume) instead of running it again.
+    pub carried: bool,
 }
 
 impl<'a> PodState<'a> {
@@ -43,6 +46,7 @@ impl<'a> PodState<'a> {
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             lost: false,
+            carried: false,
         })
     }
 

@@ -36,7 +36,7 @@ fn launcher_failure_names_the_cause_its_log_shows() {
         &j,
         &p,
         &Observed {
-            launcher_log: Some(log.into()),
+            failed_log: Some(("pi-launcher-0-0".into(), log.into())),
             ..seeing(&pods)
         },
         &at(T0),
@@ -56,7 +56,7 @@ fn launcher_failure_names_the_cause_its_log_shows() {
         &j,
         &p,
         &Observed {
-            launcher_log: Some(log.into()),
+            failed_log: Some(("pi-launcher-0-0".into(), log.into())),
             ..seeing(&pods)
         },
         &at(T0),

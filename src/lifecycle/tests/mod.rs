@@ -116,6 +116,7 @@ fn started(spec: serde_json::Value) -> (TrainJob, Plan, Vec<Pod>) {
 
 mod failures;
 mod gang;
+mod initializers;
 mod observed;
 mod stalls;
 
