@@ -6,7 +6,9 @@
 
 use k8s_openapi::api::core::v1::ResourceQuota;
 
-use crate::api::TrainJob;
+use crate::api::{
+    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, STORAGE_URI_ENV, TrainJob,
+};
 use crate::desired::pods;
 use crate::plan::Plan;
 use crate::reasons;
@@ -74,6 +76,22 @@ pub enum ValidateError {
     },
     #[error("{0}")]
     QuotaExceeded(String),
+    #[error(
+        "spec.initializer.{step}.storageUri {uri:?}: scheme {scheme:?} is not one the initializers read; use s3://BUCKET/PREFIX or hf://ORG/NAME"
+    )]
+    UnknownScheme {
+        step: &'static str,
+        uri: String,
+        scheme: String,
+    },
+    #[error(
+        "spec.initializer.{step} is set, but runtime {runtime} has no replicated job labelled {ANCESTOR_LABEL}={step}-initializer to run it: use a runtime with initializers (such as mpi-openmpi-initializers) or remove spec.initializer.{step}"
+    )]
+    NoInitializerStep { step: &'static str, runtime: String },
+    #[error(
+        "runtime {runtime} runs a {step} initializer, which needs to know what to fetch: set spec.initializer.{step}.storageUri (for example s3://BUCKET/PREFIX)"
+    )]
+    NothingToFetch { step: &'static str, runtime: String },
 }
 
 impl ValidateError {
@@ -86,6 +104,9 @@ impl ValidateError {
             ValidateError::BadImage { .. } => "bad_image",
             ValidateError::RequestOverLimit { .. } => "request_over_limit",
             ValidateError::QuotaExceeded(_) => "quota_exceeded",
+            ValidateError::UnknownScheme { .. } => "unknown_storage_scheme",
+            ValidateError::NoInitializerStep { .. } => "no_initializer_step",
+            ValidateError::NothingToFetch { .. } => "nothing_to_fetch",
         }
     }
 
@@ -96,7 +117,10 @@ impl ValidateError {
             ValidateError::NameTooLong { .. } => reasons::NAME_TOO_LONG,
             ValidateError::TooManySlots { .. }
             | ValidateError::BadImage { .. }
-            | ValidateError::RequestOverLimit { .. } => reasons::INVALID_SPEC,
+            | ValidateError::RequestOverLimit { .. }
+            | ValidateError::UnknownScheme { .. }
+            | ValidateError::NoInitializerStep { .. }
+            | ValidateError::NothingToFetch { .. } => reasons::INVALID_SPEC,
             ValidateError::QuotaExceeded(_) => reasons::QUOTA_EXCEEDED,
         }
     }
@@ -114,6 +138,65 @@ pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> 
         return Err(ValidateError::TooManySlots { slots: plan.slots });
     }
     containers(job, runtime, plan)
+}
+
+/// The schemes of `storageUri` that Kubeflow's initializers (and this project's) read.
+const STORAGE_SCHEMES: [&str; 2] = ["s3", "hf"];
+
+/// What `spec.initializer` asks against the initializer steps `plan` has: a scheme the
+/// initializers read, a step for each setting, and a `STORAGE_URI` for each step (from the job,
+/// or the runtime's default). Not part of [`validate`]: a runtime is admitted without knowing
+/// what its jobs will fetch.
+pub fn initializers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), ValidateError> {
+    let init = job.spec.initializer.as_ref();
+    let steps = [
+        (
+            "dataset",
+            ANCESTOR_DATASET_INITIALIZER,
+            init.and_then(|i| i.dataset.as_ref()),
+        ),
+        (
+            "model",
+            ANCESTOR_MODEL_INITIALIZER,
+            init.and_then(|i| i.model.as_ref()),
+        ),
+    ];
+    for (step, ancestor, settings) in steps {
+        if let Some(uri) = settings
+            .and_then(|s| s.storage_uri.as_deref())
+            .filter(|u| !u.is_empty())
+        {
+            let scheme = uri.split_once("://").map_or(uri, |(s, _)| s);
+            if !STORAGE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+                return Err(ValidateError::UnknownScheme {
+                    step,
+                    uri: uri.into(),
+                    scheme: scheme.into(),
+                });
+            }
+        }
+        let container = plan.jobs.iter().find_map(|j| {
+            let pod = j.template.spec.as_ref()?;
+            let labels = j.template.metadata.as_ref()?.labels.as_ref()?;
+            (labels.get(ANCESTOR_LABEL).map(String::as_str) == Some(ancestor))
+                .then(|| pod.containers.iter().find(|c| c.name == ancestor))
+                .flatten()
+        });
+        let runtime = runtime.to_string();
+        match container {
+            None if settings.is_some() => return Err(ValidateError::NoInitializerStep { step, runtime }),
+            None => {}
+            Some(c) => {
+                let uri = c.env.iter().flatten().find(|e| e.name == STORAGE_URI_ENV);
+                if uri.is_none_or(|e| {
+                    e.value.as_deref().unwrap_or_default().is_empty() && e.value_from.is_none()
+                }) {
+                    return Err(ValidateError::NothingToFetch { step, runtime });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether the whole job (every pod of every replicated job, as built) fits the namespace's
@@ -228,6 +311,39 @@ mod tests {
 
     use super::*;
     use crate::fixtures::{job, plan};
+
+    #[test]
+    fn initializer_settings_must_match_the_runtimes_steps_and_a_known_scheme() {
+        let check = |runtime: &str, initializer: serde_json::Value| {
+            let j = job(json!({"runtimeRef": {"name": runtime}, "initializer": initializer}));
+            initializers(&j, runtime, &plan(&j, runtime)).map_err(|e| e.to_string())
+        };
+        let both =
+            json!({"dataset": {"storageUri": "s3://data/digits"}, "model": {"storageUri": "hf://org/model"}});
+        assert_eq!(check("mpi-openmpi-initializers", both), Ok(()));
+        assert_eq!(
+            check("mpi-openmpi-initializers", json!({"dataset": {"storageUri": "ftp://host/data"}, "model": {"storageUri": "s3://m/x"}})),
+            Err("spec.initializer.dataset.storageUri \"ftp://host/data\": scheme \"ftp\" is not one the initializers read; use s3://BUCKET/PREFIX or hf://ORG/NAME".into())
+        );
+        assert_eq!(
+            check("mpi-openmpi-initializers", json!({"dataset": {"storageUri": "s3://data/digits"}})),
+            Err("runtime mpi-openmpi-initializers runs a model initializer, which needs to know what to fetch: set spec.initializer.model.storageUri (for example s3://BUCKET/PREFIX)".into())
+        );
+        let refused = check(
+            "mpi-openmpi",
+            json!({"dataset": {"storageUri": "s3://data/digits"}}),
+        )
+        .expect_err("no step");
+        assert!(
+            refused.starts_with("spec.initializer.dataset is set, but runtime mpi-openmpi has no replicated job labelled trainer.kubeflow.org/trainjob-ancestor-step=dataset-initializer"),
+            "{refused}"
+        );
+        assert_eq!(
+            check("mpi-openmpi", json!(null)),
+            Ok(()),
+            "no initializers, no steps"
+        );
+    }
 
     fn named(name: &str, spec: serde_json::Value) -> TrainJob {
         let mut j = job(spec);

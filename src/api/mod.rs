@@ -31,6 +31,8 @@ pub const MANAGED_BY_MULTIKUEUE: &str = "kueue.x-k8s.io/multikueue";
 pub const ANCESTOR_LABEL: &str = "trainer.kubeflow.org/trainjob-ancestor-step";
 /// Ancestor value of the replicated job that receives `spec.trainer` overrides.
 pub const ANCESTOR_TRAINER: &str = "trainer";
+/// The variable an initializer step reads its `storageUri` from (upstream's name).
+pub const STORAGE_URI_ENV: &str = "STORAGE_URI";
 /// Ancestor value of the dataset initializer job.
 pub const ANCESTOR_DATASET_INITIALIZER: &str = "dataset-initializer";
 /// Ancestor value of the model initializer job.

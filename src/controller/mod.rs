@@ -189,6 +189,7 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     };
     let plan = resolve(job, &observed.runtime, &cluster)?;
     validate(job, &observed.runtime.label, &plan, &ctx.settings.limits)?;
+    validate::initializers(job, &observed.runtime.label, &plan)?;
     if let Some(quotas) = &observed.quotas {
         validate::quotas(job, &plan, quotas)?;
     }

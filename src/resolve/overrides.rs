@@ -59,7 +59,7 @@ pub(super) fn apply_initializer(pod: &mut PodSpec, job: &TrainJob, step: Option<
             upsert_env(
                 c,
                 &[EnvVar {
-                    name: "STORAGE_URI".into(),
+                    name: crate::api::STORAGE_URI_ENV.into(),
                     value: Some(uri.clone()),
                     value_from: None,
                 }],

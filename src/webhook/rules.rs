@@ -51,6 +51,7 @@ pub fn trainjob(
     // The cluster's settings change no verdict: they shape pods, not what is valid.
     let plan = resolve(job, rt, &Cluster::default()).map_err(|e| e.to_string())?;
     validate(job, &rt.label, &plan, limits).map_err(|e| e.to_string())?;
+    crate::validate::initializers(job, &rt.label, &plan).map_err(|e| e.to_string())?;
     Ok(rt
         .deprecated
         .then(|| deprecation_warning(&rt.label))
