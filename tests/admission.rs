@@ -98,6 +98,22 @@ async fn kubectl_apply_of_each_bad_job_is_refused_with_its_message_and_nothing_i
             json!({"runtimePatches": [{"manager": "kueue"}]}),
             "spec.runtimePatches[0].manager \"kueue\" must be a domain-prefixed path".into(),
         ),
+        (
+            "scheme",
+            json!({"runtimeRef": {"name": "mpi-openmpi-initializers"}, "initializer": {
+                "dataset": {"storageUri": "ftp://files/digits"}, "model": {"storageUri": "s3://models/init"}}}),
+            "spec.initializer.dataset.storageUri \"ftp://files/digits\": scheme \"ftp\" is not one the initializers read; use s3://BUCKET/PREFIX or hf://ORG/NAME".into(),
+        ),
+        (
+            "no-step",
+            json!({"initializer": {"dataset": {"storageUri": "s3://data/digits"}}}),
+            "spec.initializer.dataset is set, but runtime ClusterTrainingRuntime/mpi-openmpi has no replicated job labelled trainer.kubeflow.org/trainjob-ancestor-step=dataset-initializer to run it".into(),
+        ),
+        (
+            "nothing-to-fetch",
+            json!({"runtimeRef": {"name": "mpi-openmpi-initializers"}}),
+            "runtime ClusterTrainingRuntime/mpi-openmpi-initializers runs a dataset initializer, which needs to know what to fetch: set spec.initializer.dataset.storageUri".into(),
+        ),
     ];
     for (name, spec, message) in &cases {
         let err = apply(&manifest(ns, name, spec.clone())).expect_err(name);
@@ -281,6 +297,15 @@ async fn runtimes_are_checked_and_deprecated_ones_warn() {
         err.contains(
             "replicated job \"node\", container \"node\": image \"mpi:\" is not a valid image reference"
         ),
+        "{err}"
+    );
+    let err = apply(&shipped("unmounted-claim", &|rt| {
+        rt["spec"]["template"]["spec"]["volumeClaimPolicies"] = json!([{"templates": [{"metadata": {"name": "scratch"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}]);
+    }))
+    .expect_err("claim");
+    assert!(
+        err.contains("spec.template.spec.volumeClaimPolicies[0].templates[0] (\"scratch\"): no container of any replicated job mounts a volume named \"scratch\""),
         "{err}"
     );
 

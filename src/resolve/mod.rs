@@ -71,7 +71,7 @@ pub enum ResolveError {
         "spec.runtimePatches[manager={manager}]: env cannot be patched on container \"{container}\"; set it in spec.trainer.env or spec.initializer instead"
     )]
     PatchEnvOnStepContainer { manager: String, container: String },
-    #[error("runtime {runtime}: {at} {problem}")]
+    #[error("runtime {runtime}: {at}: {problem}")]
     BadClaimTemplate {
         runtime: String,
         at: String,

@@ -463,7 +463,7 @@ fn claim_templates_that_cannot_work_are_refused_naming_the_field_and_the_fix() {
         ),
         (
             json!([{"templates": [claim(json!({}))], "retentionPolicy": {"whenDeleted": "Forever"}}]),
-            "volumeClaimPolicies[0].retentionPolicy.whenDeleted must be Delete or Retain",
+            "volumeClaimPolicies[0].retentionPolicy.whenDeleted: must be Delete or Retain",
         ),
     ];
     for (policies, expected) in cases {
