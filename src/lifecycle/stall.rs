@@ -169,7 +169,7 @@ fn advice(kind: Kind) -> &'static str {
     match kind {
         Kind::InvalidImage => "fix the image reference (spec.trainer.image, or the runtime's)",
         Kind::Config => {
-            "create the missing Secret, ConfigMap or key in the job's namespace, or fix the reference (spec.trainer.env, or the runtime)"
+            "create the missing Secret, ConfigMap or key in the job's namespace, or fix the reference (spec.trainer.env, spec.initializer.dataset or .model secretRef, or the runtime)"
         }
         Kind::ImagePull => {
             "check the image name and tag (spec.trainer.image, or the runtime's), that the nodes can reach its registry, and the pull secrets (imagePullSecrets)"
