@@ -71,8 +71,18 @@ fn initializer(job: &TrainJob, o: &PodState, log: Option<&str>) -> Option<String
         "dataset" => init.and_then(|i| i.dataset.as_ref()),
         _ => init.and_then(|i| i.model.as_ref()),
     };
+    // Its log, else its termination message (what a container leaves in
+    // /dev/termination-log, readable where its log is not).
+    let told = || {
+        let statuses = o.pod.status.as_ref()?.container_statuses.as_ref()?;
+        let t = statuses
+            .iter()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref().filter(|t| t.exit_code != 0))?;
+        t.message.as_deref().and_then(last_line)
+    };
     let mut cause = log
         .and_then(last_line)
+        .or_else(told)
         .map(|line| format!("its last log line: {line:?}"));
     if let Some(secret) = settings.and_then(|s| s.secret_ref.as_ref()) {
         let hint = format!(

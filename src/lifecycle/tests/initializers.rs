@@ -35,6 +35,15 @@ fn exit(pods: &mut [Pod], name: &str, container: &str, exit_code: i32) {
     );
 }
 
+fn set_termination_message(pods: &mut [Pod], message: Option<String>) {
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("pi-dataset-initializer-0-0"));
+    let statuses = pod.and_then(|p| p.status.as_mut()?.container_statuses.as_mut());
+    let state = statuses.and_then(|s| s[0].state.as_mut()?.terminated.as_mut());
+    state.expect("terminated").message = message;
+}
+
 fn pod_names(pods: &[Pod]) -> Vec<&str> {
     pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect()
 }
@@ -66,7 +75,22 @@ fn a_failed_initializer_fails_the_job_with_its_uri_last_log_line_and_secret_and_
     );
     assert!(d.create.is_empty(), "no MPI pod: {:?}", d.create);
 
-    // Without its log (not readable), the message still names the step, the pod and the Secret.
+    // Without its log (not readable), its termination message says the same.
+    let said =
+        "s3sync: bucket \"training\" does not exist at http://s3:7070: create it or fix the storageUri";
+    set_termination_message(&mut pods, Some(format!("{said}\n")));
+    let d = decide(&j, &p, &pods, &at(T0));
+    let failed = condition(&d, condition::FAILED).expect("Failed");
+    assert!(
+        failed
+            .message
+            .contains(&format!("(Error); its last log line: {said:?}; its credentials")),
+        "{}",
+        failed.message
+    );
+    set_termination_message(&mut pods, None);
+
+    // With neither, the message still names the step, the pod and the Secret.
     let d = decide(&j, &p, &pods, &at(T0));
     let failed = condition(&d, condition::FAILED).expect("Failed");
     assert!(
