@@ -94,6 +94,8 @@ pub(crate) fn start(binary: &Path, dir: &Path) -> Result<Started, BedError> {
     let port = super::free_port()?;
     let data = dir.join("s3");
     std::fs::create_dir_all(&data).map_err(|source| io(format!("creating {}", data.display()), source))?;
+    let iam = dir.join("s3-iam");
+    std::fs::create_dir_all(&iam).map_err(|source| io(format!("creating {}", iam.display()), source))?;
     let log = dir.join("versitygw.log");
     let listen = format!("{HOST_ADDRESS}:{port}");
     let (key, secret) = (access_key.clone(), secret_key.clone());
@@ -106,6 +108,10 @@ pub(crate) fn start(binary: &Path, dir: &Path) -> Result<Started, BedError> {
             // Readiness, without credentials.
             "--health",
             "/health",
+            // An IAM store (empty: root only), so that an unknown access key is refused as S3
+            // does (InvalidAccessKeyId, 403); without one, versitygw answers XAdminUserNotFound.
+            "--iam-dir",
+            &iam.to_string_lossy(),
             // `hack/node.sh cleanup` finds the process by `posix <dir>/s3`.
             "posix",
             &data.to_string_lossy(),
