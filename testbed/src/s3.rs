@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::node::HOST_ADDRESS;
+pub use super::node::HOST_ADDRESS;
 use super::process::{Component, Process};
 use super::{BedError, io};
 
@@ -118,7 +118,9 @@ pub(crate) fn start(binary: &Path, dir: &Path) -> Result<Started, BedError> {
         ],
         &log,
         |command| {
-            command.env("ROOT_ACCESS_KEY_ID", key).env("ROOT_SECRET_ACCESS_KEY", secret);
+            command
+                .env("ROOT_ACCESS_KEY_ID", key)
+                .env("ROOT_SECRET_ACCESS_KEY", secret);
             Ok(())
         },
     )?;
@@ -162,7 +164,10 @@ pub(crate) async fn wait_ready(started: &Started, timeout: Duration) -> Result<(
         };
         if tokio::time::Instant::now() >= deadline {
             return Err(BedError::Timeout {
-                what: format!("the S3 server at {} to answer (last: {last})", started.s3.endpoint),
+                what: format!(
+                    "the S3 server at {} to answer (last: {last})",
+                    started.s3.endpoint
+                ),
                 seconds: timeout.as_secs(),
                 logs: format!(
                     "--- versitygw ({}) ---\n{}",
@@ -191,7 +196,12 @@ impl S3 {
 
     /// Sends one request; the status and the body. Errors never name the URL, whose query holds
     /// the access key and signature.
-    async fn send(&self, method: http::Method, url: &str, body: Bytes) -> Result<(http::StatusCode, Bytes), String> {
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), String> {
         let request = http::Request::builder()
             .method(method)
             .uri(url)
@@ -210,7 +220,13 @@ impl S3 {
 
     /// Sends a signed request for `what`; the body of a 2xx answer, `None` for a 404, an error
     /// with the server's answer otherwise.
-    async fn call(&self, what: &str, method: http::Method, url: &str, body: Bytes) -> Result<Option<Bytes>, BedError> {
+    async fn call(
+        &self,
+        what: &str,
+        method: http::Method,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Option<Bytes>, BedError> {
         let (status, body) = self
             .send(method, url, body)
             .await
@@ -234,7 +250,10 @@ impl S3 {
         let credentials = self.credentials();
         let url = bucket.create_bucket(&credentials).sign(SIGNED_FOR);
         let what = format!("create bucket {name:?}");
-        match self.call(&what, http::Method::PUT, url.as_str(), Bytes::new()).await? {
+        match self
+            .call(&what, http::Method::PUT, url.as_str(), Bytes::new())
+            .await?
+        {
             Some(_) => Ok(()),
             None => Err(BedError::Command(format!("S3 {what}: not found"))),
         }
@@ -246,7 +265,10 @@ impl S3 {
         let credentials = self.credentials();
         let url = b.put_object(Some(&credentials), key).sign(SIGNED_FOR);
         let what = format!("put s3://{bucket}/{key}");
-        match self.call(&what, http::Method::PUT, url.as_str(), body.into()).await? {
+        match self
+            .call(&what, http::Method::PUT, url.as_str(), body.into())
+            .await?
+        {
             Some(_) => Ok(()),
             None => Err(BedError::Command(format!("S3 {what}: no such bucket"))),
         }
@@ -279,7 +301,10 @@ impl S3 {
                 action.with_continuation_token(t.clone());
             }
             let url = action.sign(SIGNED_FOR);
-            let Some(body) = self.call(&what, http::Method::GET, url.as_str(), Bytes::new()).await? else {
+            let Some(body) = self
+                .call(&what, http::Method::GET, url.as_str(), Bytes::new())
+                .await?
+            else {
                 return Err(BedError::Command(format!("S3 {what}: no such bucket")));
             };
             let text = String::from_utf8_lossy(&body);
