@@ -260,7 +260,7 @@ async fn data_in_through_a_provisioned_volume_and_results_out() {
         INITIALIZER,
         0,
         "s3-credentials",
-        &["s3sync", "get", &uri, &dataset],
+        &["s3sync", "get", &uri, dataset],
     )
     .await;
     let (phase, code, _, log) = ended(&c, ns, "download").await;
