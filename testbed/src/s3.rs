@@ -84,8 +84,8 @@ fn random(alphabet: &[u8], len: usize) -> Result<String, BedError> {
 /// `hack/node.sh cleanup` looks for it), on a free port of the bridge address. [`wait_ready`]
 /// then waits until it answers.
 pub(crate) fn start(binary: &Path, dir: &Path) -> Result<Started, BedError> {
-    // As AWS draws them: 20 upper-case letters and digits, 40 characters of base64's alphabet
-    // (without `+` and `/`, which some tools mangle in URLs and shells).
+    // Shaped as AWS's: 20 upper-case letters and digits; 40 characters of base64url's alphabet
+    // (not base64's `+` and `/`, which some tools mangle in URLs and shells).
     let access_key = random(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 20)?;
     let secret_key = random(
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
@@ -124,7 +124,11 @@ pub(crate) fn start(binary: &Path, dir: &Path) -> Result<Started, BedError> {
             Ok(())
         },
     )?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    // No idle connections kept: each test has its own tokio runtime, and a pooled connection's
+    // task dies with the runtime that made it.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
     Ok(Started {
         process,
         s3: S3 {
