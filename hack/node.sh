@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The real node of the test bed (containerd, CNI bridge, CoreDNS, kubelet, metrics-server): what it
-# needs on the host, and the host changes around it. The Rust test bed runs the daemons itself (so
-# they die with it) and calls this script to set the host up and to put it back.
+# The real node of the test bed (containerd, CNI bridge, CoreDNS, kubelet, metrics-server, the S3
+# server versitygw): what it needs on the host, and the host changes around it. The Rust test bed
+# runs the daemons itself (so they die with it) and calls this script to set the host up and to
+# put it back.
 #
 #   hack/node.sh deps            install the Debian packages (idempotent; needs root)
 #   hack/node.sh build           deps, kubelet (hack/controlplane.sh), CoreDNS, kube-router (the
-#                                NetworkPolicy enforcer), metrics-server (metrics.k8s.io), images;
-#                                prints "kubelet PATH", "coredns PATH", "kube-router PATH",
-#                                "metrics-server PATH", "image NAME ARCHIVE" lines
+#                                NetworkPolicy enforcer), metrics-server (metrics.k8s.io), versitygw
+#                                (S3), images; prints "kubelet PATH", "coredns PATH", "kube-router
+#                                PATH", "metrics-server PATH", "versitygw PATH", "image NAME
+#                                ARCHIVE" lines
 #   hack/node.sh prepare DIR     save host state, create the bridge, write every config into DIR
 #   hack/node.sh cleanup         stop what a node left behind and restore the saved host state;
 #                                safe to run at any time, also after a crash
@@ -26,6 +28,10 @@ sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forw
 kube_router_version=v2.1.0
 # Paths kubelet and containerd create whatever their root directories are.
 fixed_paths=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd)
+# Where kube-controller-manager's hostpath provisioner (the bed's StorageClass `standard`) makes a
+# directory per volume (pkg/volume/hostpath: /tmp/hostpath_pv/<uuid>, mode 0750); its deleter
+# removes one when its PV goes, and cleanup removes those a bed left behind.
+hostpath_pv=/tmp/hostpath_pv
 
 fail() { echo "node.sh: $*" >&2; exit 1; }
 
@@ -80,6 +86,28 @@ metrics_server() {
   echo "metrics-server $bin"
 }
 
+# versitygw is the bed's S3 server (a gateway over a directory): pods download data from it and
+# upload results to it. The Rust test bed runs it on the bridge address.
+versitygw() {
+  local mod="$here/s3" version sum bin
+  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/versity/versitygw") { print $(i + 1); exit } }' "$mod/go.mod")
+  [[ -n "$version" ]] || fail "no github.com/versity/versitygw requirement in $mod/go.mod"
+  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
+  bin="$cache_root/versitygw-$version-$sum/versitygw"
+  if [[ ! -x "$bin" ]]; then
+    echo ">> building versitygw $version into $bin" >&2
+    local start=$SECONDS
+    mkdir -p "$(dirname "$bin")"
+    # Its version in the banner, as upstream's Makefile stamps it.
+    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X main.Version=$version" \
+      -o "$bin.tmp" github.com/versity/versitygw/cmd/versitygw >&2)
+    mv "$bin.tmp" "$bin"
+    echo ">> built versitygw in $((SECONDS - start))s" >&2
+  fi
+  echo "versitygw $bin"
+}
+
 kube_router() {
   local bin="$cache_root/kube-router-$kube_router_version/kube-router"
   if [[ ! -x "$bin" ]]; then
@@ -101,6 +129,7 @@ build() {
   coredns
   kube_router
   metrics_server
+  versitygw
   "$here/images.sh" | sed 's/^/image /'
 }
 
@@ -113,6 +142,8 @@ prepare() {
   modprobe br_netfilter 2>/dev/null || true
   for s in "${sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$state/sysctls"
   for p in "${fixed_paths[@]}"; do [[ -e "$p" ]] || echo "$p"; done > "$state/created"
+  # The volume directories there before the bed, which cleanup keeps.
+  if [[ -d "$hostpath_pv" ]]; then ls -A "$hostpath_pv" > "$state/hostpath_pv"; fi
 
   ip link add "$bridge" type bridge
   ip addr add "$subnet.1/24" dev "$bridge"
@@ -224,6 +255,7 @@ cleanup() {
     kill_matching "$dir/Corefile"
     kill_matching "kube-router --kubeconfig=$dir/"
     kill_matching "metrics-server --kubeconfig=$dir/"
+    kill_matching "versitygw .* posix $dir/s3"
   fi
   # Every pod process lives in a kubepods cgroup; the shims are containerd's children.
   for procs in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
@@ -257,6 +289,16 @@ cleanup() {
   if [[ -f "$state/created" ]]; then
     while IFS= read -r p; do [[ -n "$p" ]] && rm -rf "$p"; done < "$state/created"
   fi
+  # Volumes of the bed's PVs that were not deleted before the bed went; the directory itself too
+  # when the bed made it.
+  if [[ -d "$hostpath_pv" && -f "$state/dir" ]]; then
+    local v
+    for v in "$hostpath_pv"/*; do
+      [[ -e "$v" ]] || continue
+      grep -qxF "$(basename "$v")" "$state/hostpath_pv" 2>/dev/null || rm -rf "$v"
+    done
+    [[ -f "$state/hostpath_pv" ]] || rmdir "$hostpath_pv" 2>/dev/null || true
+  fi
   rm -rf "$state"
 }
 
@@ -265,5 +307,5 @@ case "${1:-}" in
   build) build ;;
   prepare) [[ -n "${2:-}" ]] || fail "prepare needs a directory"; prepare "$2" ;;
   cleanup) cleanup ;;
-  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

@@ -18,6 +18,7 @@ mod kueue;
 mod metrics;
 mod node;
 mod process;
+pub mod s3;
 pub mod support;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Client, Config};
 
-pub use node::{REAL_NODE, RealNode};
+pub use node::{REAL_NODE, RealNode, STORAGE_CLASS};
 use process::Process;
 pub use process::{Component, die_with_parent};
 
@@ -514,9 +515,17 @@ impl Bed {
 
         let admin_kubeconfig = self.kubeconfig_path(Identity::Admin);
         let kc = format!("--kubeconfig={}", admin_kubeconfig.display());
+        // The real node's StorageClass (`node::STORAGE_CLASS`) provisions host directories; a
+        // kwok-only bed has no class and no node to mount them, so it provisions nothing.
+        let provisioner = if config.real_node {
+            "--enable-hostpath-provisioner=true"
+        } else {
+            "--enable-hostpath-provisioner=false"
+        };
         self.spawn(
             Component::ControllerManager,
             &[
+                provisioner,
                 &kc,
                 "--leader-elect=false",
                 "--secure-port=0",
@@ -782,6 +791,11 @@ impl Bed {
     /// The real node, when the bed was started with one.
     pub fn real_node(&self) -> Option<&RealNode> {
         self.node.as_ref()
+    }
+
+    /// The S3 server of the real node, when the bed was started with one.
+    pub fn s3(&self) -> Option<&s3::S3> {
+        self.node.as_ref().map(RealNode::s3)
     }
 
     /// A kubeconfig for `identity`.

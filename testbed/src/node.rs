@@ -1,6 +1,8 @@
 //! The real node: containerd, a CNI bridge, CoreDNS and a kubelet registered with the bed's API
-//! server, so pods really run (MPI over SSH, DNS, file modes), and metrics-server for their CPU
-//! and memory (see `metrics`). `hack/node.sh` sets the host up and puts it back; the daemons are
+//! server, so pods really run (MPI over SSH, DNS, file modes), metrics-server for their CPU
+//! and memory (see `metrics`), an S3 server for their data and results (see `s3`), and the
+//! default StorageClass [`STORAGE_CLASS`], whose volumes kube-controller-manager's hostpath
+//! provisioner makes. `hack/node.sh` sets the host up and puts it back; the daemons are
 //! children of this process and die with it.
 //!
 //! The node is the machine's hostname, labelled and tainted `trainjob.test/real-node`, so only
@@ -15,6 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use super::process::{Component, Process, run};
+use super::s3::S3;
 use super::{Bed, BedError, Identity, repo_root};
 
 /// The host's address on the node's pod bridge (`hack/node.sh`): pods reach processes on the
@@ -24,11 +27,19 @@ pub const HOST_ADDRESS: &str = "10.244.0.1";
 /// Label and taint key of the real node.
 pub const REAL_NODE: &str = "trainjob.test/real-node";
 
+/// The default StorageClass of a bed with a real node: kube-controller-manager's hostpath
+/// provisioner (`kubernetes.io/host-path`) makes each volume a directory
+/// `/tmp/hostpath_pv/<uuid>` of the host (root's, mode 0750: hostPath volumes get no `fsGroup`
+/// ownership), bound at once (`Immediate`), deleted with its claim (`Delete`). Single-node only,
+/// as upstream says, which the real node is.
+pub const STORAGE_CLASS: &str = "standard";
+
 /// A running real node. Dropping it stops the daemons and restores the host.
 pub struct RealNode {
     name: String,
     dir: PathBuf,
     procs: Vec<Process>,
+    s3: S3,
 }
 
 /// What `hack/node.sh build` reports.
@@ -37,6 +48,7 @@ struct Parts {
     coredns: PathBuf,
     kube_router: PathBuf,
     metrics_server: PathBuf,
+    versitygw: PathBuf,
     images: Vec<PathBuf>,
 }
 
@@ -57,6 +69,7 @@ fn build() -> Result<Parts, BedError> {
         coredns: PathBuf::new(),
         kube_router: PathBuf::new(),
         metrics_server: PathBuf::new(),
+        versitygw: PathBuf::new(),
         images: Vec::new(),
     };
     for line in out.lines() {
@@ -66,6 +79,7 @@ fn build() -> Result<Parts, BedError> {
             ["coredns", path] => parts.coredns = PathBuf::from(path),
             ["kube-router", path] => parts.kube_router = PathBuf::from(path),
             ["metrics-server", path] => parts.metrics_server = PathBuf::from(path),
+            ["versitygw", path] => parts.versitygw = PathBuf::from(path),
             ["image", _, path] => parts.images.push(PathBuf::from(path)),
             _ => {}
         }
@@ -74,10 +88,11 @@ fn build() -> Result<Parts, BedError> {
         || !parts.coredns.is_file()
         || !parts.kube_router.is_file()
         || !parts.metrics_server.is_file()
+        || !parts.versitygw.is_file()
         || parts.images.is_empty()
     {
         return Err(BedError::Command(format!(
-            "hack/node.sh build printed no kubelet, CoreDNS, kube-router, metrics-server or images:\n{out}"
+            "hack/node.sh build printed no kubelet, CoreDNS, kube-router, metrics-server, versitygw or images:\n{out}"
         )));
     }
     Ok(parts)
@@ -121,10 +136,13 @@ impl RealNode {
             &["prepare", &dir.to_string_lossy()],
             &[("KUBECONFIG", &kubeconfig), ("API_PORT", Path::new(&api_port))],
         )?;
+        // First, on the bridge's address that `prepare` just made: it is up long before the node.
+        let s3 = super::s3::start(&parts.versitygw, &dir)?;
         let mut node = RealNode {
             name: hostname()?,
             dir: dir.clone(),
             procs: Vec::new(),
+            s3: s3.s3.clone(),
         };
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         node.spawn(
@@ -166,6 +184,9 @@ impl RealNode {
                     .await?;
                 super::metrics::wait_available(bed, &metrics, timeout).await?;
                 node.procs.push(metrics.process);
+                super::s3::wait_ready(&s3, timeout).await?;
+                node.procs.push(s3.process);
+                storage_class(bed).await?;
                 return Ok(node);
             }
             node.check_alive()?;
@@ -245,6 +266,12 @@ impl RealNode {
         }
     }
 
+    /// The bed's S3 server: its endpoint (reachable from the node's pods and the host), root
+    /// credentials, and a client for tests.
+    pub fn s3(&self) -> &S3 {
+        &self.s3
+    }
+
     /// The node's name (the machine's hostname).
     pub fn name(&self) -> &str {
         &self.name
@@ -304,6 +331,33 @@ impl Drop for RealNode {
             eprintln!("restoring the host after the real node: {e}");
         }
     }
+}
+
+/// Creates [`STORAGE_CLASS`], the cluster's default.
+async fn storage_class(bed: &Bed) -> Result<(), BedError> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::api::{Patch, PatchParams};
+    let class: StorageClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS,
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "kubernetes.io/host-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }))
+    .map_err(|e| BedError::Command(format!("the StorageClass {STORAGE_CLASS}: {e}")))?;
+    Api::<StorageClass>::all(bed.client(Identity::Admin).await?)
+        .patch(
+            STORAGE_CLASS,
+            &PatchParams::apply("trainjob-testbed").force(),
+            &Patch::Apply(&class),
+        )
+        .await
+        .map_err(|source| BedError::Kube {
+            what: format!("creating the StorageClass {STORAGE_CLASS}"),
+            source,
+        })?;
+    Ok(())
 }
 
 fn hostname() -> Result<String, BedError> {

@@ -30,6 +30,8 @@ pub enum Component {
     Kueue,
     /// The real node's resource metrics (`metrics.k8s.io`).
     MetricsServer,
+    /// The real node's S3 server (versitygw).
+    S3,
 }
 
 /// Every binary the bed needs (kubectl is used for installs).
@@ -56,6 +58,7 @@ impl Component {
             Component::KubeRouter => "kube-router",
             Component::Kueue => "kueue",
             Component::MetricsServer => "metrics-server",
+            Component::S3 => "versitygw",
         }
     }
 }

@@ -1,7 +1,11 @@
 #!/usr/bin/python3
 """Data-parallel training of a small numpy MLP (64-32-10) on scikit-learn's bundled digits data
 set (1797 8x8 images, 10 classes), read from the wheel's own data file: no download, and sklearn
-itself (which would need scipy) is never imported.
+itself (which would need scipy) is never imported. --data DIR reads DIR/digits.csv.gz instead (the
+same format: 64 pixel columns 0..16, the label last; e.g. downloaded from S3 by an initializer).
+--init FILE starts from the weights of a .npz file (w1, b1, w2, b2, as --save and
+--checkpoint-dir write them) instead of the seeded ones; --save FILE has rank 0 write the final
+weights there (atomically, parent directories created) for a launcher to upload.
 
 Each rank trains on its own shard of a fixed 80/20 train/test split; every step the ranks sum
 their gradients with one Allreduce and divide by the step's global sample count, so every rank
@@ -15,6 +19,9 @@ Output (tests parse these lines):
   rank 0, at end:      final accuracy A target T reached|missed
                        final progress report landed|not landed   (with KUBEFLOW_TRAINER_SERVER_URL)
                        timing ranks S epochs N mean_epoch_s X mean_compute_s Y mean_allreduce_s Z
+  rank 0, only with the flag:  data file PATH                      (--data, before training)
+                               init from PATH sha256 HEX           (--init, before training)
+                               saved PATH sha256 HEX               (--save, at end)
 compute_s and allreduce_s are each the maximum over ranks of the epoch's time outside and inside
 the gradient Allreduce calls; mean_epoch_s is rank 0's wall time per epoch (with --epoch-seconds
 padding, if any).
@@ -61,20 +68,38 @@ def parse_args():
                    help="rank 0 writes model.npz and checkpoint.json here after every epoch")
     p.add_argument("--epoch-seconds", type=float, default=0.0,
                    help="minimum wall time per epoch: sleep the rest (default 0)")
+    p.add_argument("--data", metavar="DIR",
+                   help="read DIR/digits.csv.gz instead of scikit-learn's bundled copy")
+    p.add_argument("--init", metavar="FILE",
+                   help="start from the weights in this .npz (w1, b1, w2, b2) instead of the seed")
+    p.add_argument("--save", metavar="FILE",
+                   help="rank 0 writes the final weights to this .npz (parent directories created)")
     args = p.parse_args()
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.epoch_seconds < 0:
         p.error("--epochs and --batch-size must be positive, --lr > 0, --epoch-seconds >= 0")
     return args
 
 
-def load_digits():
-    """(features scaled to [0, 1], labels) from sklearn/datasets/data/digits.csv.gz: 64 pixel
-    columns (0..16) and the label last. find_spec of a top-level package does not import it."""
+def digits_path(data_dir):
+    """DIR/digits.csv.gz with --data, else sklearn/datasets/data/digits.csv.gz of the wheel.
+    find_spec of a top-level package does not import it."""
+    if data_dir is not None:
+        path = os.path.join(data_dir, "digits.csv.gz")
+        if not os.path.isfile(path):
+            raise SystemExit(f"train: --data {data_dir} has no digits.csv.gz")
+        return path
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("train: scikit-learn is not installed (its digits data file is needed)")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
-    data = np.loadtxt(path, delimiter=",")
+    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+
+
+def load_digits(path):
+    """(features scaled to [0, 1], labels) from a digits.csv.gz: 64 pixel columns (0..16) and the
+    label last."""
+    data = np.loadtxt(path, delimiter=",", ndmin=2)
+    if data.shape[1] != 65:
+        raise SystemExit(f"train: {path} has {data.shape[1]} columns, not 65 (64 pixels, label)")
     return data[:, :-1] / 16.0, data[:, -1].astype(np.int64)
 
 
@@ -86,6 +111,29 @@ def init_params():
         rng.normal(0.0, 1.0 / math.sqrt(HIDDEN), (HIDDEN, 10)),
         np.zeros(10),
     ]
+
+
+def load_params(path):
+    """The weights of a .npz written by save_params (or a checkpoint), checked against the
+    network's shapes."""
+    try:
+        with np.load(path) as f:
+            params = [np.array(f[name], dtype=np.float64) for name in ("w1", "b1", "w2", "b2")]
+    except (OSError, KeyError, ValueError) as exc:
+        raise SystemExit(f"train: --init {path}: {exc}")
+    want = [p.shape for p in init_params()]
+    if [p.shape for p in params] != want:
+        raise SystemExit(f"train: --init {path}: shapes {[p.shape for p in params]}, not {want}")
+    return params
+
+
+def save_params(path, params):
+    """Writes the weights to path atomically (a reader never sees half a file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    w1, b1, w2, b2 = params
+    write_atomically(directory, os.path.basename(path),
+                     lambda f: np.savez(f, w1=w1, b1=b1, w2=w2, b2=b2))
 
 
 def forward(params, x):
@@ -176,7 +224,8 @@ def main():
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
 
-    x, y = load_digits()
+    data_path = digits_path(args.data)
+    x, y = load_digits(data_path)
     order = np.random.default_rng(SEED).permutation(len(x))
     n_test = len(x) // 5
     test, train = order[:n_test], order[n_test:]
@@ -185,7 +234,7 @@ def main():
     local_batch = -(-args.batch_size // size)
     steps = -(-(-(-len(train) // size)) // local_batch)  # the largest shard's batches
 
-    params = init_params()
+    params = load_params(args.init) if args.init and rank == 0 else init_params()
     for p in params:
         comm.Bcast(p, root=0)
     flat = np.empty(sum(p.size for p in params) + 2)  # gradients, loss sum, sample count
@@ -196,6 +245,10 @@ def main():
     if args.checkpoint_dir and rank == 0:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     if rank == 0:
+        if args.data:
+            say(f"data file {data_path}")
+        if args.init:
+            say(f"init from {args.init} sha256 {weights_sha256(params)}")
         say(f"data digits train {len(train)} test {n_test} ranks {size} steps_per_epoch {steps} "
             f"local_batch {local_batch} lr {args.lr} epochs {args.epochs}")
 
@@ -281,6 +334,9 @@ def main():
         say(f"timing ranks {size} epochs {args.epochs} mean_epoch_s {np.mean(epoch_times):.4f} "
             f"mean_compute_s {np.mean(compute_times):.4f} "
             f"mean_allreduce_s {np.mean(allreduce_times):.4f}")
+        if args.save:
+            save_params(args.save, params)
+            say(f"saved {args.save} sha256 {weights_sha256(params)}")
         code = 0 if reached else 1
         if not reached:
             say(f"train: test accuracy {acc:.4f} is below the target {args.target:.2f}",

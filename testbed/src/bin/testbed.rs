@@ -18,8 +18,8 @@ struct Args {
     /// Number of fake nodes (32 CPUs, 256Gi, 8 GPUs each).
     #[arg(long, default_value_t = 4)]
     nodes: u32,
-    /// Also run a real node (containerd, CNI, CoreDNS, kubelet, metrics-server) where pods really
-    /// run; needs root.
+    /// Also run a real node (containerd, CNI, CoreDNS, kubelet, metrics-server, an S3 server, a
+    /// default StorageClass) where pods really run; needs root.
     #[arg(long)]
     real_node: bool,
     /// Also run Kueue (built by `hack/kueue.sh`) with its TrainJob integration; needs root (it
@@ -88,10 +88,47 @@ async fn main() -> anyhow::Result<()> {
         eprintln!(
             "  metrics:  kubectl top pod (metrics-server, the real node's pods only; log in node/metrics-server.log)"
         );
+        // The keys go to a file only the user reads, never to the terminal.
+        let s3 = node.s3();
+        let env = bed.dir().join("s3-credentials.env");
+        write_private(
+            &env,
+            &format!(
+                "ENDPOINT={}\nACCESS_KEY_ID={}\nSECRET_ACCESS_KEY={}\nREGION={}\n",
+                s3.endpoint,
+                s3.access_key,
+                s3.secret_key,
+                trainjob_testbed::s3::REGION
+            ),
+        )?;
+        eprintln!(
+            "  S3:       {} (versitygw; keys in {}, for kubectl create secret generic NAME --from-env-file; log in node/versitygw.log)",
+            s3.endpoint,
+            env.display()
+        );
+        eprintln!(
+            "  volumes:  StorageClass {} (default; host directories under /tmp/hostpath_pv)",
+            trainjob_testbed::STORAGE_CLASS
+        );
     }
     // Readiness marker for scripts waiting on the bed.
     std::fs::write(bed.dir().join("ready"), bed.server()).context("writing the ready marker")?;
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("stopping the test bed");
     Ok(())
+}
+
+/// Writes `content` to a new file at `path` that only its owner may read (mode 0600).
+fn write_private(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(content.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
