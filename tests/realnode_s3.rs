@@ -20,6 +20,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use serde_json::json;
 use support::{DEADLINE, TestNs, client, eventually, real_bed};
+use trainjob_operator::api::TrainJob;
 use trainjob_testbed::s3::S3;
 use trainjob_testbed::{Identity, REAL_NODE, STORAGE_CLASS};
 
@@ -156,21 +157,7 @@ async fn claim(c: &Client, ns: &str) -> String {
 /// A gzip file (RFC 1952) of `data` in stored (uncompressed) deflate blocks: what numpy's
 /// `loadtxt` reads as `digits.csv.gz`, with no compression library in the tests.
 fn gzip_stored(data: &[u8]) -> Vec<u8> {
-    let mut table = [0u32; 256];
-    for (i, entry) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-        *entry = c;
-    }
-    let crc = !data.iter().fold(!0u32, |c, b| {
-        table[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8)
-    });
+    let crc = crc32(data);
     let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
     let mut chunks = data.chunks(0xffff).peekable();
     if chunks.peek().is_none() {
@@ -185,6 +172,88 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// The CRC-32 (IEEE) of `data`, as gzip and zip carry it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, entry) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *entry = c;
+    }
+    !data.iter().fold(!0u32, |c, b| {
+        table[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+/// An `.npz` (a zip of `.npy` files, stored) of little-endian float64 arrays `(name, shape,
+/// values)`: what `np.load` reads, with no numpy in the tests.
+fn npz(arrays: &[(&str, &[usize], Vec<f64>)]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, shape, values) in arrays {
+        let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+        let dims = if dims.len() == 1 {
+            format!("{},", dims[0])
+        } else {
+            dims.join(", ")
+        };
+        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({dims}), }}");
+        // The magic, version and length take 10 bytes; the header ends in a newline at a multiple of 64.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        npy.extend_from_slice(header.as_bytes());
+        values
+            .iter()
+            .for_each(|v| npy.extend_from_slice(&v.to_le_bytes()));
+        let file = format!("{name}.npy");
+        let (crc, size, offset) = (crc32(&npy), npy.len() as u32, out.len() as u32);
+        // Version 2.0, no flags, stored, 1980-01-01 00:00.
+        let common = |sig: u32, extra: &[u8]| {
+            let mut h = sig.to_le_bytes().to_vec();
+            h.extend_from_slice(extra);
+            for field in [20u16, 0, 0, 0, 0x21] {
+                h.extend_from_slice(&field.to_le_bytes());
+            }
+            for field in [crc, size, size] {
+                h.extend_from_slice(&field.to_le_bytes());
+            }
+            h.extend_from_slice(&(file.len() as u16).to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h
+        };
+        out.extend(common(0x0403_4b50, &[]));
+        out.extend_from_slice(file.as_bytes());
+        out.extend(npy);
+        central.extend(common(0x0201_4b50, &20u16.to_le_bytes()));
+        // Comment length, disk, internal and external attributes, the local header's offset.
+        for field in [0u16, 0, 0] {
+            central.extend_from_slice(&field.to_le_bytes());
+        }
+        central.extend_from_slice(&0u32.to_le_bytes());
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(file.as_bytes());
+    }
+    let (at, size, count) = (out.len() as u32, central.len() as u32, arrays.len() as u16);
+    out.extend(central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    for field in [0u16, 0, count, count] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
     out
 }
 
@@ -507,5 +576,394 @@ async fn refused_credentials_and_a_missing_bucket_say_what_to_fix() {
                 "check ENDPOINT (or AWS_ENDPOINT_URL) and that the server is up and reachable from the pod"
             ),
         "{last}"
+    );
+}
+
+/// Initial weights of train.py's network (64-32-10), small and deterministic.
+fn initial_model() -> Vec<u8> {
+    let weights = |n: usize, scale: f64| (0..n).map(|i| ((i * 7919 % 13) as f64 - 6.0) * scale).collect();
+    npz(&[
+        ("w1", &[64, 32], weights(64 * 32, 0.02)),
+        ("b1", &[32], vec![0.0; 32]),
+        ("w2", &[32, 10], weights(32 * 10, 0.05)),
+        ("b2", &[10], vec![0.0; 10]),
+    ])
+}
+
+/// The job's credentials Secret: the bed's S3 endpoint and the keys, as the example wants them.
+async fn s3_secret(c: &Client, ns: &str, name: &str, secret_key: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {"ENDPOINT": s3().endpoint, "ACCESS_KEY_ID": s3().access_key, "SECRET_ACCESS_KEY": secret_key},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the credentials Secret");
+}
+
+/// Every pod log, Event and TrainJob status of `ns`, for checking that no key is in any.
+async fn everything_said(c: &Client, ns: &str) -> String {
+    let mut said = String::new();
+    let pods = Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("pods");
+    for pod in pods.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        for container in pod.spec.iter().flat_map(|s| &s.containers) {
+            let params = LogParams {
+                container: Some(container.name.clone()),
+                ..Default::default()
+            };
+            let log = Api::<Pod>::namespaced(c.clone(), ns).logs(&name, &params).await;
+            said.push_str(&log.unwrap_or_default());
+        }
+        said.push_str(&serde_json::to_string(&pod.status).unwrap_or_default());
+    }
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(c.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("events");
+    said.push_str(&serde_json::to_string(&events.items).unwrap_or_default());
+    let jobs = Api::<TrainJob>::namespaced(c.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("jobs");
+    for job in jobs.items {
+        said.push_str(&serde_json::to_string(&job.status).unwrap_or_default());
+    }
+    said
+}
+
+/// When each pod of `job` started and ended, in seconds after the job's creation.
+async fn timeline(c: &Client, ns: &str, job: &str) -> String {
+    let created = Api::<TrainJob>::namespaced(c.clone(), ns)
+        .get(job)
+        .await
+        .expect("job")
+        .metadata
+        .creation_timestamp
+        .expect("created")
+        .0;
+    let after =
+        |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| t.0.duration_since(created).as_secs_f64();
+    let mut lines = Vec::new();
+    for pod in support::jobs::pods_of(c, ns, job).await {
+        let state = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref()?.first()?.state.clone());
+        let (start, end) = match state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            Some(t) => (
+                t.started_at.as_ref().map(after),
+                t.finished_at.as_ref().map(after),
+            ),
+            None => (
+                state
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref()?.started_at.as_ref())
+                    .map(after),
+                None,
+            ),
+        };
+        lines.push(format!(
+            "{}: created +{:.0}s, started +{:.0}s, ended {}",
+            pod.metadata.name.clone().unwrap_or_default(),
+            pod.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(after)
+                .unwrap_or_default(),
+            start.unwrap_or_default(),
+            end.map_or("running".into(), |e| format!("+{e:.0}s")),
+        ));
+    }
+    lines.sort();
+    lines.join("\n")
+}
+
+/// `examples/s3-digits.yaml` as a user runs it, on the shipped `mpi-openmpi-initializers`: its
+/// claim provisioned and bound, the data set and the initial model downloaded into it by the
+/// initializers before any MPI pod, four ranks training from them, and the model uploaded by
+/// the launcher; the claim and its volume go with the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_s3_example_initializes_from_s3_trains_and_writes_its_model_to_s3() {
+    let s3 = s3();
+    support::operator();
+    let c = client(Identity::Admin).await;
+    let ns = TestNs::new("s3-example").await;
+    let ns = ns.name.as_str();
+    // The example's bucket: this is the only test that uses it.
+    let bucket = "training-data";
+    s3.create_bucket(bucket).await.expect("create the bucket");
+    let data = gzip_stored(digits_csv(500).as_bytes());
+    s3.put_object(bucket, "digits/digits.csv.gz", data.clone())
+        .await
+        .expect("put the data");
+    let model = initial_model();
+    s3.put_object(bucket, "init/init.npz", model.clone())
+        .await
+        .expect("put the model");
+    s3_secret(&c, ns, "s3-credentials", &s3.secret_key).await;
+    let example = std::fs::read_to_string(trainjob_testbed::repo_root().join("examples/s3-digits.yaml"))
+        .expect("example");
+    real_bed()
+        .kubectl_as(
+            Identity::Admin,
+            &["apply", "--server-side", "-n", ns, "-f", "-"],
+            &example,
+        )
+        .expect("kubectl apply of the example");
+
+    // The claim: made for the job, provisioned by the default StorageClass, bound.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+    let volume = eventually("the job's claim to bind", DEADLINE, || async {
+        let pvc = claims
+            .get("initializer-s3-digits")
+            .await
+            .map_err(|e| e.to_string())?;
+        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let spec = pvc.spec.clone().unwrap_or_default();
+        match (bound, spec.volume_name) {
+            (true, Some(volume)) => Ok((volume, spec.storage_class_name, pvc.metadata.owner_references)),
+            _ => Err(format!("{:?}", pvc.status)),
+        }
+    })
+    .await;
+    let (volume, class, owners) = volume;
+    assert_eq!(class.as_deref(), Some(STORAGE_CLASS));
+    assert_eq!(
+        owners
+            .unwrap_or_default()
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
+        ["s3-digits"]
+    );
+    let host_dir = Api::<PersistentVolume>::all(c.clone())
+        .get(&volume)
+        .await
+        .expect("the claim's volume")
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| std::path::PathBuf::from(h.path))
+        .expect("a hostPath volume");
+
+    let (kind, reason, message) = support::realnode::finished(&c, ns, "s3-digits").await;
+    let launcher = support::realnode::launcher_log(&c, ns, "s3-digits").await;
+    let report = support::realnode::pod_report(&c, ns, "s3-digits").await;
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("Complete", "AllJobsCompleted"),
+        "{message}\n{report}"
+    );
+    println!("timeline of s3-digits:\n{}", timeline(&c, ns, "s3-digits").await);
+
+    // The initializers fetched what the job named, into the claim.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    for (pod, container, uri, dir, bytes) in [
+        (
+            "s3-digits-dataset-initializer-0-0",
+            "dataset-initializer",
+            "s3://training-data/digits",
+            "/workspace/dataset",
+            data.len(),
+        ),
+        (
+            "s3-digits-model-initializer-0-0",
+            "model-initializer",
+            "s3://training-data/init",
+            "/workspace/model",
+            model.len(),
+        ),
+    ] {
+        let params = LogParams {
+            container: Some(container.into()),
+            ..Default::default()
+        };
+        let log = pods.logs(pod, &params).await.expect("initializer log");
+        assert!(
+            log.trim_end().ends_with("s")
+                && log.contains(&format!(
+                    "s3sync: downloaded 1 objects ({bytes} bytes) from {uri} into {dir} in "
+                )),
+            "{pod}:\n{log}"
+        );
+    }
+    // Four ranks trained from the downloaded weights on the downloaded data, and the launcher
+    // uploaded the model.
+    let lines: Vec<&str> = launcher.lines().collect();
+    assert!(
+        lines.contains(&"data file /workspace/dataset/digits.csv.gz"),
+        "{launcher}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("init from /workspace/model/init.npz sha256 ")),
+        "{launcher}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("final accuracy ") && l.ends_with(" reached")),
+        "{launcher}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" model sha256 ")).count(),
+        4,
+        "four ranks:\n{launcher}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("s3sync: uploaded 1 files (")
+                && l.contains(" from /workspace/output to s3://training-data/models/s3-digits in ")),
+        "{launcher}"
+    );
+    let uploaded = s3
+        .get_object(bucket, "models/s3-digits/model.npz")
+        .await
+        .expect("get the model")
+        .expect("the uploaded model");
+    assert!(uploaded.starts_with(b"PK") && uploaded != model, "a trained .npz");
+    assert!(
+        !everything_said(&c, ns).await.contains(&s3.secret_key),
+        "the secret key was shown"
+    );
+
+    // Deleting the job deletes its claim, the claim's volume and the directory on the host.
+    Api::<TrainJob>::namespaced(c.clone(), ns)
+        .delete("s3-digits", &DeleteParams::foreground())
+        .await
+        .expect("delete the job");
+    let volumes: Api<PersistentVolume> = Api::all(c.clone());
+    eventually(
+        "the claim, its volume and its directory to go with the job",
+        POD_DEADLINE,
+        || async {
+            let claim = claims
+                .get_opt("initializer-s3-digits")
+                .await
+                .map_err(|e| e.to_string())?;
+            let pv = volumes.get_opt(&volume).await.map_err(|e| e.to_string())?;
+            match (claim, pv, host_dir.exists()) {
+                (None, None, false) => Ok(()),
+                (claim, pv, dir) => Err(format!(
+                    "claim {}, volume {}, directory {dir}",
+                    claim.is_some(),
+                    pv.is_some()
+                )),
+            }
+        },
+    )
+    .await;
+}
+
+/// The pod placement of every step of `mpi-openmpi-initializers` on the real node.
+fn on_the_real_node() -> serde_json::Value {
+    let pod = json!({"spec": {
+        "nodeSelector": {REAL_NODE: "true"},
+        "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+    }});
+    let steps = ["dataset-initializer", "model-initializer", "node", "launcher"]
+        .map(|rjob| json!({"name": rjob, "template": {"spec": {"template": pod}}}));
+    json!([{"manager": "trainjob.test/real-node", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": steps}}}}])
+}
+
+/// A job on `mpi-openmpi-initializers` whose dataset comes from `dataset` with Secret `secret`,
+/// its model from the bucket of the test with the right keys.
+async fn data_job(c: &Client, ns: &str, name: &str, dataset: &str, secret: &str, bucket: &str) {
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "runtimeRef": {"name": "mpi-openmpi-initializers"},
+            "initializer": {
+                "dataset": {"storageUri": dataset, "secretRef": {"name": secret}},
+                "model": {"storageUri": format!("s3://{bucket}/init"), "secretRef": {"name": "right"}},
+            },
+            "trainer": {"image": OPENMPI4},
+            "runtimePatches": on_the_real_node(),
+        },
+    }))
+    .expect("job");
+    Api::<TrainJob>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create the job");
+}
+
+/// What users get wrong, through the operator: refused keys and a missing bucket fail the job
+/// at its initializer, naming the bucket and the Secret, with no MPI pod started and no key in
+/// any status, Event or log; a Secret that does not exist is the job's `Stalled` reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_download_fails_says_which_bucket_and_secret_and_starts_no_mpi_pod() {
+    let s3 = s3();
+    support::operator();
+    let c = client(Identity::Admin).await;
+    let ns = TestNs::new("s3-jobfail").await;
+    let ns = ns.name.as_str();
+    let bucket = ns.to_string();
+    s3.create_bucket(&bucket).await.expect("create the bucket");
+    s3.put_object(&bucket, "data/digits.csv.gz", "x")
+        .await
+        .expect("put");
+    s3.put_object(&bucket, "init/init.npz", "x").await.expect("put");
+    let wrong: String = s3.secret_key.chars().rev().collect();
+    s3_secret(&c, ns, "right", &s3.secret_key).await;
+    s3_secret(&c, ns, "wrong", &wrong).await;
+    let missing = format!("missing-{ns}");
+    let data = format!("s3://{bucket}/data");
+    data_job(&c, ns, "refused", &data, "wrong", &bucket).await;
+    data_job(
+        &c,
+        ns,
+        "nobucket",
+        &format!("s3://{missing}/data"),
+        "right",
+        &bucket,
+    )
+    .await;
+    data_job(&c, ns, "nosecret", &data, "not-there", &bucket).await;
+
+    let jobs: Api<TrainJob> = Api::namespaced(c.clone(), ns);
+    let (_, _, refused) = support::realnode::finished(&c, ns, "refused").await;
+    assert!(
+        refused.starts_with(&format!("the dataset initializer failed reading {data}, so training did not start: pod refused-dataset-initializer-0-0 failed: container dataset-initializer exited with code 4 (Error); its last log line: \"s3sync: the S3 server at {} refused the credentials for bucket \\\"{bucket}\\\" (SignatureDoesNotMatch)", s3.endpoint))
+            && refused.ends_with("; its credentials come from Secret wrong (spec.initializer.dataset.secretRef)"),
+        "{refused}"
+    );
+    let (_, _, nobucket) = support::realnode::finished(&c, ns, "nobucket").await;
+    assert!(
+        nobucket.contains(&format!("exited with code 3 (Error); its last log line: \"s3sync: bucket \\\"{missing}\\\" does not exist at {}", s3.endpoint))
+            && nobucket.ends_with("; its credentials come from Secret right (spec.initializer.dataset.secretRef)"),
+        "{nobucket}"
+    );
+    let stalled = support::jobs::wait_stalled(
+        &jobs,
+        "nosecret",
+        ("True", "CreateContainerConfigError", "not-there"),
+        POD_DEADLINE,
+    )
+    .await;
+    assert!(
+        stalled.message.contains("nosecret-dataset-initializer-0-0"),
+        "{}",
+        stalled.message
+    );
+    for job in ["refused", "nobucket", "nosecret"] {
+        let started = support::jobs::names(&support::jobs::pods_of(&c, ns, job).await);
+        assert!(
+            started.iter().all(|p| p.contains("initializer")),
+            "{job}: no MPI pod: {started:?}"
+        );
+    }
+    let said = everything_said(&c, ns).await;
+    assert!(
+        !said.contains(&s3.secret_key) && !said.contains(&wrong),
+        "a secret key was shown"
     );
 }

@@ -34,6 +34,13 @@ pub const REAL_NODE: &str = "trainjob.test/real-node";
 /// as upstream says, which the real node is.
 pub const STORAGE_CLASS: &str = "standard";
 
+/// Names the shipped runtimes give the bed's images, so that they run on the real node as
+/// written: `mpi-openmpi-initializers`'s initializer image (pulled only if not present).
+const ALIASES: [(&str, &str); 1] = [(
+    "trainjob.local/initializer:bed",
+    "docker.io/library/trainjob-initializer:latest",
+)];
+
 /// A running real node. Dropping it stops the daemons and restores the host.
 pub struct RealNode {
     name: String,
@@ -156,6 +163,9 @@ impl RealNode {
         for image in &parts.images {
             node.import_image(image)?;
         }
+        for (image, alias) in ALIASES {
+            node.tag_image(image, alias)?;
+        }
         node.spawn(Component::CoreDns, &parts.coredns, &["-conf", &path("Corefile")])?;
         node.spawn(
             Component::Kubelet,
@@ -248,6 +258,16 @@ impl RealNode {
                 .is_ok_and(|s| s.success())
         })
         .await
+    }
+
+    /// Gives the imported `image` a second name, `alias`.
+    fn tag_image(&self, image: &str, alias: &str) -> Result<(), BedError> {
+        let mut command = Command::new("ctr");
+        command
+            .arg("-a")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["-n", "k8s.io", "images", "tag", "--force", image, alias]);
+        run(&mut command, "", &format!("ctr images tag {image} {alias}")).map(|_| ())
     }
 
     /// Imports an image archive (as `hack/images.sh` makes them) into the node's containerd.
