@@ -7,10 +7,12 @@
 use trainjob_testbed::support;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use support::jobs::{
-    EXIT, create_job, names, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition, wait_stalled,
+    EXIT, HOLD, annotate, create_job, names, pod_meta, pod_spec, pods_of, runtime, setup, wait_condition,
+    wait_pods, wait_stalled,
 };
 use support::{DEADLINE, eventually};
 
@@ -37,6 +39,19 @@ fn tweak(class: &str, retain: bool, dataset_exit: &str) -> impl FnOnce(&mut Valu
         }
         pod_meta(spec, "dataset-initializer")["annotations"][EXIT] = json!(dataset_exit);
         pod_meta(spec, "model-initializer")["annotations"][EXIT] = json!("0");
+    }
+}
+
+/// The runtime without its claim and the mounts of it.
+fn without_claims(spec: &mut Value) {
+    spec["template"]["spec"]["volumeClaimPolicies"] = json!([]);
+    for rjob in ["dataset-initializer", "model-initializer", "node", "launcher"] {
+        for c in pod_spec(spec, rjob)["containers"]
+            .as_array_mut()
+            .expect("containers")
+        {
+            c.as_object_mut().map(|c| c.remove("volumeMounts"));
+        }
     }
 }
 
@@ -151,15 +166,7 @@ async fn a_failed_initializer_fails_the_job_naming_it_and_starts_no_mpi_pod() {
     runtime(&c, ns, RUNTIME, "data", |spec| {
         tweak("unused", false, "3")(spec);
         // No claim here: the step's failure is the point, not storage.
-        spec["template"]["spec"]["volumeClaimPolicies"] = json!([]);
-        for rjob in ["dataset-initializer", "model-initializer", "node", "launcher"] {
-            for c in pod_spec(spec, rjob)["containers"]
-                .as_array_mut()
-                .expect("containers")
-            {
-                c.as_object_mut().map(|c| c.remove("volumeMounts"));
-            }
-        }
+        without_claims(spec);
     })
     .await;
     let jobs = create_job(&c, ns, "pi", "data", initializer()).await;
@@ -223,4 +230,83 @@ async fn a_retained_claim_outlives_its_job() {
     let kept = claim(&c, ns).await.expect("retained after the job");
     assert!(kept.metadata.owner_references.is_none_or(|o| o.is_empty()));
     assert!(kept.metadata.deletion_timestamp.is_none());
+}
+
+#[tokio::test]
+async fn a_gang_restart_keeps_the_initializers_that_finished() {
+    let (ns, c) = setup("initrestart").await;
+    let ns = ns.name.as_str();
+    runtime(&c, ns, RUNTIME, "data", |spec| {
+        tweak("unused", false, "0")(spec);
+        without_claims(spec);
+        spec["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": 1});
+        pod_meta(spec, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    let jobs = create_job(&c, ns, "pi", "data", initializer()).await;
+    let all = [
+        "pi-dataset-initializer-0-0",
+        "pi-launcher-0-0",
+        "pi-model-initializer-0-0",
+        "pi-node-0-0",
+        "pi-node-0-1",
+    ];
+    let first = wait_pods(&c, ns, "pi", &all).await;
+    let initializers = |pods: &[k8s_openapi::api::core::v1::Pod]| -> Vec<(String, String, String)> {
+        pods.iter()
+            .filter(|p| p.name_any().contains("initializer"))
+            .map(|p| {
+                let attempt = p.labels().get("trainer.kubeflow.org/restart-attempt").cloned();
+                let phase = p.status.clone().and_then(|s| s.phase);
+                (
+                    p.uid().unwrap_or_default(),
+                    attempt.unwrap_or_default(),
+                    phase.unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let before = initializers(&first);
+    assert!(
+        before.len() == 2
+            && before
+                .iter()
+                .all(|(_, attempt, phase)| attempt == "0" && phase == "Succeeded"),
+        "{before:?}"
+    );
+    let first_workers: Vec<_> = first
+        .iter()
+        .filter(|p| p.name_any().contains("-node-"))
+        .map(|p| p.uid())
+        .collect();
+
+    annotate(&c, ns, "pi-node-0-1", EXIT, Some("1")).await;
+    eventually(
+        "the MPI pods to be recreated under attempt 1",
+        DEADLINE,
+        || async {
+            let pods = wait_pods(&c, ns, "pi", &all).await;
+            let fresh = pods
+                .iter()
+                .filter(|p| !p.name_any().contains("initializer"))
+                .all(|p| {
+                    !first_workers.contains(&p.uid())
+                        && p.labels()
+                            .get("trainer.kubeflow.org/restart-attempt")
+                            .map(String::as_str)
+                            == Some("1")
+                });
+            match fresh {
+                true => Ok(()),
+                false => Err(format!("{:?}", names(&pods))),
+            }
+        },
+    )
+    .await;
+    // The same initializer pods, of attempt 0: they never ran again.
+    assert_eq!(initializers(&pods_of(&c, ns, "pi").await), before);
+    annotate(&c, ns, "pi-launcher-0-0", HOLD, None).await;
+    let (job, _) = wait_condition(&jobs, "pi", "Complete").await;
+    assert_eq!(job.status.and_then(|s| s.restarts), Some(1));
+    assert_eq!(initializers(&pods_of(&c, ns, "pi").await), before);
 }
