@@ -168,6 +168,31 @@ async fn claim_missing() {
     .await;
 }
 
+/// A runtime's volumeClaimPolicies: the claim is created, and read while the pods wait for it.
+async fn claim_made() {
+    let (ns, c) = setup("priv-pvc").await;
+    runtime(&c, &ns.name, "mpi-openmpi-initializers", "rt", |spec| {
+        spec["template"]["spec"]["volumeClaimPolicies"][0]["templates"][0]["spec"]["storageClassName"] =
+            json!("no-such-class");
+    })
+    .await;
+    let initializer =
+        json!({"dataset": {"storageUri": "s3://data/x"}, "model": {"storageUri": "s3://data/y"}});
+    let jobs = create_job(&c, &ns.name, "pi", "rt", json!({"initializer": initializer})).await;
+    eventually("the job to wait for the claim it made", DEADLINE, || async {
+        let job = jobs.get("pi").await.map_err(|e| e.to_string())?;
+        let conditions = job.status.map(|s| s.conditions).unwrap_or_default();
+        match conditions
+            .iter()
+            .any(|c| c.reason == "VolumeClaimNotBound" && c.message.contains("initializer-pi"))
+        {
+            true => Ok(()),
+            false => Err(format!("{conditions:?}")),
+        }
+    })
+    .await;
+}
+
 /// The launcher fails: its log is read; the namespace has a ResourceQuota.
 async fn fails_under_quota() {
     let (ns, c) = setup("priv-fail").await;
@@ -332,6 +357,7 @@ async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
         missing_runtime(),
         name_taken(),
         claim_missing(),
+        claim_made(),
         reports_progress()
     );
 
