@@ -148,20 +148,12 @@ const STORAGE_SCHEMES: [&str; 2] = ["s3", "hf"];
 /// or the runtime's default). Not part of [`validate`]: a runtime is admitted without knowing
 /// what its jobs will fetch.
 pub fn initializers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), ValidateError> {
-    let init = job.spec.initializer.as_ref();
     let steps = [
-        (
-            "dataset",
-            ANCESTOR_DATASET_INITIALIZER,
-            init.and_then(|i| i.dataset.as_ref()),
-        ),
-        (
-            "model",
-            ANCESTOR_MODEL_INITIALIZER,
-            init.and_then(|i| i.model.as_ref()),
-        ),
+        ("dataset", ANCESTOR_DATASET_INITIALIZER),
+        ("model", ANCESTOR_MODEL_INITIALIZER),
     ];
-    for (step, ancestor, settings) in steps {
+    for (step, ancestor) in steps {
+        let settings = job.spec.initializer.as_ref().and_then(|i| i.for_step(ancestor));
         if let Some(uri) = settings
             .and_then(|s| s.storage_uri.as_deref())
             .filter(|u| !u.is_empty())

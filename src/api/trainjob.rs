@@ -123,6 +123,18 @@ pub struct Initializer {
     pub model: Option<StorageInitializer>,
 }
 
+impl Initializer {
+    /// The settings for the step with ancestor label `step` (`dataset-initializer` or
+    /// `model-initializer`).
+    pub fn for_step(&self, step: &str) -> Option<&StorageInitializer> {
+        match step {
+            super::ANCESTOR_DATASET_INITIALIZER => self.dataset.as_ref(),
+            super::ANCESTOR_MODEL_INITIALIZER => self.model.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// Overrides for an initializer step (`dataset-initializer` or `model-initializer`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus};
 
-use crate::api::{
-    ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, NODE, StorageInitializer,
-    TrainJob,
-};
+use crate::api::{ANCESTOR_DATASET_INITIALIZER, ANCESTOR_LABEL, ANCESTOR_MODEL_INITIALIZER, NODE, TrainJob};
 use crate::plan::{Plan, Role};
 
 use super::pod_state::PodState;
@@ -60,17 +57,12 @@ pub(super) fn broken(
 /// The failure of an initializer step, with what the job asked it to fetch, the last line of its
 /// log and the Secret its credentials come from: what a user checks first.
 fn initializer(job: &TrainJob, o: &PodState, log: Option<&str>) -> Option<String> {
-    let labels = o.pod.metadata.labels.as_ref()?;
-    let (what, field) = match labels.get(ANCESTOR_LABEL).map(String::as_str)? {
-        ANCESTOR_DATASET_INITIALIZER => ("dataset", "dataset"),
-        ANCESTOR_MODEL_INITIALIZER => ("model", "model"),
-        _ => return None,
-    };
-    let init = job.spec.initializer.as_ref();
-    let settings: Option<&StorageInitializer> = match field {
-        "dataset" => init.and_then(|i| i.dataset.as_ref()),
-        _ => init.and_then(|i| i.model.as_ref()),
-    };
+    let step = o.pod.metadata.labels.as_ref()?.get(ANCESTOR_LABEL)?;
+    // `dataset` or `model`: the field under spec.initializer, and the step's name in words.
+    let field = [ANCESTOR_DATASET_INITIALIZER, ANCESTOR_MODEL_INITIALIZER]
+        .contains(&step.as_str())
+        .then(|| step.strip_suffix("-initializer"))??;
+    let settings = job.spec.initializer.as_ref().and_then(|i| i.for_step(step));
     // Its log, else its termination message (what a container leaves in
     // /dev/termination-log, readable where its log is not).
     let told = || {
@@ -95,7 +87,7 @@ fn initializer(job: &TrainJob, o: &PodState, log: Option<&str>) -> Option<String
         .and_then(|s| s.storage_uri.as_deref())
         .map_or(String::new(), |u| format!(" reading {u}"));
     Some(format!(
-        "the {what} initializer failed{uri}, so training did not start: {}",
+        "the {field} initializer failed{uri}, so training did not start: {}",
         describe(o, cause, "in the runtime's pod template, or with a runtimePatch")
     ))
 }

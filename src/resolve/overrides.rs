@@ -41,20 +41,13 @@ pub(super) fn apply_trainer(pod: &mut PodSpec, trainer: &Trainer, is_trainer_ste
 
 /// `spec.initializer` on the initializer steps: `STORAGE_URI`, env and the credentials Secret.
 pub(super) fn apply_initializer(pod: &mut PodSpec, job: &TrainJob, step: Option<&str>) {
-    let Some(init) = &job.spec.initializer else { return };
-    let (uri, env, secret) = match step {
-        Some(ANCESTOR_DATASET_INITIALIZER) => match &init.dataset {
-            Some(d) => (&d.storage_uri, &d.env, &d.secret_ref),
-            None => return,
-        },
-        Some(ANCESTOR_MODEL_INITIALIZER) => match &init.model {
-            Some(m) => (&m.storage_uri, &m.env, &m.secret_ref),
-            None => return,
-        },
-        _ => return,
+    let Some(step) = step else { return };
+    let Some(settings) = job.spec.initializer.as_ref().and_then(|i| i.for_step(step)) else {
+        return;
     };
-    let container = step.unwrap_or_default();
-    for c in pod.containers.iter_mut().filter(|c| c.name == container) {
+    let (uri, env, secret) = (&settings.storage_uri, &settings.env, &settings.secret_ref);
+    // The step's container is named after it (admission checks that it exists).
+    for c in pod.containers.iter_mut().filter(|c| c.name == step) {
         if let Some(uri) = uri {
             upsert_env(
                 c,
