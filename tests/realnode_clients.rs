@@ -301,6 +301,10 @@ async fn the_kubeflow_python_sdk_drives_mpi_jobs() {
     assert!(venv.status.success(), "hack/sdk.sh failed");
     let venv = String::from_utf8_lossy(&venv.stdout).trim().to_string();
     let report = std::env::temp_dir().join(format!("{}-junit.xml", ns.name));
+    // The data of the suite's S3 case, in a bucket of its own.
+    let s3 = bed().s3().expect("the real node's S3 server");
+    let bucket = format!("{}-data", ns.name);
+    support::data::seed_digits(s3, &bucket).await;
     let out = Command::new(format!("{venv}/bin/python"))
         .args(["-m", "pytest", "-v", "-p", "no:cacheprovider", "--junitxml"])
         .arg(&report)
@@ -310,6 +314,10 @@ async fn the_kubeflow_python_sdk_drives_mpi_jobs() {
         .env("TRAINJOB_TEST_NAMESPACE", &ns.name)
         .env("TRAINJOB_TEST_IMAGE", IMAGE)
         .env("TRAINJOB_TEST_REAL_NODE", trainjob_testbed::REAL_NODE)
+        .env("TRAINJOB_TEST_S3_BUCKET", &bucket)
+        .env("TRAINJOB_TEST_S3_ENDPOINT", &s3.endpoint)
+        .env("TRAINJOB_TEST_S3_ACCESS_KEY", &s3.access_key)
+        .env("TRAINJOB_TEST_S3_SECRET_KEY", &s3.secret_key)
         .output()
         .expect("pytest");
     let said = format!(
@@ -329,7 +337,7 @@ async fn the_kubeflow_python_sdk_drives_mpi_jobs() {
     for clean in ["errors=\"0\"", "failures=\"0\"", "skipped=\"0\""] {
         assert!(suite.contains(clean), "{suite}");
     }
-    assert!(suite.contains("tests=\"9\""), "every case ran: {suite}");
+    assert!(suite.contains("tests=\"10\""), "every case ran: {suite}");
 }
 
 #[tokio::test]

@@ -52,8 +52,9 @@ def custom(kube) -> k8s.CustomObjectsApi:
     return k8s.CustomObjectsApi(kube)
 
 
-def on_real_node() -> RuntimePatch:
-    """The SDK's own RuntimePatch option, placing the launcher and the workers on the real node."""
+def on_real_node(steps=("node", "launcher")) -> RuntimePatch:
+    """The SDK's own RuntimePatch option, placing the pods of `steps` (by default the launcher and
+    the workers) on the real node."""
     pod = PodTemplatePatch(
         spec=PodSpecPatch(
             node_selector={REAL_NODE: "true"},
@@ -62,7 +63,7 @@ def on_real_node() -> RuntimePatch:
     )
     jobs = [
         ReplicatedJobPatch(name=name, template=JobTemplatePatch(spec=JobSpecPatch(template=pod)))
-        for name in ("node", "launcher")
+        for name in steps
     ]
     spec = JobSetSpecPatch(replicated_jobs=jobs)
     return RuntimePatch(

@@ -8,12 +8,19 @@ bed's control plane, with every pod on the real node, as a tenant holding the `e
 Where the SDK's view of an MPI job differs from the operator's, the test pins down what the SDK
 does and docs/sdk.md says so."""
 
+import os
 import threading
 import time
 
 import pytest
 from conftest import DEADLINE, IMAGE, NAMESPACE, on_real_node
-from kubeflow.trainer import CustomTrainer, CustomTrainerContainer
+from kubeflow.trainer import (
+    CustomTrainer,
+    CustomTrainerContainer,
+    Initializer,
+    S3DatasetInitializer,
+    S3ModelInitializer,
+)
 from kubeflow.trainer.options import Annotations, Labels, Name, TrainerCommand
 
 SHIPPED = {"mpi-openmpi", "mpi-mpich", "mpi-intel"}
@@ -201,6 +208,42 @@ def test_custom_trainer_runs_a_python_function_on_every_rank(trainer):
     assert all(r.endswith("sum 3") for r in ranks), log
     # Each rank ran on its own worker.
     assert {r.split(" on ")[1].split()[0] for r in ranks} == {f"{name}-node-0-0", f"{name}-node-0-1"}, log
+
+
+def test_s3_initializers_fill_the_jobs_volume_before_it_trains(trainer, core):
+    """The SDK's S3 initializers on mpi-openmpi-initializers: the endpoint and keys it puts in
+    spec.initializer's env are what the initializer image reads; the job trains on the data set
+    and from the weights they downloaded (tests/realnode_clients.rs put them in the bucket)."""
+    bucket = os.environ["TRAINJOB_TEST_S3_BUCKET"]
+    s3 = {
+        "endpoint": os.environ["TRAINJOB_TEST_S3_ENDPOINT"],
+        "access_key_id": os.environ["TRAINJOB_TEST_S3_ACCESS_KEY"],
+        "secret_access_key": os.environ["TRAINJOB_TEST_S3_SECRET_KEY"],
+    }
+    command = ["mpirun", "-n", "2", "/home/mpiuser/train", "--epochs", "8", "--target", "0.5",
+               "--data", "/workspace/dataset", "--init", "/workspace/model/init.npz"]
+    name = trainer.train(
+        runtime=trainer.get_runtime("mpi-openmpi-initializers"),
+        initializer=Initializer(
+            dataset=S3DatasetInitializer(storage_uri=f"s3://{bucket}/digits", **s3),
+            model=S3ModelInitializer(storage_uri=f"s3://{bucket}/init", **s3),
+        ),
+        trainer=CustomTrainerContainer(image=IMAGE, num_nodes=2),
+        options=[
+            Name("sdk-s3"),
+            TrainerCommand(command),
+            on_real_node(("dataset-initializer", "model-initializer", "node", "launcher")),
+        ],
+    )
+    job = trainer.wait_for_job_status(name, {"Complete", "Failed"}, timeout=DEADLINE, polling_interval=1)
+    log = core.read_namespaced_pod_log(f"{name}-launcher-0-0", NAMESPACE, container="node").splitlines()
+    assert job.status == "Complete", log
+    assert "data file /workspace/dataset/digits.csv.gz" in log, log
+    assert any(line.startswith("init from /workspace/model/init.npz sha256 ") for line in log), log
+    for step, prefix in (("dataset-initializer", "digits"), ("model-initializer", "init")):
+        said = core.read_namespaced_pod_log(f"{name}-{step}-0-0", NAMESPACE, container=step)
+        assert f"from s3://{bucket}/{prefix} into /workspace/" in said, said
+        assert s3["secret_access_key"] not in said
 
 
 def test_delete_job_stops_a_running_job_and_its_pods(trainer, core):

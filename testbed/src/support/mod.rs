@@ -2,6 +2,7 @@
 //! namespace per test, the operator under test, and polling with a deadline instead of sleeps.
 
 pub mod browser;
+pub mod data;
 pub mod jobs;
 pub mod leaders;
 pub mod logs;
