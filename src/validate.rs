@@ -140,8 +140,9 @@ pub fn validate(job: &TrainJob, runtime: &str, plan: &Plan, limits: &Limits) -> 
     containers(job, runtime, plan)
 }
 
-/// The schemes of `storageUri` that Kubeflow's initializers (and this project's) read.
-const STORAGE_SCHEMES: [&str; 2] = ["s3", "hf"];
+/// The schemes of `storageUri` that Kubeflow's initializers (and this project's) read: S3,
+/// Hugging Face, and the data cache of the SDK's `DataCacheInitializer`.
+const STORAGE_SCHEMES: [&str; 3] = ["s3", "hf", "cache"];
 
 /// What `spec.initializer` asks against the initializer steps `plan` has: a scheme the
 /// initializers read, a step for each setting, and a `STORAGE_URI` for each step (from the job,
@@ -313,6 +314,8 @@ mod tests {
         let both =
             json!({"dataset": {"storageUri": "s3://data/digits"}, "model": {"storageUri": "hf://org/model"}});
         assert_eq!(check("mpi-openmpi-initializers", both), Ok(()));
+        let cached = json!({"dataset": {"storageUri": "cache://schema/table"}, "model": {"storageUri": "S3://m/x"}});
+        assert_eq!(check("mpi-openmpi-initializers", cached), Ok(()));
         assert_eq!(
             check("mpi-openmpi-initializers", json!({"dataset": {"storageUri": "ftp://host/data"}, "model": {"storageUri": "s3://m/x"}})),
             Err("spec.initializer.dataset.storageUri \"ftp://host/data\": scheme \"ftp\" is not one the initializers read; use s3://BUCKET/PREFIX or hf://ORG/NAME".into())
