@@ -160,7 +160,8 @@ pub fn initializers(job: &TrainJob, runtime: &str, plan: &Plan) -> Result<(), Va
             .filter(|u| !u.is_empty())
         {
             let scheme = uri.split_once("://").map_or(uri, |(s, _)| s);
-            if !STORAGE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+            // As written: the initializers compare the scheme in lower case.
+            if !STORAGE_SCHEMES.contains(&scheme) {
                 return Err(ValidateError::UnknownScheme {
                     step,
                     uri: uri.into(),
@@ -314,8 +315,13 @@ mod tests {
         let both =
             json!({"dataset": {"storageUri": "s3://data/digits"}, "model": {"storageUri": "hf://org/model"}});
         assert_eq!(check("mpi-openmpi-initializers", both), Ok(()));
-        let cached = json!({"dataset": {"storageUri": "cache://schema/table"}, "model": {"storageUri": "S3://m/x"}});
+        let cached =
+            json!({"dataset": {"storageUri": "cache://schema/table"}, "model": {"storageUri": "s3://m/x"}});
         assert_eq!(check("mpi-openmpi-initializers", cached), Ok(()));
+        let upper = json!({"dataset": {"storageUri": "S3://data/x"}, "model": {"storageUri": "s3://m/x"}});
+        assert!(
+            check("mpi-openmpi-initializers", upper).is_err_and(|e| e.contains("scheme \"S3\" is not one"))
+        );
         assert_eq!(
             check("mpi-openmpi-initializers", json!({"dataset": {"storageUri": "ftp://host/data"}, "model": {"storageUri": "s3://m/x"}})),
             Err("spec.initializer.dataset.storageUri \"ftp://host/data\": scheme \"ftp\" is not one the initializers read; use s3://BUCKET/PREFIX or hf://ORG/NAME".into())
