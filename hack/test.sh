@@ -23,7 +23,7 @@ mkdir -p "$logs"
 
 # Integration binaries that need the real node, and the order of the rest (longest first, as
 # measured; binaries not listed run last, in name order).
-real_node=(realnode realnode_stalls realnode_training realnode_clients realnode_s3 install)
+real_node=(realnode realnode_stalls realnode_training realnode_clients install)
 longest=(chaos gang kueue errors ha admission upgrade controlplane lifecycle operator privileges restart tenancy logging initializers)
 
 # Build every test binary once and list them: `<name> <kind> <path>`.

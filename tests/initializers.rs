@@ -2,7 +2,7 @@
 //! MPI pods, a failing one fails the job naming it and starts no MPI pod, and the job's volume
 //! claim (from the runtime's `volumeClaimPolicies`) is made before the pods, says why the job
 //! waits when it cannot bind, and goes with the job, or stays, as its retention policy says.
-//! What needs a real volume and a real S3 server is in `realnode_s3.rs`.
+//! What needs a real volume and a real S3 server is in `realnode_training/data.rs`.
 
 use trainjob_testbed::support;
 

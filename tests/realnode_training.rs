@@ -22,6 +22,11 @@ use support::realnode::{create, finished, launcher_log};
 use support::{DEADLINE, TestNs, admitting_operator, bed, client, eventually, real_bed};
 use trainjob_operator::api::TrainJob;
 
+// Data in and results out (S3, provisioned volumes, initializers): in this binary so that it shares
+// its real node instead of starting one of its own.
+#[path = "realnode_training/data.rs"]
+mod data;
+
 /// Hosts per job and ranks per host.
 const NODES: usize = 2;
 const SLOTS: usize = 2;

@@ -1,4 +1,4 @@
-//! Data in, results out, for real (issue 28): the real node's S3 server (versitygw, a host
+//! Data in, results out, for real (a module of `realnode_training`, sharing its real node): the real node's S3 server (versitygw, a host
 //! process on the node's bridge), a volume that the bed's default StorageClass provisions
 //! (kube-controller-manager's hostpath provisioner), and `s3sync` in real pods: the initializer
 //! image downloads a data set from S3 into the claim as root, the training image reads it as uid
@@ -560,7 +560,7 @@ async fn timeline(c: &Client, ns: &str, job: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_s3_example_initializes_from_s3_trains_and_writes_its_model_to_s3() {
     let s3 = s3();
-    support::operator();
+    support::admitting_operator();
     let c = client(Identity::Admin).await;
     let ns = TestNs::new("s3-example").await;
     let ns = ns.name.as_str();
@@ -763,7 +763,7 @@ async fn data_job(c: &Client, ns: &str, name: &str, dataset: &str, secret: &str,
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_download_fails_says_which_bucket_and_secret_and_starts_no_mpi_pod() {
     let s3 = s3();
-    support::operator();
+    support::admitting_operator();
     let c = client(Identity::Admin).await;
     let ns = TestNs::new("s3-jobfail").await;
     let ns = ns.name.as_str();
