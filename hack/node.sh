@@ -48,64 +48,39 @@ deps() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-coredns() {
-  local mod="$here/coredns" version sum bin
-  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/coredns/coredns") { print $(i + 1); exit } }' "$mod/go.mod")
-  [[ -n "$version" ]] || fail "no github.com/coredns/coredns requirement in $mod/go.mod"
-  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
-  bin="$cache_root/coredns-$version-$sum/coredns"
+# Builds PACKAGE of the Go module MODULE that hack/DIR/go.mod pins, once, into a cache directory
+# keyed by its version and go.sum; prints "NAME PATH". STAMP, when given, is the -X variable that
+# upstream's Makefile sets to the version.
+pinned() {
+  local name=$1 dir="$here/$2" module=$3 package=$4 stamp=${5:-} version sum bin
+  version=$(awk -v m="$module" '{ for (i = 1; i < NF; i++) if ($i == m) { print $(i + 1); exit } }' "$dir/go.mod")
+  [[ -n "$version" ]] || fail "no $module requirement in $dir/go.mod"
+  sum=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-12)
+  bin="$cache_root/$name-$version-$sum/$name"
   if [[ ! -x "$bin" ]]; then
-    echo ">> building CoreDNS $version into $bin" >&2
+    echo ">> building $name $version into $bin" >&2
     local start=$SECONDS
     mkdir -p "$(dirname "$bin")"
-    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" -o "$bin.tmp" github.com/coredns/coredns >&2)
+    (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w${stamp:+ -X $stamp=$version}" -o "$bin.tmp" "$package" >&2)
     mv "$bin.tmp" "$bin"
-    echo ">> built CoreDNS in $((SECONDS - start))s" >&2
+    echo ">> built $name in $((SECONDS - start))s" >&2
   fi
-  echo "coredns $bin"
+  echo "$name $bin"
 }
+
+coredns() { pinned coredns coredns github.com/coredns/coredns github.com/coredns/coredns; }
 
 # metrics-server serves metrics.k8s.io (kubectl top, the dashboard) from the real node's kubelet.
 metrics_server() {
-  local mod="$here/metrics-server" version sum bin
-  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/metrics-server") { print $(i + 1); exit } }' "$mod/go.mod")
-  [[ -n "$version" ]] || fail "no sigs.k8s.io/metrics-server requirement in $mod/go.mod"
-  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
-  bin="$cache_root/metrics-server-$version-$sum/metrics-server"
-  if [[ ! -x "$bin" ]]; then
-    echo ">> building metrics-server $version into $bin" >&2
-    local start=$SECONDS
-    mkdir -p "$(dirname "$bin")"
-    # Its version as upstream's Makefile stamps it (the client-go version package), else v0.0.0.
-    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
-      -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$version" \
-      -o "$bin.tmp" sigs.k8s.io/metrics-server/cmd/metrics-server >&2)
-    mv "$bin.tmp" "$bin"
-    echo ">> built metrics-server in $((SECONDS - start))s" >&2
-  fi
-  echo "metrics-server $bin"
+  pinned metrics-server metrics-server sigs.k8s.io/metrics-server \
+    sigs.k8s.io/metrics-server/cmd/metrics-server k8s.io/client-go/pkg/version.gitVersion
 }
 
 # versitygw is the bed's S3 server (a gateway over a directory): pods download data from it and
 # upload results to it. The Rust test bed runs it on the bridge address.
 versitygw() {
-  local mod="$here/s3" version sum bin
-  version=$(awk '{ for (i = 1; i < NF; i++) if ($i == "github.com/versity/versitygw") { print $(i + 1); exit } }' "$mod/go.mod")
-  [[ -n "$version" ]] || fail "no github.com/versity/versitygw requirement in $mod/go.mod"
-  sum=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)
-  bin="$cache_root/versitygw-$version-$sum/versitygw"
-  if [[ ! -x "$bin" ]]; then
-    echo ">> building versitygw $version into $bin" >&2
-    local start=$SECONDS
-    mkdir -p "$(dirname "$bin")"
-    # Its version in the banner, as upstream's Makefile stamps it.
-    (cd "$mod" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath \
-      -ldflags "-s -w -X main.Version=$version" \
-      -o "$bin.tmp" github.com/versity/versitygw/cmd/versitygw >&2)
-    mv "$bin.tmp" "$bin"
-    echo ">> built versitygw in $((SECONDS - start))s" >&2
-  fi
-  echo "versitygw $bin"
+  pinned versitygw s3 github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw main.Version
 }
 
 kube_router() {
