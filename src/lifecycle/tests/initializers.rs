@@ -18,23 +18,6 @@ fn data_job() -> TrainJob {
     }))
 }
 
-/// The step container's exit, as the kubelet reports it.
-fn exit(pods: &mut [Pod], name: &str, container: &str, exit_code: i32) {
-    let pod = pods
-        .iter_mut()
-        .find(|p| p.metadata.name.as_deref() == Some(name))
-        .expect("pod exists");
-    let phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
-    pod.status = Some(
-        serde_json::from_value(json!({
-            "phase": phase,
-            "containerStatuses": [{"name": container, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" }}}}],
-        }))
-        .expect("status"),
-    );
-}
-
 fn set_termination_message(pods: &mut [Pod], message: Option<String>) {
     let pod = pods
         .iter_mut()
@@ -59,8 +42,20 @@ fn a_failed_initializer_fails_the_job_with_its_uri_last_log_line_and_secret_and_
         ["pi-dataset-initializer-0-0", "pi-model-initializer-0-0"]
     );
     let j = with_status(j, &d);
-    exit(&mut pods, "pi-model-initializer-0-0", "model-initializer", 0);
-    exit(&mut pods, "pi-dataset-initializer-0-0", "dataset-initializer", 3);
+    terminate_container(
+        &mut pods,
+        "pi-model-initializer-0-0",
+        "model-initializer",
+        0,
+        "Completed",
+    );
+    terminate_container(
+        &mut pods,
+        "pi-dataset-initializer-0-0",
+        "dataset-initializer",
+        3,
+        "Error",
+    );
     let log = "s3sync: reading s3://training/digits\n\ns3sync: the S3 server at http://s3:7070 refused the credentials for bucket \"training\" (InvalidAccessKeyId): check ACCESS_KEY_ID and SECRET_ACCESS_KEY in the credentials Secret\n\n";
     let observed = Observed {
         failed_log: Some(("pi-dataset-initializer-0-0".into(), log.into())),
@@ -108,10 +103,22 @@ fn the_workers_wait_for_both_initializers_and_a_gang_restart_keeps_the_finished_
     let d = decide(&j, &p, &[], &at(T0));
     let mut pods = created(&j, &p, &d);
     let j = with_status(j, &d);
-    exit(&mut pods, "pi-dataset-initializer-0-0", "dataset-initializer", 0);
+    terminate_container(
+        &mut pods,
+        "pi-dataset-initializer-0-0",
+        "dataset-initializer",
+        0,
+        "Completed",
+    );
     let d = decide(&j, &p, &pods, &at(T0));
     assert!(d.create.is_empty(), "the model initializer still runs");
-    exit(&mut pods, "pi-model-initializer-0-0", "model-initializer", 0);
+    terminate_container(
+        &mut pods,
+        "pi-model-initializer-0-0",
+        "model-initializer",
+        0,
+        "Completed",
+    );
     let d = decide(&j, &p, &pods, &at(T0));
     let workers = created(&j, &p, &d);
     assert_eq!(pod_names(&workers), ["pi-node-0-0", "pi-node-0-1"]);

@@ -78,6 +78,11 @@ fn set_phase(pods: &mut [Pod], name: &str, phase: &str, ready: bool) {
 }
 
 fn terminate(pods: &mut [Pod], name: &str, exit_code: i32, reason: &str) {
+    terminate_container(pods, name, "node", exit_code, reason);
+}
+
+/// Pod `name` ends with its container `container` exited with `exit_code` for `reason`.
+fn terminate_container(pods: &mut [Pod], name: &str, container: &str, exit_code: i32, reason: &str) {
     let pod = pods
         .iter_mut()
         .find(|p| p.metadata.name.as_deref() == Some(name))
@@ -86,7 +91,7 @@ fn terminate(pods: &mut [Pod], name: &str, exit_code: i32, reason: &str) {
     pod.status = Some(
         serde_json::from_value(json!({
             "phase": phase,
-            "containerStatuses": [{"name": "node", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "containerStatuses": [{"name": container, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}],
         }))
         .expect("status"),
