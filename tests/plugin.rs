@@ -94,14 +94,27 @@ async fn list_describe_and_wait_tell_a_running_a_failed_and_a_waiting_job_apart(
         }
     })
     .await;
-    let runs = eventually("the launcher to run", DEADLINE, || async {
-        let (code, out, err) = plugin(Identity::Admin, &["list", "-n", ns]);
-        let rows = rows(&out);
-        match rows.iter().find(|r| r[0] == "run") {
-            Some(r) if code == 0 && r[1] == "Running" => Ok((out.clone(), rows)),
-            _ => Err(format!("{code} {out} {err}")),
-        }
-    })
+    let expected = [
+        vec!["big", "Starting", "-", "0/2", "0", "Unschedulable"],
+        vec!["oops", "Failed", "-", "0/2", "0", "FailedJobs"],
+        vec!["run", "Running", "-", "2/2", "0"],
+    ]
+    .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // Until every row settles: the launcher runs, and the failed job's workers are gone (a
+    // worker still being deleted counts as ready for a moment).
+    let runs = eventually(
+        "the launcher to run and the failed job's workers to go",
+        DEADLINE,
+        || async {
+            let (code, out, err) = plugin(Identity::Admin, &["list", "-n", ns]);
+            let mut rows = rows(&out);
+            rows.sort();
+            match code == 0 && rows == expected {
+                true => Ok((out.clone(), rows)),
+                false => Err(format!("{code} {out} {err}")),
+            }
+        },
+    )
     .await;
     let (table, rows) = runs;
     assert_eq!(
@@ -113,18 +126,7 @@ async fn list_describe_and_wait_tell_a_running_a_failed_and_a_waiting_job_apart(
             .collect::<Vec<_>>(),
         ["NAME", "PHASE", "PROGRESS", "NODES", "RESTARTS", "AGE", "REASON"]
     );
-    let mut rows = rows;
-    rows.sort();
-    assert_eq!(
-        rows,
-        [
-            vec!["big", "Starting", "-", "0/2", "0", "Unschedulable"],
-            vec!["oops", "Failed", "-", "0/2", "0", "FailedJobs"],
-            vec!["run", "Running", "-", "2/2", "0"],
-        ]
-        .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-        "{table}"
-    );
+    assert_eq!(rows, expected, "{table}");
 
     let (code, page, _) = plugin(Identity::Admin, &["describe", "oops", "-n", ns]);
     assert_eq!(code, 0);
