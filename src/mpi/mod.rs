@@ -26,10 +26,26 @@ pub const ROLE_ENV: &str = "K_MPI_JOB_ROLE";
 
 /// ssh options for every implementation. Pods come and go with new host keys and the key mount
 /// is read-only, so host keys are neither checked nor recorded (the job's own key pair
-/// authenticates the workers); connections are retried while a worker's DNS record settles;
-/// `LogLevel=ERROR` drops the "Permanently added" line each connection would log.
-pub const SSH_ARGS: &str =
-    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectionAttempts=10 -o LogLevel=ERROR";
+/// authenticates the workers); connections are retried while a worker's DNS record settles.
+///
+/// `mpirun` holds an ssh session to every worker for the whole run, and a worker that stops
+/// answering (a network partition drops packets: no reset, no ICMP) would hold it open forever.
+/// `ServerAliveInterval=10` and `ServerAliveCountMax=3` end such a session 30 to 40 s after the
+/// worker's last answer (ssh asks every 10 s of silence and gives up after the fourth question
+/// goes unanswered): long enough for a loaded node's sshd to answer, short enough that the job
+/// fails instead of hanging. The same two bound the login itself (OpenSSH uses them as the
+/// packet timeout until the session starts).
+///
+/// `LogLevel=INFO` (OpenSSH's default, set so that an image's `ssh_config` cannot lower it): ssh
+/// names the worker that stopped answering ("Timeout, server HOST not responding.",
+/// clientloop.c) only at INFO, as it does the connection errors it dies of during login (log.c's
+/// `sshlogdie` logs at INFO whatever it is given). At ERROR the session ends without a word, and
+/// what the MPI implementation makes of it misleads: Open MPI 4 reports the worker's daemon as one
+/// it "was unable to reliably start", Open MPI 5 as one that "failed to report back after being
+/// spawned", and MPICH's Hydra ignores the end of an ssh session once its proxy has connected.
+/// The price is one "Warning: Permanently added ..." line per connection (also INFO).
+pub const SSH_ARGS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectionAttempts=10 \
+-o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o LogLevel=INFO";
 
 /// Blank on a launcher that runs no ranks, unless the job sets them, so that it does not hold
 /// the node's GPUs through the NVIDIA runtime (as MPI Operator does).

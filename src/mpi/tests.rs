@@ -217,3 +217,29 @@ fn long_lines_are_cut() {
     );
     assert!(found.line.ends_with('…'));
 }
+
+#[test]
+fn a_silent_worker_ends_its_ssh_session_within_a_minute_and_ssh_says_so() {
+    // ORTE and PRRTE split the options at single spaces.
+    let words: Vec<&str> = SSH_ARGS.split(' ').collect();
+    assert!(words.iter().all(|w| !w.is_empty()), "{SSH_ARGS}");
+    let option = |name: &str| {
+        words
+            .chunks(2)
+            .find_map(|pair| match pair {
+                ["-o", setting] => setting.strip_prefix(name)?.strip_prefix('='),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} in {SSH_ARGS}"))
+    };
+    let interval: u32 = option("ServerAliveInterval").parse().expect("seconds");
+    let count: u32 = option("ServerAliveCountMax").parse().expect("a count");
+    // ssh gives up when the (count + 1)th question in a row goes unanswered.
+    assert!(
+        interval >= 5 && count >= 2,
+        "a loaded node's sshd must have time to answer"
+    );
+    assert!(interval * (count + 1) <= 60, "{interval} s x {count}");
+    // The "Timeout, server HOST not responding." line is logged at INFO.
+    assert_eq!(option("LogLevel"), "INFO");
+}
