@@ -192,8 +192,8 @@ fn var(name: &str, value: &str) -> EnvVar {
 }
 
 /// Lines from OpenSSH and the C library's resolver, which every implementation's `mpirun`
-/// passes on from the ssh it starts. Key problems first: a rejected key also ends the
-/// connection.
+/// passes on from the ssh it starts, in the order they claim a line (see [`diagnose`]). Key
+/// problems first: a rejected key also ends the connection.
 const TRANSPORT: &[(Cause, &str)] = &[
     (Cause::Key, "Permission denied (publickey"),
     (Cause::Key, "are too open"),
@@ -224,15 +224,29 @@ pub struct Finding {
 }
 
 /// The first cause `log` shows, by [`Cause`] order, then by pattern; `None` when it shows none
-/// (the program itself failed). Only the one matching line is quoted: a key never matches
-/// these patterns, so key material cannot reach a condition or an Event through here.
+/// (the program itself failed). Each line names at most one cause: that of the first pattern it
+/// contains, the implementation's own before the transport's (they are the more specific: a
+/// line of theirs that repeats an ssh error's words is theirs). Only the one matching line is
+/// quoted: a key never matches these patterns, so key material cannot reach a condition or an
+/// Event through here.
 pub fn diagnose(mpi: &dyn Implementation, log: &str) -> Option<Finding> {
-    let mut patterns: Vec<(Cause, &str)> = TRANSPORT.iter().chain(mpi.log_patterns()).copied().collect();
+    let own = mpi.log_patterns();
+    let claimed: Vec<(&str, (Cause, &str))> = log
+        .lines()
+        .filter_map(|l| {
+            let pattern = own
+                .iter()
+                .chain(TRANSPORT)
+                .find(|(_, needle)| l.contains(needle))?;
+            Some((l, *pattern))
+        })
+        .collect();
+    let mut patterns: Vec<(Cause, &str)> = TRANSPORT.iter().chain(own).copied().collect();
     // Stable: within a cause, the transport's lines come first, in their order.
     patterns.sort_by_key(|(cause, _)| *cause);
-    patterns.iter().find_map(|(cause, needle)| {
-        log.lines().find(|l| l.contains(needle)).map(|l| Finding {
-            cause: *cause,
+    patterns.iter().find_map(|pattern| {
+        claimed.iter().find(|(_, p)| p == pattern).map(|(l, _)| Finding {
+            cause: pattern.0,
             line: quote(l),
         })
     })
