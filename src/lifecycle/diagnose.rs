@@ -1,6 +1,6 @@
 //! Why a launcher's `mpirun` failed, read from the tail of its log (the implementation's lines,
-//! `mpi::diagnose`), and what to check, in the job's own terms: its Service, key mount and
-//! images.
+//! `mpi::diagnose`), and what to check, in the job's own terms: its Service, key mount, images
+//! and the network between its nodes.
 
 use crate::mpi::{self, Cause};
 use crate::plan::Plan;
@@ -21,6 +21,13 @@ pub fn launcher_log(log: &str, plan: &Plan) -> Option<String> {
         ),
         Cause::Ssh => format!(
             "mpirun could not open an SSH session to a worker: {line:?}; check that the workers run sshd on the port the image's ssh_config names and that their readiness probe checks that port"
+        ),
+        Cause::Connection => format!(
+            "{} broke while the job ran: {line:?}; check the network between the job's nodes (a partition, a node that went away or restarted, a NetworkPolicy or firewall that changed): mpirun's SSH sessions to the workers and the ranks' own connections must stay open for the whole run",
+            match mpi::peer(&line) {
+                Some(host) => format!("the connection to {host}"),
+                None => "a connection between the launcher and a worker, or between ranks,".into(),
+            }
         ),
         Cause::Daemon => format!(
             "{} could not start its {} on a worker: {line:?}; check that the workers' image has the launcher's MPI installed, on the PATH of a non-interactive ssh session",
@@ -90,6 +97,26 @@ mod tests {
                 "bash: line 1: hydra_pmi_proxy: command not found",
                 "MPICH could not start its hydra_pmi_proxy on a worker",
             ),
+            (
+                "mpi-openmpi",
+                "Timeout, server pi-node-0-1.pi not responding.",
+                "the connection to pi-node-0-1.pi broke while the job ran",
+            ),
+            (
+                "mpi-openmpi",
+                "  Remote daemon: [[41386,0],1] on node pi-node-0-1.pi",
+                "the connection to pi-node-0-1.pi broke while the job ran",
+            ),
+            (
+                "mpi-intel",
+                "Connection to pi-node-0-1.pi closed by remote host.",
+                "the connection to pi-node-0-1.pi broke while the job ran",
+            ),
+            (
+                "mpi-mpich",
+                "[mpiexec@pi-launcher-0-0] control_cb (mpiexec/pmiserv_cb.c:279): unable to read command from proxy",
+                "a connection between the launcher and a worker, or between ranks, broke while the job ran",
+            ),
         ];
         for (runtime, line, expected) in cases {
             let log =
@@ -105,6 +132,33 @@ mod tests {
         let log = "Connection closed by 10.244.0.5 port 2222\nmpiuser@pi-node-0-0: Permission denied (publickey).\n";
         let message = diagnose("mpi-openmpi", log).unwrap_or_default();
         assert!(message.contains("/home/mpiuser/.ssh"), "{message}");
+    }
+
+    #[test]
+    fn a_lost_daemon_is_named_by_its_node_and_blamed_on_the_network() {
+        let log = "\
+--------------------------------------------------------------------------
+ORTE has lost communication with a remote daemon.
+
+  HNP daemon   : [[41386,0],0] on node pi-launcher-0-0
+  Remote daemon: [[41386,0],1] on node pi-node-0-1.pi
+
+This is usually due to either a failure of the TCP network
+connection to the node, or possibly an internal failure of
+the daemon itself. We cannot recover from this failure, and
+therefore will terminate the job.
+--------------------------------------------------------------------------
+";
+        let message = diagnose("mpi-openmpi", log).unwrap_or_default();
+        assert!(
+            message.starts_with("the connection to pi-node-0-1.pi broke while the job ran"),
+            "{message}"
+        );
+        assert!(message.contains("a partition"), "{message}");
+        assert!(
+            !message.contains("pi-launcher-0-0"),
+            "names the worker, not mpirun's node: {message}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::pod_state::PodState;
 /// The first pod of the current attempt that breaks the world: failed, lost with its node
 /// (`lost_nodes`: why each is), deleted by someone else (eviction, drain), or, once the launcher
 /// exists, missing altogether. `log`: the tail of a failed pod's log, `(pod, text)`: a launcher's
-/// names SSH, DNS or key trouble, an initializer's last line says what it could not fetch.
+/// names SSH, DNS, key or network trouble, an initializer's last line says what it could not fetch.
 pub(super) fn broken(
     job: &TrainJob,
     plan: &Plan,

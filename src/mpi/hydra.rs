@@ -22,10 +22,19 @@ pub trait Hydra: Sync {
     fn cases(&self) -> super::tests::Cases;
 }
 
-/// Hydra's own lines: a proxy that cannot resolve the launcher (`HYDU_sock_connect`), and a
-/// worker without Hydra's proxy.
+/// Hydra's own lines: a proxy that cannot resolve the launcher (`HYDU_sock_connect`), a control
+/// or I/O socket between mpiexec and a proxy that timed out or lost its route (`HYDU_sock_read`
+/// and `HYDU_sock_write`: "read error (Connection timed out)"; a reset reads as a closed socket,
+/// which a crashed proxy causes too), mpiexec giving up on a proxy's control socket
+/// (`control_cb`: "unable to read command from proxy"), a rank whose UCX link to another timed out
+/// (MPICH's UCX netmod quotes UCX's status, "Endpoint timeout"), and a worker without Hydra's
+/// proxy.
 const PATTERNS: &[(Cause, &str)] = &[
     (Cause::Dns, "unable to get host address"),
+    (Cause::Connection, "error (Connection timed out)"),
+    (Cause::Connection, "error (No route to host)"),
+    (Cause::Connection, "unable to read command from proxy"),
+    (Cause::Connection, "Endpoint timeout"),
     (Cause::Daemon, "hydra_pmi_proxy: command not found"),
     (Cause::Daemon, "hydra_pmi_proxy: No such file or directory"),
 ];

@@ -59,6 +59,29 @@ impl Hydra for IntelMpi {
                     Cause::Ssh,
                 ),
                 ("bash: hydra_pmi_proxy: command not found", Cause::Daemon),
+                // A partitioned worker: ssh's keepalives end the session, and its end is reset
+                // once the partition heals.
+                (
+                    "Timeout, server pi-node-0-1.pi not responding.\n\
+[mpiexec@pi-launcher-0-0] HYD_sock_write (../../../../../src/pm/i_hydra/libhydra/sock/hydra_sock_intel.c:360): write error (Bad file descriptor)\n",
+                    Cause::Connection,
+                ),
+                (
+                    "Read from remote host pi-node-0-1.pi: Connection reset by peer\n\
+client_loop: send disconnect: Broken pipe\n",
+                    Cause::Connection,
+                ),
+                // Its Hydra's socket errors read as MPICH's ("write error (Bad file descriptor)"
+                // after a crash, below): a read that timed out.
+                (
+                    "[mpiexec@pi-launcher-0-0] HYD_sock_read (../../../../../src/pm/i_hydra/libhydra/sock/hydra_sock_intel.c:297): read error (Connection timed out)\n",
+                    Cause::Connection,
+                ),
+            ],
+            program_failures: &[
+                "[mpiexec@pi-launcher-0-0] wait_proxies_to_terminate (../../../../../src/pm/i_hydra/mpiexec/intel/i_mpiexec.c:537): downstream from host pi-node-0-1 exited with status 139\n\
+[mpiexec@pi-launcher-0-0] main (../../../../../src/pm/i_hydra/mpiexec/mpiexec.c:2125): assert (pg->intel.exitcodes != NULL) failed\n\
+[mpiexec@pi-launcher-0-0] HYD_sock_write (../../../../../src/pm/i_hydra/libhydra/sock/hydra_sock_intel.c:360): write error (Bad file descriptor)\n",
             ],
         }
     }

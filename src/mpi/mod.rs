@@ -51,9 +51,12 @@ pub const SSH_ARGS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/d
 /// the node's GPUs through the NVIDIA runtime (as MPI Operator does).
 const NO_GPUS: &[(&str, &str)] = &[("NVIDIA_VISIBLE_DEVICES", ""), ("NVIDIA_DRIVER_CAPABILITIES", "")];
 
-/// Why `mpirun` could not reach or start a rank, in the order a log is searched for them: a
-/// rejected key also closes the connection, and a connection that fails says nothing of the
-/// remote daemon.
+/// Why `mpirun` could not reach, start or keep a rank, in the order a log is searched for them: a
+/// rejected key also closes the connection; a connection that never opened is [`Cause::Ssh`],
+/// and one that broke later says nothing of the key, the names or the first connection; a broken
+/// connection comes before the daemon, because an implementation tells of a daemon whose ssh
+/// session ended mid-run as of one that never started ("ORTE was unable to reliably start one or
+/// more daemons"), while a daemon that cannot start at all breaks no connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Cause {
     /// sshd turned the job's key down.
@@ -62,6 +65,9 @@ pub enum Cause {
     Dns,
     /// No SSH session could be opened.
     Ssh,
+    /// An established connection to a rank's host (mpirun's ssh session or daemon link to a
+    /// worker, or a link between ranks) broke or timed out while the job ran.
+    Connection,
     /// The session opened, but the implementation's remote daemon did not start.
     Daemon,
 }
@@ -193,7 +199,9 @@ fn var(name: &str, value: &str) -> EnvVar {
 
 /// Lines from OpenSSH and the C library's resolver, which every implementation's `mpirun`
 /// passes on from the ssh it starts, in the order they claim a line (see [`diagnose`]). Key
-/// problems first: a rejected key also ends the connection.
+/// problems first: a rejected key also ends the connection. The lines of a session that broke
+/// (clientloop.c) come before the connect errors, whose words they may repeat ("Read from remote
+/// host HOST: Connection reset by peer" is not "Connection reset by 10.0.0.5 port 2222").
 const TRANSPORT: &[(Cause, &str)] = &[
     (Cause::Key, "Permission denied (publickey"),
     (Cause::Key, "are too open"),
@@ -205,6 +213,14 @@ const TRANSPORT: &[(Cause, &str)] = &[
     (Cause::Dns, "Name or service not known"),
     (Cause::Dns, "Temporary failure in name resolution"),
     (Cause::Dns, "could not be resolved"),
+    // ServerAliveCountMax keepalives went unanswered ("Timeout, server HOST not responding.").
+    (Cause::Connection, "Timeout, server "),
+    // The worker's end went away ("Connection to HOST closed by remote host.").
+    (Cause::Connection, "closed by remote host."),
+    // A read of the session failed ("Read from remote host HOST: Connection timed out").
+    (Cause::Connection, "Read from remote host "),
+    // Ending a session whose connection is gone ("client_loop: send disconnect: Broken pipe").
+    (Cause::Connection, "send disconnect: "),
     (Cause::Ssh, "Connection refused"),
     (Cause::Ssh, "kex_exchange_identification"),
     (Cause::Ssh, "Connection closed by"),
@@ -225,10 +241,10 @@ pub struct Finding {
 
 /// The first cause `log` shows, by [`Cause`] order, then by pattern; `None` when it shows none
 /// (the program itself failed). Each line names at most one cause: that of the first pattern it
-/// contains, the implementation's own before the transport's (they are the more specific: a
-/// line of theirs that repeats an ssh error's words is theirs). Only the one matching line is
-/// quoted: a key never matches these patterns, so key material cannot reach a condition or an
-/// Event through here.
+/// contains, the implementation's own before the transport's (they are the more specific: Open
+/// MPI's "readv failed: Connection timed out (110)" is a rank's broken connection, not ssh's
+/// "Connection timed out"). Only the one matching line is quoted: a key never matches these
+/// patterns, so key material cannot reach a condition or an Event through here.
 pub fn diagnose(mpi: &dyn Implementation, log: &str) -> Option<Finding> {
     let own = mpi.log_patterns();
     let claimed: Vec<(&str, (Cause, &str))> = log
@@ -249,6 +265,37 @@ pub fn diagnose(mpi: &dyn Implementation, log: &str) -> Option<Finding> {
             cause: pattern.0,
             line: quote(l),
         })
+    })
+}
+
+/// The host a [`Cause::Connection`] line names, as the line spells it, where the line says which:
+/// ssh's "Timeout, server HOST not responding.", "Connection to HOST closed by remote host." and
+/// "Read from remote host HOST: ...", Open MPI's "Remote daemon: NAME on node HOST" and its TCP
+/// links' "peer: HOST".
+pub fn peer(line: &str) -> Option<&str> {
+    // (what the line must say, the words right before the host, and right after it; none: the
+    // host is a word)
+    const SHAPES: &[(&str, &str, Option<&str>)] = &[
+        ("Timeout, server ", "Timeout, server ", Some(" not responding")),
+        (
+            "closed by remote host",
+            "Connection to ",
+            Some(" closed by remote host"),
+        ),
+        ("Read from remote host ", "Read from remote host ", Some(": ")),
+        ("Remote daemon:", " on node ", None),
+        ("peer: ", "peer: ", None),
+    ];
+    SHAPES.iter().find_map(|(marker, before, after)| {
+        if !line.contains(marker) {
+            return None;
+        }
+        let rest = &line[line.find(before)? + before.len()..];
+        let host = match after {
+            Some(after) => &rest[..rest.find(after)?],
+            None => rest.split_whitespace().next()?,
+        };
+        (!host.is_empty() && !host.contains(char::is_whitespace)).then_some(host)
     })
 }
 

@@ -28,16 +28,27 @@ const ROOT: &[(&str, &str)] = &[
     ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
 ];
 
-/// The daemon ORTE or PRRTE starts on each worker could not run there: the worker's image lacks
-/// the launcher's Open MPI (or its `PATH` in a non-interactive ssh session does).
+/// Open MPI's own lines. A broken connection: ORTE's and PRRTE's `node-died` help text
+/// (help-errmgr-base.txt: "ORTE has lost communication with a remote daemon." or "PRTE ...",
+/// then "  Remote daemon: NAME on node HOST", listed first so that the line quoted names the
+/// worker) and `no-path` ("ORTE does not know how to route a message to the specified daemon"),
+/// and a TCP link that timed out or lost its route (the btl's and oob's "readv failed: %s (%d)",
+/// as in "mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)"). Not "Connection reset
+/// by peer (104)" nor "peer hung up": a rank that crashed resets its links too. The daemon ORTE or
+/// PRRTE starts on each worker could not run there: the worker's image lacks the launcher's Open
+/// MPI (or its `PATH` in a non-interactive ssh session does).
 const PATTERNS: &[(Cause, &str)] = &[
+    (Cause::Connection, "Remote daemon:"),
+    (Cause::Connection, "has lost communication with a remote daemon"),
+    (Cause::Connection, "does not know how to route a message"),
+    (Cause::Connection, "Connection timed out (110)"),
+    (Cause::Connection, "No route to host (113)"),
     (Cause::Daemon, "orted: command not found"),
     (Cause::Daemon, "prted: command not found"),
     (
         Cause::Daemon,
         "ORTE was unable to reliably start one or more daemons",
     ),
-    (Cause::Daemon, "PRTE has lost communication with a remote daemon"),
 ];
 
 /// See the module documentation.
@@ -114,13 +125,40 @@ impl Implementation for OpenMpi {
                 ("bash: line 1: prted: command not found", Cause::Daemon),
                 (
                     "PRTE has lost communication with a remote daemon.\n  HNP daemon   : [prterun-pi-launcher-0-0-1@0] on node pi-launcher-0-0",
-                    Cause::Daemon,
+                    Cause::Connection,
                 ),
                 (
                     "mpiuser@pi-node-0-0: Permission denied (publickey).\nORTE was unable to reliably start one or more daemons.",
                     Cause::Key,
                 ),
+                // Open MPI 4, a worker partitioned away: ssh's keepalives end its session, and
+                // ORTE reports the daemon as one it could not start.
+                (ORTE_PARTITION, Cause::Connection),
+                // Open MPI 4, the daemon's own link to mpirun broke.
+                (ORTE_NODE_DIED, Cause::Connection),
+                (
+                    "--------------------------------------------------------------------------\n\
+ORTE does not know how to route a message to the specified daemon\n\
+located on the indicated node:\n\n  my node:   pi-launcher-0-0\n  target node:  pi-node-0-1.pi\n",
+                    Cause::Connection,
+                ),
+                // Open MPI 4's TCP btl: a rank's link to another timed out.
+                (
+                    "[pi-node-0-0][[41386,1],0][btl_tcp_frag.c:241:mca_btl_tcp_frag_recv] mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)\n\
+--------------------------------------------------------------------------\n\
+Primary job  terminated normally, but 1 process returned\n\
+a non-zero exit code. Per user-direction, the job has been aborted.\n",
+                    Cause::Connection,
+                ),
+                // Open MPI 5: the same, and PRRTE's word for a daemon whose session ended.
+                (PRRTE_PARTITION, Cause::Connection),
+                (PRRTE_NODE_DIED, Cause::Connection),
+                (
+                    "[pi-node-0-0][[prterun-pi-launcher-0-0-1@1,0]][btl_tcp_frag.c:238:mca_btl_tcp_frag_recv] peer: pi-node-0-1 mca_btl_tcp_frag_recv: readv failed: No route to host (113)",
+                    Cause::Connection,
+                ),
             ],
+            program_failures: &[RANK_CRASHED],
         }
     }
 }
@@ -150,3 +188,92 @@ fn forwarded(existing: &[EnvVar]) -> Option<String> {
     }
     (!list.is_empty()).then(|| list.join(";"))
 }
+
+/// Open MPI 4's tail when ssh's keepalives end the session to a partitioned worker.
+#[cfg(test)]
+const ORTE_PARTITION: &str = "\
+Timeout, server pi-node-0-1.pi not responding.
+--------------------------------------------------------------------------
+ORTE was unable to reliably start one or more daemons.
+This usually is caused by:
+
+* not finding the required libraries and/or binaries on
+  one or more nodes. Please check your PATH and LD_LIBRARY_PATH
+  settings, or configure OMPI with --enable-orterun-prefix-by-default
+--------------------------------------------------------------------------
+";
+
+/// Open MPI 4's tail when a daemon's own link to mpirun broke.
+#[cfg(test)]
+const ORTE_NODE_DIED: &str = "\
+--------------------------------------------------------------------------
+ORTE has lost communication with a remote daemon.
+
+  HNP daemon   : [[41386,0],0] on node pi-launcher-0-0
+  Remote daemon: [[41386,0],1] on node pi-node-0-1.pi
+
+This is usually due to either a failure of the TCP network
+connection to the node, or possibly an internal failure of
+the daemon itself. We cannot recover from this failure, and
+therefore will terminate the job.
+--------------------------------------------------------------------------
+";
+
+/// Open MPI 5's tail when ssh's keepalives end the session to a partitioned worker.
+#[cfg(test)]
+const PRRTE_PARTITION: &str = "\
+Timeout, server pi-node-0-1.pi not responding.
+------------------------------------------------------------
+A daemon failed to report back after being spawned. This could
+be due to several factors, including inability to find the
+daemon executable, or the executable was unable to find its
+required supporting libraries. In some cases, the daemon was
+able to execute, but was unable to complete a TCP connection
+back to prterun:
+
+  Local host:    pi-launcher-0-0
+  Remote host:   pi-node-0-1
+  Daemon exit status: 255
+
+This may also be caused by a firewall on the remote host. Please
+check that any firewall (e.g., iptables) has been disabled and
+try again.
+------------------------------------------------------------
+";
+
+/// Open MPI 5's tail when a daemon's own link to prterun broke.
+#[cfg(test)]
+const PRRTE_NODE_DIED: &str = "\
+--------------------------------------------------------------------------
+PRTE has lost communication with a remote daemon.
+
+  HNP daemon   : [prterun-pi-launcher-0-0-1@0] on node pi-launcher-0-0
+  Remote daemon: [prterun-pi-launcher-0-0-1@1] on node pi-node-0-1
+
+This is usually due to either a failure of the TCP network
+connection to the node, or possibly an internal failure of
+the daemon itself. We cannot recover from this failure, and
+therefore will terminate the job.
+--------------------------------------------------------------------------
+";
+
+/// A rank that crashed: its peers see their links to it reset, which is not the network's doing.
+#[cfg(test)]
+const RANK_CRASHED: &str = "\
+--------------------------------------------------------------------------
+An MPI communication peer process has unexpectedly disconnected.  This
+usually indicates a failure in the peer process (e.g., a crash or
+otherwise exiting without calling MPI_FINALIZE first).
+
+  Local host: pi-node-0-0
+  Local PID:  61
+  Peer host:  pi-node-0-1
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+Primary job  terminated normally, but 1 process returned
+a non-zero exit code. Per user-direction, the job has been aborted.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+mpirun noticed that process rank 1 with PID 0 on node pi-node-0-1 exited on signal 11 (Segmentation fault).
+--------------------------------------------------------------------------
+";

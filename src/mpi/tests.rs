@@ -11,6 +11,8 @@ pub struct Cases {
     pub env: &'static [(&'static str, &'static str)],
     /// A launcher log of this implementation, and the cause it must be diagnosed as.
     pub diagnosis: &'static [(&'static str, Cause)],
+    /// Launcher logs of this implementation where the program itself failed: no cause.
+    pub program_failures: &'static [&'static str],
 }
 
 const USER: Launcher = Launcher {
@@ -58,12 +60,16 @@ fn every_api_value_has_an_implementation_and_every_implementation_its_cases() {
                 "{name}: quotes a line of the log: {line}"
             );
         }
-        let daemons = cases
-            .diagnosis
-            .iter()
-            .filter(|(_, c)| *c == Cause::Daemon)
-            .count();
-        assert!(daemons > 0, "{name}: no case for its remote daemon");
+        for cause in [Cause::Daemon, Cause::Connection] {
+            assert!(
+                cases.diagnosis.iter().any(|(_, c)| *c == cause),
+                "{name}: no {cause:?} case"
+            );
+        }
+        assert!(!cases.program_failures.is_empty(), "{name}: no program failure");
+        for log in cases.program_failures {
+            assert_eq!(diagnose(mpi, log), None, "{name}: the program failed: {log}");
+        }
     }
 }
 
@@ -242,4 +248,99 @@ fn a_silent_worker_ends_its_ssh_session_within_a_minute_and_ssh_says_so() {
     assert!(interval * (count + 1) <= 60, "{interval} s x {count}");
     // The "Timeout, server HOST not responding." line is logged at INFO.
     assert_eq!(option("LogLevel"), "INFO");
+}
+
+#[test]
+fn a_connection_that_broke_is_neither_a_failed_login_nor_a_daemon_that_never_started() {
+    let open_mpi = of(MPIImplementation::OpenMPI);
+    let cause = |mpi: &dyn Implementation, log: &str| diagnose(mpi, log).map(|f| f.cause);
+    for (log, expected) in [
+        // ssh's words for a session that broke, though they repeat a connect error's.
+        (
+            "Read from remote host pi-node-0-1.pi: Connection reset by peer",
+            Cause::Connection,
+        ),
+        (
+            "Connection to pi-node-0-1.pi closed by remote host.",
+            Cause::Connection,
+        ),
+        // ... and those of a login that failed.
+        ("Connection reset by 10.244.0.5 port 2222", Cause::Ssh),
+        (
+            "kex_exchange_identification: Connection closed by remote host",
+            Cause::Ssh,
+        ),
+        (
+            "ssh: connect to host pi-node-0-1.pi port 2222: Connection timed out",
+            Cause::Ssh,
+        ),
+        // A rank's link that timed out is Open MPI's line, not ssh's "Connection timed out".
+        (
+            "[pi-node-0-0][[41386,1],0][btl_tcp_frag.c:241:mca_btl_tcp_frag_recv] mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)",
+            Cause::Connection,
+        ),
+        // A connection that never opened comes first: the rest follows from it.
+        (
+            "ssh: connect to host pi-node-0-2.pi port 2222: Connection refused\nTimeout, server pi-node-0-1.pi not responding.",
+            Cause::Ssh,
+        ),
+        (
+            "mpiuser@pi-node-0-1: Permission denied (publickey).\nTimeout, server pi-node-0-1.pi not responding.",
+            Cause::Key,
+        ),
+        // A daemon that never started breaks no connection; one whose session broke is
+        // reported as one that never started.
+        (
+            "bash: line 1: orted: command not found\nORTE was unable to reliably start one or more daemons.",
+            Cause::Daemon,
+        ),
+        (
+            "Timeout, server pi-node-0-1.pi not responding.\nORTE was unable to reliably start one or more daemons.",
+            Cause::Connection,
+        ),
+    ] {
+        assert_eq!(cause(open_mpi, log), Some(expected), "{log}");
+    }
+    // Open MPI's errno form is its own: another implementation's ssh line stays ssh's.
+    let mpich = of(MPIImplementation::Mpich);
+    assert_eq!(
+        cause(
+            mpich,
+            "ssh: connect to host pi-node-0-1.pi port 2222: No route to host"
+        ),
+        Some(Cause::Ssh)
+    );
+}
+
+#[test]
+fn a_broken_connection_names_its_host() {
+    for (line, host) in [
+        ("Timeout, server pi-node-0-1.pi not responding.", "pi-node-0-1.pi"),
+        (
+            "Connection to pi-node-0-1.pi closed by remote host.",
+            "pi-node-0-1.pi",
+        ),
+        (
+            "Read from remote host pi-node-0-1.pi: Connection timed out",
+            "pi-node-0-1.pi",
+        ),
+        (
+            "Remote daemon: [[41386,0],1] on node pi-node-0-1.pi",
+            "pi-node-0-1.pi",
+        ),
+        (
+            "[pi-node-0-0][[1,1],0][btl_tcp_frag.c:238:mca_btl_tcp_frag_recv] peer: pi-node-0-1 mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)",
+            "pi-node-0-1",
+        ),
+    ] {
+        assert_eq!(peer(line), Some(host), "{line}");
+    }
+    for line in [
+        "PRTE has lost communication with a remote daemon.",
+        "HNP daemon   : [[41386,0],0] on node pi-launcher-0-0",
+        "client_loop: send disconnect: Broken pipe",
+        "Timeout, server  not responding.",
+    ] {
+        assert_eq!(peer(line), None, "{line}");
+    }
 }
