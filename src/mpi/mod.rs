@@ -30,11 +30,13 @@ pub const ROLE_ENV: &str = "K_MPI_JOB_ROLE";
 ///
 /// `mpirun` holds an ssh session to every worker for the whole run, and a worker that stops
 /// answering (a network partition drops packets: no reset, no ICMP) would hold it open forever.
-/// `ServerAliveInterval=10` and `ServerAliveCountMax=3` end such a session 30 to 40 s after the
-/// worker's last answer (ssh asks every 10 s of silence and gives up after the fourth question
+/// `ServerAliveInterval=20` and `ServerAliveCountMax=3` end such a session 60 to 80 s after the
+/// worker's last answer (ssh asks every 20 s of silence and gives up after the fourth question
 /// goes unanswered): long enough for a loaded node's sshd to answer, short enough that the job
-/// fails instead of hanging. The same two bound the login itself (OpenSSH uses them as the
-/// packet timeout until the session starts).
+/// fails instead of hanging, and longer than Kubernetes takes to call a dead node lost
+/// (`--node-monitor-grace-period`, 50 s by default), so that a node that went away is named as
+/// such (the gang restarts) rather than as a broken connection. The same two bound the login
+/// itself (OpenSSH uses them as the packet timeout until the session starts).
 ///
 /// `LogLevel=INFO` (OpenSSH's default, set so that an image's `ssh_config` cannot lower it): ssh
 /// names the worker that stopped answering ("Timeout, server HOST not responding.",
@@ -45,7 +47,7 @@ pub const ROLE_ENV: &str = "K_MPI_JOB_ROLE";
 /// spawned", and MPICH's Hydra ignores the end of an ssh session once its proxy has connected.
 /// The price is one "Warning: Permanently added ..." line per connection (also INFO).
 pub const SSH_ARGS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectionAttempts=10 \
--o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o LogLevel=INFO";
+-o ServerAliveInterval=20 -o ServerAliveCountMax=3 -o LogLevel=INFO";
 
 /// Blank on a launcher that runs no ranks, unless the job sets them, so that it does not hold
 /// the node's GPUs through the NVIDIA runtime (as MPI Operator does).

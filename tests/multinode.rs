@@ -1,0 +1,471 @@
+//! MPI across real nodes: three kubelets on this machine, each in its own network namespace
+//! (`trainjob_testbed::multinode`), ranks on distinct nodes talking over routed links; and the
+//! faults of a real cluster with the outcome a user should see: a node that loses power, a
+//! partition between two nodes, a lossy and slow link, a DNS outage, and a NetworkPolicy
+//! enforced across nodes.
+
+use trainjob_testbed::support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::jobs::{pod_spec, pods_of, runtime};
+use support::realnode::{RUN_DEADLINE, finished, launcher_log, pod_report};
+use support::{TestNs, client, eventually, multi_node_bed, operator};
+use tokio::sync::RwLock;
+use trainjob_operator::api::TrainJob;
+use trainjob_testbed::{Identity, REAL_NODE, RealNodes};
+
+/// Real nodes of the tier.
+const NODES: usize = 3;
+/// MPI slots per worker.
+const SLOTS: usize = 2;
+const OPENMPI4: &str = "trainjob.local/openmpi4:bed";
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Faults change the network or the nodes every test shares: a test that injects one holds this
+/// exclusively, the others share it.
+static FAULTS: RwLock<()> = RwLock::const_new(());
+
+async fn setup(prefix: &str) -> (&'static RealNodes, TestNs, Client) {
+    let bed = multi_node_bed(NODES);
+    operator();
+    let nodes = bed.real_nodes().expect("the multi-node tier");
+    (nodes, TestNs::new(prefix).await, client(Identity::Admin).await)
+}
+
+/// Where a job's pods go: the real nodes (label and taint), `node`'s workers spread one per
+/// node unless `shared`, the launcher on `launcher_on` when given, the workers on `workers_on`.
+#[derive(Default)]
+struct Placement<'a> {
+    launcher_on: Option<&'a str>,
+    workers_on: &'a [&'a str],
+    shared: bool,
+}
+
+impl Placement<'_> {
+    /// `runtimePatches` that place the pods of `job`, the way Kueue would.
+    fn patches(&self, job: &str) -> Value {
+        let pod = |affinity: Value, selector: Value| {
+            json!({"spec": {
+                "nodeSelector": selector,
+                "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": affinity,
+            }})
+        };
+        let mut launcher_selector = json!({REAL_NODE: "true"});
+        if let Some(node) = self.launcher_on {
+            launcher_selector[HOSTNAME] = json!(node);
+        }
+        let mut worker_affinity = json!({});
+        if !self.shared {
+            worker_affinity["podAntiAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": HOSTNAME,
+                "labelSelector": {"matchLabels": {
+                    "trainer.kubeflow.org/trainjob-name": job,
+                    "trainer.kubeflow.org/replicated-job": "node",
+                }},
+            }]});
+        }
+        if !self.workers_on.is_empty() {
+            worker_affinity["nodeAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": HOSTNAME, "operator": "In", "values": self.workers_on},
+                ]}],
+            }});
+        }
+        let patch = |rjob: &str, pod: Value| json!({"name": rjob, "template": {"spec": {"template": pod}}});
+        json!([{"manager": "trainjob.test/multi-node", "trainingRuntimeSpec": {"template": {"spec": {
+            "replicatedJobs": [
+                patch("node", pod(worker_affinity, json!({REAL_NODE: "true"}))),
+                patch("launcher", pod(json!({}), launcher_selector)),
+            ],
+        }}}}])
+    }
+}
+
+async fn create(c: &Client, ns: &str, name: &str, runtime_ref: Value, trainer: Value, placement: &Placement<'_>) {
+    let job: TrainJob = serde_json::from_value(json!({
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"runtimeRef": runtime_ref, "trainer": trainer, "runtimePatches": placement.patches(name)},
+    }))
+    .expect("job");
+    Api::<TrainJob>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+}
+
+/// The `mpirun` of the pi program over `workers` workers of [`SLOTS`] slots, in the field the
+/// runtime's image reads (`args` for the hydra images).
+fn pi(image: &str, workers: usize, hydra: bool) -> Value {
+    let ranks = (workers * SLOTS).to_string();
+    let mut trainer = json!({"image": image, "numNodes": workers, "numProcPerNode": SLOTS});
+    trainer[if hydra { "args" } else { "command" }] = json!(["mpirun", "-n", ranks, "/home/mpiuser/pi"]);
+    trainer
+}
+
+/// Each rank's host as it printed it (`rank R of N on HOST`).
+fn rank_hosts(log: &str) -> BTreeMap<usize, String> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("rank ")?;
+            let (rank, rest) = rest.split_once(" of ")?;
+            let (_, host) = rest.split_once(" on ")?;
+            Some((rank.parse().ok()?, host.split_whitespace().next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The job's pods by name: (node, pod IP).
+async fn placed(c: &Client, ns: &str, job: &str) -> BTreeMap<String, (String, String)> {
+    pods_of(c, ns, job)
+        .await
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| {
+            let name = p.metadata.name?;
+            let node = p.spec?.node_name?;
+            let ip = p.status?.pod_ip?;
+            Some((name, (node, ip)))
+        })
+        .collect()
+}
+
+async fn complete(c: &Client, ns: &str, job: &str) -> String {
+    let (type_, reason, message) = finished(c, ns, job).await;
+    let log = launcher_log(c, ns, job).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Complete", "AllJobsCompleted"),
+        "{job}: {message}\nlauncher log:\n{log}\n{}",
+        pod_report(c, ns, job).await
+    );
+    log
+}
+
+#[tokio::test]
+async fn every_mpi_implementation_runs_its_ranks_on_three_nodes() {
+    let _shared = FAULTS.read().await;
+    let (nodes, ns, c) = setup("spread").await;
+    let ns = ns.name.as_str();
+    let cases = [
+        ("openmpi4", "mpi-openmpi", OPENMPI4, false),
+        ("openmpi5", "mpi-openmpi", "trainjob.local/openmpi5:bed", false),
+        ("mpich", "mpi-mpich", "trainjob.local/mpich:bed", true),
+        ("intel", "mpi-intel", "trainjob.local/intel:bed", true),
+    ];
+    let spread = Placement::default();
+    for (job, rt, image, hydra) in cases {
+        create(&c, ns, job, json!({"name": rt}), pi(image, NODES, hydra), &spread).await;
+    }
+    // Where the workers ran is seen while they do: they go once their job is Complete.
+    let runs = join_all(cases.iter().map(|(job, ..)| async {
+        let pods = running_workers(&c, ns, job, NODES).await;
+        (pods, complete(&c, ns, job).await)
+    }))
+    .await;
+    for ((job, ..), (pods, log)) in cases.iter().zip(runs) {
+        assert!(
+            log.contains(&format!("pi is approximately 3.14159265 from {} ranks", NODES * SLOTS)),
+            "{job}: the allreduce over every rank:\n{log}"
+        );
+        let hosts = rank_hosts(&log);
+        assert_eq!(hosts.len(), NODES * SLOTS, "{job}: one line per rank:\n{log}");
+        // Each rank's own host name is its pod's; the pods ran on three distinct nodes, each
+        // with an address of its node's pod subnet: the ranks talked across nodes.
+        let mut used = BTreeSet::new();
+        for host in hosts.values() {
+            let (node, ip) = pods.get(host).unwrap_or_else(|| panic!("{job}: rank host {host} is no pod of the job: {pods:?}"));
+            let subnet = nodes.pod_subnet(node).expect("subnet");
+            assert!(ip.starts_with(subnet.trim_end_matches("0/24")), "{job}: {host} on {node} has {ip}, not of {subnet}");
+            used.insert(node.clone());
+        }
+        assert_eq!(used.len(), NODES, "{job}: ranks on {used:?}");
+    }
+}
+
+#[tokio::test]
+async fn host_network_jobs_run_one_worker_per_node_each_on_port_2222() {
+    let _shared = FAULTS.read().await;
+    let (nodes, ns, c) = setup("hostnet").await;
+    let ns = ns.name.as_str();
+    for (name, base, image, hydra) in [
+        ("hostnet-ompi", "mpi-openmpi", OPENMPI4, false),
+        ("hostnet-mpich", "mpi-mpich", "trainjob.local/mpich:bed", true),
+    ] {
+        runtime(&c, ns, base, name, |spec| {
+            for rjob in ["node", "launcher"] {
+                pod_spec(spec, rjob)["hostNetwork"] = json!(true);
+            }
+            // Declared, so that the scheduler puts one worker per node: each node has one 2222.
+            pod_spec(spec, "node")["containers"][0]["ports"] = json!([{"containerPort": 2222, "protocol": "TCP"}]);
+        })
+        .await;
+        // One per node because of the port, not because of an anti-affinity.
+        let shared = Placement {
+            shared: true,
+            ..Default::default()
+        };
+        create(&c, ns, name, json!({"kind": "TrainingRuntime", "name": name}), pi(image, NODES, hydra), &shared).await;
+        let pods = running_workers(&c, ns, name, NODES).await;
+        let log = complete(&c, ns, name).await;
+        let hosts: BTreeSet<String> = rank_hosts(&log).into_values().collect();
+        let names: BTreeSet<String> = nodes.names().into_iter().collect();
+        assert_eq!(hosts, names, "{name}: the ranks' host names are the nodes':\n{log}");
+        for (pod, (node, ip)) in pods {
+            assert_eq!(ip, nodes.address(&node).expect("address"), "{name}: {pod} uses its node's network");
+        }
+    }
+}
+
+/// `command`/`args` of an Open MPI launcher that holds `mpirun` open over `workers` workers on
+/// its first attempt and runs pi on the next.
+fn held_then_pi(workers: usize) -> Value {
+    let ranks = workers * SLOTS;
+    json!({"image": OPENMPI4, "numNodes": workers, "numProcPerNode": SLOTS,
+        "command": ["sh", "-c", format!(
+            "if [ \"${{ATTEMPT:-0}}\" = 0 ]; then exec mpirun -n {ranks} sleep 900; fi; exec mpirun -n {ranks} /home/mpiuser/pi")]})
+}
+
+/// A copy of `mpi-openmpi` whose launcher knows its restart attempt (`ATTEMPT`), with
+/// `maxRestarts`.
+async fn attempt_runtime(c: &Client, ns: &str, name: &str, restarts: u32) {
+    runtime(c, ns, "mpi-openmpi", name, |spec| {
+        spec["template"]["spec"]["failurePolicy"] = json!({"maxRestarts": restarts});
+        pod_spec(spec, "launcher")["containers"][0]["env"] = json!([{"name": "ATTEMPT", "valueFrom": {"fieldRef":
+            {"fieldPath": "metadata.labels['trainer.kubeflow.org/restart-attempt']"}}}]);
+    })
+    .await;
+}
+
+/// Waits until `count` workers of `job` run; returns them by name: (node, IP).
+async fn running_workers(c: &Client, ns: &str, job: &str, count: usize) -> BTreeMap<String, (String, String)> {
+    eventually(&format!("{count} running workers of {job}"), RUN_DEADLINE, || async {
+        let workers: BTreeMap<_, _> = placed(c, ns, job)
+            .await
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(&format!("{job}-node-")))
+            .collect();
+        if workers.len() == count {
+            Ok(workers)
+        } else {
+            Err(format!("{workers:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until every pod of `job` runs; returns them by name: (node, IP).
+async fn running(c: &Client, ns: &str, job: &str, count: usize) -> BTreeMap<String, (String, String)> {
+    eventually(&format!("{count} running pods of {job}"), RUN_DEADLINE, || async {
+        let pods = pods_of(c, ns, job).await;
+        let running = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == count {
+            Ok(placed(c, ns, job).await)
+        } else {
+            Err(format!("{running} of {} running", pods.len()))
+        }
+    })
+    .await
+}
+
+/// The messages of the job's Events with `reason`.
+async fn events(c: &Client, ns: &str, job: &str, reason: &str) -> Vec<String> {
+    let lp = ListParams::default().fields(&format!("involvedObject.name={job},reason={reason}"));
+    Api::<Event>::namespaced(c.clone(), ns)
+        .list(&lp)
+        .await
+        .map(|l| l.items.into_iter().filter_map(|e| e.message).collect())
+        .unwrap_or_default()
+}
+
+async fn failed(c: &Client, ns: &str, job: &str) -> String {
+    let (type_, reason, message) = finished(c, ns, job).await;
+    assert_eq!((type_.as_str(), reason.as_str()), ("Failed", "FailedJobs"), "{job}: {message}");
+    message
+}
+
+#[tokio::test]
+async fn a_node_that_loses_power_restarts_the_gang_on_the_others_or_fails_the_job_naming_it() {
+    let _exclusive = FAULTS.write().await;
+    let (nodes, ns, c) = setup("poweroff").await;
+    let ns = ns.name.as_str();
+    let names = nodes.names();
+    let [first, rest @ ..] = names.as_slice() else {
+        panic!("no nodes")
+    };
+    let others: Vec<&str> = rest.iter().map(String::as_str).collect();
+    attempt_runtime(&c, ns, "again", 1).await;
+    attempt_runtime(&c, ns, "once", 0).await;
+    // The launchers on the first node, the workers anywhere else (two may share a node, so that
+    // the next attempt fits on what is left).
+    let again = Placement {
+        launcher_on: Some(first),
+        workers_on: &others,
+        shared: true,
+    };
+    create(&c, ns, "again", json!({"kind": "TrainingRuntime", "name": "again"}), held_then_pi(2), &again).await;
+    let pods = running(&c, ns, "again", 3).await;
+    let doomed = pods["again-node-0-0"].0.clone();
+    let once = Placement {
+        launcher_on: Some(first),
+        workers_on: &[doomed.as_str()],
+        shared: true,
+    };
+    create(&c, ns, "once", json!({"kind": "TrainingRuntime", "name": "once"}), held_then_pi(1), &once).await;
+    running(&c, ns, "once", 2).await;
+    let off = Instant::now();
+    nodes.power_off(&doomed).expect("power off");
+    let message = failed(&c, ns, "once").await;
+    assert!(
+        message.contains(&format!(" lost its node {doomed} (NodeStatusUnknown")) && message.ends_with("; MPI cannot continue without it"),
+        "{message}"
+    );
+    let restarts = eventually("the Restarting event", RUN_DEADLINE, || async {
+        let found = events(&c, ns, "again", "Restarting").await;
+        if found.is_empty() { Err("none yet".to_string()) } else { Ok(found) }
+    })
+    .await;
+    assert!(
+        restarts.iter().any(|m| m.contains(&format!("lost its node {doomed}")) && m.ends_with("(restart 1 of 1)")),
+        "{restarts:?}"
+    );
+    let second = eventually("the second attempt's workers to run", RUN_DEADLINE, || async {
+        let pods = pods_of(&c, ns, "again").await;
+        let nodes: Vec<String> = pods
+            .iter()
+            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get("trainer.kubeflow.org/restart-attempt")).map(String::as_str) == Some("1"))
+            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("again-node-")))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        if nodes.len() == 2 { Ok(nodes) } else { Err(format!("{nodes:?}")) }
+    })
+    .await;
+    assert!(!second.contains(&doomed), "the second attempt's workers on the dead node: {second:?}");
+    complete(&c, ns, "again").await;
+    eprintln!("node {doomed} off: 'once' failed and 'again' completed its restart {:?} later", off.elapsed());
+    nodes.power_on(multi_node_bed(NODES), &doomed).await.expect("power on");
+}
+
+#[tokio::test]
+async fn a_partition_between_two_nodes_fails_the_job_naming_the_broken_connection() {
+    let _exclusive = FAULTS.write().await;
+    let (nodes, ns, c) = setup("partition").await;
+    let ns = ns.name.as_str();
+    let names = nodes.names();
+    let (a, b, other) = (&names[0], &names[1], &names[2]);
+    let placement = Placement {
+        launcher_on: Some(a),
+        workers_on: &[b.as_str(), other.as_str()],
+        shared: false,
+    };
+    let trainer = json!({"image": OPENMPI4, "numNodes": 2, "numProcPerNode": SLOTS,
+        "command": ["mpirun", "-n", "4", "sleep", "900"]});
+    create(&c, ns, "cut", json!({"name": "mpi-openmpi"}), trainer, &placement).await;
+    let pods = running(&c, ns, "cut", 3).await;
+    let cut_off = pods
+        .iter()
+        .find(|(_, (node, _))| node == b)
+        .map(|(pod, _)| pod.clone())
+        .expect("a worker on the second node");
+    let started = Instant::now();
+    let partition = nodes.partition(a, b).expect("partition");
+    let message = failed(&c, ns, "cut").await;
+    drop(partition);
+    eprintln!("partition {a} | {b}: the job failed {:?} later: {message}", started.elapsed());
+    assert!(message.contains(&cut_off), "the message names the worker cut off ({cut_off}): {message}");
+    // TODO(helper): the cause's words
+}
+
+#[tokio::test]
+async fn a_dns_outage_at_start_up_fails_the_job_naming_dns() {
+    let _exclusive = FAULTS.write().await;
+    let (nodes, ns, c) = setup("nodns").await;
+    let ns = ns.name.as_str();
+    let outage = nodes.dns_outage().expect("DNS outage");
+    create(&c, ns, "nodns", json!({"name": "mpi-openmpi"}), pi(OPENMPI4, 2, false), &Placement::default()).await;
+    let message = failed(&c, ns, "nodns").await;
+    drop(outage);
+    assert!(message.contains("(DNS)") && message.contains("check that the headless Service"), "{message}");
+}
+
+#[tokio::test]
+async fn another_tenants_pod_on_another_node_cannot_reach_a_workers_sshd_but_the_jobs_own_pods_can() {
+    let _shared = FAULTS.read().await;
+    let (nodes, job_ns, c) = setup("guarded").await;
+    let other_ns = TestNs::new("intruder").await;
+    let ns = job_ns.name.as_str();
+    let names = nodes.names();
+    let placement = Placement {
+        launcher_on: Some(&names[0]),
+        workers_on: &[names[1].as_str()],
+        shared: true,
+    };
+    let trainer = json!({"image": OPENMPI4, "numNodes": 1, "command": ["sleep", "600"]});
+    create(&c, ns, "guarded", json!({"name": "mpi-openmpi"}), trainer, &placement).await;
+    let pods = running(&c, ns, "guarded", 2).await;
+    let (worker_node, worker_ip) = pods["guarded-node-0-0"].clone();
+    // kube-router on the worker's node has turned the job's NetworkPolicy into rules for it.
+    let netns = nodes.netns(&worker_node).expect("netns");
+    eventually("kube-router's rules for the worker", RUN_DEADLINE, || async {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg("iptables-save")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let rules = String::from_utf8_lossy(&out.stdout);
+        rules.contains("guarded-node-0-0").then_some(()).ok_or_else(|| "no rule names the worker yet".to_string())
+    })
+    .await;
+    let elsewhere = &names[2];
+    let job_label = json!({"trainer.kubeflow.org/trainjob-name": "guarded"});
+    let intruder = probe("intruder", &other_ns.name, json!({}), elsewhere, &worker_ip, 5);
+    let member = probe("member", ns, job_label, elsewhere, &worker_ip, 30);
+    let (intruder, member) = tokio::join!(phase_at_end(&c, &intruder), phase_at_end(&c, &member));
+    assert_eq!(member, "Succeeded", "a pod of the job on {elsewhere} reaches the worker's sshd on {worker_node}");
+    assert_eq!(intruder, "Failed", "another namespace's pod on {elsewhere} must not reach the worker's sshd on {worker_node}");
+}
+
+/// A pod on `node` that tries `attempts` times to open a TCP connection to `ip`:2222.
+fn probe(name: &str, ns: &str, labels: Value, node: &str, ip: &str, attempts: u32) -> Pod {
+    let script = format!(
+        "for i in $(seq {attempts}); do timeout 2 bash -c '</dev/tcp/{ip}/2222' 2>/dev/null && echo open && exit 0; sleep 1; done; echo closed; exit 1"
+    );
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {HOSTNAME: node},
+            "tolerations": [{"key": REAL_NODE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "probe", "image": OPENMPI4, "imagePullPolicy": "Never",
+                "command": ["bash", "-c", script]}],
+        },
+    }))
+    .expect("probe pod")
+}
+
+/// Runs `pod` to its end; returns its phase.
+async fn phase_at_end(c: &Client, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    pods.create(&PostParams::default(), pod).await.expect("create probe");
+    eventually(&format!("probe {name} to finish"), RUN_DEADLINE, || async {
+        let p = pods.get(&name).await.map_err(|e| e.to_string())?;
+        match p.status.and_then(|s| s.phase).as_deref() {
+            Some(phase @ ("Succeeded" | "Failed")) => Ok(phase.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
