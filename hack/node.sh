@@ -13,8 +13,15 @@
 #   hack/node.sh prepare DIR     save host state, create the bridge, write every config into DIR
 #   hack/node.sh cleanup         stop what a node left behind and restore the saved host state;
 #                                safe to run at any time, also after a crash
+#   hack/node.sh prepare-nodes DIR N   the multi-node tier: N nodes, each in its own network and
+#                                UTS namespace (tjnode-1..N) and cgroup, on the host bridge tjnodes0
+#   hack/node.sh node-root ARCHIVE...  a containerd root with these images, cached; the nodes' copy
+#   hack/node.sh power-off N     kill every process of node N at once and take its link down
+#   hack/node.sh cleanup-nodes   what cleanup is for the multi-node tier
 #
-# Only one real node per machine: kubelet's ports (10250, 10248) and some of its paths are fixed.
+# The single node lives in the host's network namespace (one per machine); the multi-node tier's
+# nodes each live in their own, with per-node kubelet directories, cgroup root and pod log
+# directory, so that the two tiers can run at once.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -277,10 +284,248 @@ cleanup() {
   rm -rf "$state"
 }
 
+# The multi-node tier. Node N (1..count) is network namespace tjnode-N at 10.245.0.(10+N) on the
+# host bridge tjnodes0 (the host is 10.245.0.1: API server, CoreDNS), its pods on 10.244.N.0/24
+# behind its own CNI bridge, routed directly between the nodes (no masquerade: NetworkPolicies
+# see pods' own addresses). Its daemons run in cgroup tjnode-N (cgroup.kill powers it off) with
+# `--cgroup-root=/tjnode-N`: kubelets sharing a cgroup root or a pod log directory kill and
+# delete each other's pods.
+nodes_state=/run/trainjob-testbed-nodes
+nodes_bridge=tjnodes0
+nodes_net=10.245.0
+nodes_sysctls=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
+
+# The cgroup hierarchies mounted under /sys/fs/cgroup (the v1 controllers and the unified tree).
+hierarchies() {
+  awk '$9 == "cgroup" || $9 == "cgroup2" { print $5 }' /proc/self/mountinfo | grep '^/sys/fs/cgroup/' | sort -u
+}
+
+prepare_nodes() {
+  local dir=$1 count=$2 n h ns
+  [[ -n "${API_PORT:-}" && -n "${NODE_ROOT:-}" ]] || fail "prepare-nodes needs API_PORT and NODE_ROOT"
+  [[ -e "$nodes_state" ]] && cleanup_nodes
+  mkdir -p "$nodes_state" "$dir"
+  echo "$dir" > "$nodes_state/dir"
+  echo "$count" > "$nodes_state/count"
+  modprobe br_netfilter 2>/dev/null || true
+  for s in "${nodes_sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$nodes_state/sysctls"
+  for p in "${fixed_paths[@]}"; do [[ -e "$p" ]] || echo "$p"; done > "$nodes_state/created"
+
+  for link in $(ip -o link show | sed -n 's/^[0-9]*: \(tjn-[0-9]*\)@.*/\1/p'); do ip link del "$link"; done
+  ip link add "$nodes_bridge" type bridge
+  ip addr add "$nodes_net.1/24" dev "$nodes_bridge"
+  ip link set "$nodes_bridge" up
+  for ((n = 1; n <= count; n++)); do
+    ns=tjnode-$n
+    mkdir -p "$dir/node$n"/{containerd,state,cni/net.d,ipam,opt,kubelet,pod-logs,runc}
+    ip netns add "$ns"
+    ip link add "tjn-$n" type veth peer name eth0 netns "$ns"
+    ip link set "tjn-$n" master "$nodes_bridge" up
+    ip route add "10.244.$n.0/24" via "$nodes_net.$((10 + n))"
+    # One-shot commands in the namespace only: `ip netns exec` makes a mount namespace per
+    # call, which would hide the kubelet's volume mounts from runc if daemons started that way.
+    nsenter --net="/run/netns/$ns" sh -ec "
+      ip link set lo up
+      ip addr add $nodes_net.$((10 + n))/24 dev eth0
+      ip link set eth0 up
+      ip route add default via $nodes_net.1
+      for m in \$(seq 1 $count); do [ \$m -eq $n ] || ip route add 10.244.\$m.0/24 via $nodes_net.\$((10 + m)); done
+      echo 1 > /proc/sys/net/ipv4/ip_forward
+      echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables
+      # No kube-proxy: the kubernetes Service as it would forward it, for pods and host-network pods.
+      iptables -t nat -A PREROUTING -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination $nodes_net.1:$API_PORT
+      iptables -t nat -A OUTPUT -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination $nodes_net.1:$API_PORT
+    "
+    # Its own host name: host-network pods (and the ranks in them) see tjnode-N.
+    touch "$nodes_state/uts-$n"
+    unshare --uts="$nodes_state/uts-$n" hostname "$ns"
+    for h in $(hierarchies); do
+      mkdir -p "$h/$ns"
+      # A v1 cpuset takes no task until it has CPUs and memory nodes.
+      if [[ -f "$h/cpuset.cpus" ]]; then
+        cat "$h/cpuset.cpus" > "$h/$ns/cpuset.cpus"
+        cat "$h/cpuset.mems" > "$h/$ns/cpuset.mems"
+      fi
+    done
+    node_configs "$dir/node$n" "$n"
+    # The images: hard links to the cached root's files (layers are only ever read: containers
+    # write to snapshots of their own), copies of its databases (containerd writes those).
+    cp -al "$NODE_ROOT/root/." "$dir/node$n/containerd/"
+    find "$NODE_ROOT/root" -name '*.db' -printf '%P\n' | while read -r db; do
+      rm "$dir/node$n/containerd/$db" && cp "$NODE_ROOT/root/$db" "$dir/node$n/containerd/$db"
+    done
+  done
+  cat > "$dir/Corefile" <<EOF
+.:53 {
+    bind $nodes_net.1
+    errors
+    kubernetes cluster.local {
+        kubeconfig $KUBECONFIG
+    }
+    cache 2
+}
+EOF
+}
+
+# A containerd root holding ARCHIVES, imported and unpacked once per set of archives (their
+# names carry their content's hash) into the cache; prints "node-root DIR". Each node of the
+# multi-node tier starts from a hard-linked copy of it (`prepare-nodes`): an import per node
+# would take three times as long and three times the disk.
+node_root() {
+  local key root tmp pid
+  key=$(for a in "$@"; do basename "$a"; done | sha256sum | cut -c1-12)
+  root="$cache_root/node-root-$key"
+  if [[ ! -f "$root/done" ]]; then
+    echo ">> importing the multi-node tier's images into $root" >&2
+    local start=$SECONDS
+    tmp="$root.tmp"
+    rm -rf "$tmp" && mkdir -p "$tmp/root" "$tmp/state"
+    cat > "$tmp/containerd.toml" <<EOF
+version = 2
+root = "$tmp/root"
+state = "$tmp/state"
+[grpc]
+  address = "$tmp/containerd.sock"
+[ttrpc]
+  address = "$tmp/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$tmp/opt"
+EOF
+    containerd --config "$tmp/containerd.toml" > "$tmp/containerd.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 200); do [[ -S "$tmp/containerd.sock" ]] && break; sleep 0.1; done
+    local a ok=1
+    for a in "$@"; do
+      ctr -a "$tmp/containerd.sock" -n k8s.io images import "$a" >/dev/null || { ok=0; break; }
+    done
+    kill "$pid" && wait "$pid" 2>/dev/null || true
+    [[ $ok -eq 1 ]] || { tail -20 "$tmp/containerd.log" >&2; rm -rf "$tmp"; fail "importing the images into $root"; }
+    # Only the root stays: state, sockets and log go.
+    rm -rf "$tmp/state" "$tmp/opt" "$tmp"/containerd.sock* "$tmp/containerd.toml" "$tmp/containerd.log"
+    for old in "$cache_root"/node-root-*; do [[ "$old" == "$tmp" ]] || rm -rf "$old"; done
+    touch "$tmp/done" && mv "$tmp" "$root"
+    echo ">> imported in $((SECONDS - start))s" >&2
+  fi
+  echo "node-root $root"
+}
+
+# Node N's containerd, CNI and kubelet configuration, in its directory DIR.
+node_configs() {
+  local dir=$1 n=$2
+  cat > "$dir/cni/net.d/10-bed.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "tjbr",
+  "isGateway": true, "ipMasq": false, "hairpinMode": true,
+  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "10.244.$n.0/24", "gateway": "10.244.$n.1"}]],
+    "routes": [{"dst": "0.0.0.0/0"}]}}]}
+EOF
+  cat > "$dir/containerd.toml" <<EOF
+version = 2
+root = "$dir/containerd"
+state = "$dir/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "trainjob.local/pause:bed"
+  restrict_oom_score_adj = true
+  # Pods' network namespaces under the node's directory, not in /var/run/netns (shared by all).
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "$dir/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni/net.d"
+EOF
+  cat > "$dir/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# Test only: the bed's API server has no kubelet client certificate.
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+cgroupRoot: /tjnode-$n
+failCgroupV1: false
+failSwapOn: false
+clusterDNS: [$nodes_net.1]
+clusterDomain: cluster.local
+containerRuntimeEndpoint: unix://$dir/containerd.sock
+imageServiceEndpoint: unix://$dir/containerd.sock
+podLogsDir: $dir/pod-logs
+registerWithTaints: [{key: trainjob.test/real-node, effect: NoSchedule}]
+readOnlyPort: 0
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+evictionHard: {memory.available: "100Mi"}
+EOF
+}
+
+# Node N loses power: every process of it (daemons, shims, containers) killed at once, its link
+# down. Its directories stay, so that it can boot again.
+power_off() {
+  local n=$1 cg=/sys/fs/cgroup/unified/tjnode-$1
+  ip link set "tjn-$n" down 2>/dev/null || true
+  [[ -f $cg/cgroup.kill ]] || return 0
+  echo 1 > "$cg/cgroup.kill"
+  for _ in $(seq 100); do
+    grep -q '^populated 0' "$cg/cgroup.events" && return 0
+    sleep 0.1
+  done
+  fail "node $n's cgroup still has processes 10 s after cgroup.kill"
+}
+
+cleanup_nodes() {
+  [[ -d "$nodes_state" ]] || return 0
+  local dir count n h
+  dir=$(cat "$nodes_state/dir" 2>/dev/null || true)
+  count=$(cat "$nodes_state/count" 2>/dev/null || echo 0)
+  for ((n = 1; n <= count; n++)); do power_off "$n" || true; done
+  if [[ -n "$dir" ]]; then
+    # Whatever ran outside its node's cgroup (a crash between spawn and joining it).
+    kill_matching "$dir/node"
+    kill_matching "$dir/Corefile"
+    awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
+  for ((n = 1; n <= count; n++)); do
+    ip netns del "tjnode-$n" 2>/dev/null || true
+    # The namespace itself may outlive its last process for minutes (its orphaned TCP
+    # connections retry toward dead peers); its link goes now.
+    ip link del "tjn-$n" 2>/dev/null || true
+    umount "$nodes_state/uts-$n" 2>/dev/null || true
+    for h in $(hierarchies); do
+      [[ -d "$h/tjnode-$n" ]] && { find "$h/tjnode-$n" -depth -type d -exec rmdir {} \; 2>/dev/null || true; }
+    done
+  done
+  ip link del "$nodes_bridge" 2>/dev/null || true
+  if [[ -f "$nodes_state/sysctls" ]]; then
+    while IFS= read -r kv; do sysctl -qw "$kv" || true; done < "$nodes_state/sysctls"
+  fi
+  if [[ -f "$nodes_state/created" ]]; then
+    while IFS= read -r p; do [[ -n "$p" ]] && rm -rf "$p"; done < "$nodes_state/created"
+  fi
+  rm -rf "$nodes_state"
+}
+
 case "${1:-}" in
   deps) deps ;;
   build) build ;;
   prepare) [[ -n "${2:-}" ]] || fail "prepare needs a directory"; prepare "$2" ;;
   cleanup) cleanup ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  node-root) shift; node_root "$@" ;;
+  prepare-nodes) [[ -n "${3:-}" ]] || fail "prepare-nodes needs a directory and a count"; prepare_nodes "$2" "$3" ;;
+  power-off) [[ -n "${2:-}" ]] || fail "power-off needs a node number"; power_off "$2" ;;
+  cleanup-nodes) cleanup_nodes ;;
+  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod keyscan;
 mod kueue;
 mod metrics;
+pub mod multinode;
 mod node;
 mod process;
 pub mod s3;
@@ -33,6 +34,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use kube::{Client, Config};
 
+pub use multinode::RealNodes;
 pub use node::{REAL_NODE, RealNode, STORAGE_CLASS};
 use process::Process;
 pub use process::{Component, die_with_parent};
@@ -218,6 +220,9 @@ pub struct BedConfig {
     pub timeout: Duration,
     /// Also start a real node (containerd, CNI, CoreDNS, kubelet; see `hack/node.sh`).
     pub real_node: bool,
+    /// Also start this many real nodes, each in its own network namespace (the multi-node tier:
+    /// see `multinode`); 0 for none.
+    pub real_nodes: usize,
     /// Also start Kueue with its TrainJob integration (see `hack/kueue.sh`); installs the shipped
     /// runtimes, which its webhook reads.
     pub kueue: bool,
@@ -235,6 +240,7 @@ impl Default for BedConfig {
                 .collect(),
             timeout: Duration::from_secs(120),
             real_node: false,
+            real_nodes: 0,
             kueue: false,
             audit: Audit::Off,
         }
@@ -243,8 +249,9 @@ impl Default for BedConfig {
 
 /// A running control plane. Dropping it stops every component.
 pub struct Bed {
-    // Declared first so it goes first: its kubelet still talks to the API server.
+    // Declared first so they go first: their kubelets still talk to the API server.
     node: Option<RealNode>,
+    nodes: Option<RealNodes>,
     server: String,
     ca_pem: Vec<u8>,
     dir: PathBuf,
@@ -339,6 +346,7 @@ impl Bed {
         };
         let mut bed = Bed {
             node: None,
+            nodes: None,
             server: String::new(),
             ca_pem: Vec::new(),
             dir,
@@ -352,6 +360,9 @@ impl Bed {
         }
         if config.real_node {
             bed.node = Some(RealNode::start(&bed, config.timeout).await?);
+        }
+        if config.real_nodes > 0 {
+            bed.nodes = Some(RealNodes::start(&bed, config.real_nodes, config.timeout).await?);
         }
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, server = %bed.server, "test bed ready");
         Ok(bed)
@@ -424,7 +435,8 @@ impl Bed {
         // `kubernetes` Service (hack/node.sh forwards it to the bridge), with projected
         // service-account tokens. Without a real node, loopback only and no token admission:
         // pods are then admitted at once in a fresh namespace, before its `default` account.
-        let (bind, admission) = if config.real_node {
+        let real = config.real_node || config.real_nodes > 0;
+        let (bind, admission) = if real {
             ("--bind-address=0.0.0.0", "--disable-admission-plugins=")
         } else {
             (
@@ -463,6 +475,8 @@ impl Bed {
                 "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
+                // The multi-node tier's node names resolve nowhere; their addresses do (logs, exec).
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--runtime-config=scheduling.k8s.io/v1alpha2=true",
                 gates,
             ]
@@ -791,6 +805,11 @@ impl Bed {
     /// The real node, when the bed was started with one.
     pub fn real_node(&self) -> Option<&RealNode> {
         self.node.as_ref()
+    }
+
+    /// The multi-node tier, when the bed was started with it.
+    pub fn real_nodes(&self) -> Option<&RealNodes> {
+        self.nodes.as_ref()
     }
 
     /// The S3 server of the real node, when the bed was started with one.

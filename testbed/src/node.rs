@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -50,16 +51,17 @@ pub struct RealNode {
 }
 
 /// What `hack/node.sh build` reports.
-struct Parts {
-    kubelet: PathBuf,
-    coredns: PathBuf,
-    kube_router: PathBuf,
+pub(super) struct Parts {
+    pub(super) kubelet: PathBuf,
+    pub(super) coredns: PathBuf,
+    pub(super) kube_router: PathBuf,
     metrics_server: PathBuf,
     versitygw: PathBuf,
-    images: Vec<PathBuf>,
+    /// Each image's name (`openmpi4`, `pause`, ...) and archive.
+    pub(super) images: Vec<(String, PathBuf)>,
 }
 
-fn script(args: &[&str], envs: &[(&str, &Path)]) -> Result<String, BedError> {
+pub(super) fn script(args: &[&str], envs: &[(&str, &Path)]) -> Result<String, BedError> {
     let path = repo_root().join("hack/node.sh");
     let mut command = Command::new("bash");
     command.arg(&path).args(args);
@@ -69,7 +71,7 @@ fn script(args: &[&str], envs: &[(&str, &Path)]) -> Result<String, BedError> {
     run(&mut command, "", &format!("hack/node.sh {}", args.join(" ")))
 }
 
-fn build() -> Result<Parts, BedError> {
+pub(super) fn build() -> Result<Parts, BedError> {
     let out = script(&["build"], &[])?;
     let mut parts = Parts {
         kubelet: PathBuf::new(),
@@ -87,7 +89,7 @@ fn build() -> Result<Parts, BedError> {
             ["kube-router", path] => parts.kube_router = PathBuf::from(path),
             ["metrics-server", path] => parts.metrics_server = PathBuf::from(path),
             ["versitygw", path] => parts.versitygw = PathBuf::from(path),
-            ["image", _, path] => parts.images.push(PathBuf::from(path)),
+            ["image", name, path] => parts.images.push((name.to_string(), PathBuf::from(path))),
             _ => {}
         }
     }
@@ -106,25 +108,31 @@ fn build() -> Result<Parts, BedError> {
 }
 
 /// Whether this process started a real node, whose host changes `clean_host` undoes.
-static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Whether this process started the multi-node tier (`multinode`).
+static STARTED_NODES: AtomicBool = AtomicBool::new(false);
 
-/// Stops the real node this process started and puts the host back (idempotent: `hack/node.sh
+/// Stops the real nodes this process started and puts the host back (idempotent: `hack/node.sh
 /// cleanup` does nothing once the host is clean). Run before a bed's directory is removed, whose
 /// mounts and running kubelet would otherwise keep it.
 pub(crate) fn clean_host() {
-    if STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+    if STARTED.load(Ordering::SeqCst) {
         let _ = script(&["cleanup"], &[]);
+    }
+    if STARTED_NODES.load(Ordering::SeqCst) {
+        let _ = script(&["cleanup-nodes"], &[]);
     }
 }
 
 /// Puts the host back when the process exits, for beds that live in a static and are never
-/// dropped.
-fn cleanup_at_exit() {
+/// dropped; `multi` for the multi-node tier.
+pub(super) fn cleanup_at_exit(multi: bool) {
     static ONCE: Once = Once::new();
     extern "C" fn cleanup() {
         clean_host();
     }
-    STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let flag = if multi { &STARTED_NODES } else { &STARTED };
+    flag.store(true, Ordering::SeqCst);
     ONCE.call_once(|| {
         // SAFETY: registers a plain `extern "C"` function with no captured state.
         unsafe { libc::atexit(cleanup) };
@@ -137,7 +145,7 @@ impl RealNode {
         let parts = build()?;
         let dir = bed.dir().join("node");
         let kubeconfig = bed.kubeconfig_path(Identity::Admin);
-        cleanup_at_exit();
+        cleanup_at_exit(false);
         let api_port = bed.server().rsplit(':').next().unwrap_or_default().to_string();
         script(
             &["prepare", &dir.to_string_lossy()],
@@ -160,7 +168,7 @@ impl RealNode {
         let socket = dir.join("containerd.sock");
         node.wait("containerd's socket", timeout, || socket.exists())
             .await?;
-        for image in &parts.images {
+        for (_, image) in &parts.images {
             node.import_image(image)?;
         }
         for (image, alias) in ALIASES {

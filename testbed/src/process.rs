@@ -190,6 +190,11 @@ impl Process {
         })
     }
 
+    /// Its process id (of the running process, after a restart the new one).
+    pub(super) fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// `Some(status)` when the process has exited.
     pub(super) fn exited(&self) -> Option<String> {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());

@@ -68,6 +68,15 @@ pub fn real_bed() -> &'static Bed {
     })
 }
 
+/// The control plane of this test binary with `count` real nodes of the multi-node tier
+/// (`multinode`), and the fake nodes as always.
+pub fn multi_node_bed(count: usize) -> &'static Bed {
+    bed_with(move || BedConfig {
+        real_nodes: count,
+        ..BedConfig::default()
+    })
+}
+
 /// The control plane of this test binary with Kueue (TrainJob integration) running next to it.
 pub fn kueue_bed() -> &'static Bed {
     bed_with(|| BedConfig {
