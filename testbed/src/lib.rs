@@ -13,6 +13,7 @@
 mod admission;
 pub use admission::WebhookCopy;
 pub mod bench;
+pub mod delay;
 pub mod keyscan;
 mod kueue;
 mod metrics;
