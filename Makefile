@@ -57,7 +57,8 @@ screenshots: bed ## Take the dashboard's screenshots in docs/images again, from 
 
 # Without KUBECONFIG: start the local control plane in the background (fake nodes, CRDs,
 # runtimes), then run the operator in the foreground under its own RBAC identity. REAL_NODE=1
-# adds a real kubelet node where MPI really runs (needs root); KUEUE=1 runs Kueue in front.
+# adds a real kubelet node where MPI really runs (needs root); REAL_NODES=3 three real nodes
+# of the multi-node tier (root); KUEUE=1 runs Kueue in front.
 install-plugin: ## Install the kubectl plugin (`kubectl trainjob`, binary kubectl-trainjob) into ~/.cargo/bin
 	$(CARGO) install --locked --path . --bin kubectl-trainjob
 

@@ -12,7 +12,7 @@ rm -rf "$dir"
 mkdir -p "$dir"
 webhook_port=${WEBHOOK_PORT:-9443}
 status_port=${STATUS_PORT:-10443}
-"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${KUEUE:+--kueue} \
+"$target/testbed" --dir "$dir" ${REAL_NODE:+--real-node} ${REAL_NODES:+--real-nodes "$REAL_NODES"} ${KUEUE:+--kueue} \
   --operator-webhook-port "$webhook_port" --operator-status-port "$status_port" 2>"$dir/testbed.out" &
 bed=$!
 # SIGINT lets the bed drop cleanly (the real node puts the host back).

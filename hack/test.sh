@@ -2,7 +2,8 @@
 # Runs every test binary of the workspace (what `make test` runs after building):
 #   - the kwok-tier integration binaries several at a time: each starts its own control plane on
 #     free loopback ports in its own directory, so they share nothing;
-#   - the real-node binaries one after another, in one slot: a machine has one real node;
+#   - the real-node binaries (the single node's and the multi-node tier's) one after another, in one
+#     slot: side by side they would share the machine's 2 cores;
 #   - the key scan last: it reads the report every other binary left.
 # Longest first, so the slots end together. Each binary's output goes to its own log; a
 # failure prints the tail of its log and the run goes on, so one run shows every failure.
@@ -23,7 +24,7 @@ mkdir -p "$logs"
 
 # Integration binaries that need the real node, and the order of the rest (longest first, as
 # measured; binaries not listed run last, in name order).
-real_node=(realnode realnode_stalls realnode_training realnode_clients install)
+real_node=(realnode multinode realnode_stalls realnode_training realnode_clients install)
 longest=(chaos gang kueue errors ha admission upgrade controlplane lifecycle operator privileges restart tenancy logging initializers)
 
 # Build every test binary once and list them: `<name> <kind> <path>`.

@@ -53,7 +53,11 @@ impl NetnsNode {
             .arg(format!("--net={}", self.netns().display()))
             .arg("iptables")
             .args(args);
-        run(&mut command, "", &format!("iptables {} in {}", args.join(" "), self.name))
+        run(
+            &mut command,
+            "",
+            &format!("iptables {} in {}", args.join(" "), self.name),
+        )
     }
 }
 
@@ -132,7 +136,11 @@ impl RealNodes {
             while !socket.exists() {
                 check_alive(node)?;
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(timeout_error(&format!("{}'s containerd", node.name), timeout, &nodes));
+                    return Err(timeout_error(
+                        &format!("{}'s containerd", node.name),
+                        timeout,
+                        &nodes,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -150,7 +158,7 @@ impl RealNodes {
             let kubelet = node_process(node, Component::Kubelet, &parts.kubelet, &args)?;
             node.procs.push(kubelet);
         }
-        let (spawner, jobs) = channel::<Box<dyn FnOnce() + Send>>();
+        let (spawner, jobs) = channel::<Job>();
         std::thread::spawn(move || {
             for job in jobs {
                 job();
@@ -171,9 +179,13 @@ impl RealNodes {
             node.procs.push(router);
         }
         for node in &nodes.nodes {
-            nodes.wait_firewall(&lock(node)).await?;
+            nodes.wait_firewall(node).await?;
         }
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, count, "multi-node tier ready");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            count,
+            "multi-node tier ready"
+        );
         Ok(nodes)
     }
 
@@ -197,7 +209,11 @@ impl RealNodes {
         self.with(name, |n| Ok(n.netns()))
     }
 
-    fn with<T>(&self, name: &str, f: impl FnOnce(&mut NetnsNode) -> Result<T, BedError>) -> Result<T, BedError> {
+    fn with<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut NetnsNode) -> Result<T, BedError>,
+    ) -> Result<T, BedError> {
         let node = self.node(name)?;
         f(&mut lock(&node))
     }
@@ -219,19 +235,42 @@ impl RealNodes {
     pub async fn power_on(&self, bed: &Bed, name: &str) -> Result<(), BedError> {
         let node = self.node(name)?;
         let booting = node.clone();
+        let timeout = self.timeout;
         self.on_spawner(move || {
             let n = lock(&booting);
             let mut link = Command::new("ip");
             link.args(["link", "set", &format!("tjn-{}", n.index), "up"]);
             run(&mut link, "", "ip link set up")?;
-            n.procs.iter().try_for_each(Process::restart)
+            // containerd first, serving before the kubelet starts: a kubelet that finds no
+            // runtime exits.
+            let (containerd, rest) = n
+                .procs
+                .split_first()
+                .ok_or_else(|| BedError::Command(format!("{} has no daemons", n.name)))?;
+            containerd.restart()?;
+            let socket = n.dir.join("containerd.sock");
+            let deadline = std::time::Instant::now() + timeout;
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                if std::time::Instant::now() >= deadline {
+                    return Err(BedError::Command(format!(
+                        "{}'s containerd does not serve again:\n{}",
+                        n.name,
+                        containerd.tail(30)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            rest.iter().try_for_each(Process::restart)
         })?;
         self.wait_ready(bed, &[name.to_string()]).await?;
-        self.wait_firewall(&lock(&node)).await
+        self.wait_firewall(&node).await
     }
 
     /// Runs `job` on the spawner thread and waits for its result.
-    fn on_spawner(&self, job: impl FnOnce() -> Result<(), BedError> + Send + 'static) -> Result<(), BedError> {
+    fn on_spawner(
+        &self,
+        job: impl FnOnce() -> Result<(), BedError> + Send + 'static,
+    ) -> Result<(), BedError> {
         let (done, result) = channel();
         let sent = lock_spawner(&self.spawner).as_ref().is_some_and(|s| {
             s.send(Box::new(move || {
@@ -368,20 +407,26 @@ impl RealNodes {
         }
     }
 
-    async fn wait_firewall(&self, node: &NetnsNode) -> Result<(), BedError> {
+    async fn wait_firewall(&self, node: &Mutex<NetnsNode>) -> Result<(), BedError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        while node.iptables(&["-S", "KUBE-ROUTER-FORWARD"]).is_err() {
-            check_alive(node)?;
+        loop {
+            let name = {
+                let node = lock(node);
+                if node.iptables(&["-S", "KUBE-ROUTER-FORWARD"]).is_ok() {
+                    return Ok(());
+                }
+                check_alive(&node)?;
+                node.name.clone()
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(BedError::Timeout {
-                    what: format!("kube-router's firewall chains on {}", node.name),
+                    what: format!("kube-router's firewall chains on {name}"),
                     seconds: self.timeout.as_secs(),
                     logs: self.log_tails(30),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
     /// The last `lines` lines of every daemon's log, node by node.
@@ -390,7 +435,12 @@ impl RealNodes {
         for node in &self.nodes {
             let node = lock(node);
             for p in &node.procs {
-                out.push_str(&format!("--- {} {} ---\n{}\n", node.name, p.component, p.tail(lines)));
+                out.push_str(&format!(
+                    "--- {} {} ---\n{}\n",
+                    node.name,
+                    p.component,
+                    p.tail(lines)
+                ));
             }
         }
         out
@@ -426,9 +476,9 @@ pub struct Fault<'a> {
 
 impl Drop for Fault<'_> {
     fn drop(&mut self) {
-        let healed = self
-            .nodes
-            .with(&self.node, |n| n.iptables(&["-t", "raw", "-F", "TJ-FAULT"]).map(|_| ()));
+        let healed = self.nodes.with(&self.node, |n| {
+            n.iptables(&["-t", "raw", "-F", "TJ-FAULT"]).map(|_| ())
+        });
         if let Err(e) = healed {
             eprintln!("healing the network of {}: {e}", self.node);
         }
@@ -459,9 +509,11 @@ impl Drop for DnsOutage<'_> {
     }
 }
 
-type Spawner = Mutex<Option<Sender<Box<dyn FnOnce() + Send>>>>;
+/// Work for the spawner thread.
+type Job = Box<dyn FnOnce() + Send>;
+type Spawner = Mutex<Option<Sender<Job>>>;
 
-fn lock_spawner(spawner: &Spawner) -> std::sync::MutexGuard<'_, Option<Sender<Box<dyn FnOnce() + Send>>>> {
+fn lock_spawner(spawner: &Spawner) -> std::sync::MutexGuard<'_, Option<Sender<Job>>> {
     spawner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -490,7 +542,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// everything it starts), network namespace and UTS namespace. Joins only those two namespaces
 /// (`nsenter`), not a mount namespace of its own: the kubelet's volume mounts must be visible to
 /// the runc that containerd starts.
-fn node_process(node: &NetnsNode, component: Component, binary: &Path, args: &[String]) -> Result<Process, BedError> {
+fn node_process(
+    node: &NetnsNode,
+    component: Component,
+    binary: &Path,
+    args: &[String],
+) -> Result<Process, BedError> {
     let script = format!(
         "echo $$ > /sys/fs/cgroup/unified/{name}/cgroup.procs && export NODE_NAME={name} && exec nsenter --net={netns} --uts=/run/trainjob-testbed-nodes/uts-{index} -- \"$@\"",
         name = node.name,
@@ -561,7 +618,11 @@ fn check_alive(node: &NetnsNode) -> Result<(), BedError> {
 fn timeout_error(what: &str, timeout: Duration, nodes: &[NetnsNode]) -> BedError {
     let logs = nodes
         .iter()
-        .flat_map(|n| n.procs.iter().map(move |p| format!("--- {} {} ---\n{}\n", n.name, p.component, p.tail(30))))
+        .flat_map(|n| {
+            n.procs
+                .iter()
+                .map(move |p| format!("--- {} {} ---\n{}\n", n.name, p.component, p.tail(30)))
+        })
         .collect();
     BedError::Timeout {
         what: what.into(),

@@ -22,6 +22,10 @@ struct Args {
     /// default StorageClass) where pods really run; needs root.
     #[arg(long)]
     real_node: bool,
+    /// Also run this many real nodes of the multi-node tier (tjnode-1..N, each in its own network
+    /// namespace and cgroup: see docs/development/testing.md); needs root.
+    #[arg(long, default_value_t = 0)]
+    real_nodes: usize,
     /// Also run Kueue (built by `hack/kueue.sh`) with its TrainJob integration; needs root (it
     /// runs in a mount namespace of its own).
     #[arg(long)]
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| FakeNode::new(format!("kwok-node-{i}"), 32, 8))
             .collect(),
         real_node: args.real_node,
+        real_nodes: args.real_nodes,
         kueue: args.kueue,
         ..Default::default()
     })
@@ -109,6 +114,19 @@ async fn main() -> anyhow::Result<()> {
         eprintln!(
             "  volumes:  StorageClass {} (default; host directories under /tmp/hostpath_pv)",
             trainjob_testbed::STORAGE_CLASS
+        );
+    }
+    if let Some(nodes) = bed.real_nodes() {
+        let names = nodes.names();
+        let addresses: Vec<String> = names
+            .iter()
+            .map(|n| format!("{n} {}", nodes.address(n).unwrap_or_default()))
+            .collect();
+        eprintln!(
+            "  real nodes: {} (label and taint {}; CoreDNS at {}; logs in nodes/nodeN/)",
+            addresses.join(", "),
+            trainjob_testbed::REAL_NODE,
+            trainjob_testbed::multinode::NODES_HOST
         );
     }
     // Readiness marker for scripts waiting on the bed.

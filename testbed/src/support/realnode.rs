@@ -96,3 +96,21 @@ pub async fn pod_report(c: &Client, ns: &str, job: &str) -> String {
     }
     report
 }
+
+/// Runs `pod` to its end; returns its phase.
+pub async fn phase_at_end(c: &Client, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    pods.create(&PostParams::default(), pod)
+        .await
+        .expect("create probe");
+    crate::support::eventually(&format!("probe {name} to finish"), RUN_DEADLINE, || async {
+        let p = pods.get(&name).await.map_err(|e| e.to_string())?;
+        match p.status.and_then(|s| s.phase).as_deref() {
+            Some(phase @ ("Succeeded" | "Failed")) => Ok(phase.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
