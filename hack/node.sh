@@ -118,8 +118,10 @@ build() {
 prepare() {
   local dir=$1
   [[ -e "$state" ]] && cleanup
+  [[ -n "${NODE_ROOT:-}" ]] || fail "prepare needs NODE_ROOT"
   mkdir -p "$state" "$dir"/{containerd,state,cni/net.d,ipam,opt,kubelet}
   echo "$dir" > "$state/dir"
+  seed_root "$dir/containerd"
   # bridge-nf-call-iptables exists only with br_netfilter loaded.
   modprobe br_netfilter 2>/dev/null || true
   for s in "${sysctls[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$state/sysctls"
@@ -348,12 +350,7 @@ prepare_nodes() {
       fi
     done
     node_configs "$dir/node$n" "$n"
-    # The images: hard links to the cached root's files (layers are only ever read: containers
-    # write to snapshots of their own), copies of its databases (containerd writes those).
-    cp -al "$NODE_ROOT/root/." "$dir/node$n/containerd/"
-    find "$NODE_ROOT/root" -name '*.db' -printf '%P\n' | while read -r db; do
-      rm "$dir/node$n/containerd/$db" && cp "$NODE_ROOT/root/$db" "$dir/node$n/containerd/$db"
-    done
+    seed_root "$dir/node$n/containerd"
   done
   cat > "$dir/Corefile" <<EOF
 .:53 {
@@ -407,6 +404,17 @@ EOF
     echo ">> imported in $((SECONDS - start))s" >&2
   fi
   echo "node-root $root"
+}
+
+# Fills the containerd root DIR with the images of the cached root $NODE_ROOT (`node-root`): hard
+# links to its files (layers are only ever read: containers write to snapshots of their own),
+# copies of its databases (containerd writes those).
+seed_root() {
+  local root=$1 db
+  cp -al "$NODE_ROOT/root/." "$root/"
+  find "$NODE_ROOT/root" -name '*.db' -printf '%P\n' | while read -r db; do
+    rm "$root/$db" && cp "$NODE_ROOT/root/$db" "$root/$db"
+  done
 }
 
 # Node N's containerd, CNI and kubelet configuration, in its directory DIR.

@@ -49,6 +49,20 @@ mod tests {
         launcher_log(log, &plan(&j, runtime))
     }
 
+    /// What Open MPI 4 printed when the launcher's node was cut off from the workers' on three
+    /// real nodes (tests/multinode.rs): the help text's host line names the worker.
+    #[test]
+    fn a_route_lost_to_a_worker_names_it() {
+        let log = "ORTE does not know how to route a message to the specified daemon\nlocated on the indicated node:\n\n  my node:   pi-launcher-0-0\n  target node:  pi-node-0-1.pi\n";
+        let message = diagnose("mpi-openmpi", log).unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "the connection to pi-node-0-1.pi broke while the job ran: \"target node:  pi-node-0-1.pi\""
+            ),
+            "{message}"
+        );
+    }
+
     #[test]
     fn each_cause_says_what_to_check_and_quotes_the_line() {
         let cases = [

@@ -272,8 +272,8 @@ pub fn diagnose(mpi: &dyn Implementation, log: &str) -> Option<Finding> {
 
 /// The host a [`Cause::Connection`] line names, as the line spells it, where the line says which:
 /// ssh's "Timeout, server HOST not responding.", "Connection to HOST closed by remote host." and
-/// "Read from remote host HOST: ...", Open MPI's "Remote daemon: NAME on node HOST" and its TCP
-/// links' "peer: HOST".
+/// "Read from remote host HOST: ...", Open MPI's "Remote daemon: NAME on node HOST", "target
+/// node:  HOST" and its TCP links' "peer: HOST".
 pub fn peer(line: &str) -> Option<&str> {
     // (what the line must say, the words right before the host, and right after it; none: the
     // host is a word)
@@ -286,6 +286,7 @@ pub fn peer(line: &str) -> Option<&str> {
         ),
         ("Read from remote host ", "Read from remote host ", Some(": ")),
         ("Remote daemon:", " on node ", None),
+        ("target node:", "target node:", None),
         ("peer: ", "peer: ", None),
     ];
     SHAPES.iter().find_map(|(marker, before, after)| {

@@ -31,7 +31,9 @@ const ROOT: &[(&str, &str)] = &[
 /// Open MPI's own lines. A broken connection: ORTE's and PRRTE's `node-died` help text
 /// (help-errmgr-base.txt: "ORTE has lost communication with a remote daemon." or "PRTE ...",
 /// then "  Remote daemon: NAME on node HOST", listed first so that the line quoted names the
-/// worker) and `no-path` ("ORTE does not know how to route a message to the specified daemon"),
+/// worker) and `no-path` ("ORTE does not know how to route a message to the specified daemon",
+/// then "  target node:  HOST", also first: what a partition between the launcher's node and the
+/// workers' gives, seen on three real nodes),
 /// and a TCP link that timed out or lost its route (the btl's and oob's "readv failed: %s (%d)",
 /// as in "mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)"). Not "Connection reset
 /// by peer (104)" nor "peer hung up": a rank that crashed resets its links too. The daemon ORTE or
@@ -39,6 +41,7 @@ const ROOT: &[(&str, &str)] = &[
 /// MPI (or its `PATH` in a non-interactive ssh session does).
 const PATTERNS: &[(Cause, &str)] = &[
     (Cause::Connection, "Remote daemon:"),
+    (Cause::Connection, "target node:"),
     (Cause::Connection, "has lost communication with a remote daemon"),
     (Cause::Connection, "does not know how to route a message"),
     (Cause::Connection, "Connection timed out (110)"),

@@ -331,6 +331,7 @@ fn a_broken_connection_names_its_host() {
             "Remote daemon: [[41386,0],1] on node pi-node-0-1.pi",
             "pi-node-0-1.pi",
         ),
+        ("  target node:  pi-node-0-1.pi", "pi-node-0-1.pi"),
         (
             "[pi-node-0-0][[1,1],0][btl_tcp_frag.c:238:mca_btl_tcp_frag_recv] peer: pi-node-0-1 mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)",
             "pi-node-0-1",

@@ -16,16 +16,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use super::node::{self, Parts};
+use super::node;
 use super::process::{Component, Process, run};
 use super::{Bed, BedError, Identity};
 
 /// The host's address on the nodes' bridge: the API server, CoreDNS.
 pub const NODES_HOST: &str = "10.245.0.1";
-
-/// Images every node gets (the MPI implementations and the sandbox); the others (the operator's,
-/// the initializer's) stay on the single node.
-const IMAGES: [&str; 5] = ["pause", "openmpi4", "openmpi5", "mpich", "intel"];
 
 /// One node of the tier.
 struct NetnsNode {
@@ -83,7 +79,7 @@ impl RealNodes {
         let kubeconfig = bed.kubeconfig_path(Identity::Admin);
         node::cleanup_at_exit(true);
         let api_port = bed.server().rsplit(':').next().unwrap_or_default().to_string();
-        let root = node_root(&parts)?;
+        let root = node::node_root(&parts)?;
         node::script(
             &["prepare-nodes", &dir.to_string_lossy(), &count.to_string()],
             &[
@@ -582,24 +578,6 @@ fn kube_router(node: &NetnsNode, binary: &Path) -> Result<Process, BedError> {
         "--iptables-sync-period=1m".into(),
     ];
     node_process(node, Component::KubeRouter, binary, &args)
-}
-
-/// The cached containerd root holding [`IMAGES`] (`hack/node.sh node-root`), which every node
-/// starts from.
-fn node_root(parts: &Parts) -> Result<PathBuf, BedError> {
-    let archives: Vec<String> = parts
-        .images
-        .iter()
-        .filter(|(name, _)| IMAGES.contains(&name.as_str()))
-        .map(|(_, path)| path.display().to_string())
-        .collect();
-    let mut args = vec!["node-root"];
-    args.extend(archives.iter().map(String::as_str));
-    let out = node::script(&args, &[])?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("node-root "))
-        .map(PathBuf::from)
-        .ok_or_else(|| BedError::Command(format!("hack/node.sh node-root printed no root:\n{out}")))
 }
 
 fn check_alive(node: &NetnsNode) -> Result<(), BedError> {

@@ -107,6 +107,29 @@ pub(super) fn build() -> Result<Parts, BedError> {
     Ok(parts)
 }
 
+/// Images imported at every start instead of kept in [`node_root`]: the operator's changes with
+/// every build.
+const FRESH: &str = "operator";
+
+/// The cached containerd root holding the bed's images but [`FRESH`] (`hack/node.sh
+/// node-root`): each real node's containerd starts from a hard-linked copy of it instead of
+/// importing them again (27-45 s a start).
+pub(super) fn node_root(parts: &Parts) -> Result<PathBuf, BedError> {
+    let archives: Vec<String> = parts
+        .images
+        .iter()
+        .filter(|(name, _)| name != FRESH)
+        .map(|(_, path)| path.display().to_string())
+        .collect();
+    let mut args = vec!["node-root"];
+    args.extend(archives.iter().map(String::as_str));
+    let out = script(&args, &[])?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("node-root "))
+        .map(PathBuf::from)
+        .ok_or_else(|| BedError::Command(format!("hack/node.sh node-root printed no root:\n{out}")))
+}
+
 /// Whether this process started a real node, whose host changes `clean_host` undoes.
 static STARTED: AtomicBool = AtomicBool::new(false);
 /// Whether this process started the multi-node tier (`multinode`).
@@ -147,9 +170,14 @@ impl RealNode {
         let kubeconfig = bed.kubeconfig_path(Identity::Admin);
         cleanup_at_exit(false);
         let api_port = bed.server().rsplit(':').next().unwrap_or_default().to_string();
+        let root = node_root(&parts)?;
         script(
             &["prepare", &dir.to_string_lossy()],
-            &[("KUBECONFIG", &kubeconfig), ("API_PORT", Path::new(&api_port))],
+            &[
+                ("KUBECONFIG", &kubeconfig),
+                ("API_PORT", Path::new(&api_port)),
+                ("NODE_ROOT", &root),
+            ],
         )?;
         // First, on the bridge's address that `prepare` just made: it is up long before the node.
         let s3 = super::s3::start(&parts.versitygw, &dir)?;
@@ -168,7 +196,7 @@ impl RealNode {
         let socket = dir.join("containerd.sock");
         node.wait("containerd's socket", timeout, || socket.exists())
             .await?;
-        for (_, image) in &parts.images {
+        for (_, image) in parts.images.iter().filter(|(name, _)| name == FRESH) {
             node.import_image(image)?;
         }
         for (image, alias) in ALIASES {
