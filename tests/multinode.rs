@@ -207,6 +207,13 @@ async fn every_mpi_implementation_runs_its_ranks_on_three_nodes() {
         }
         assert_eq!(used.len(), NODES, "{job}: ranks on {used:?}");
     }
+    // Each node's kubelet, containerd and kube-router, resident (docs/development/testing.md).
+    let memory = nodes.daemon_memory_kib();
+    eprintln!("daemons' memory per node (KiB): {memory:?}");
+    assert!(
+        memory.iter().all(|(_, kib)| *kib > 0),
+        "every node's daemons run: {memory:?}"
+    );
 }
 
 #[tokio::test]
@@ -476,33 +483,60 @@ async fn a_partition_between_the_launchers_node_and_the_workers_fails_the_job_na
         workers_on: &[b.as_str(), other.as_str()],
         shared: false,
     };
-    let trainer = json!({"image": OPENMPI4, "numNodes": 2, "numProcPerNode": SLOTS,
-        "command": ["mpirun", "-n", "4", "sleep", "900"]});
-    create(&c, ns, "cut", json!({"name": "mpi-openmpi"}), trainer, &placement).await;
-    running(&c, ns, "cut", 3).await;
-    // mpirun's ssh session reaches the first worker (Open MPI 4 spawns the other daemons from
-    // there, as a tree), so the launcher's node is cut off from both workers' nodes; both stay
-    // Ready (the control plane is on the host).
-    eventually("mpirun to reach a worker", RUN_DEADLINE, || async {
-        let log = launcher_log(&c, ns, "cut").await;
-        log.contains("Permanently added").then_some(()).ok_or(log)
-    })
-    .await;
+    // Open MPI 4 and MPICH (Hydra: a proxy per worker over ssh, and its own control connection).
+    let jobs = [
+        ("cut", "mpi-openmpi", OPENMPI4, "command"),
+        ("cut-hydra", "mpi-mpich", "trainjob.local/mpich:bed", "args"),
+    ];
+    for (job, rt, image, field) in jobs {
+        let mut trainer = json!({"image": image, "numNodes": 2, "numProcPerNode": SLOTS});
+        trainer[field] = json!(["mpirun", "-n", "4", "sleep", "900"]);
+        create(&c, ns, job, json!({"name": rt}), trainer, &placement).await;
+    }
+    let mut workers = Vec::new();
+    for (job, ..) in jobs {
+        workers.extend(
+            running(&c, ns, job, 3)
+                .await
+                .into_iter()
+                .map(|(pod, (_, ip))| (pod, ip)),
+        );
+        // mpirun's ssh sessions reach the workers (Open MPI 4 reaches the first and spawns the
+        // other daemon from there, as a tree), so the launcher's node is cut off from both
+        // workers' nodes; all stay Ready (the control plane is on the host).
+        eventually("mpirun to reach a worker", RUN_DEADLINE, || async {
+            let log = launcher_log(&c, ns, job).await;
+            log.contains("Permanently added").then_some(()).ok_or(log)
+        })
+        .await;
+    }
     let started = Instant::now();
     let partitions = (
         nodes.partition(a, b).expect("partition"),
         nodes.partition(a, other).expect("partition"),
     );
-    let message = failed(&c, ns, "cut").await;
+    let messages = join_all(jobs.iter().map(|(job, ..)| async {
+        let message = failed(&c, ns, job).await;
+        (message, started.elapsed())
+    }))
+    .await;
     drop(partitions);
-    eprintln!(
-        "partition {a} | {b}, {other}: the job failed {:?} later: {message}",
-        started.elapsed()
-    );
-    assert!(
-        message.contains("the connection to cut-node-0-") && message.contains(" broke while the job ran"),
-        "the message names the worker whose connection broke: {message}"
-    );
+    for ((job, ..), (message, after)) in jobs.iter().zip(messages) {
+        eprintln!("partition {a} | {b}, {other}: {job} failed {after:?} later: {message}");
+        let log = launcher_log(&c, ns, job).await;
+        // ssh names the worker, or the address it connected to (OpenSSH 9's timeout line).
+        let named = workers
+            .iter()
+            .filter(|(pod, _)| pod.starts_with(&format!("{job}-node-")))
+            .any(|(pod, ip)| {
+                message.contains(&format!("the connection to {pod}"))
+                    || message.contains(&format!("the connection to {ip} "))
+            });
+        assert!(
+            named && message.contains(" broke while the job ran"),
+            "{job}: the message names the worker whose connection broke: {message}\nlauncher log:\n{log}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,17 @@ mod tests {
         );
     }
 
+    /// What MPICH printed in the same partition: ssh's keepalives gave up, then Hydra.
+    #[test]
+    fn a_session_that_timed_out_names_its_address() {
+        let log = "Connection to 10.244.2.3 port 2222 timed out\n[mpiexec@pi-launcher-0-0] ui_cmd_cb (/mpich-5.0.2/src/pm/hydra/mpiexec/pmiserv_pmci.c:51): Launch proxy failed.\n";
+        let message = diagnose("mpi-mpich", log).unwrap_or_default();
+        assert!(
+            message.starts_with("the connection to 10.244.2.3 broke while the job ran"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn each_cause_says_what_to_check_and_quotes_the_line() {
         let cases = [

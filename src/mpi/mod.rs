@@ -219,6 +219,9 @@ const TRANSPORT: &[(Cause, &str)] = &[
     (Cause::Connection, "Timeout, server "),
     // The worker's end went away ("Connection to HOST closed by remote host.").
     (Cause::Connection, "closed by remote host."),
+    // OpenSSH 9's word for the same keepalives, as MPICH's launcher printed it across a real
+    // partition ("Connection to 10.244.2.3 port 2222 timed out").
+    (Cause::Connection, "Connection to "),
     // A read of the session failed ("Read from remote host HOST: Connection timed out").
     (Cause::Connection, "Read from remote host "),
     // Ending a session whose connection is gone ("client_loop: send disconnect: Broken pipe").
@@ -286,6 +289,7 @@ pub fn peer(line: &str) -> Option<&str> {
         ),
         ("Read from remote host ", "Read from remote host ", Some(": ")),
         ("Remote daemon:", " on node ", None),
+        (" timed out", "Connection to ", Some(" port ")),
         ("target node:", "target node:", None),
         ("peer: ", "peer: ", None),
     ];

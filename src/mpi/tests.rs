@@ -332,6 +332,7 @@ fn a_broken_connection_names_its_host() {
             "pi-node-0-1.pi",
         ),
         ("  target node:  pi-node-0-1.pi", "pi-node-0-1.pi"),
+        ("Connection to 10.244.2.3 port 2222 timed out", "10.244.2.3"),
         (
             "[pi-node-0-0][[1,1],0][btl_tcp_frag.c:238:mca_btl_tcp_frag_recv] peer: pi-node-0-1 mca_btl_tcp_frag_recv: readv failed: Connection timed out (110)",
             "pi-node-0-1",

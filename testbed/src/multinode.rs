@@ -66,7 +66,6 @@ pub struct RealNodes {
     /// end with the test.
     spawner: Spawner,
     timeout: Duration,
-    bed_kubeconfig: PathBuf,
 }
 
 impl RealNodes {
@@ -165,7 +164,6 @@ impl RealNodes {
             coredns: Arc::new(coredns),
             spawner: Mutex::new(Some(spawner)),
             timeout,
-            bed_kubeconfig: kubeconfig,
         };
         let names = nodes.names();
         nodes.wait_ready(bed, &names).await?;
@@ -440,11 +438,6 @@ impl RealNodes {
             }
         }
         out
-    }
-
-    /// The kubeconfig the bed's admin uses (for tools run against the tier).
-    pub fn kubeconfig(&self) -> &Path {
-        &self.bed_kubeconfig
     }
 }
 
