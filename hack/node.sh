@@ -143,68 +143,8 @@ prepare() {
       -j DNAT --to-destination "$subnet.1:$API_PORT"
   fi
 
-  cat > "$dir/cni/net.d/10-bed.conflist" <<EOF
-{"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "$bridge",
-  "isGateway": true, "ipMasq": false, "hairpinMode": true,
-  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "$subnet.0/24", "gateway": "$subnet.1"}]],
-    "routes": [{"dst": "0.0.0.0/0"}]}}]}
-EOF
-  cat > "$dir/containerd.toml" <<EOF
-version = 2
-root = "$dir/containerd"
-state = "$dir/state"
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "trainjob.local/pause:bed"
-  # Root here lacks CAP_SYS_RESOURCE: runc may not lower oom_score_adj.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$dir/cni/net.d"
-EOF
-  cat > "$dir/Corefile" <<EOF
-.:53 {
-    bind $subnet.1
-    errors
-    kubernetes cluster.local {
-        kubeconfig $KUBECONFIG
-    }
-    cache 2
-}
-EOF
-  cat > "$dir/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# Test only: the bed's API server has no kubelet client certificate.
-authentication:
-  anonymous: {enabled: true}
-  webhook: {enabled: false}
-authorization: {mode: AlwaysAllow}
-cgroupDriver: cgroupfs
-failCgroupV1: false
-failSwapOn: false
-clusterDNS: [$subnet.1]
-clusterDomain: cluster.local
-containerRuntimeEndpoint: unix://$dir/containerd.sock
-imageServiceEndpoint: unix://$dir/containerd.sock
-registerWithTaints: [{key: trainjob.test/real-node, effect: NoSchedule}]
-readOnlyPort: 0
-serializeImagePulls: false
-imageGCHighThresholdPercent: 100
-evictionHard: {memory.available: "100Mi"}
-EOF
+  node_configs "$dir" "$bridge" "$subnet"
+  corefile "$dir" "$subnet.1"
 }
 
 # Removes the KUBE-* chains kubelet adds (KUBE-FIREWALL drops non-loopback traffic to 127/8),
@@ -349,19 +289,10 @@ prepare_nodes() {
         cat "$h/cpuset.mems" > "$h/$ns/cpuset.mems"
       fi
     done
-    node_configs "$dir/node$n" "$n"
+    node_configs "$dir/node$n" tjbr "10.244.$n" "$n"
     seed_root "$dir/node$n/containerd"
   done
-  cat > "$dir/Corefile" <<EOF
-.:53 {
-    bind $nodes_net.1
-    errors
-    kubernetes cluster.local {
-        kubeconfig $KUBECONFIG
-    }
-    cache 2
-}
-EOF
+  corefile "$dir" "$nodes_net.1"
 }
 
 # A containerd root holding ARCHIVES, imported and unpacked once per set of archives (their
@@ -417,13 +348,37 @@ seed_root() {
   done
 }
 
-# Node N's containerd, CNI and kubelet configuration, in its directory DIR.
+# The cluster DNS's configuration in DIR: CoreDNS on ADDRESS, reading the bed's API server.
+corefile() {
+  cat > "$1/Corefile" <<EOF
+.:53 {
+    bind $2
+    errors
+    kubernetes cluster.local {
+        kubeconfig $KUBECONFIG
+    }
+    cache 2
+}
+EOF
+}
+
+# The containerd, CNI and kubelet configuration of a node in DIR: its pods on SUBNET.0/24 behind
+# BRIDGE, the cluster DNS at SUBNET.1 (single node) or on the host (multi-node). Node N of the
+# multi-node tier also gets its own cgroup root, pod logs and runc state, and keeps its pods'
+# network namespaces in its own state directory, not in /var/run/netns (shared by all nodes).
 node_configs() {
-  local dir=$1 n=$2
+  local dir=$1 bridge=$2 subnet=$3 n=${4:-} dns=$3.1 cri="" runc="" kubelet=""
+  if [[ -n "$n" ]]; then
+    dns=$nodes_net.1
+    cri="netns_mounts_under_state_dir = true"
+    runc="Root = \"$dir/runc\""
+    kubelet="cgroupRoot: /tjnode-$n
+podLogsDir: $dir/pod-logs"
+  fi
   cat > "$dir/cni/net.d/10-bed.conflist" <<EOF
-{"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "tjbr",
+{"cniVersion": "1.0.0", "name": "trainjob-bed", "plugins": [{"type": "bridge", "bridge": "$bridge",
   "isGateway": true, "ipMasq": false, "hairpinMode": true,
-  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "10.244.$n.0/24", "gateway": "10.244.$n.1"}]],
+  "ipam": {"type": "host-local", "dataDir": "$dir/ipam", "ranges": [[{"subnet": "$subnet.0/24", "gateway": "$subnet.1"}]],
     "routes": [{"dst": "0.0.0.0/0"}]}}]}
 EOF
   cat > "$dir/containerd.toml" <<EOF
@@ -438,9 +393,9 @@ state = "$dir/state"
   path = "$dir/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "trainjob.local/pause:bed"
+  # Root here lacks CAP_SYS_RESOURCE: runc may not lower oom_score_adj.
   restrict_oom_score_adj = true
-  # Pods' network namespaces under the node's directory, not in /var/run/netns (shared by all).
-  netns_mounts_under_state_dir = true
+  $cri
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -448,7 +403,7 @@ state = "$dir/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "$dir/runc"
+        $runc
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni/net.d"
@@ -462,19 +417,18 @@ authentication:
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 cgroupDriver: cgroupfs
-cgroupRoot: /tjnode-$n
 failCgroupV1: false
 failSwapOn: false
-clusterDNS: [$nodes_net.1]
+clusterDNS: [$dns]
 clusterDomain: cluster.local
 containerRuntimeEndpoint: unix://$dir/containerd.sock
 imageServiceEndpoint: unix://$dir/containerd.sock
-podLogsDir: $dir/pod-logs
 registerWithTaints: [{key: trainjob.test/real-node, effect: NoSchedule}]
 readOnlyPort: 0
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: "100Mi"}
+$kubelet
 EOF
 }
 

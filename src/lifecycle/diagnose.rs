@@ -161,20 +161,7 @@ mod tests {
 
     #[test]
     fn a_lost_daemon_is_named_by_its_node_and_blamed_on_the_network() {
-        let log = "\
---------------------------------------------------------------------------
-ORTE has lost communication with a remote daemon.
-
-  HNP daemon   : [[41386,0],0] on node pi-launcher-0-0
-  Remote daemon: [[41386,0],1] on node pi-node-0-1.pi
-
-This is usually due to either a failure of the TCP network
-connection to the node, or possibly an internal failure of
-the daemon itself. We cannot recover from this failure, and
-therefore will terminate the job.
---------------------------------------------------------------------------
-";
-        let message = diagnose("mpi-openmpi", log).unwrap_or_default();
+        let message = diagnose("mpi-openmpi", crate::mpi::ORTE_NODE_DIED).unwrap_or_default();
         assert!(
             message.starts_with("the connection to pi-node-0-1.pi broke while the job ran"),
             "{message}"

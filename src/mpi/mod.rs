@@ -11,6 +11,8 @@ mod mpich;
 mod openmpi;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use openmpi::ORTE_NODE_DIED;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 

@@ -228,7 +228,7 @@ This usually is caused by:
 
 /// Open MPI 4's tail when a daemon's own link to mpirun broke.
 #[cfg(test)]
-const ORTE_NODE_DIED: &str = "\
+pub(crate) const ORTE_NODE_DIED: &str = "\
 --------------------------------------------------------------------------
 ORTE has lost communication with a remote daemon.
 

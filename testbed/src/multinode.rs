@@ -34,6 +34,14 @@ struct NetnsNode {
 }
 
 impl NetnsNode {
+    /// The last `lines` of each of its daemons' logs, under headers naming node and daemon.
+    fn tails(&self, lines: usize) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("--- {} {} ---\n{}\n", self.name, p.component, p.tail(lines)))
+            .collect()
+    }
+
     fn address(&self) -> String {
         format!("10.245.0.{}", 10 + self.index)
     }
@@ -427,15 +435,7 @@ impl RealNodes {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = format!("--- coredns ---\n{}\n", self.coredns.tail(lines));
         for node in &self.nodes {
-            let node = lock(node);
-            for p in &node.procs {
-                out.push_str(&format!(
-                    "--- {} {} ---\n{}\n",
-                    node.name,
-                    p.component,
-                    p.tail(lines)
-                ));
-            }
+            out.push_str(&lock(node).tails(lines));
         }
         out
     }
@@ -486,7 +486,13 @@ impl Drop for DnsOutage<'_> {
             eprintln!("starting CoreDNS again: {e}");
             return;
         }
-        let address = std::net::SocketAddr::from(([10, 245, 0, 1], 53));
+        let address = match NODES_HOST.parse::<std::net::Ipv4Addr>() {
+            Ok(host) => std::net::SocketAddr::from((host, 53)),
+            Err(e) => {
+                eprintln!("{NODES_HOST}: {e}");
+                return;
+            }
+        };
         let deadline = std::time::Instant::now() + self.nodes.timeout;
         while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
             if std::time::Instant::now() >= deadline {
@@ -587,14 +593,7 @@ fn check_alive(node: &NetnsNode) -> Result<(), BedError> {
 }
 
 fn timeout_error(what: &str, timeout: Duration, nodes: &[NetnsNode]) -> BedError {
-    let logs = nodes
-        .iter()
-        .flat_map(|n| {
-            n.procs
-                .iter()
-                .map(move |p| format!("--- {} {} ---\n{}\n", n.name, p.component, p.tail(30)))
-        })
-        .collect();
+    let logs = nodes.iter().map(|n| n.tails(30)).collect();
     BedError::Timeout {
         what: what.into(),
         seconds: timeout.as_secs(),
