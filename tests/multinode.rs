@@ -22,6 +22,7 @@ use support::realnode::{RUN_DEADLINE, finished, launcher_log, phase_at_end, pod_
 use support::{TestNs, client, eventually, multi_node_bed, operator};
 use tokio::sync::RwLock;
 use trainjob_operator::api::TrainJob;
+use trainjob_operator::names::RESTART_ATTEMPT_LABEL;
 use trainjob_testbed::{Identity, REAL_NODE, RealNodes};
 
 /// Real nodes of the tier.
@@ -129,21 +130,6 @@ fn rank_hosts(log: &str) -> BTreeMap<usize, String> {
             let (rank, rest) = rest.split_once(" of ")?;
             let (_, host) = rest.split_once(" on ")?;
             Some((rank.parse().ok()?, host.split_whitespace().next()?.to_string()))
-        })
-        .collect()
-}
-
-/// The job's pods by name: (node, pod IP).
-async fn placed(c: &Client, ns: &str, job: &str) -> BTreeMap<String, (String, String)> {
-    pods_of(c, ns, job)
-        .await
-        .into_iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .filter_map(|p| {
-            let name = p.metadata.name?;
-            let node = p.spec?.node_name?;
-            let ip = p.status?.pod_ip?;
-            Some((name, (node, ip)))
         })
         .collect()
 }
@@ -286,6 +272,17 @@ async fn attempt_runtime(c: &Client, ns: &str, name: &str, restarts: u32) {
     .await;
 }
 
+fn is_running(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn is_worker(job: &str, p: &Pod) -> bool {
+    p.metadata
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with(&format!("{job}-node-")))
+}
+
 /// Waits until `count` workers of `job` run; returns them by name: (node, IP).
 async fn running_workers(
     c: &Client,
@@ -293,43 +290,46 @@ async fn running_workers(
     job: &str,
     count: usize,
 ) -> BTreeMap<String, (String, String)> {
-    eventually(
-        &format!("{count} running workers of {job}"),
-        RUN_DEADLINE,
-        || async {
-            let workers: BTreeMap<_, _> = placed(c, ns, job)
-                .await
-                .into_iter()
-                .filter(|(name, _)| name.starts_with(&format!("{job}-node-")))
-                .collect();
-            if workers.len() == count {
-                Ok(workers)
-            } else {
-                Err(format!("{workers:?}"))
-            }
-        },
-    )
+    pods_where(c, ns, job, count, "running workers", |p| {
+        is_worker(job, p) && is_running(p)
+    })
     .await
 }
 
 /// Waits until every pod of `job` runs; returns them by name: (node, IP).
 async fn running(c: &Client, ns: &str, job: &str, count: usize) -> BTreeMap<String, (String, String)> {
-    eventually(
-        &format!("{count} running pods of {job}"),
-        RUN_DEADLINE,
-        || async {
-            let pods = pods_of(c, ns, job).await;
-            let running = pods
-                .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .count();
-            if running == count {
-                Ok(placed(c, ns, job).await)
-            } else {
-                Err(format!("{running} of {} running", pods.len()))
-            }
-        },
-    )
+    pods_where(c, ns, job, count, "running pods", is_running).await
+}
+
+/// Waits until `count` pods of `job` pass `keep` (`what` names them in the timeout's message)
+/// and are on a node; returns them by name: (node, IP, empty until the pod has one).
+async fn pods_where(
+    c: &Client,
+    ns: &str,
+    job: &str,
+    count: usize,
+    what: &str,
+    keep: impl Fn(&Pod) -> bool,
+) -> BTreeMap<String, (String, String)> {
+    let keep = &keep;
+    eventually(&format!("{count} {what} of {job}"), RUN_DEADLINE, || async move {
+        let pods: BTreeMap<_, _> = pods_of(c, ns, job)
+            .await
+            .into_iter()
+            .filter(|p| keep(p))
+            .filter_map(|p| {
+                let name = p.metadata.name?;
+                let node = p.spec?.node_name?;
+                let ip = p.status.and_then(|s| s.pod_ip).unwrap_or_default();
+                Some((name, (node, ip)))
+            })
+            .collect();
+        if pods.len() == count {
+            Ok(pods)
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    })
     .await
 }
 
@@ -423,33 +423,17 @@ async fn a_node_that_loses_power_restarts_the_gang_on_the_others_or_fails_the_jo
                 .any(|m| m.contains(&format!("lost its node {doomed}")) && m.ends_with("(restart 1 of 1)")),
             "{restarts:?}"
         );
-        let second = eventually("the second attempt's workers to run", RUN_DEADLINE, || async {
-            let pods = pods_of(&c, ns, "again").await;
-            let nodes: Vec<String> = pods
-                .iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("trainer.kubeflow.org/restart-attempt"))
-                        .map(String::as_str)
-                        == Some("1")
-                })
-                .filter(|p| {
-                    p.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with("again-node-"))
-                })
-                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-                .collect();
-            if nodes.len() == 2 {
-                Ok(nodes)
-            } else {
-                Err(format!("{nodes:?}"))
-            }
+        let second = pods_where(&c, ns, "again", 2, "second attempt's workers", |p| {
+            is_worker("again", p)
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(RESTART_ATTEMPT_LABEL))
+                    .map(String::as_str)
+                    == Some("1")
         })
         .await;
+        let second: Vec<String> = second.into_values().map(|(node, _)| node).collect();
         assert!(
             !second.contains(&doomed),
             "the second attempt's workers on the dead node: {second:?}"
@@ -483,11 +467,13 @@ async fn a_partition_between_the_launchers_node_and_the_workers_fails_the_job_na
         workers_on: &[b.as_str(), other.as_str()],
         shared: false,
     };
-    // Open MPI 4 and MPICH (Hydra: a proxy per worker over ssh, and its own control connection).
-    let jobs = [
-        ("cut", "mpi-openmpi", OPENMPI4, "command"),
-        ("cut-hydra", "mpi-mpich", "trainjob.local/mpich:bed", "args"),
-    ];
+    // MPICH (Hydra: a proxy per worker over ssh, and its own control connection). Not Open MPI:
+    // how its runtime ends after a partition is a race the operator cannot see (docs/operations.md,
+    // limits). Open MPI 4's mpirun either exits about 70 s later (its keepalives) or, when it has
+    // already sent its daemons the order to stop, waits for the kernel to give up retransmitting
+    // (about 15 minutes); Open MPI 5's exited 0 once. Their failure texts are unit-tested from
+    // the logs of real partitions (src/mpi/openmpi.rs).
+    let jobs = [("cut", "mpi-mpich", "trainjob.local/mpich:bed", "args")];
     for (job, rt, image, field) in jobs {
         let mut trainer = json!({"image": image, "numNodes": 2, "numProcPerNode": SLOTS});
         trainer[field] = json!(["mpirun", "-n", "4", "sleep", "900"]);
@@ -501,9 +487,8 @@ async fn a_partition_between_the_launchers_node_and_the_workers_fails_the_job_na
                 .into_iter()
                 .map(|(pod, (_, ip))| (pod, ip)),
         );
-        // mpirun's ssh sessions reach the workers (Open MPI 4 reaches the first and spawns the
-        // other daemon from there, as a tree), so the launcher's node is cut off from both
-        // workers' nodes; all stay Ready (the control plane is on the host).
+        // mpirun's ssh sessions reach the workers; the launcher's node is cut off from both
+        // workers' nodes, and all stay Ready (the control plane is on the host).
         eventually("mpirun to reach a worker", RUN_DEADLINE, || async {
             let log = launcher_log(&c, ns, job).await;
             log.contains("Permanently added").then_some(()).ok_or(log)
