@@ -1,5 +1,6 @@
-//! API writes counted from the API server's audit log: every create, update, patch and delete
-//! the operator's identity sent into one namespace, by verb and resource.
+//! API requests counted from the API server's audit log: every request the operator's identity
+//! sent into a scenario's namespaces, by verb and resource, writes and reads apart. (Its
+//! cluster-wide watches and lists are not any namespace's, so they are not counted here.)
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -8,17 +9,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
+use trainjob_operator::names;
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Entry {
     stage: String,
     verb: String,
     user: User,
     #[serde(rename = "objectRef")]
     object: Option<ObjectRef>,
+    request_received_timestamp: Option<Timestamp>,
+    stage_timestamp: Option<Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +40,12 @@ struct ObjectRef {
     name: Option<String>,
 }
 
+/// Requests by `verb resource[/subresource]`.
+pub type Counts = BTreeMap<String, u64>;
+
+/// One job's way to its workers, in ms from its TrainJob's create (see [`Mark::paths`]).
+pub use trainjob_testbed::bench::model::Path;
+
 /// A position in the audit log, taken before a scenario.
 pub struct Mark {
     path: PathBuf,
@@ -47,10 +59,17 @@ impl Mark {
         Mark { path, offset }
     }
 
-    /// Writes by `user` into `ns` since the mark, by `verb resource[/subresource]`. First
-    /// writes a marker object as `writer` (the same user) and reads until the log shows it, so
-    /// every earlier write has been flushed.
-    pub async fn writes_since(&self, writer: &Client, user: &str, ns: &str) -> BTreeMap<String, u64> {
+    /// Requests by `user` into `namespaces` since the mark, by `verb resource[/subresource]`:
+    /// (writes, reads). First writes a marker object as `writer` (the same user) into the
+    /// first namespace and reads until the log shows it, so every earlier request has been
+    /// flushed.
+    pub async fn requests_since(
+        &self,
+        writer: &Client,
+        user: &str,
+        namespaces: &[String],
+    ) -> (Counts, Counts) {
+        let ns = namespaces.first().map(String::as_str).unwrap_or_default();
         static MARKERS: AtomicU32 = AtomicU32::new(0);
         let marker = format!(
             "bench-audit-marker-{}-{}",
@@ -71,9 +90,9 @@ impl Mark {
         let marker_name = marker;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (writes, marked) = self.read(user, ns, &marker_name);
+            let (requests, marked) = self.read(user, namespaces, &marker_name);
             if marked {
-                return writes;
+                return requests;
             }
             assert!(
                 Instant::now() < deadline,
@@ -83,28 +102,135 @@ impl Mark {
         }
     }
 
-    fn read(&self, user: &str, ns: &str, marker: &str) -> (BTreeMap<String, u64>, bool) {
-        let mut writes = BTreeMap::new();
-        let mut marked = false;
+    /// The completed requests logged since the mark.
+    fn entries(&self) -> Vec<Entry> {
         let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return (writes, false);
+            return Vec::new();
         };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return (writes, false);
+            return Vec::new();
         }
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<Entry>(&line).ok())
+            .filter(|e| e.stage == "ResponseComplete")
+            .collect()
+    }
+
+    /// Where each job's time went until its `workers` workers were created, by the API
+    /// server's clock: from the TrainJob's create (the floor, which has none: from its first
+    /// request), `user`'s first request naming one of the job's objects, its first write of
+    /// one, its first pod create, and the last worker create's response. Call after
+    /// [`Mark::requests_since`], which waits until the log has every request.
+    pub fn paths(&self, user: &str, jobs: &[String], workers: usize) -> Vec<Path> {
+        #[derive(Default)]
+        struct Seen {
+            created: Option<Timestamp>,
+            request: Option<Timestamp>,
+            write: Option<Timestamp>,
+            pod: Option<Timestamp>,
+            workers: Vec<Timestamp>,
+        }
+        let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            for name in [
+                job.clone(),
+                names::runtime_snapshot(job),
+                names::ssh_secret(job),
+                names::hostfile_configmap(job),
+            ] {
+                by_name.insert(name, i);
+            }
+        }
+        let mut seen: Vec<Seen> = jobs.iter().map(|_| Seen::default()).collect();
+        // BENCH_TRACE: every request of the scenario's last job, for a closer look.
+        let mut trace = Vec::new();
+        for e in self.entries() {
+            let (Some(object), Some(at)) = (&e.object, e.request_received_timestamp) else {
                 continue;
             };
+            let Some(name) = object.name.as_deref() else {
+                continue;
+            };
+            let pod = object.resource.as_deref() == Some("pods") && object.subresource.is_none();
+            let job = match pod {
+                // <job>-node-<i>-<j> or <job>-launcher-0-0.
+                true => ["-node-", "-launcher-"]
+                    .iter()
+                    .find_map(|role| name.rfind(role).map(|at| &name[..at]))
+                    .and_then(|job| by_name.get(job)),
+                false => by_name.get(name),
+            };
+            let Some(&i) = job else { continue };
+            if i + 1 == jobs.len() && std::env::var_os("BENCH_TRACE").is_some() {
+                trace.push((
+                    at,
+                    e.stage_timestamp,
+                    format!(
+                        "{} {} {} {name}",
+                        e.user.username,
+                        e.verb,
+                        object.resource.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            let s = &mut seen[i];
+            if object.resource.as_deref() == Some("trainjobs") && e.verb == "create" {
+                s.created = Some(at);
+                continue;
+            }
+            if e.user.username != user {
+                continue;
+            }
+            s.request = Some(s.request.map_or(at, |t| t.min(at)));
+            let write = matches!(e.verb.as_str(), "create" | "update" | "patch");
+            if write {
+                s.write = Some(s.write.map_or(at, |t| t.min(at)));
+            }
+            if write && pod {
+                s.pod = Some(s.pod.map_or(at, |t| t.min(at)));
+                if name.contains("-node-") {
+                    s.workers.extend(e.stage_timestamp);
+                }
+            }
+        }
+        if let Some(start) = trace.iter().map(|t| t.0).min() {
+            trace.sort_by_key(|t| t.0);
+            for (at, done, what) in trace {
+                let ms = |t: Timestamp| {
+                    (t - start)
+                        .total(k8s_openapi::jiff::Unit::Millisecond)
+                        .unwrap_or(0.0)
+                };
+                println!("    {:>8.1} → {:>8.1} ms  {what}", ms(at), done.map_or(0.0, ms));
+            }
+        }
+        seen.into_iter()
+            .filter_map(|s| {
+                let start = s.created.or(s.request)?;
+                let ms = |t: Timestamp| (t - start).total(k8s_openapi::jiff::Unit::Millisecond).ok();
+                (s.workers.len() >= workers).then_some(())?;
+                Some(Path {
+                    first_request_ms: ms(s.request?)?,
+                    first_write_ms: ms(s.write?)?,
+                    first_pod_ms: ms(s.pod?)?,
+                    workers_ms: ms(*s.workers.iter().max()?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn read(&self, user: &str, namespaces: &[String], marker: &str) -> ((Counts, Counts), bool) {
+        let (mut writes, mut reads) = (Counts::new(), Counts::new());
+        let mut marked = false;
+        for entry in self.entries() {
             let Some(object) = entry.object else { continue };
-            if entry.stage != "ResponseComplete"
-                || entry.user.username != user
-                || object.namespace.as_deref() != Some(ns)
-                || !matches!(
-                    entry.verb.as_str(),
-                    "create" | "update" | "patch" | "delete" | "deletecollection"
-                )
-            {
+            let in_scenario = object
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| namespaces.contains(ns));
+            if entry.user.username != user || !in_scenario {
                 continue;
             }
             if object.name.as_deref() == Some(marker) {
@@ -115,8 +241,13 @@ impl Mark {
                 Some(sub) => format!("{}/{sub}", object.resource.unwrap_or_default()),
                 None => object.resource.unwrap_or_default(),
             };
-            *writes.entry(format!("{} {resource}", entry.verb)).or_default() += 1;
+            let write = matches!(
+                entry.verb.as_str(),
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            );
+            let counts = if write { &mut writes } else { &mut reads };
+            *counts.entry(format!("{} {resource}", entry.verb)).or_default() += 1;
         }
-        (writes, marked)
+        ((writes, reads), marked)
     }
 }

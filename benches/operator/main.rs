@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use floor::{Floor, IN_FLIGHT};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -29,19 +30,18 @@ use trainjob_operator::observed::Observed;
 use trainjob_operator::plan::Cluster;
 use trainjob_operator::resolve::{Runtime, resolve};
 use trainjob_operator::ssh::{KeyAlgorithm, KeyPair};
-use trainjob_testbed::Bed;
 use trainjob_testbed::bench::{report, section};
+use trainjob_testbed::{Bed, Component};
 
 use support::process::{OperatorProcess, metric_sum};
-use trainjob_testbed::bench::model::{Admission, MemorySample, Percentiles, Report, Run, Scenario};
+use trainjob_testbed::bench::model::{
+    Admission, Baseline, Kept, MemorySample, Percentiles, Report, Run, Scenario,
+};
 use watch::{Recorder, Seen};
 
 /// Kwok nodes, and pods each takes: room for a 1000-job burst's 9000 pods at once.
 const NODES: u32 = 16;
 const PODS_PER_NODE: u32 = 1000;
-/// Jobs (or a job's objects, for the floor) submitted at once in a burst, by the floor as by
-/// the client creating TrainJobs.
-const SUBMITTERS: usize = 8;
 
 fn time<T>(micro: &mut BTreeMap<String, f64>, label: &str, iterations: u32, mut f: impl FnMut() -> T) {
     let start = Instant::now();
@@ -138,7 +138,8 @@ enum Mode {
 enum Arrival {
     /// One at a time, each after the previous one finished.
     Sequential,
-    /// All at once (as fast as [`SUBMITTERS`] clients can send them).
+    /// All at once (TrainJobs with [`IN_FLIGHT`] creates in flight; the floor all jobs at once
+    /// within its own [`IN_FLIGHT`] requests).
     Burst,
 }
 
@@ -162,12 +163,15 @@ struct Options {
     settle: u32,
     /// The operator's `--concurrency`, when not its default.
     concurrency: Option<u16>,
+    /// Namespaces the jobs are spread over, one per tenant (job `i` in tenant `i % tenants`);
+    /// 0 or 1: one.
+    tenants: u32,
 }
 
 struct Outcome {
     run: Run,
-    /// The namespace the run used, for the caller to keep or delete.
-    ns: String,
+    /// The namespaces the run used, for the caller to keep or delete.
+    namespaces: Vec<String>,
 }
 
 impl Bench {
@@ -177,13 +181,19 @@ impl Bench {
             Mode::Floor => "floor",
             Mode::Operator => "operator",
         };
-        let ns = self.bed.namespace(prefix).await.expect("namespace");
-        let recorder = Recorder::start(&self.admin, &ns).await;
+        let mut namespaces = Vec::new();
+        for _ in 0..opts.tenants.max(1) {
+            namespaces.push(self.bed.namespace(prefix).await.expect("namespace"));
+        }
+        let recorder = Recorder::start(&self.admin, &namespaces).await;
         let mark = audit::Mark::now(self.bed.audit_log());
         let operator = match mode {
             Mode::Floor => None,
-            Mode::Operator => Some(self.start_operator(&ns, opts).await),
+            Mode::Operator => Some(self.start_operator(&namespaces[0], opts).await),
         };
+        let plain = Floor::new(self.operator_identity.clone(), self.runtime.clone());
+        let apiserver0 = self.bed.cpu_seconds(Component::ApiServer);
+        let watch_events0 = self.watch_events().await;
         let (cpu0, metrics0) = match &operator {
             Some(op) => (op.cpu_s(), op.metrics().await),
             None => (0.0, String::new()),
@@ -194,15 +204,12 @@ impl Bench {
         };
         let t0 = Instant::now();
         let deadline = t0 + self.deadline;
-        let names: Vec<String> = (0..jobs).map(|i| format!("job-{i}")).collect();
+        let tenants = namespaces.len();
+        let names: Vec<String> = (0..jobs as usize).map(|i| job_name(i, tenants)).collect();
         let submitted: RefCell<BTreeMap<String, Instant>> = RefCell::default();
         let submit = |name: String| {
-            let (admin, operator_identity, runtime, ns) = (
-                self.admin.clone(),
-                self.operator_identity.clone(),
-                &self.runtime,
-                ns.clone(),
-            );
+            let (admin, plain, recorder) = (self.admin.clone(), &plain, &recorder);
+            let ns = namespaces[tenant_of(&name)].clone();
             async move {
                 let j = job(&name, &ns, workers);
                 let at = Instant::now();
@@ -216,7 +223,7 @@ impl Bench {
                     Mode::Floor => {
                         let mut j = j;
                         j.metadata.uid = Some(format!("floor-{name}"));
-                        floor::create_job(&operator_identity, &j, runtime).await;
+                        plain.create_job(&j, recorder).await;
                     }
                 }
                 (name, at)
@@ -234,9 +241,13 @@ impl Bench {
                     }
                 }
                 Arrival::Burst => {
+                    let at_once = match mode {
+                        Mode::Floor => names.len(),
+                        Mode::Operator => IN_FLIGHT,
+                    };
                     let mut stream = futures::stream::iter(names.clone())
                         .map(submit)
-                        .buffer_unordered(SUBMITTERS);
+                        .buffer_unordered(at_once.max(1));
                     while let Some((name, at)) = stream.next().await {
                         submitted.borrow_mut().insert(name, at);
                     }
@@ -271,21 +282,51 @@ impl Bench {
         let submitted = submitted.into_inner();
         let seen = recorder.snapshot();
         let mut run = measure(&submitted, &seen, t0, workers as usize, done);
+        if tenants > 1 {
+            run.tenants = (0..tenants)
+                .map(|t| {
+                    let theirs = submitted
+                        .iter()
+                        .filter(|(name, _)| tenant_of(name) == t)
+                        .map(|(name, at)| (name.clone(), *at))
+                        .collect();
+                    measure(&theirs, &seen, t0, workers as usize, done).workers_created
+                })
+                .collect();
+        }
+        run.apiserver_cpu_s = self
+            .bed
+            .cpu_seconds(Component::ApiServer)
+            .zip(apiserver0)
+            .map(|(after, before)| after - before);
+        run.watch_events_per_job = self
+            .watch_events()
+            .await
+            .zip(watch_events0)
+            .map(|(after, before)| (after - before) / f64::from(jobs));
         if mode == Mode::Operator {
             // The workers go after Complete: count those deletes too.
-            self.wait_for_cleanup(&ns).await;
+            for ns in &namespaces {
+                self.wait_for_cleanup(ns).await;
+            }
         }
-        let writes = mark
-            .writes_since(&self.operator_identity, Identity::Operator.user(), &ns)
+        let (writes, reads) = mark
+            .requests_since(&self.operator_identity, Identity::Operator.user(), &namespaces)
             .await;
         run.writes_per_job = writes.values().sum::<u64>() as f64 / jobs as f64;
         run.writes = writes;
+        run.reads = reads;
+        if let Arrival::Sequential = arrival {
+            run.path = audit::Path::median(&mark.paths(Identity::Operator.user(), &names, workers as usize));
+        }
         if let Some(op) = operator {
             let metrics = op.metrics().await;
             let delta = |name: &str| metric_sum(&metrics, name) - metric_sum(&metrics0, name);
             run.peak_rss_mib = Some(op.peak_rss_mib());
             run.cpu_s = Some(op.cpu_s() - cpu0);
             run.reconcile_errors = Some(delta("trainjob_reconcile_errors_total") as u64);
+            run.reconciles_per_job =
+                Some(delta("trainjob_reconcile_duration_seconds_count") / f64::from(jobs));
             let count = delta("trainjob_pods_created_after_seconds_count");
             if count > 0.0 {
                 run.operator_pods_created_mean_ms =
@@ -302,7 +343,14 @@ impl Bench {
             run.writes_per_job,
             run.incomplete
         );
-        Outcome { run, ns }
+        Outcome { run, namespaces }
+    }
+
+    /// Watch events the API server has sent so far, to every watcher (its own metric).
+    async fn watch_events(&self) -> Option<f64> {
+        let request = http::Request::get("/metrics").body(Vec::new()).ok()?;
+        let text = self.admin.request_text(request).await.ok()?;
+        Some(metric_sum(&text, "apiserver_watch_events_total"))
     }
 
     /// Starts the operator; with `settle` jobs already in the cluster, waits until it has
@@ -336,6 +384,60 @@ impl Bench {
         }
     }
 
+    /// The operator started over `total` TrainJobs: the `finished` ones already there, and
+    /// suspended ones created now (no pods: a kwok bed has no room for 10,000 jobs' pods at
+    /// once, and a kept job's pods are gone anyway but its launcher); its memory once it has
+    /// reconciled them all.
+    async fn kept(&self, total: u32, finished: u32) -> Kept {
+        println!("== {total} TrainJobs kept");
+        let ns = self.bed.namespace("kept").await.expect("namespace");
+        let api: Api<TrainJob> = Api::namespaced(self.admin.clone(), &ns);
+        let creates = (finished..total).map(|i| {
+            let api = api.clone();
+            let mut j = job(&format!("kept-{i}"), &ns, 8);
+            j.spec.suspend = Some(true);
+            async move {
+                api.create(&PostParams::default(), &j)
+                    .await
+                    .expect("creating a kept TrainJob")
+            }
+        });
+        futures::stream::iter(creates)
+            .buffer_unordered(IN_FLIGHT)
+            .for_each(|_| async {})
+            .await;
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-kept.log");
+        let args = ["--network-policies".to_string(), "--disable-webhook".into()];
+        let started = Instant::now();
+        let op = OperatorProcess::start(self.bed, support::free_port(), &args, log).await;
+        settle(&op, total).await;
+        // Then until its reconciles stop for two seconds: the status writes they queue are done.
+        let reconciles = |m: &str| metric_sum(m, "trainjob_reconcile_duration_seconds_count");
+        let mut last = reconciles(&op.metrics().await);
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = reconciles(&op.metrics().await);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let settle_s = started.elapsed().as_secs_f64();
+        let kept = Kept {
+            jobs: total,
+            finished,
+            settle_s,
+            rss_mib: op.rss_mib(),
+            peak_rss_mib: op.peak_rss_mib(),
+        };
+        op.stop();
+        println!(
+            "  settled in {:.1} s, RSS {:.1} MiB (peak {:.1})",
+            kept.settle_s, kept.rss_mib, kept.peak_rss_mib
+        );
+        kept
+    }
+
     /// Deletes a namespace and waits until it is gone, so the next scenario starts quiet.
     async fn delete_namespace(&self, ns: &str) {
         let api: Api<Namespace> = Api::all(self.admin.clone());
@@ -363,12 +465,25 @@ impl Bench {
     ) -> Scenario {
         println!("== {name}");
         let floor = self
-            .run(Mode::Floor, arrival, jobs, workers, Options::default())
+            .run(
+                Mode::Floor,
+                arrival,
+                jobs,
+                workers,
+                Options {
+                    tenants: opts.tenants,
+                    ..Options::default()
+                },
+            )
             .await;
-        self.delete_namespace(&floor.ns).await;
+        for ns in &floor.namespaces {
+            self.delete_namespace(ns).await;
+        }
         let operator = self.run(Mode::Operator, arrival, jobs, workers, opts).await;
         if !opts.keep {
-            self.delete_namespace(&operator.ns).await;
+            for ns in &operator.namespaces {
+                self.delete_namespace(ns).await;
+            }
         }
         Scenario {
             kind: kind.into(),
@@ -379,6 +494,22 @@ impl Bench {
             operator: operator.run,
         }
     }
+}
+
+/// Job `i`'s name among `tenants` tenants: `job-i`, or `tK-job-i` in tenant `K = i % tenants`.
+fn job_name(i: usize, tenants: usize) -> String {
+    match tenants {
+        0 | 1 => format!("job-{i}"),
+        _ => format!("t{}-job-{i}", i % tenants),
+    }
+}
+
+/// The tenant a job's name says (see [`job_name`]); 0 without one.
+fn tenant_of(name: &str) -> usize {
+    name.strip_prefix('t')
+        .and_then(|rest| rest.split_once("-job-"))
+        .and_then(|(t, _)| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Latencies from each job's submission, and the scenario's makespans from its start.
@@ -530,11 +661,14 @@ async fn versions(admin: &Client) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "operator".into(),
-            format!(
-                "{} ({})",
-                env!("CARGO_PKG_VERSION"),
-                command_line("git", &["rev-parse", "--short", "HEAD"])
-            ),
+            // BENCH_OPERATOR names another build than this checkout's (TRAINJOB_OPERATOR_BINARY).
+            std::env::var("BENCH_OPERATOR").unwrap_or_else(|_| {
+                format!(
+                    "{} ({})",
+                    env!("CARGO_PKG_VERSION"),
+                    command_line("git", &["rev-parse", "--short", "HEAD"])
+                )
+            }),
         ),
         (
             "kubernetes".into(),
@@ -619,23 +753,31 @@ fn main() {
             micro,
             ..Default::default()
         };
-        let (lone, bursts, widths, big): (u32, &[u32], &[u32], u32) = if quick {
-            (3, &[10], &[2, 8, 32], 50)
+        let (lone, bursts, widths, big, kept): (u32, &[u32], &[u32], u32, u32) = if quick {
+            (3, &[10], &[2, 8, 32], 50, 200)
         } else {
-            (20, &[100], &[2, 8, 32, 128, 512], 1000)
+            (20, &[100, 500], &[2, 8, 32, 128, 512, 4095], 1000, 10_000)
         };
-        let s = bench
-            .scenario(
-                "lone",
-                &format!("{lone} jobs one after another × 8 workers"),
-                Arrival::Sequential,
-                lone,
-                8,
-                Options::default(),
-            )
-            .await;
-        report.scenarios.push(s);
-        for &n in bursts {
+        // BENCH_ONLY=lone,burst,...: those parts only (to compare one change quickly).
+        let only = std::env::var("BENCH_ONLY").ok();
+        let wanted = |part: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|p| p.trim() == part))
+        };
+        if wanted("lone") {
+            let s = bench
+                .scenario(
+                    "lone",
+                    &format!("{lone} jobs one after another × 8 workers"),
+                    Arrival::Sequential,
+                    lone,
+                    8,
+                    Options::default(),
+                )
+                .await;
+            report.scenarios.push(s);
+        }
+        for &n in bursts.iter().filter(|_| wanted("burst")) {
             let s = bench
                 .scenario(
                     "burst",
@@ -648,7 +790,7 @@ fn main() {
                 .await;
             report.scenarios.push(s);
         }
-        for &w in widths {
+        for &w in widths.iter().filter(|_| wanted("width")) {
             let s = bench
                 .scenario(
                     "width",
@@ -661,8 +803,26 @@ fn main() {
                 .await;
             report.scenarios.push(s);
         }
+        // TC-SCALE-003/004: jobs from several teams at once, each team its own namespace.
+        for &n in [10, 20, 50].iter().filter(|_| wanted("tenants")) {
+            let tenants = 5;
+            let s = bench
+                .scenario(
+                    "tenants",
+                    &format!("burst of {n} jobs × 8 workers from {tenants} tenants"),
+                    Arrival::Burst,
+                    n,
+                    8,
+                    Options {
+                        tenants,
+                        ..Options::default()
+                    },
+                )
+                .await;
+            report.scenarios.push(s);
+        }
         // The default --concurrency, chosen from these.
-        for c in [4, 8, 16, 32] {
+        for c in [4, 8, 16, 32].into_iter().filter(|_| wanted("concurrency")) {
             let n = bursts[0];
             let opts = Options {
                 concurrency: Some(c),
@@ -680,40 +840,64 @@ fn main() {
                 .await;
             report.scenarios.push(s);
         }
-        let opts = Options {
-            keep: true,
-            sample_memory: true,
-            ..Options::default()
-        };
-        let s = bench
-            .scenario(
-                "burst",
-                &format!("burst of {big} jobs × 8 workers"),
-                Arrival::Burst,
-                big,
-                8,
-                opts,
-            )
-            .await;
-        report.scenarios.push(s);
-        let s = bench
-            .scenario(
-                "steady",
-                &format!("{lone} jobs one after another, {big} finished jobs kept"),
-                Arrival::Sequential,
-                lone,
-                8,
-                Options {
-                    sample_memory: true,
-                    settle: big,
-                    ..Options::default()
-                },
-            )
-            .await;
-        report.scenarios.push(s);
+        // The big burst's finished jobs stay for the steady state and the kept ones.
+        let big_kept = wanted("big");
+        if big_kept {
+            let opts = Options {
+                keep: true,
+                sample_memory: true,
+                ..Options::default()
+            };
+            let s = bench
+                .scenario(
+                    "burst",
+                    &format!("burst of {big} jobs × 8 workers"),
+                    Arrival::Burst,
+                    big,
+                    8,
+                    opts,
+                )
+                .await;
+            report.scenarios.push(s);
+        }
+        let finished = if big_kept { big } else { 0 };
+        if wanted("steady") {
+            let s = bench
+                .scenario(
+                    "steady",
+                    &format!("{lone} jobs one after another, {finished} finished jobs kept"),
+                    Arrival::Sequential,
+                    lone,
+                    8,
+                    Options {
+                        sample_memory: true,
+                        settle: finished,
+                        ..Options::default()
+                    },
+                )
+                .await;
+            report.scenarios.push(s);
+        }
         report.memory = std::mem::take(&mut bench.memory);
+        if wanted("kept") {
+            report.kept = Some(bench.kept(kept, finished).await);
+        }
         // Last: the webhook stays registered once it is.
-        report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }, big).await);
+        if wanted("admission") {
+            let existing = if wanted("kept") { kept } else { finished };
+            report.admission = Some(admission(bed, &admin, if quick { 20 } else { 200 }, existing).await);
+        }
+        // BENCH_BEFORE: an earlier run's BENCHMARKS.json, to compare with.
+        if let Some(path) = std::env::var_os("BENCH_BEFORE") {
+            let json = std::fs::read_to_string(&path).expect("reading BENCH_BEFORE");
+            let before: Report = serde_json::from_str(&json).expect("BENCH_BEFORE: a BENCHMARKS.json");
+            report.before = Some(Baseline {
+                operator: before.versions.get("operator").cloned().unwrap_or_default(),
+                date: before.date,
+                scenarios: before.scenarios,
+                kept: before.kept,
+            });
+        }
         write_outputs(&report, &results, out.is_none());
         println!("wrote docs/development/benchmarks.md and {}", results.display());
     });

@@ -18,6 +18,8 @@ use trainjob_operator::names;
 pub struct Seen {
     /// First sight of each worker pod, by name.
     pub workers: BTreeMap<String, Instant>,
+    /// First sight of each worker pod Ready, by name.
+    pub workers_ready: BTreeMap<String, Instant>,
     /// First sight of a launcher pod.
     pub launcher: Option<Instant>,
     /// First sight of the launcher Succeeded.
@@ -42,25 +44,34 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts watching `ns`; returns once both watches have listed (so nothing is missed).
-    pub async fn start(client: &Client, ns: &str) -> Recorder {
+    /// Starts watching `namespaces` (job names are unique across them); returns once every
+    /// watch has listed (so nothing is missed).
+    pub async fn start(client: &Client, namespaces: &[String]) -> Recorder {
         let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let jobs: Api<TrainJob> = Api::namespaced(client.clone(), ns);
+        let watches = 2 * namespaces.len();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watches.max(1));
         let managed =
             watcher::Config::default().labels(&format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY));
-        let tasks = vec![
-            tokio::spawn(record(pods, managed, seen.clone(), ready_tx.clone(), note_pod)),
-            tokio::spawn(record(
+        let mut tasks = Vec::new();
+        for ns in namespaces {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let jobs: Api<TrainJob> = Api::namespaced(client.clone(), ns);
+            tasks.push(tokio::spawn(record(
+                pods,
+                managed.clone(),
+                seen.clone(),
+                ready_tx.clone(),
+                note_pod,
+            )));
+            tasks.push(tokio::spawn(record(
                 jobs,
                 watcher::Config::default(),
                 seen.clone(),
-                ready_tx,
+                ready_tx.clone(),
                 note_job,
-            )),
-        ];
-        for _ in 0..2 {
+            )));
+        }
+        for _ in 0..watches {
             ready_rx.recv().await;
         }
         Recorder { seen, tasks }
@@ -133,6 +144,14 @@ fn note_pod(seen: &Mutex<HashMap<String, Seen>>, pod: &Pod) {
         }
         _ => {
             entry.workers.entry(pod.name_any()).or_insert(now);
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                entry.workers_ready.entry(pod.name_any()).or_insert(now);
+            }
         }
     }
 }

@@ -202,9 +202,9 @@ pub enum Audit {
     /// Every request; the bodies of creates, updates and patches. Also every user's pod
     /// and Secret creates, deletes and evictions, without bodies.
     Bodies,
-    /// Writes only (create, update, patch, delete, deletecollection), without bodies: what a
-    /// benchmark counts.
-    Writes,
+    /// Every request of the operator's identity, and every TrainJob create, without bodies: what
+    /// a benchmark counts.
+    Requests,
 }
 
 /// Start-up options.
@@ -407,8 +407,9 @@ impl Bed {
             Audit::Bodies => Some(format!(
                 "  - level: Request\n    users: [\"{user}\"]\n    verbs: [create, update, patch]\n  - level: Request\n    verbs: [create, update, patch, delete]\n    namespaces: [trainjob-system]\n    resources: [{{group: coordination.k8s.io, resources: [leases]}}]\n  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create, delete, deletecollection]\n    resources: [{{group: \"\", resources: [pods, pods/eviction, secrets]}}]\n"
             )),
-            Audit::Writes => Some(format!(
-                "  - level: Metadata\n    users: [\"{user}\"]\n    verbs: [create, update, patch, delete, deletecollection]\n"
+            // Also every TrainJob create, whoever sends it: where a job's time goes starts there.
+            Audit::Requests => Some(format!(
+                "  - level: Metadata\n    users: [\"{user}\"]\n  - level: Metadata\n    verbs: [create]\n    resources: [{{group: trainer.kubeflow.org, resources: [trainjobs]}}]\n"
             )),
         };
         if let Some(rules) = rules {
@@ -424,8 +425,8 @@ impl Bed {
             audit.push(format!("--audit-log-path={}", self.audit_log().display()));
             audit.push("--audit-log-format=json".into());
             // Blocking: a test reads the log right after the request it looks for. Counting
-            // writes needs no such promise, and batching keeps the log off the timed path.
-            let mode = if config.audit == Audit::Writes {
+            // requests needs no such promise, and batching keeps the log off the timed path.
+            let mode = if config.audit == Audit::Requests {
                 "batch"
             } else {
                 "blocking"
@@ -919,6 +920,13 @@ impl Bed {
             .iter()
             .map(|p| format!("==> {} <==\n{}\n", p.component, p.tail(lines)))
             .collect()
+    }
+
+    /// CPU time (user + system) `component` has used so far, in seconds; `None` when it does
+    /// not run in this bed. For benchmarks: the API server's share of a scenario's cost.
+    pub fn cpu_seconds(&self, component: Component) -> Option<f64> {
+        let process = self.procs.iter().find(|p| p.component == component)?;
+        process::cpu_seconds(process.pid())
     }
 
     /// Kills `component` (etcd or a control-plane component) and starts it again, as a crash and

@@ -222,3 +222,15 @@ impl Drop for Process {
         let _ = child.wait();
     }
 }
+
+/// CPU time (user + system) process `pid` has used so far, in seconds; `None` when it is gone.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'; utime
+    // and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((ticks(11)? + ticks(12)?) / per_second)
+}

@@ -30,6 +30,38 @@ pub struct Report {
     pub micro: BTreeMap<String, f64>,
     /// What admission adds to a TrainJob create.
     pub admission: Option<Admission>,
+    /// The operator's memory with many TrainJobs kept (TC-SCALE).
+    #[serde(default)]
+    pub kept: Option<Kept>,
+    /// An earlier operator's run of the same harness, to compare with (`BENCH_BEFORE`).
+    #[serde(default)]
+    pub before: Option<Baseline>,
+}
+
+/// The scenarios of an earlier operator, measured by the same harness against its own floor.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Which operator: its version and commit.
+    pub operator: String,
+    /// When that run started.
+    pub date: String,
+    pub scenarios: Vec<Scenario>,
+    pub kept: Option<Kept>,
+}
+
+/// The operator started over many TrainJobs already in the cluster: its memory once it has
+/// reconciled them all.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Kept {
+    /// TrainJobs in the cluster.
+    pub jobs: u32,
+    /// Of those, finished (the rest are suspended: no pods).
+    pub finished: u32,
+    /// From its start until it had reconciled every job, seconds.
+    pub settle_s: f64,
+    /// Resident memory once settled, and its peak, MiB.
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
 }
 
 /// TrainJob creates one at a time, without and with the operator's admission webhook.
@@ -66,6 +98,9 @@ pub struct Scenario {
 pub struct Run {
     /// Create → the job's last worker pod created.
     pub workers_created: Percentiles,
+    /// The same for each tenant's jobs, when the scenario has several tenants (namespaces).
+    #[serde(default)]
+    pub tenants: Vec<Percentiles>,
     /// Create → the launcher pod created.
     pub launcher_created: Percentiles,
     /// Create → Complete (the floor: the launcher Succeeded).
@@ -81,15 +116,61 @@ pub struct Run {
     pub writes: BTreeMap<String, u64>,
     /// All writes divided by jobs.
     pub writes_per_job: f64,
+    /// API reads by the operator's identity in the scenario's namespaces, as `writes`.
+    #[serde(default)]
+    pub reads: BTreeMap<String, u64>,
+    /// Where a job's time went until its workers existed (medians), in scenarios of one job
+    /// at a time.
+    #[serde(default)]
+    pub path: Option<Path>,
     /// Operator's peak resident memory during the scenario, MiB (none for the floor).
     pub peak_rss_mib: Option<f64>,
     /// Operator CPU time (user + system) during the scenario, seconds.
     pub cpu_s: Option<f64>,
+    /// The API server's CPU time (user + system) during the scenario, seconds.
+    #[serde(default)]
+    pub apiserver_cpu_s: Option<f64>,
+    /// Watch events the API server sent (to every watcher: the bench's own watch as well),
+    /// divided by the scenario's jobs.
+    #[serde(default)]
+    pub watch_events_per_job: Option<f64>,
+    /// The operator's reconciles divided by the scenario's jobs.
+    #[serde(default)]
+    pub reconciles_per_job: Option<f64>,
     /// `trainjob_reconcile_errors_total` summed over labels, during the scenario.
     pub reconcile_errors: Option<u64>,
     /// The operator's own `trainjob_pods_created_after_seconds` mean during the scenario, ms,
     /// to compare with `workers_created` measured by the bench's watch.
     pub operator_pods_created_mean_ms: Option<f64>,
+}
+
+/// Where a job's time went until its workers existed, by the API server's clock (its audit
+/// log): milliseconds from the TrainJob's create (the floor, which has none: from its first
+/// request) to the first request naming one of the job's objects, the first write of one,
+/// the first pod create, and the last worker created.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Path {
+    pub first_request_ms: f64,
+    pub first_write_ms: f64,
+    pub first_pod_ms: f64,
+    pub workers_ms: f64,
+}
+
+impl Path {
+    /// The median of each step over `paths`; `None` for none.
+    pub fn median(paths: &[Path]) -> Option<Path> {
+        let median = |f: fn(&Path) -> f64| {
+            let mut v: Vec<f64> = paths.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (!paths.is_empty()).then(|| Path {
+            first_request_ms: median(|p| p.first_request_ms),
+            first_write_ms: median(|p| p.first_write_ms),
+            first_pod_ms: median(|p| p.first_pod_ms),
+            workers_ms: median(|p| p.workers_ms),
+        })
+    }
 }
 
 /// Latency percentiles in milliseconds.

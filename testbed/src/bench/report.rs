@@ -14,12 +14,13 @@ use plotters::coord::ranged1d::{AsRangedCoord, Ranged};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use super::model::{MemorySample, Percentiles, Report, Run, Scenario};
+use super::model::{Baseline, MemorySample, Percentiles, Report, Run, Scenario};
 
 /// Scenario kinds in the order their sections appear; kinds not listed follow, in run order.
-const KINDS: [(&str, &str); 5] = [
+const KINDS: [(&str, &str); 6] = [
     ("lone", "Lone job"),
     ("burst", "Bursts"),
+    ("tenants", "Tenants"),
     ("width", "Width"),
     ("steady", "Steady state"),
     ("concurrency", "Reconcile concurrency"),
@@ -39,7 +40,7 @@ pub fn markdown(report: &Report, charts: &[(String, String)]) -> String {
 pub fn charts(report: &Report, dir: &Path) -> Result<Vec<(String, String)>, Box<dyn Error>> {
     std::fs::create_dir_all(dir)?;
     let mut drawn = Vec::new();
-    let all: [(&str, &str, ChartFn); 3] = [
+    let all: [(&str, &str, ChartFn); 4] = [
         (
             "Create → all workers created, by burst size",
             "bench-burst.png",
@@ -54,6 +55,11 @@ pub fn charts(report: &Report, dir: &Path) -> Result<Vec<(String, String)>, Box<
             "Operator memory, by TrainJobs in its cache",
             "bench-memory.png",
             memory_chart,
+        ),
+        (
+            "Before and after: the operator's time as a multiple of the floor's",
+            "bench-before-after.png",
+            before_after_chart,
         ),
     ];
     for (title, file, draw) in all {
@@ -79,12 +85,15 @@ impl Display for Markdown<'_> {
         writeln!(
             f,
             "Every scenario runs twice on the same local control plane: once by a plain client, \
-             *the floor*, which creates the same objects per job (workers, launcher and the rest) \
-             with no operator in the same run, and once through the operator. Every figure is also \
-             given as a ratio to the floor (operator ÷ floor, `×`), so what the tables show is the \
-             cost the operator adds over the API server itself, not how fast this machine is. \
-             Latencies run from each job's create (for the floor, the moment it started creating \
-             the job's objects) to the moment the bench's own watch saw the object, timed with \
+             *the floor*, with no operator, and once through the operator. The floor is the fastest \
+             plain client that does the same API work: it creates the same objects per job, each \
+             step's at once (the Secret, hostfile, Service, NetworkPolicy and runtime snapshot; then \
+             every worker; then, once its watch shows them Ready, the launcher), with 32 requests \
+             in flight across all jobs, and a burst's TrainJobs are created with 32 in flight too. \
+             Every figure is also given as a ratio to the floor (operator ÷ floor, `×`), so what \
+             the tables show is the cost the operator adds over the API server itself, not how \
+             fast this machine is. Latencies run from each job's create (for the floor, the moment \
+             it started on the job) to the moment the bench's own watch saw the object, timed with \
              millisecond clocks; writes are counted from the API server's audit log.\n"
         )?;
         writeln!(
@@ -125,7 +134,30 @@ impl Display for Markdown<'_> {
             scenario_tables(f, &scenarios)?;
         }
 
-        writes_table(f, &r.scenarios)?;
+        requests_table(
+            f,
+            &r.scenarios,
+            (
+                "Writes per job by verb and resource",
+                "The operator's API writes from the audit log, divided by the scenario's jobs.",
+                "Write",
+            ),
+            |run| &run.writes,
+        )?;
+        requests_table(
+            f,
+            &r.scenarios,
+            (
+                "Reads per job by verb and resource",
+                "The operator's reads in the scenario's namespaces (its cluster-wide watches are \
+                 not any namespace's), divided by the scenario's jobs.",
+                "Read",
+            ),
+            |run| &run.reads,
+        )?;
+        if let Some(before) = &r.before {
+            before_after(f, before, r)?;
+        }
 
         if !self.charts.is_empty() {
             writeln!(f, "## Charts\n")?;
@@ -153,6 +185,22 @@ impl Display for Markdown<'_> {
                 row("with the webhook", &a.webhook),
             ];
             table(f, &["Create", "p50 (ms)", "p99 (ms)"], &rows)?;
+        }
+
+        if let Some(k) = &r.kept {
+            writeln!(f, "## Many TrainJobs kept\n")?;
+            writeln!(
+                f,
+                "The operator started over {} TrainJobs already in the cluster ({} finished with \
+                 their objects, the rest suspended), until it had reconciled every one and then done nothing for 2 s.\n",
+                k.jobs, k.finished
+            )?;
+            let rows = vec![
+                vec!["reconciled all after (s)".into(), format!("{:.1}", k.settle_s)],
+                vec!["operator RSS, settled (MiB)".into(), format!("{:.1}", k.rss_mib)],
+                vec!["operator peak RSS (MiB)".into(), format!("{:.1}", k.peak_rss_mib)],
+            ];
+            table(f, &["Measure", "Value"], &rows)?;
         }
 
         if !r.micro.is_empty() {
@@ -187,15 +235,6 @@ fn kinds(r: &Report) -> Vec<(String, String)> {
 /// The three tables of one kind: per-job latency, whole-scenario times, and cost.
 fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
     writeln!(f, "Per job, from its create:\n")?;
-    if scenarios
-        .iter()
-        .any(|s| s.jobs > 1 && s.kind != "lone" && s.kind != "steady")
-    {
-        writeln!(
-            f,
-            "In a burst these ratios compare unlike clocks: the floor's clients reach its jobs one after another, so each floor job starts late and runs fast, while all of the operator's jobs are created within seconds and wait in its queue. The whole-scenario table below is the fair comparison.\n"
-        )?;
-    }
     let latency: Vec<Vec<String>> = scenarios
         .iter()
         .map(|s| {
@@ -272,6 +311,15 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
                 ratio(op.writes_per_job, fl.writes_per_job),
                 opt(op.peak_rss_mib, |v| format!("{v:.1}")),
                 opt(op.cpu_s, |v| format!("{v:.2}")),
+                opt(fl.apiserver_cpu_s, |v| format!("{v:.1}")),
+                opt(op.apiserver_cpu_s, |v| format!("{v:.1}")),
+                match (op.apiserver_cpu_s, fl.apiserver_cpu_s) {
+                    (Some(o), Some(f)) => ratio(o, f),
+                    _ => "–".into(),
+                },
+                opt(fl.watch_events_per_job, |v| format!("{v:.0}")),
+                opt(op.watch_events_per_job, |v| format!("{v:.0}")),
+                opt(op.reconciles_per_job, |v| format!("{v:.1}")),
                 opt(op.reconcile_errors, |v| v.to_string()),
                 mean_check(op),
             ]
@@ -286,25 +334,190 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
             "×",
             "Operator peak RSS (MiB)",
             "Operator CPU (s)",
+            "API server CPU (s): floor",
+            "operator",
+            "×",
+            "Watch events per job: floor",
+            "operator",
+            "Reconciles per job",
             "Reconcile errors",
             "Workers created mean (ms): watch / operator's metric",
         ],
         &cost,
+    )?;
+
+    let paths: Vec<Vec<String>> = scenarios
+        .iter()
+        .filter_map(|s| {
+            let (fl, op) = (s.floor.path?, s.operator.path?);
+            Some(vec![
+                cell(&s.name),
+                ms(fl.first_write_ms),
+                ms(fl.first_pod_ms),
+                ms(fl.workers_ms),
+                ms(op.first_request_ms),
+                ms(op.first_write_ms),
+                ms(op.first_pod_ms),
+                ms(op.workers_ms),
+            ])
+        })
+        .collect();
+    if !paths.is_empty() {
+        writeln!(
+            f,
+            "Where the time goes until the workers exist, by the API server's clock (its audit \
+             log), median ms from the TrainJob's create (the floor: from its first request): the \
+             first request for one of the job's objects, the first write, the first pod create, \
+             the last worker created:\n"
+        )?;
+        table(
+            f,
+            &[
+                "Scenario",
+                "Floor: first write",
+                "first pod",
+                "all workers",
+                "Operator: first request",
+                "first write",
+                "first pod",
+                "all workers",
+            ],
+            &paths,
+        )?;
+    }
+
+    let fair: Vec<Vec<String>> = scenarios
+        .iter()
+        .filter(|s| s.operator.tenants.len() > 1)
+        .map(|s| {
+            let spread = |run: &Run| {
+                let p50: Vec<f64> = run.tenants.iter().map(|p| p.p50_ms).collect();
+                let (lo, hi) = (min(&p50), max(&p50));
+                [format!("{} – {}", ms(lo), ms(hi)), ratio(hi, lo)]
+            };
+            let mut row = vec![cell(&s.name), s.operator.tenants.len().to_string()];
+            row.extend(spread(&s.floor));
+            row.extend(spread(&s.operator));
+            row
+        })
+        .collect();
+    if fair.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "Fairness: each tenant's (namespace's) p50 of create → all workers created, the fastest \
+         and the slowest tenant, and slowest ÷ fastest:\n"
+    )?;
+    table(
+        f,
+        &[
+            "Scenario",
+            "Tenants",
+            "Floor p50 (ms)",
+            "×",
+            "Operator p50 (ms)",
+            "×",
+        ],
+        &fair,
     )
 }
 
-/// The operator's writes per job by `verb resource`, one column per scenario.
-fn writes_table(f: &mut Formatter<'_>, scenarios: &[Scenario]) -> fmt::Result {
-    let keys: BTreeSet<&String> = scenarios.iter().flat_map(|s| s.operator.writes.keys()).collect();
+/// The scenarios both runs have, by name, each run's pair (before, after).
+fn paired<'a>(before: &'a Baseline, after: &'a Report) -> Vec<(&'a Scenario, &'a Scenario)> {
+    after
+        .scenarios
+        .iter()
+        .filter_map(|a| Some((before.scenarios.iter().find(|b| b.name == a.name)?, a)))
+        .collect()
+}
+
+/// The ratios to the floor that say what the operator costs, before and after: each run
+/// against its own floor, so the two compare though they ran at different times.
+fn before_after(f: &mut Formatter<'_>, before: &Baseline, after: &Report) -> fmt::Result {
+    let pairs = paired(before, after);
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "## Before and after
+"
+    )?;
+    writeln!(
+        f,
+        "The same scenarios through an earlier operator, {} (run on {}), each run against its \
+         own floor: *before → after*, as ratios to the floor (lower is better) and the \
+         operator's own cost.\n",
+        before.operator, before.date
+    )?;
+    let show = |x: Option<f64>, unit: &str| x.map_or("–".to_string(), |x| format!("{x:.1}{unit}"));
+    let both =
+        |b: &Run, a: &Run, v: fn(&Run) -> Option<f64>| format!("{} → {}", show(v(b), ""), show(v(a), ""));
+    let rows: Vec<Vec<String>> = pairs
+        .iter()
+        .map(|(b, a)| {
+            let (bf, bo, af, ao) = (&b.floor, &b.operator, &a.floor, &a.operator);
+            let ratio_of = |fl: &Run, op: &Run, v: fn(&Run) -> f64| -> Option<f64> {
+                (v(fl) > 0.0).then(|| v(op) / v(fl))
+            };
+            let pair = |v: fn(&Run) -> f64| -> String {
+                let show = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.2}×"));
+                format!("{} → {}", show(ratio_of(bf, bo, v)), show(ratio_of(af, ao, v)))
+            };
+            vec![
+                cell(&a.name),
+                pair(|r| r.workers_created.p50_ms),
+                pair(|r| r.all_workers_created_s),
+                pair(|r| r.all_complete_s),
+                pair(|r| r.apiserver_cpu_s.unwrap_or(0.0)),
+                both(bo, ao, |r| Some(r.writes_per_job)),
+                both(bo, ao, |r| r.peak_rss_mib),
+            ]
+        })
+        .collect();
+    table(
+        f,
+        &[
+            "Scenario",
+            "Workers created p50 ×",
+            "All workers created ×",
+            "All Complete ×",
+            "API server CPU ×",
+            "Writes per job",
+            "Operator peak RSS (MiB)",
+        ],
+        &rows,
+    )?;
+    if let (Some(b), Some(a)) = (&before.kept, &after.kept) {
+        writeln!(
+            f,
+            "With {} TrainJobs kept, the operator's RSS once settled: {:.1} → {:.1} MiB (peak \
+             {:.1} → {:.1} MiB).\n",
+            a.jobs, b.rss_mib, a.rss_mib, b.peak_rss_mib, a.peak_rss_mib
+        )?;
+    }
+    Ok(())
+}
+
+/// The operator's requests per job by `verb resource` (`requests` picks writes or reads),
+/// one column per scenario, with a total row.
+fn requests_table(
+    f: &mut Formatter<'_>,
+    scenarios: &[Scenario],
+    (heading, intro, first): (&str, &str, &str),
+    requests: fn(&Run) -> &BTreeMap<String, u64>,
+) -> fmt::Result {
+    let keys: BTreeSet<&String> = scenarios
+        .iter()
+        .flat_map(|s| requests(&s.operator).keys())
+        .collect();
     if keys.is_empty() {
         return Ok(());
     }
-    writeln!(f, "## Writes per job by verb and resource\n")?;
-    writeln!(
-        f,
-        "The operator's API writes from the audit log, divided by the scenario's jobs.\n"
-    )?;
-    let mut header = vec!["Write".to_string()];
+    writeln!(f, "## {heading}\n")?;
+    writeln!(f, "{intro}\n")?;
+    let mut header = vec![first.to_string()];
     header.extend(scenarios.iter().map(|s| cell(&s.name)));
     let per_job = |s: &Scenario, n: u64| {
         if s.jobs == 0 {
@@ -320,7 +533,7 @@ fn writes_table(f: &mut Formatter<'_>, scenarios: &[Scenario]) -> fmt::Result {
             row.extend(
                 scenarios
                     .iter()
-                    .map(|s| per_job(s, s.operator.writes.get(*k).copied().unwrap_or(0))),
+                    .map(|s| per_job(s, requests(&s.operator).get(*k).copied().unwrap_or(0))),
             );
             row
         })
@@ -329,7 +542,7 @@ fn writes_table(f: &mut Formatter<'_>, scenarios: &[Scenario]) -> fmt::Result {
     total.extend(
         scenarios
             .iter()
-            .map(|s| format!("**{:.1}**", s.operator.writes_per_job)),
+            .map(|s| format!("**{}**", per_job(s, requests(&s.operator).values().sum()))),
     );
     rows.push(total);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -678,6 +891,64 @@ fn width_chart(report: &Report, title: &str, file: &Path) -> Result<bool, Box<dy
     Ok(true)
 }
 
+/// Per scenario both runs have: all workers created and all Complete as multiples of each
+/// run's floor, before (dashed) and after (solid).
+fn before_after_chart(report: &Report, title: &str, file: &Path) -> Result<bool, Box<dyn Error>> {
+    let Some(before) = &report.before else {
+        return Ok(false);
+    };
+    let pairs = paired(before, report);
+    if pairs.is_empty() {
+        return Ok(false);
+    }
+    register_font()?;
+    let labels: Vec<String> = pairs.iter().map(|(_, a)| a.name.clone()).collect();
+    let x_label = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            labels.get(*i as usize).cloned().unwrap_or_default()
+        }
+        SegmentValue::Last => String::new(),
+    };
+    let line = |after: bool, v: fn(&Run) -> f64| {
+        (0u32..)
+            .zip(&pairs)
+            .map(|(i, (b, a))| (i, if after { *a } else { *b }))
+            .filter(|(_, s)| v(&s.floor) > 0.0)
+            .map(|(i, s)| (SegmentValue::CenterOf(i), v(&s.operator) / v(&s.floor)))
+            .collect::<Vec<_>>()
+    };
+    let workers: fn(&Run) -> f64 = |r| r.all_workers_created_s;
+    let complete: fn(&Run) -> f64 = |r| r.all_complete_s;
+    let all = vec![
+        series("all workers created, before", FLOOR, true, line(false, workers)),
+        series("all workers created, after", FLOOR, false, line(true, workers)),
+        series("all Complete, before", OPERATOR, true, line(false, complete)),
+        series("all Complete, after", OPERATOR, false, line(true, complete)),
+    ];
+    let top = all
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = BitMapBackend::new(file, (1200, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let last = (pairs.len() - 1) as u32;
+    let mut chart = chart_on(&root, title, (0u32..last).into_segmented(), 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(pairs.len() + 1)
+        .y_desc("operator ÷ floor (1 = as fast as a plain client)")
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&tick)
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 15))
+        .draw()?;
+    plot(&mut chart, all)?;
+    root.present()?;
+    Ok(true)
+}
+
 fn memory_chart(report: &Report, title: &str, file: &Path) -> Result<bool, Box<dyn Error>> {
     let samples = &report.memory;
     if samples.is_empty() {
@@ -773,8 +1044,25 @@ mod tests {
                 incomplete: 0,
                 writes_per_job: 0.0,
                 writes,
+                reads: match operator {
+                    true => BTreeMap::from([("get secrets".to_string(), 100)]),
+                    false => BTreeMap::new(),
+                },
+                tenants: vec![
+                    pct(100.0 * scale, 200.0 * scale),
+                    pct(150.0 * scale, 250.0 * scale),
+                ],
+                path: Some(super::super::model::Path {
+                    first_request_ms: if operator { 5.0 } else { 0.0 },
+                    first_write_ms: 10.0 * scale,
+                    first_pod_ms: 20.0 * scale,
+                    workers_ms: 30.0 * scale,
+                }),
                 peak_rss_mib: operator.then_some(42.5),
                 cpu_s: operator.then_some(1.25),
+                apiserver_cpu_s: Some(if operator { 3.0 } else { 2.0 }),
+                watch_events_per_job: Some(if operator { 60.0 } else { 30.0 }),
+                reconciles_per_job: operator.then_some(4.5),
                 reconcile_errors: operator.then_some(0),
                 operator_pods_created_mean_ms: operator.then_some(110.0),
             }
@@ -828,6 +1116,22 @@ mod tests {
                 floor: Percentiles::of(&[std::time::Duration::from_millis(2)]),
                 webhook: Percentiles::of(&[std::time::Duration::from_millis(5)]),
             }),
+            kept: Some(super::super::model::Kept {
+                jobs: 10_000,
+                finished: 1000,
+                settle_s: 42.0,
+                rss_mib: 96.5,
+                peak_rss_mib: 101.25,
+            }),
+            before: Some(Baseline {
+                operator: "0.1.0 (abc1234)".into(),
+                date: "2026-11-24T10:00:00Z".into(),
+                scenarios: vec![scenario("burst", "burst of 100 jobs × 8 workers", 100, 8, 4.0)],
+                kept: Some(super::super::model::Kept {
+                    rss_mib: 120.0,
+                    ..Default::default()
+                }),
+            }),
         };
 
         let md = markdown(&report, &[("Burst".to_string(), "bench-burst.png".to_string())]);
@@ -847,12 +1151,27 @@ mod tests {
             "| one job × 2 workers | 100 / 200 | 125 / 250 | 1.25× / 1.25× |",
             // All workers created, then a zero floor for all Complete.
             "| one job × 64 workers | 2.00 | 6.00 | 3.00× | 0.00 | 0.00 | – | 0 / 0 |",
-            // Writes per job: floor 9, operator 9 + 3; then RSS, CPU, errors, the two means.
-            "| one job × 8 workers | 9.0 | 12.0 | 1.33× | 42.5 | 1.25 | 0 | 150 / 110 |",
+            // Writes per job: floor 9, operator 9 + 3; then RSS, CPU, the API server's CPU,
+            // watch events, reconciles, errors, the two means.
+            "| one job × 8 workers | 9.0 | 12.0 | 1.33× | 42.5 | 1.25 | 2.0 | 3.0 | 1.50× | 30 | 60 | 4.5 | 0 | 150 / 110 |",
             "| patch trainjobs/status | 3.0 | 3.0 | 3.0 | 3.0 |",
             "| create pods | 9.0 | 9.0 | 3.0 | 65.0 |",
             "![Burst](bench-burst.png)",
             "| resolve a 32-node job | 12.345 |",
+            "The operator started over 10000 TrainJobs already in the cluster (1000 finished",
+            "| operator RSS, settled (MiB) | 96.5 |",
+            // The lone job's path: floor 10 / 20 / 30 ms; the operator's first request at 5,
+            // then 15 / 30 / 45 ms (scale 1.5).
+            "| one job × 8 workers | 10 | 20 | 30 | 5.0 | 15 | 30 | 45 |",
+            "## Reads per job by verb and resource",
+            "| get secrets | 100.0 | 1.0 | 100.0 | 100.0 |",
+            // Two tenants: p50 100 and 150 ms (× 2 for the operator of the burst).
+            "| burst of 100 jobs × 8 workers | 2 | 100 – 150 | 1.50× | 200 – 300 | 1.50× |",
+            "## Before and after",
+            "0.1.0 (abc1234)",
+            // The burst took 4× its floor before and 2× after; the other scenarios have no pair.
+            "| burst of 100 jobs × 8 workers | 4.00× → 2.00× |",
+            "the operator's RSS once settled: 120.0 → 96.5 MiB",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
@@ -863,7 +1182,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("report-charts-{}", std::process::id()));
         let drawn = charts(&report, &dir).unwrap();
         let files: Vec<&str> = drawn.iter().map(|(_, f)| f.as_str()).collect();
-        assert_eq!(files, ["bench-burst.png", "bench-width.png", "bench-memory.png"]);
+        assert_eq!(
+            files,
+            [
+                "bench-burst.png",
+                "bench-width.png",
+                "bench-memory.png",
+                "bench-before-after.png"
+            ]
+        );
         for file in files {
             let bytes = std::fs::read(dir.join(file)).unwrap();
             assert!(bytes.starts_with(b"\x89PNG"), "{file} is a PNG");

@@ -30,10 +30,10 @@ pub fn bed() -> &'static Bed {
 }
 
 /// The control plane of the benchmarks: `nodes` kwok nodes of `pods` pods each, with the shipped
-/// runtimes installed. Its audit log counts the operator's writes but holds no bodies, and
+/// runtimes installed. Its audit log counts the operator's requests but holds no bodies, and
 /// there is no key scan (neither would be timed).
 pub fn bench_bed(nodes: u32, pods: u32) -> &'static Bed {
-    let bed = started(Audit::Writes, move || BedConfig {
+    let bed = started(Audit::Requests, move || BedConfig {
         nodes: roomy_nodes(nodes, pods),
         ..BedConfig::default()
     });

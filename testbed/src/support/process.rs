@@ -12,7 +12,6 @@ pub struct OperatorProcess {
     child: Child,
     /// Base URL of `/metrics` and `/readyz`.
     pub http: String,
-    ticks_per_s: f64,
 }
 
 /// The release binary `make test` and `make bench` build: `$TRAINJOB_OPERATOR_BINARY`, else
@@ -69,12 +68,9 @@ impl OperatorProcess {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("starting the operator");
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let operator = OperatorProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
-            ticks_per_s,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while super::http_get(&format!("{}{ready}", operator.http), "text/plain")
@@ -120,15 +116,7 @@ impl OperatorProcess {
 
     /// CPU time (user + system) since start, seconds.
     pub fn cpu_s(&self) -> f64 {
-        let stat = self.proc_file("stat");
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name and state.
-        (ticks(11) + ticks(12)) / self.ticks_per_s
+        crate::process::cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
     /// The Prometheus text of `/metrics`.
