@@ -212,15 +212,21 @@ async fn objects_owned_by_someone_else_fail_the_job_and_are_left_untouched() {
                 "Pod {job}-node-0-0 already exists and belongs to no TrainJob (it has no owner), not to this TrainJob: delete that Pod and re-create the TrainJob, or give the TrainJob another name"
             )
         );
-        let pods: Vec<String> = pods_of(&c, &ns.name, job)
-            .await
-            .iter()
-            .map(|p| p.name_any())
-            .collect();
-        assert!(
-            pods.is_empty() || pods == [format!("{job}-node-0-0")],
-            "only the foreign pod: {pods:?}"
-        );
+        // The job's pods go out together, so its other worker may have been created before
+        // the conflict; the failed job removes it.
+        eventually(&format!("only the foreign pod of {job}"), DEADLINE, || async {
+            let pods: Vec<String> = pods_of(&c, &ns.name, job)
+                .await
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| p.name_any())
+                .collect();
+            match pods.is_empty() || pods == [format!("{job}-node-0-0")] {
+                true => Ok(()),
+                false => Err(format!("{pods:?}")),
+            }
+        })
+        .await;
         // Its key was made before its first pod, and goes once the job failed (after the
         // status that says so).
         let secret = format!("{job}-mpi-ssh-auth");

@@ -79,12 +79,27 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
     caches_ready(ctx).await?;
     let active = !lifecycle::finished(job.status.as_ref()) && !job.spec.suspend.unwrap_or(false);
     let (ns, name) = (job.namespace().unwrap_or_default(), job.name_any());
-    let (runtime, fresh) = runtime(job, ctx, &ns, &name).await?;
-    let hostfile = cached(&ctx.configmaps, &ns, &names::hostfile_configmap(&name));
-    let service = cached(&ctx.services, &ns, &resolve::subdomain(job, &runtime.spec));
     let (pods, foreign) = own_pods(job, ctx);
     let awaited = ctx.memory.awaited(job, &pods);
-    let (mut secret, mut quotas) = (false, None);
+    // Before the first pods (of an attempt): the whole job is checked against the quotas.
+    let first_pods = pods.is_empty() && awaited.is_empty();
+    // The reads a new job needs (its snapshot, Secret and quotas are not cached) go at once.
+    // Quotas are listed, not watched: a quota created just before the job must count.
+    let key_and_quotas = async {
+        match active {
+            true => futures::try_join!(secret_exists(job, ctx, &ns, &name), async {
+                match first_pods {
+                    true => read_quotas(ctx, &ns).await.map(Some),
+                    false => Ok(None),
+                }
+            }),
+            false => Ok((false, None)),
+        }
+    };
+    let ((runtime, fresh), (secret, quotas)) =
+        futures::try_join!(runtime(job, ctx, &ns, &name), key_and_quotas)?;
+    let hostfile = cached(&ctx.configmaps, &ns, &names::hostfile_configmap(&name));
+    let service = cached(&ctx.services, &ns, &resolve::subdomain(job, &runtime.spec));
     if active {
         if let Some(cm) = &hostfile {
             check_owner(job, "ConfigMap", &cm.metadata)?;
@@ -92,15 +107,6 @@ pub async fn observe(job: &TrainJob, ctx: &Context) -> Result<Observed, Error> {
         if let Some(svc) = &service {
             check_owner(job, "Service", &svc.metadata)?;
         }
-        // Before the first pods (of an attempt): the whole job is checked against the quotas.
-        let first_pods = pods.is_empty() && awaited.is_empty();
-        let (exists, listed) = futures::try_join!(secret_exists(job, ctx, &ns, &name), async {
-            match first_pods {
-                true => read_quotas(ctx, &ns).await.map(Some),
-                false => Ok(None),
-            }
-        })?;
-        (secret, quotas) = (exists, listed);
     }
     let failed_log = match failed_step(job, &pods).filter(|_| active) {
         Some((pod, container)) => failed_log(ctx, &ns, pod, container)

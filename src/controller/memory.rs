@@ -11,6 +11,7 @@
 //! - the pods it created that the pod watch has not shown yet (the Kubernetes controllers'
 //!   "expectations"), so a reconcile that runs before the watch catches up does not create them
 //!   again: a 409 each, and a second PodsCreated Event;
+//! - that a pod create of the job failed, so its next creates start with one (slow start);
 //! - the foreign pods it reported on the job already;
 //! - the phase the `trainjob_jobs_active` gauge counts the job in;
 //! - that this operator wrote the status that finished the job, so a reconcile of a cached copy
@@ -61,6 +62,8 @@ struct Remembered {
     /// Pods created and not shown by the watch yet, and when the last of them was created.
     awaited: BTreeSet<String>,
     awaited_since: Option<Instant>,
+    /// A pod create of the job failed, and none has succeeded since: its creates start small.
+    create_failed: bool,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: BTreeSet<String>,
     /// The phase the active gauge counts the job in.
@@ -186,6 +189,18 @@ impl Memory {
     /// Notes that the job's SSH Secret exists (created, or read).
     pub fn secret_exists(&self, job: &TrainJob) {
         self.note(job, |r| r.secret = true);
+    }
+
+    /// Whether a pod create of the job failed and none succeeded since (see [`Memory::create_result`]).
+    pub fn create_failed(&self, job: &TrainJob) -> bool {
+        self.read(job, |r| r.create_failed).unwrap_or(false)
+    }
+
+    /// Notes how the job's last pod creates went: `ok` false after a refused create.
+    pub fn create_result(&self, job: &TrainJob, ok: bool) {
+        if ok == self.create_failed(job) {
+            self.note(job, |r| r.create_failed = !ok);
+        }
     }
 
     /// Notes pods just created for the job.

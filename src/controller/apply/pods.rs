@@ -1,4 +1,4 @@
-//! Pod writes: creates in doubling batches, each awaited in the watch afterwards, and deletes
+//! Pod writes: creates in one batch per job (doubling ones after a refusal), each awaited in the watch afterwards, and deletes
 //! of the very pods seen (a uid precondition) or one collection delete; all within the bound on
 //! pod writes in flight across every reconcile ([`Context::writes`]).
 
@@ -14,31 +14,45 @@ use crate::names;
 /// The largest batch of one job's creates; [`Context::writes`] bounds all jobs together.
 const MAX_CREATE_BATCH: usize = 64;
 
-/// Creates pods in batches that double while every create succeeds (1, 2, 4, ...), as the Job
-/// controller does: a job's pods appear about as fast as the API server takes them, while a
-/// create that will fail for all of them (an invalid template, a quota) fails once, not
-/// hundreds of times. [`Context::writes`] bounds the creates in flight across all jobs.
+/// Creates pods: all of a job at once (up to [`MAX_CREATE_BATCH`] per batch), so a small job's
+/// workers take one round trip. After a refused create, as the Job controller does after a
+/// failure, in batches that double from one while every create succeeds (1, 2, 4, ...): a
+/// create that will fail for all of them (an invalid template, a quota) then fails once per
+/// retry, not hundreds of times. [`Context::writes`] bounds the creates in flight across all jobs.
 pub(super) async fn create(
     job: &TrainJob,
     ctx: &Context,
     api: &Api<Pod>,
     wanted: &[Pod],
 ) -> Result<(), Error> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut batch = first_batch(wanted.len(), ctx.memory.create_failed(job));
     let mut wanted = wanted.iter().peekable();
-    let mut batch = 1;
     while wanted.peek().is_some() {
         let creates: Vec<_> = wanted
             .by_ref()
             .take(batch)
             .map(|pod| create_pod(job, ctx, api, pod))
             .collect();
-        futures::future::join_all(creates)
+        let created = futures::future::join_all(creates)
             .await
             .into_iter()
-            .collect::<Result<(), Error>>()?;
+            .collect::<Result<(), Error>>();
+        ctx.memory.create_result(job, created.is_ok());
+        created?;
         batch = (batch * 2).min(MAX_CREATE_BATCH);
     }
     Ok(())
+}
+
+/// The first batch of `wanted` creates: all of them (to the cap), or one after a refusal.
+fn first_batch(wanted: usize, failed_before: bool) -> usize {
+    match failed_before {
+        true => 1,
+        false => wanted.clamp(1, MAX_CREATE_BATCH),
+    }
 }
 
 /// Creates one pod of `job`, and notes it as awaited in the watch.
@@ -112,5 +126,17 @@ async fn delete_pod(api: &Api<Pod>, pod: &PodDelete, ctx: &Context) -> Result<()
             action: format!("deleting pod {name}"),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_s_pods_go_in_one_batch_until_a_create_is_refused() {
+        assert_eq!(first_batch(9, false), 9, "a small job: one round trip");
+        assert_eq!(first_batch(513, false), MAX_CREATE_BATCH, "a wide one: capped");
+        assert_eq!(first_batch(9, true), 1, "after a refusal: slow start");
     }
 }

@@ -168,3 +168,14 @@ fn the_active_gauge_follows_phases_and_a_gone_job_is_never_counted_again() {
     memory.set_phase(&b, Some(Phase::Running));
     assert_eq!(active(&metrics, "running"), "0");
 }
+
+#[test]
+fn a_refused_create_is_remembered_until_one_succeeds() {
+    let (memory, _) = memory();
+    let j = job(None);
+    assert!(!memory.create_failed(&j));
+    memory.create_result(&j, false);
+    assert!(memory.create_failed(&j));
+    memory.create_result(&j, true);
+    assert!(!memory.create_failed(&j));
+}
