@@ -6,12 +6,6 @@ use trainjob_operator::flags::{parse_domain, parse_duration, parse_timeout};
 use trainjob_operator::logging::{self, LogFormat};
 use trainjob_operator::{api, crdgen};
 
-/// One allocator in every build: the shipped image links musl, whose allocator is slow under a
-/// burst's many small allocations, and glibc's per-thread arenas keep a burst's memory after it;
-/// mimalloc returns it, and makes the benchmarks (a glibc build) measure what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Kubernetes operator for MPI TrainJobs (Kubeflow Trainer v2.3 compatible).
 #[derive(Parser)]
 #[command(version = trainjob_operator::VERSION, about)]
