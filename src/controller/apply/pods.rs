@@ -1,6 +1,7 @@
-//! Pod writes: creates in one batch per job (doubling ones after a refusal), each awaited in the watch afterwards, and deletes
-//! of the very pods seen (a uid precondition) or one collection delete; all within the bound on
-//! pod writes in flight across every reconcile ([`Context::writes`]).
+//! Pod writes: creates in one batch per job (doubling ones after a refusal), each awaited in the
+//! watch afterwards, and deletes of the very pods seen (a uid precondition) or one collection
+//! delete; all within the bound on pod writes in flight across every reconcile
+//! ([`Context::writes`]).
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
