@@ -2,7 +2,7 @@
 //! sent into a scenario's namespaces, by verb and resource, writes and reads apart. (Its
 //! cluster-wide watches and lists are not any namespace's, so they are not counted here.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,51 +132,16 @@ impl Mark {
             pod: Option<Timestamp>,
             workers: Vec<Timestamp>,
         }
-        let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-        for (i, job) in jobs.iter().enumerate() {
-            for name in [
-                job.clone(),
-                names::runtime_snapshot(job),
-                names::ssh_secret(job),
-                names::hostfile_configmap(job),
-            ] {
-                by_name.insert(name, i);
-            }
-        }
+        let by_name = by_name(jobs);
         let mut seen: Vec<Seen> = jobs.iter().map(|_| Seen::default()).collect();
-        // BENCH_TRACE: every request of the scenario's last job, for a closer look.
-        let mut trace = Vec::new();
         for e in self.entries() {
-            let (Some(object), Some(at)) = (&e.object, e.request_received_timestamp) else {
+            let Some((i, name, at)) = job_of(&by_name, &e) else {
                 continue;
             };
-            let Some(name) = object.name.as_deref() else {
-                continue;
-            };
-            let pod = object.resource.as_deref() == Some("pods") && object.subresource.is_none();
-            let job = match pod {
-                // <job>-node-<i>-<j> or <job>-launcher-0-0.
-                true => ["-node-", "-launcher-"]
-                    .iter()
-                    .find_map(|role| name.rfind(role).map(|at| &name[..at]))
-                    .and_then(|job| by_name.get(job)),
-                false => by_name.get(name),
-            };
-            let Some(&i) = job else { continue };
-            if i + 1 == jobs.len() && std::env::var_os("BENCH_TRACE").is_some() {
-                trace.push((
-                    at,
-                    e.stage_timestamp,
-                    format!(
-                        "{} {} {} {name}",
-                        e.user.username,
-                        e.verb,
-                        object.resource.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
+            let pod = is_pod(&e);
             let s = &mut seen[i];
-            if object.resource.as_deref() == Some("trainjobs") && e.verb == "create" {
+            let trainjob = e.object.as_ref().and_then(|o| o.resource.as_deref()) == Some("trainjobs");
+            if trainjob && e.verb == "create" {
                 s.created = Some(at);
                 continue;
             }
@@ -195,17 +160,6 @@ impl Mark {
                 }
             }
         }
-        if let Some(start) = trace.iter().map(|t| t.0).min() {
-            trace.sort_by_key(|t| t.0);
-            for (at, done, what) in trace {
-                let ms = |t: Timestamp| {
-                    (t - start)
-                        .total(k8s_openapi::jiff::Unit::Millisecond)
-                        .unwrap_or(0.0)
-                };
-                println!("    {:>8.1} → {:>8.1} ms  {what}", ms(at), done.map_or(0.0, ms));
-            }
-        }
         seen.into_iter()
             .filter_map(|s| {
                 let start = s.created.or(s.request)?;
@@ -219,6 +173,37 @@ impl Mark {
                 })
             })
             .collect()
+    }
+
+    /// Prints every logged request naming one of `job`'s objects, by whom, with its times
+    /// from the job's first request (for `BENCH_TRACE`).
+    pub fn trace(&self, job: &str) {
+        let by_name = by_name(&[job.to_string()]);
+        let mut trace: Vec<(Timestamp, Option<Timestamp>, String)> = self
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                let (_, name, at) = job_of(&by_name, e)?;
+                let resource = e.object.as_ref()?.resource.as_deref().unwrap_or_default();
+                Some((
+                    at,
+                    e.stage_timestamp,
+                    format!("{} {} {resource} {name}", e.user.username, e.verb),
+                ))
+            })
+            .collect();
+        trace.sort_by_key(|t| t.0);
+        let Some(start) = trace.first().map(|t| t.0) else {
+            return;
+        };
+        let ms = |t: Timestamp| {
+            (t - start)
+                .total(k8s_openapi::jiff::Unit::Millisecond)
+                .unwrap_or(0.0)
+        };
+        for (at, done, what) in trace {
+            println!("    {:>8.1} → {:>8.1} ms  {what}", ms(at), done.map_or(0.0, ms));
+        }
     }
 
     fn read(&self, user: &str, namespaces: &[String], marker: &str) -> ((Counts, Counts), bool) {
@@ -250,4 +235,44 @@ impl Mark {
         }
         ((writes, reads), marked)
     }
+}
+
+/// Each job's index by the names of its TrainJob and the children named after it.
+fn by_name(jobs: &[String]) -> HashMap<String, usize> {
+    let mut by_name = HashMap::new();
+    for (i, job) in jobs.iter().enumerate() {
+        for name in [
+            job.clone(),
+            names::runtime_snapshot(job),
+            names::ssh_secret(job),
+            names::hostfile_configmap(job),
+        ] {
+            by_name.insert(name, i);
+        }
+    }
+    by_name
+}
+
+/// A pod itself, not one of its subresources.
+fn is_pod(e: &Entry) -> bool {
+    e.object
+        .as_ref()
+        .is_some_and(|o| o.resource.as_deref() == Some("pods") && o.subresource.is_none())
+}
+
+/// The job (index in `by_name`) whose object `e` names, the object's name and when the
+/// request arrived.
+fn job_of<'e>(by_name: &HashMap<String, usize>, e: &'e Entry) -> Option<(usize, &'e str, Timestamp)> {
+    let object = e.object.as_ref()?;
+    let at = e.request_received_timestamp?;
+    let name = object.name.as_deref()?;
+    let job = match is_pod(e) {
+        // <job>-node-<i>-<j> or <job>-launcher-0-0.
+        true => ["-node-", "-launcher-"]
+            .iter()
+            .find_map(|role| name.rfind(role).map(|at| &name[..at]))
+            .and_then(|job| by_name.get(job)),
+        false => by_name.get(name),
+    };
+    job.map(|&i| (i, name, at))
 }

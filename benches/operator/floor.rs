@@ -7,7 +7,6 @@
 //! No status, no Events, no cleanup: the least any operator must send.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -86,11 +85,7 @@ impl Floor {
             });
         let count = workers.len();
         join_all(workers.into_iter().map(|pod| self.create(&ns, pod))).await;
-        // The bench's own watch, polled: this client need not be faster than the operator's
-        // reaction to its pod watch, only no slower.
-        while recorder.job(&name).map_or(0, |s| s.workers_ready.len()) < count {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        recorder.workers_ready(&name, count).await;
         join_all(launcher.into_iter().map(|pod| self.create(&ns, pod))).await;
     }
 

@@ -318,6 +318,10 @@ impl Bench {
         run.reads = reads;
         if let Arrival::Sequential = arrival {
             run.path = audit::Path::median(&mark.paths(Identity::Operator.user(), &names, workers as usize));
+            // BENCH_TRACE: every request of the scenario's last job, for a closer look.
+            if let Some(last) = names.last().filter(|_| std::env::var_os("BENCH_TRACE").is_some()) {
+                mark.trace(last);
+            }
         }
         if let Some(op) = operator {
             let metrics = op.metrics().await;
@@ -494,6 +498,86 @@ impl Bench {
             operator: operator.run,
         }
     }
+}
+
+/// One scenario to run: its part (the `BENCH_ONLY` name), kind (its report section), name,
+/// arrival, size and options.
+struct Planned {
+    part: &'static str,
+    kind: &'static str,
+    name: String,
+    arrival: Arrival,
+    jobs: u32,
+    workers: u32,
+    opts: Options,
+}
+
+/// The scenarios, in the order they run: `lone` jobs one after another, the `bursts`, one job
+/// of each of the `widths`, tenants (TC-SCALE-003/004), the `--concurrency` choices, the `big`
+/// burst whose finished jobs stay, and the steady state over those `finished` jobs.
+fn plan(lone: u32, bursts: &[u32], widths: &[u32], big: u32, finished: u32) -> Vec<Planned> {
+    let job = |part, name: String, arrival, jobs, workers, opts| Planned {
+        part,
+        // The big burst is a burst in the report; its own part only to run it alone.
+        kind: if part == "big" { "burst" } else { part },
+        name,
+        arrival,
+        jobs,
+        workers,
+        opts,
+    };
+    let mut plan = vec![job(
+        "lone",
+        format!("{lone} jobs one after another × 8 workers"),
+        Arrival::Sequential,
+        lone,
+        8,
+        Options::default(),
+    )];
+    for &n in bursts {
+        let name = format!("burst of {n} jobs × 8 workers");
+        plan.push(job("burst", name, Arrival::Burst, n, 8, Options::default()));
+    }
+    for &w in widths {
+        let name = format!("one job × {w} workers");
+        plan.push(job("width", name, Arrival::Sequential, 1, w, Options::default()));
+    }
+    // Jobs from several teams at once, each team its own namespace.
+    let tenants = 5;
+    for n in [10, 20, 50] {
+        let name = format!("burst of {n} jobs × 8 workers from {tenants} tenants");
+        let opts = Options {
+            tenants,
+            ..Options::default()
+        };
+        plan.push(job("tenants", name, Arrival::Burst, n, 8, opts));
+    }
+    // The default --concurrency, chosen from these.
+    let n = bursts.first().copied().unwrap_or(100);
+    for c in [4, 8, 16, 32] {
+        let name = format!("burst of {n} jobs × 8 workers, --concurrency {c}");
+        let opts = Options {
+            concurrency: Some(c),
+            ..Options::default()
+        };
+        plan.push(job("concurrency", name, Arrival::Burst, n, 8, opts));
+    }
+    // The big burst's finished jobs stay for the steady state and the kept ones.
+    let opts = Options {
+        keep: true,
+        sample_memory: true,
+        ..Options::default()
+    };
+    let name = format!("burst of {big} jobs × 8 workers");
+    plan.push(job("big", name, Arrival::Burst, big, 8, opts));
+    let opts = Options {
+        sample_memory: true,
+        settle: finished,
+        ..Options::default()
+    };
+    let name = format!("{lone} jobs one after another, {finished} finished jobs kept");
+    plan.push(job("steady", name, Arrival::Sequential, lone, 8, opts));
+    plan
 }
 
 /// Job `i`'s name among `tenants` tenants: `job-i`, or `tK-job-i` in tenant `K = i % tenants`.
@@ -764,117 +848,11 @@ fn main() {
             only.as_deref()
                 .is_none_or(|o| o.split(',').any(|p| p.trim() == part))
         };
-        if wanted("lone") {
+        let finished = if wanted("big") { big } else { 0 };
+        let plan = plan(lone, bursts, widths, big, finished);
+        for p in plan.into_iter().filter(|p| wanted(p.part)) {
             let s = bench
-                .scenario(
-                    "lone",
-                    &format!("{lone} jobs one after another × 8 workers"),
-                    Arrival::Sequential,
-                    lone,
-                    8,
-                    Options::default(),
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        for &n in bursts.iter().filter(|_| wanted("burst")) {
-            let s = bench
-                .scenario(
-                    "burst",
-                    &format!("burst of {n} jobs × 8 workers"),
-                    Arrival::Burst,
-                    n,
-                    8,
-                    Options::default(),
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        for &w in widths.iter().filter(|_| wanted("width")) {
-            let s = bench
-                .scenario(
-                    "width",
-                    &format!("one job × {w} workers"),
-                    Arrival::Sequential,
-                    1,
-                    w,
-                    Options::default(),
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        // TC-SCALE-003/004: jobs from several teams at once, each team its own namespace.
-        for &n in [10, 20, 50].iter().filter(|_| wanted("tenants")) {
-            let tenants = 5;
-            let s = bench
-                .scenario(
-                    "tenants",
-                    &format!("burst of {n} jobs × 8 workers from {tenants} tenants"),
-                    Arrival::Burst,
-                    n,
-                    8,
-                    Options {
-                        tenants,
-                        ..Options::default()
-                    },
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        // The default --concurrency, chosen from these.
-        for c in [4, 8, 16, 32].into_iter().filter(|_| wanted("concurrency")) {
-            let n = bursts[0];
-            let opts = Options {
-                concurrency: Some(c),
-                ..Options::default()
-            };
-            let s = bench
-                .scenario(
-                    "concurrency",
-                    &format!("burst of {n} jobs × 8 workers, --concurrency {c}"),
-                    Arrival::Burst,
-                    n,
-                    8,
-                    opts,
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        // The big burst's finished jobs stay for the steady state and the kept ones.
-        let big_kept = wanted("big");
-        if big_kept {
-            let opts = Options {
-                keep: true,
-                sample_memory: true,
-                ..Options::default()
-            };
-            let s = bench
-                .scenario(
-                    "burst",
-                    &format!("burst of {big} jobs × 8 workers"),
-                    Arrival::Burst,
-                    big,
-                    8,
-                    opts,
-                )
-                .await;
-            report.scenarios.push(s);
-        }
-        let finished = if big_kept { big } else { 0 };
-        if wanted("steady") {
-            let s = bench
-                .scenario(
-                    "steady",
-                    &format!("{lone} jobs one after another, {finished} finished jobs kept"),
-                    Arrival::Sequential,
-                    lone,
-                    8,
-                    Options {
-                        sample_memory: true,
-                        settle: finished,
-                        ..Options::default()
-                    },
-                )
+                .scenario(p.kind, &p.name, p.arrival, p.jobs, p.workers, p.opts)
                 .await;
             report.scenarios.push(s);
         }

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -26,6 +28,8 @@ pub struct Seen {
     pub launcher_succeeded: Option<Instant>,
     /// First sight of the TrainJob's `Complete` condition.
     pub complete: Option<Instant>,
+    /// Signalled when another worker is first seen Ready (one waiter per job: the floor's).
+    ready: Arc<Notify>,
 }
 
 impl Seen {
@@ -80,6 +84,23 @@ impl Recorder {
     /// What was seen so far of one job.
     pub fn job(&self, name: &str) -> Option<Seen> {
         self.seen.lock().ok().and_then(|s| s.get(name).cloned())
+    }
+
+    /// Returns once `n` of `name`'s workers have been seen Ready.
+    pub async fn workers_ready(&self, name: &str, n: usize) {
+        loop {
+            let ready = {
+                let Ok(mut seen) = self.seen.lock() else { return };
+                let entry = seen.entry(name.to_string()).or_default();
+                if entry.workers_ready.len() >= n {
+                    return;
+                }
+                entry.ready.clone()
+            };
+            // `notify_one` keeps a permit when nobody waits yet, so a worker seen Ready between
+            // the count above and this wait is not missed.
+            ready.notified().await;
+        }
     }
 
     /// What was seen so far, by job name.
@@ -149,8 +170,9 @@ fn note_pod(seen: &Mutex<HashMap<String, Seen>>, pod: &Pod) {
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                entry.workers_ready.entry(pod.name_any()).or_insert(now);
+            if ready && !entry.workers_ready.contains_key(&pod.name_any()) {
+                entry.workers_ready.insert(pod.name_any(), now);
+                entry.ready.notify_one();
             }
         }
     }
