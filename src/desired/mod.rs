@@ -62,10 +62,10 @@ pub struct Objects {
     pub snapshot: Option<ConfigMap>,
     /// The SSH Secret, for a job that needs one and has none.
     pub secret: Option<Secret>,
-    /// The hostfile, where the watch cache shows it differs from what it should be.
-    pub hostfile: Option<ConfigMap>,
+    /// The hostfile, where the watch cache shows none or one that differs from what it should be.
+    pub hostfile: Option<Write<ConfigMap>>,
     /// The headless Service, likewise.
-    pub service: Option<Service>,
+    pub service: Option<Write<Service>>,
     /// The job's NetworkPolicy, before its first pods.
     pub network_policy: Option<NetworkPolicy>,
     /// The runtime's volume claims, before the job's first pods (one that exists is kept).
@@ -76,6 +76,33 @@ pub struct Objects {
     pub plugin_group: Option<(Plugin, DynamicObject)>,
     /// Pods to create, in order.
     pub pods: Vec<Pod>,
+}
+
+/// How a child is written.
+#[derive(Clone, Debug)]
+pub enum Write<K> {
+    /// The watch cache shows none: created, one request cheaper than an apply, and an object of
+    /// the name that someone else made just now is refused instead of taken over.
+    Create(K),
+    /// The watch cache shows one that differs: server-side applied back to what it should be.
+    Apply(K),
+}
+
+impl<K> Write<K> {
+    /// A write of `object`: an apply when the cache shows the object, else a create.
+    fn of(object: K, cached: bool) -> Write<K> {
+        match cached {
+            true => Write::Apply(object),
+            false => Write::Create(object),
+        }
+    }
+
+    /// The object written.
+    pub fn object(&self) -> &K {
+        match self {
+            Write::Create(o) | Write::Apply(o) => o,
+        }
+    }
 }
 
 /// The other writes of a decision.
@@ -165,18 +192,24 @@ pub fn objects(
         Some(keys) => Some(keys.secret(job)?),
         None => None,
     };
-    let hostfile = children.then(|| hostfile::configmap(job, plan)).filter(|cm| {
-        observed
-            .hostfile
-            .as_ref()
-            .is_none_or(|cached| cached.data != cm.data)
-    });
-    let service = children.then(|| pods::service(job, plan)).filter(|svc| {
-        observed
-            .service
-            .as_ref()
-            .is_none_or(|cached| !service_matches(cached, svc))
-    });
+    let hostfile = children
+        .then(|| hostfile::configmap(job, plan))
+        .filter(|cm| {
+            observed
+                .hostfile
+                .as_ref()
+                .is_none_or(|cached| cached.data != cm.data)
+        })
+        .map(|cm| Write::of(cm, observed.hostfile.is_some()));
+    let service = children
+        .then(|| pods::service(job, plan))
+        .filter(|svc| {
+            observed
+                .service
+                .as_ref()
+                .is_none_or(|cached| !service_matches(cached, svc))
+        })
+        .map(|svc| Write::of(svc, observed.service.is_some()));
     let network_policy =
         (plan.cluster.network_policies && first_pods).then(|| netpol::network_policy(job, plan));
     let claims = match first_pods {

@@ -40,7 +40,14 @@ fn a_new_job_gets_every_child_before_its_workers_and_a_running_one_only_what_dri
         o.secret.and_then(|s| s.metadata.name).as_deref(),
         Some("pi-mpi-ssh-auth")
     );
-    assert!(o.hostfile.is_some() && o.service.is_some() && o.network_policy.is_some());
+    assert!(
+        matches!(
+            (&o.hostfile, &o.service),
+            (Some(Write::Create(_)), Some(Write::Create(_)))
+        ),
+        "none cached: created"
+    );
+    assert!(o.network_policy.is_some());
     let names: Vec<_> = o.pods.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
     assert_eq!(names, ["pi-node-0-0", "pi-node-0-1"]);
     assert!(o.gang.is_none() && o.plugin_group.is_none(), "no gang policy");
@@ -67,7 +74,10 @@ fn a_new_job_gets_every_child_before_its_workers_and_a_running_one_only_what_dri
     let mut drifted = running.clone();
     drifted.hostfile = Some(Arc::new(ConfigMap::default()));
     let o = objects(&j, &p, &drifted, &d, None).expect("objects");
-    assert!(o.hostfile.is_some(), "a hostfile that drifted is applied again");
+    assert!(
+        matches!(o.hostfile, Some(Write::Apply(_))),
+        "a hostfile that drifted is applied again"
+    );
 }
 
 fn status(value: serde_json::Value) -> TrainJobStatus {

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::api::{TrainJob, TrainJobStatus};
-use crate::desired::{self, Key, Objects, Updates, gang::Plugin};
+use crate::desired::{self, Key, Objects, Updates, Write, gang::Plugin};
 use crate::names::{self, OwnerError};
 use crate::reasons;
 
@@ -143,13 +143,13 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
         let Some(cm) = &objects.hostfile else {
             return Ok(());
         };
-        server_side(ctx, &ns, cm, "ConfigMap", "applying the hostfile ConfigMap").await
+        write(ctx, &ns, cm, "ConfigMap", "writing the hostfile ConfigMap").await
     };
     let service = async {
         let Some(svc) = &objects.service else {
             return Ok(());
         };
-        server_side(ctx, &ns, svc, "Service", "applying the headless Service").await
+        write(ctx, &ns, svc, "Service", "writing the headless Service").await
     };
     // Before the first pod, so no pod of the job is ever reachable from outside it.
     let policy = async {
@@ -241,6 +241,27 @@ where
         Err(e) if is_status(&e, 409) => Ok(false),
         Err(e) => Err(write_err(kind, &name, action.into())(e)),
     }
+}
+
+/// Creates or applies `object` as `write` says. A create that finds the object there already
+/// (made by an earlier reconcile the watch has not shown yet) applies it instead, as before the
+/// cache knew of it.
+async fn write<K>(
+    ctx: &Context,
+    ns: &str,
+    write: &Write<K>,
+    kind: &'static str,
+    action: &str,
+) -> Result<(), Error>
+where
+    K: Child,
+{
+    if let Write::Create(object) = write
+        && create(ctx, ns, object, kind, action).await?
+    {
+        return Ok(());
+    }
+    server_side(ctx, ns, write.object(), kind, action).await
 }
 
 /// Server-side applies `object` under the operator's field manager.
