@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use super::events::Recorder;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, Node, Pod, PodSpec, ResourceRequirements, Service, Volume,
+    ConfigMap, Container, ContainerStatus, Namespace, Node, Pod, PodCondition, PodSpec, PodStatus,
+    ResourceRequirements, Service, Volume,
 };
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -73,13 +74,16 @@ pub async fn run(
             Default::default(),
         )
         .try_filter(|node| std::future::ready(crate::nodes::not_ready(node).is_some()));
+    let (jobs, jobs_writer) = reflector::store();
     let index = pods.clone();
+    let of_jobs = jobs.clone();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
         .modify(trim_pod)
         .inspect_ok(move |event| index.apply(event))
         .inspect_ok(listed.on_list("pods"))
-        .touched_objects();
+        .touched_objects()
+        .try_filter(move |pod| std::future::ready(wakes_job(&of_jobs, pod)));
     let (configmaps, writer) = reflector::store();
     let configmap_events = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .default_backoff()
@@ -94,7 +98,6 @@ pub async fn run(
         .reflect(writer)
         .inspect_ok(listed.on_list("services"))
         .touched_objects();
-    let (jobs, writer) = reflector::store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), names::FIELD_MANAGER, &settings.instance),
         client: client.clone(),
@@ -123,7 +126,7 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|j| j.managed_fields_mut().clear())
-    .reflect(writer)
+    .reflect(jobs_writer)
     .inspect_ok(listed.on_list("trainjobs"))
     .inspect_ok(move |event| match event {
         watcher::Event::Apply(job) | watcher::Event::InitApply(job) => memory.saw(job),
@@ -212,12 +215,38 @@ async fn signal_ready(ctx: Arc<Context>, ready: Arc<AtomicBool>) {
     ready.store(true, Ordering::Relaxed);
 }
 
-/// What the pod cache keeps of a pod: what reconciles read (metadata, the node it is bound to,
-/// the status, and for the messages that explain a pod: its containers' memory limits and its
-/// volume claims). The rest of the spec, most of a pod's bytes, is the operator's own template;
-/// a burst of thousands of pods held whole took most of the operator's memory.
+/// Whether a pod's event can change a decision of its job: not when the pod is on its way out
+/// of a job that has finished. Finishing deletes a job's workers, and each then brings two
+/// events (its deletion, then its removal) that would each wake a reconcile with nothing to do:
+/// the status already leaves out pods being deleted, and a pod left on a lost node is the
+/// node's event to report. A job the cache does not show finished is woken as always.
+fn wakes_job(jobs: &Store<TrainJob>, pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_none() {
+        return true;
+    }
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "TrainJob");
+    let Some(owner) = owner else { return true };
+    let job = jobs.get(&ObjectRef::new(&owner.name).within(&pod.namespace().unwrap_or_default()));
+    !job.is_some_and(|j| {
+        j.metadata.uid.as_deref() == Some(owner.uid.as_str()) && lifecycle::finished(j.status.as_ref())
+    })
+}
+
+/// What the pod cache keeps of a pod: what reconciles read (metadata but its annotations, the
+/// node it is bound to, the status's phase, conditions and container states, and for the
+/// messages that explain a pod: its containers' images and memory limits and its volume
+/// claims). The rest, most of a pod's bytes, is the operator's own template and what the
+/// kubelet reports for people (addresses, image digests, container IDs); a burst of thousands
+/// of pods held whole took most of the operator's memory.
 fn trim_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
+    pod.metadata.annotations = None;
+    if let Some(status) = pod.status.as_mut() {
+        *status = trim_pod_status(std::mem::take(status));
+    }
     let Some(spec) = pod.spec.as_mut() else { return };
     // Only the containers with a memory limit, each with its name and that limit alone: a
     // `Container` is large even when empty, and a burst holds thousands of pods.
@@ -256,6 +285,46 @@ fn trim_pod(pod: &mut Pod) {
         volumes: (!claims.is_empty()).then_some(claims),
         ..Default::default()
     };
+}
+
+/// A pod's status as decisions read it: phase, reason and message (eviction), each condition's
+/// type, status, reason and message (scheduling, readiness), and each container's name, image,
+/// readiness, restarts and states (exit codes, waiting reasons).
+fn trim_pod_status(status: PodStatus) -> PodStatus {
+    let containers = |statuses: Option<Vec<ContainerStatus>>| {
+        statuses.map(|all| {
+            all.into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    image: c.image,
+                    ready: c.ready,
+                    restart_count: c.restart_count,
+                    state: c.state,
+                    last_state: c.last_state,
+                    ..Default::default()
+                })
+                .collect()
+        })
+    };
+    PodStatus {
+        phase: status.phase,
+        reason: status.reason,
+        message: status.message,
+        conditions: status.conditions.map(|all| {
+            all.into_iter()
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        container_statuses: containers(status.container_statuses),
+        init_container_statuses: containers(status.init_container_statuses),
+        ..Default::default()
+    }
 }
 
 /// A hash of what reconciles read of a job: all of it but its `resourceVersion`, `managedFields`
@@ -300,6 +369,115 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn only_a_finished_jobs_leaving_pods_wake_nothing() {
+        let job = |name: &str, condition: &str| -> TrainJob {
+            serde_json::from_value(json!({
+                "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+                "spec": {"runtimeRef": {"name": "mpi-openmpi"}},
+                "status": {"conditions": [{"type": condition, "status": "True", "reason": "R", "message": "",
+                                           "lastTransitionTime": "2026-12-04T10:00:00Z"}]},
+            }))
+            .expect("job")
+        };
+        let (jobs, mut writer) = reflector::store::<TrainJob>();
+        writer.apply_watcher_event(&watcher::Event::Apply(job("done", "Complete")));
+        writer.apply_watcher_event(&watcher::Event::Apply(job("running", "Suspended")));
+        let pod = |job: &str, uid: &str, deleting: bool| -> Pod {
+            let mut meta = json!({"name": format!("{job}-node-0-0"), "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+                                     "name": job, "uid": uid, "controller": true}]});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-12-04T10:01:00Z");
+            }
+            serde_json::from_value(json!({"metadata": meta})).expect("pod")
+        };
+        assert!(!wakes_job(&jobs, &pod("done", "uid-done", true)));
+        assert!(
+            wakes_job(&jobs, &pod("done", "uid-done", false)),
+            "still to be deleted"
+        );
+        assert!(
+            wakes_job(&jobs, &pod("running", "uid-running", true)),
+            "a restart waits for it"
+        );
+        assert!(
+            wakes_job(&jobs, &pod("done", "uid-earlier", true)),
+            "an earlier job of the name"
+        );
+        assert!(wakes_job(&jobs, &pod("unseen", "uid-unseen", true)));
+    }
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_decisions_read() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "pi-node-0-0", "namespace": "ns", "labels": {"a": "b"},
+                         "annotations": {"big": "x"}, "ownerReferences": [{"apiVersion": "v1",
+                         "kind": "TrainJob", "name": "pi", "uid": "u", "controller": true}]},
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "node", "image": "mpi", "resources": {"limits": {"memory": "1Gi", "cpu": "1"}}}]},
+            "status": {
+                "phase": "Running", "reason": "Evicted", "message": "low on memory",
+                "podIP": "10.0.0.1", "hostIP": "192.168.0.1", "qosClass": "Burstable",
+                "startTime": "2026-12-04T10:00:00Z",
+                "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                "message": "0/3 nodes", "lastTransitionTime": "2026-12-04T10:00:00Z"}],
+                "containerStatuses": [{"name": "node", "image": "mpi", "imageID": "sha256:abc",
+                    "containerID": "containerd://1", "ready": true, "restartCount": 2, "started": true,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
+            },
+        }))
+        .expect("pod");
+        trim_pod(&mut pod);
+        assert_eq!(pod.metadata.annotations, None);
+        assert!(pod.metadata.owner_references.is_some() && pod.metadata.labels.is_some());
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        let limits = spec.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref());
+        assert_eq!(limits.map(|l| l.len()), Some(1), "the memory limit alone");
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(
+            (
+                status.phase.as_deref(),
+                status.reason.as_deref(),
+                status.message.as_deref()
+            ),
+            (Some("Running"), Some("Evicted"), Some("low on memory"))
+        );
+        assert_eq!((status.pod_ip.as_ref(), status.start_time.as_ref()), (None, None));
+        let c = &status.conditions.as_ref().expect("conditions")[0];
+        assert_eq!(
+            (
+                c.type_.as_str(),
+                c.status.as_str(),
+                c.reason.as_deref(),
+                c.message.as_deref()
+            ),
+            ("PodScheduled", "False", Some("Unschedulable"), Some("0/3 nodes"))
+        );
+        let c = &status.container_statuses.as_ref().expect("containers")[0];
+        assert_eq!(
+            (c.name.as_str(), c.image.as_str(), c.ready, c.restart_count),
+            ("node", "mpi", true, 2)
+        );
+        assert_eq!(
+            (c.image_id.as_str(), c.container_id.as_ref(), c.started),
+            ("", None, None)
+        );
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        assert_eq!(
+            waiting.and_then(|w| w.reason.as_deref()),
+            Some("CrashLoopBackOff")
+        );
+        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(last.map(|t| t.exit_code), Some(137));
+    }
 
     #[test]
     fn a_progress_report_alone_does_not_wake_a_reconcile() {
