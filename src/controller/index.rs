@@ -40,10 +40,16 @@ fn insert(pods: &mut Pods, pod: &Pod) {
 
 impl JobPods {
     /// Applies one watch event, with the same relist semantics as kube's reflector store.
-    pub fn apply(&self, event: &Event<Pod>) {
+    /// Returns whether the event can change a decision of the pod's job: not for a change only
+    /// in what no decision reads (see [`same_for_decisions`]).
+    pub fn apply(&self, event: &Event<Pod>) -> bool {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::Apply(pod) => insert(&mut state.pods, pod),
+            Event::Apply(pod) => {
+                let before = key(pod).and_then(|(job, name)| state.pods.get(&job)?.get(&name).cloned());
+                insert(&mut state.pods, pod);
+                return before.is_none_or(|before| !same_for_decisions(&before, pod));
+            }
             Event::Delete(pod) => {
                 if let Some((job, name)) = key(pod)
                     && let Some(pods) = state.pods.get_mut(&job)
@@ -62,6 +68,7 @@ impl JobPods {
                 }
             }
         }
+        true
     }
 
     /// The jobs (namespace, name) with a pod on node `node`. A scan: only for a node that stopped
@@ -88,6 +95,33 @@ impl JobPods {
             .map(|pods| pods.values().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// Whether two versions of a pod are the same to every decision. Its binding to a node is not
+/// read, unless the pod is a member of a native gang (the gang's condition says when all are
+/// bound): a pod's events are its creation, its binding, its start and its end, and waking the
+/// job for each binding cost a reconcile per pod in a burst that decided nothing. A pod bound
+/// after it was unschedulable differs all the same (its `PodScheduled` condition turns True),
+/// and a node lost under a pod wakes the pod's job by the node's own watch.
+fn same_for_decisions(a: &Pod, b: &Pod) -> bool {
+    normalized(a) == normalized(b)
+}
+
+/// `pod` without what no decision reads: its resource version, and outside a native gang its
+/// node and a `PodScheduled` condition that is True.
+fn normalized(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    pod.metadata.resource_version = None;
+    let gang = pod.spec.as_ref().is_some_and(|s| s.scheduling_group.is_some());
+    if !gang {
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = None;
+        }
+        if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions.retain(|c| !(c.type_ == "PodScheduled" && c.status == "True"));
+        }
+    }
+    pod
 }
 
 #[cfg(test)]
@@ -139,5 +173,54 @@ mod tests {
         );
         index.apply(&Event::InitDone);
         assert_eq!(names(&index, "a", "pi"), ["kept"]);
+    }
+
+    #[test]
+    fn a_binding_alone_wakes_nothing_outside_a_native_gang() {
+        let at = |gang: bool, node: Option<&str>, scheduled: Option<&str>, phase: &str, rv: &str| -> Pod {
+            let mut pod = pod("a", "pi", "pi-node-0-0");
+            pod.metadata.resource_version = Some(rv.into());
+            let mut spec = json!({"containers": []});
+            if let Some(node) = node {
+                spec["nodeName"] = json!(node);
+            }
+            if gang {
+                spec["schedulingGroup"] = json!({"podGroupName": "pi"});
+            }
+            pod.spec = Some(serde_json::from_value(spec).expect("spec"));
+            let conditions: Vec<_> = scheduled
+                .map(|s| json!({"type": "PodScheduled", "status": s}))
+                .into_iter()
+                .collect();
+            pod.status = Some(
+                serde_json::from_value(json!({"phase": phase, "conditions": conditions})).expect("status"),
+            );
+            pod
+        };
+        for gang in [false, true] {
+            let index = JobPods::default();
+            assert!(
+                index.apply(&Event::Apply(at(gang, None, None, "Pending", "1"))),
+                "a new pod"
+            );
+            assert_eq!(
+                index.apply(&Event::Apply(at(gang, Some("n1"), Some("True"), "Pending", "2"))),
+                gang,
+                "bound: only a gang's member wakes its job"
+            );
+            assert_eq!(
+                index.of("a", "pi")[0].metadata.resource_version.as_deref(),
+                Some("2")
+            );
+            assert!(index.apply(&Event::Apply(at(gang, Some("n1"), Some("True"), "Running", "3"))));
+            assert!(!index.apply(&Event::Apply(at(gang, Some("n1"), Some("True"), "Running", "4"))));
+            assert!(index.apply(&Event::Delete(at(gang, Some("n1"), Some("True"), "Running", "5"))));
+        }
+        let index = JobPods::default();
+        index.apply(&Event::Apply(at(false, None, Some("False"), "Pending", "1")));
+        assert!(
+            index.apply(&Event::Apply(at(false, Some("n1"), Some("True"), "Pending", "2"))),
+            "bound after it was unschedulable"
+        );
     }
 }

@@ -80,8 +80,8 @@ pub async fn run(
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
         .modify(trim_pod)
-        .inspect_ok(move |event| index.apply(event))
         .inspect_ok(listed.on_list("pods"))
+        .try_filter(move |event| std::future::ready(index.apply(event)))
         .touched_objects()
         .try_filter(move |pod| std::future::ready(wakes_job(&of_jobs, pod)));
     let (configmaps, writer) = reflector::store();
@@ -280,6 +280,8 @@ fn trim_pod(pod: &mut Pod) {
         .collect();
     *spec = PodSpec {
         node_name: spec.node_name.take(),
+        // Marks a native gang's member, whose binding its job reads.
+        scheduling_group: spec.scheduling_group.take(),
         containers: limits(std::mem::take(&mut spec.containers)),
         init_containers: spec.init_containers.take().map(limits).filter(|c| !c.is_empty()),
         volumes: (!claims.is_empty()).then_some(claims),
