@@ -211,13 +211,16 @@ async fn read_quotas(ctx: &Context, ns: &str) -> Result<Vec<ResourceQuota>, Erro
     Ok(quotas.items)
 }
 
-/// The job's pods from the index, split into those the job controls and the others.
+/// The job's pods from the index, split into those the job controls (those this run deleted
+/// shown as deleting, see [`Memory::deleting`]) and the others.
 pub fn own_pods(job: &TrainJob, ctx: &Context) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
     let uid = job.metadata.uid.as_deref().unwrap_or_default();
-    ctx.pods
+    let (own, foreign) = ctx
+        .pods
         .of(&job.namespace().unwrap_or_default(), &job.name_any())
         .into_iter()
-        .partition(|p| names::controlled_by(&p.metadata, uid))
+        .partition(|p| names::controlled_by(&p.metadata, uid));
+    (ctx.memory.deleting(job, own), foreign)
 }
 
 /// The `PodGroupScheduled` condition kube-scheduler writes on the job's PodGroup. Not watched (a

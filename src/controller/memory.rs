@@ -64,6 +64,8 @@ struct Remembered {
     awaited_since: Option<Instant>,
     /// A pod create of the job failed, and none has succeeded since: its creates start small.
     create_failed: bool,
+    /// Pods deleted (by uid) that the watch has not shown deleting yet, and when.
+    deleted: HashMap<String, Instant>,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: BTreeSet<String>,
     /// The phase the active gauge counts the job in.
@@ -232,6 +234,42 @@ impl Memory {
         r.awaited.clone()
     }
 
+    /// Notes pods of the job just deleted, by uid.
+    pub fn deleted(&self, job: &TrainJob, uids: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        self.note(job, |r| r.deleted.extend(uids.into_iter().map(|uid| (uid, now))));
+    }
+
+    /// The pods the watch shows (`seen`), those this run deleted shown as deleting: the watch
+    /// brings their deletion a moment later, and a reconcile in between must not delete them
+    /// again. Forgets a deletion once the watch shows it, or after [`PATIENCE`].
+    pub fn deleting(&self, job: &TrainJob, seen: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
+        let Some(uid) = uid(job) else { return seen };
+        let mut state = self.lock();
+        let Some(r) = state.jobs.get_mut(uid).filter(|r| !r.deleted.is_empty()) else {
+            return seen;
+        };
+        r.deleted.retain(|_, at| at.elapsed() < PATIENCE);
+        let shown: Vec<&str> = seen
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        r.deleted.retain(|uid, _| shown.contains(&uid.as_str()));
+        seen.into_iter()
+            .map(
+                |pod| match pod.metadata.uid.as_ref().filter(|u| r.deleted.contains_key(*u)) {
+                    Some(_) => {
+                        let mut pod = (*pod).clone();
+                        pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+                        Arc::new(pod)
+                    }
+                    None => pod,
+                },
+            )
+            .collect()
+    }
+
     /// Whether this run made sure the finished job's Secret is gone.
     pub fn key_retired(&self, job: &TrainJob) -> bool {
         self.read(job, |r| r.key_retired).unwrap_or(false)
@@ -292,6 +330,8 @@ impl Memory {
             *r = Remembered {
                 finished: r.finished,
                 key_retired: r.key_retired,
+                // Finishing deletes the workers: the next reconcile must not do it again.
+                deleted: std::mem::take(&mut r.deleted),
                 ..Remembered::default()
             };
             phase

@@ -201,6 +201,7 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let objects = desired::objects(job, &plan, &observed, &decision, keys.as_ref())?;
     let updates = desired::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
     apply::apply(job, ctx, &objects, &updates).await?;
+    note_deleted(job, ctx, &observed, &decision.delete);
     observe::decision(job, ctx, Some(&plan), &observed, &decision, &now).await;
     let wake = [decision.requeue_after, updates.held].into_iter().flatten().min();
     Ok(Action::requeue(wake.unwrap_or(DRIFT_CHECK)))
@@ -235,8 +236,23 @@ async fn fail(job: &TrainJob, ctx: &Context, error: &Error) -> Result<Action, Er
     };
     let updates = desired::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
     apply::apply(job, ctx, &desired::Objects::default(), &updates).await?;
+    note_deleted(job, ctx, &observed, &decision.delete);
     observe::decision(job, ctx, None, &observed, &decision, &now).await;
     Ok(Action::await_change())
+}
+
+/// Notes the pods named in `deleted` as deleted: until the watch shows them deleting, the next
+/// reconcile sees them so (see [`Memory::deleting`]) and does not delete them again.
+fn note_deleted(job: &TrainJob, ctx: &Context, observed: &Observed, deleted: &[String]) {
+    if deleted.is_empty() {
+        return;
+    }
+    let uids = observed
+        .pods
+        .iter()
+        .filter(|p| p.metadata.name.as_ref().is_some_and(|n| deleted.contains(n)))
+        .filter_map(|p| p.metadata.uid.clone());
+    ctx.memory.deleted(job, uids);
 }
 
 fn key(job: &TrainJob) -> (String, String) {

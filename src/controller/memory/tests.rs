@@ -89,6 +89,44 @@ fn created_pods_are_awaited_until_the_watch_shows_them() {
 }
 
 #[test]
+fn deleted_pods_look_deleting_until_the_watch_shows_them_so() {
+    let (memory, _) = memory();
+    let j = job(None);
+    let with_uid = |name: &str, deleting: bool| {
+        let mut pod = (*pod(name)).clone();
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        if deleting {
+            pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        }
+        Arc::new(pod)
+    };
+    let deleting = |pods: &[Arc<Pod>]| -> Vec<bool> {
+        pods.iter()
+            .map(|p| p.metadata.deletion_timestamp.is_some())
+            .collect()
+    };
+    memory.deleted(&j, ["uid-a".to_string(), "uid-b".to_string()]);
+    memory.settle(&j);
+    let seen = memory.deleting(
+        &j,
+        vec![with_uid("a", false), with_uid("b", false), with_uid("c", false)],
+    );
+    assert_eq!(
+        deleting(&seen),
+        [true, true, false],
+        "deleted, not shown yet; even once finished"
+    );
+    let seen = memory.deleting(&j, vec![with_uid("a", true), with_uid("c", false)]);
+    assert_eq!(deleting(&seen), [true, false], "a shown deleting, b gone");
+    let seen = memory.deleting(&j, vec![with_uid("a", false)]);
+    assert_eq!(
+        deleting(&seen),
+        [false],
+        "forgotten once shown: a pod of that uid is as the watch says"
+    );
+}
+
+#[test]
 fn a_copy_from_before_the_finishing_write_is_outdated_and_the_finished_one_is_not() {
     let (memory, _) = memory();
     let running = job(Some(json!({"jobsStatus": []})));
