@@ -1,10 +1,11 @@
 //! Apply: writes what the build step made (`desired`), in order. At once, since none depends on another: the
 //! runtime snapshot, the SSH Secret, the hostfile, the Service and the NetworkPolicy. Then the
 //! status (so a restart is counted before its pods go), the finished job's key, deletions, the
-//! gang's objects, and the pods. The hostfile, Service and status are server-side applied under
-//! one field manager; everything else is created, and "already exists" counts as success where
-//! the object is the job's. A pod is never applied: an update would undo changes others are
-//! allowed to make, such as Kueue removing scheduling gates.
+//! gang's objects, and the pods. The status is server-side applied under one field manager, and
+//! so are the hostfile and Service when they drifted (created when the watch cache shows none);
+//! everything else is created, and "already exists" counts as success where the object is the
+//! job's. A pod is never applied: an update would undo changes others are allowed to make, such
+//! as Kueue removing scheduling gates.
 
 mod pods;
 
