@@ -223,7 +223,7 @@ impl Bench {
                     Mode::Floor => {
                         let mut j = j;
                         j.metadata.uid = Some(format!("floor-{name}"));
-                        plain.create_job(&j, recorder).await;
+                        plain.run_job(&j, recorder, deadline).await;
                     }
                 }
                 (name, at)

@@ -28,8 +28,9 @@ pub struct Seen {
     pub launcher_succeeded: Option<Instant>,
     /// First sight of the TrainJob's `Complete` condition.
     pub complete: Option<Instant>,
-    /// Signalled when another worker is first seen Ready (one waiter per job: the floor's).
-    ready: Arc<Notify>,
+    /// Signalled when another worker is first seen Ready and when the launcher is first seen
+    /// Succeeded (one waiter per job: the floor's).
+    changed: Arc<Notify>,
 }
 
 impl Seen {
@@ -86,20 +87,21 @@ impl Recorder {
         self.seen.lock().ok().and_then(|s| s.get(name).cloned())
     }
 
-    /// Returns once `n` of `name`'s workers have been seen Ready.
-    pub async fn workers_ready(&self, name: &str, n: usize) {
+    /// Returns once what was seen of job `name` is `done`, when that is a worker Ready or the
+    /// launcher Succeeded (the milestones that signal).
+    pub async fn until(&self, name: &str, done: impl Fn(&Seen) -> bool) {
         loop {
-            let ready = {
+            let changed = {
                 let Ok(mut seen) = self.seen.lock() else { return };
                 let entry = seen.entry(name.to_string()).or_default();
-                if entry.workers_ready.len() >= n {
+                if done(entry) {
                     return;
                 }
-                entry.ready.clone()
+                entry.changed.clone()
             };
-            // `notify_one` keeps a permit when nobody waits yet, so a worker seen Ready between
-            // the count above and this wait is not missed.
-            ready.notified().await;
+            // `notify_one` keeps a permit when nobody waits yet, so a change between the check
+            // above and this wait is not missed.
+            changed.notified().await;
         }
     }
 
@@ -159,8 +161,9 @@ fn note_pod(seen: &Mutex<HashMap<String, Seen>>, pod: &Pod) {
         Some("launcher") => {
             entry.launcher.get_or_insert(now);
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            if phase == Some("Succeeded") {
-                entry.launcher_succeeded.get_or_insert(now);
+            if phase == Some("Succeeded") && entry.launcher_succeeded.is_none() {
+                entry.launcher_succeeded = Some(now);
+                entry.changed.notify_one();
             }
         }
         _ => {
@@ -172,7 +175,7 @@ fn note_pod(seen: &Mutex<HashMap<String, Seen>>, pod: &Pod) {
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             if ready && !entry.workers_ready.contains_key(&pod.name_any()) {
                 entry.workers_ready.insert(pod.name_any(), now);
-                entry.ready.notify_one();
+                entry.changed.notify_one();
             }
         }
     }

@@ -88,8 +88,10 @@ impl Display for Markdown<'_> {
              *the floor*, with no operator, and once through the operator. The floor is the fastest \
              plain client that does the same API work: it creates the same objects per job, each \
              step's at once (the Secret, hostfile, Service, NetworkPolicy and runtime snapshot; then \
-             every worker; then, once its watch shows them Ready, the launcher), with 32 requests \
-             in flight across all jobs, and a burst's TrainJobs are created with 32 in flight too. \
+             every worker; then, once its watch shows them Ready, the launcher; then, once the \
+             launcher succeeded, one collection delete of the workers, which would run sshd for \
+             ever), with 32 requests in flight across all jobs, and a burst's TrainJobs are \
+             created with 32 in flight too. \
              Every figure is also given as a ratio to the floor (operator ÷ floor, `×`), so what \
              the tables show is the cost the operator adds over the API server itself, not how \
              fast this machine is. Latencies run from each job's create (for the floor, the moment \
