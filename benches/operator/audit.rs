@@ -88,16 +88,21 @@ impl Mark {
             .await
             .expect("creating the audit marker");
         let marker_name = marker;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (requests, marked) = self.read(user, namespaces, &marker_name);
             if marked {
                 return requests;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the audit log never showed {marker_name}"
-            );
+            if Instant::now() >= deadline {
+                // The API server's batched audit backend drops events when its buffer is full
+                // (the bed's is large, but after a burst of thousands of jobs it filled once):
+                // the counts are then short, as the bench's output says, rather than the run lost.
+                println!(
+                    "  warning: the audit log never showed {marker_name}; this scenario's request counts may be incomplete"
+                );
+                return requests;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

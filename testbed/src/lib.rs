@@ -432,6 +432,11 @@ impl Bed {
                 "blocking"
             };
             audit.push(format!("--audit-log-mode={mode}"));
+            if mode == "batch" {
+                // The batched backend drops what overflows its buffer (10,000 events by
+                // default); the end of a burst of thousands of jobs once did.
+                audit.push("--audit-log-batch-buffer-size=200000".into());
+            }
         }
         // Pods on a real node reach the API server as in-cluster clients do, through the
         // `kubernetes` Service (hack/node.sh forwards it to the bridge), with projected
