@@ -95,8 +95,7 @@ impl Mark {
                 return requests;
             }
             if Instant::now() >= deadline {
-                // The API server's batched audit backend drops events when its buffer is full
-                // (the bed's is large, but after a burst of thousands of jobs it filled once):
+                // A log that rotated under the mark (the bed's no longer does) or dropped events:
                 // the counts are then short, as the bench's output says, rather than the run lost.
                 println!(
                     "  warning: the audit log never showed {marker_name}; this scenario's request counts may be incomplete"
