@@ -128,6 +128,63 @@ async fn reports_progress() {
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 
+/// Someone changes a running job's hostfile and Service: the operator applies them back (they
+/// are created at first, and patched only when they drift).
+async fn drift_repaired() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    let (ns, c) = setup("priv-drift").await;
+    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
+        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
+    })
+    .await;
+    create_job(&c, &ns.name, "pi", "held", json!({})).await;
+    wait_pods(
+        &c,
+        &ns.name,
+        "pi",
+        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
+    )
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
+    let hostfile = |cm: ConfigMap| cm.data.and_then(|d| d.get("hostfile").cloned());
+    let want = hostfile(configmaps.get("pi-mpi-hostfile").await.expect("hostfile"));
+    let tamper = PatchParams::default();
+    configmaps
+        .patch(
+            "pi-mpi-hostfile",
+            &tamper,
+            &Patch::Merge(json!({"data": {"hostfile": "x slots=1"}})),
+        )
+        .await
+        .expect("changing the hostfile");
+    services
+        .patch(
+            "pi",
+            &tamper,
+            &Patch::Merge(json!({"spec": {"publishNotReadyAddresses": false}})),
+        )
+        .await
+        .expect("changing the Service");
+    eventually(
+        "the hostfile and Service to be applied back",
+        DEADLINE,
+        || async {
+            let cm = configmaps
+                .get("pi-mpi-hostfile")
+                .await
+                .map_err(|e| e.to_string())?;
+            let svc = services.get("pi").await.map_err(|e| e.to_string())?;
+            let published = svc.spec.and_then(|s| s.publish_not_ready_addresses);
+            match (hostfile(cm), published) {
+                (have, Some(true)) if have == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
 /// A pod the job needs is taken by someone else's, which the operator reads to say whose.
 async fn name_taken() {
     let (ns, c) = setup("priv-taken").await;
@@ -358,7 +415,8 @@ async fn the_operator_uses_every_right_it_holds_and_no_request_is_refused() {
         name_taken(),
         claim_missing(),
         claim_made(),
-        reports_progress()
+        reports_progress(),
+        drift_repaired()
     );
 
     let (used, refused) = used();
