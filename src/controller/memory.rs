@@ -64,8 +64,9 @@ struct Remembered {
     awaited_since: Option<Instant>,
     /// A pod create of the job failed, and none has succeeded since: its creates start small.
     create_failed: bool,
-    /// Pods deleted (by uid) that the watch has not shown deleting yet, and when.
-    deleted: HashMap<String, Instant>,
+    /// Pods deleted (by uid) that the watch has not shown deleting yet, and when (monotonic,
+    /// and the wall-clock time they are shown deleting since).
+    deleted: HashMap<String, (Instant, Time)>,
     /// Foreign pods already reported (see [`Memory::unreported`]).
     foreign: BTreeSet<String>,
     /// The phase the active gauge counts the job in.
@@ -236,20 +237,23 @@ impl Memory {
 
     /// Notes pods of the job just deleted, by uid.
     pub fn deleted(&self, job: &TrainJob, uids: impl IntoIterator<Item = String>) {
-        let now = Instant::now();
-        self.note(job, |r| r.deleted.extend(uids.into_iter().map(|uid| (uid, now))));
+        let now = (Instant::now(), lifecycle::now());
+        self.note(job, |r| {
+            r.deleted.extend(uids.into_iter().map(|uid| (uid, now.clone())))
+        });
     }
 
-    /// The pods the watch shows (`seen`), those this run deleted shown as deleting: the watch
-    /// brings their deletion a moment later, and a reconcile in between must not delete them
-    /// again. Forgets a deletion once the watch shows it, or after [`PATIENCE`].
+    /// The pods the watch shows (`seen`), those this run deleted shown as deleting since the
+    /// delete (a resumed job tells its suspension's pods by that time): the watch brings their
+    /// deletion a moment later, and a reconcile in between must not delete them again. Forgets
+    /// a deletion once the watch shows it, or after [`PATIENCE`].
     pub fn deleting(&self, job: &TrainJob, seen: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
         let Some(uid) = uid(job) else { return seen };
         let mut state = self.lock();
         let Some(r) = state.jobs.get_mut(uid).filter(|r| !r.deleted.is_empty()) else {
             return seen;
         };
-        r.deleted.retain(|_, at| at.elapsed() < PATIENCE);
+        r.deleted.retain(|_, (at, _)| at.elapsed() < PATIENCE);
         let shown: Vec<&str> = seen
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -258,10 +262,11 @@ impl Memory {
         r.deleted.retain(|uid, _| shown.contains(&uid.as_str()));
         seen.into_iter()
             .map(
-                |pod| match pod.metadata.uid.as_ref().filter(|u| r.deleted.contains_key(*u)) {
-                    Some(_) => {
+                |pod| match pod.metadata.uid.as_ref().and_then(|u| r.deleted.get(u)) {
+                    Some((_, since)) => {
                         let mut pod = (*pod).clone();
-                        pod.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+                        pod.metadata.deletion_timestamp = Some(since.clone());
+                        pod.metadata.deletion_grace_period_seconds = None;
                         Arc::new(pod)
                     }
                     None => pod,

@@ -105,6 +105,7 @@ fn deleted_pods_look_deleting_until_the_watch_shows_them_so() {
             .map(|p| p.metadata.deletion_timestamp.is_some())
             .collect()
     };
+    let before = lifecycle::now();
     memory.deleted(&j, ["uid-a".to_string(), "uid-b".to_string()]);
     memory.settle(&j);
     let seen = memory.deleting(
@@ -115,6 +116,11 @@ fn deleted_pods_look_deleting_until_the_watch_shows_them_so() {
         deleting(&seen),
         [true, true, false],
         "deleted, not shown yet; even once finished"
+    );
+    let since = seen[0].metadata.deletion_timestamp.clone().expect("deleting");
+    assert!(
+        before.0 <= since.0 && since.0 <= lifecycle::now().0,
+        "deleting since the delete, not since this look: a resumed job tells its suspension's pods by it"
     );
     let seen = memory.deleting(&j, vec![with_uid("a", true), with_uid("c", false)]);
     assert_eq!(deleting(&seen), [true, false], "a shown deleting, b gone");
