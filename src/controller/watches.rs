@@ -80,8 +80,10 @@ pub async fn run(
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed.clone())
         .default_backoff()
         .modify(trim_pod)
-        .inspect_ok(listed.on_list("pods"))
+        // The index first: once `listed` says the pods have listed, a reconcile reads them.
+        // Relist events always pass the filter, so `listed` sees the list's end.
         .try_filter(move |event| std::future::ready(index.apply(event)))
+        .inspect_ok(listed.on_list("pods"))
         .touched_objects()
         .try_filter(move |pod| std::future::ready(wakes_job(&of_jobs, pod)));
     let (configmaps, writer) = reflector::store();
