@@ -100,12 +100,16 @@ async fn completes() {
     .await;
 }
 
-/// A pod of a running job reports progress: the status server reviews its token, reads the
-/// pod it is bound to and writes `trainerStatus`.
-async fn reports_progress() {
-    use k8s_openapi::api::core::v1::Pod;
-    use trainjob_operator::progress::{audience, path};
-    let (ns, c) = setup("priv-progress").await;
+/// A job `pi` whose launcher is held running, in a new namespace named after `prefix`, once its
+/// pods exist (launcher first).
+async fn running_job(
+    prefix: &str,
+) -> (
+    support::TestNs,
+    kube::Client,
+    Vec<k8s_openapi::api::core::v1::Pod>,
+) {
+    let (ns, c) = setup(prefix).await;
     runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
         pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
     })
@@ -118,6 +122,15 @@ async fn reports_progress() {
         &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
     )
     .await;
+    (ns, c, pods)
+}
+
+/// A pod of a running job reports progress: the status server reviews its token, reads the
+/// pod it is bound to and writes `trainerStatus`.
+async fn reports_progress() {
+    use k8s_openapi::api::core::v1::Pod;
+    use trainjob_operator::progress::{audience, path};
+    let (ns, c, pods) = running_job("priv-progress").await;
     let launcher: &Pod = &pods[0];
     let ca = support::progress::job_ca(&c, &ns.name, "pi").await;
     let token = support::progress::token(&c, &ns.name, Some(launcher), &audience(&ns.name, "pi")).await;
@@ -132,19 +145,7 @@ async fn reports_progress() {
 /// are created at first, and patched only when they drift).
 async fn drift_repaired() {
     use k8s_openapi::api::core::v1::{ConfigMap, Service};
-    let (ns, c) = setup("priv-drift").await;
-    runtime(&c, &ns.name, "mpi-openmpi", "held", |rt| {
-        pod_meta(rt, "launcher")["annotations"][HOLD] = json!("true");
-    })
-    .await;
-    create_job(&c, &ns.name, "pi", "held", json!({})).await;
-    wait_pods(
-        &c,
-        &ns.name,
-        "pi",
-        &["pi-launcher-0-0", "pi-node-0-0", "pi-node-0-1"],
-    )
-    .await;
+    let (ns, c, _) = running_job("priv-drift").await;
     let configmaps: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
     let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
     let hostfile = |cm: ConfigMap| cm.data.and_then(|d| d.get("hostfile").cloned());
