@@ -44,8 +44,8 @@ pub struct Observed {
     /// The namespace's ResourceQuotas, read before the job's first pods (of an attempt).
     pub quotas: Option<Vec<ResourceQuota>>,
     /// How long a status that differs from the job's in pod counts alone must wait before it is
-    /// written; `None`: it may be written now.
-    pub status_hold: Option<Duration>,
+    /// written.
+    pub status_hold: StatusHold,
     /// The volume claims the job's pods wait for (the scheduler holds them for a claim), as read:
     /// `None` for one that does not exist.
     pub claims: BTreeMap<String, Option<PersistentVolumeClaim>>,
@@ -54,4 +54,22 @@ pub struct Observed {
     pub lost_nodes: BTreeMap<String, String>,
     /// This run of the operator already made sure the finished job's Secret is gone.
     pub key_retired: bool,
+}
+
+/// How long a status that differs from the job's in pod counts alone must wait before it is
+/// written; `None`: it may be written now. Counts that cross a line someone waits on (see
+/// `lifecycle::Decision::milestone`) wait the least.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusHold {
+    /// For counts that cross such a line.
+    pub milestone: Option<Duration>,
+    /// For the counts in between, which only people read: longer while many jobs' counts wait.
+    pub counts: Option<Duration>,
+}
+
+impl StatusHold {
+    /// The wait for a change that is a milestone or not.
+    pub fn wait(&self, milestone: bool) -> Option<Duration> {
+        if milestone { self.milestone } else { self.counts }
+    }
 }

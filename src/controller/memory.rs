@@ -5,7 +5,10 @@
 //!   precision instead of from the whole-second `creationTimestamp`;
 //! - when it last wrote the job's status, so that a change in pod counts alone is written at
 //!   most once per [`STATUS_INTERVAL`] (conditions are always written at once, and a job's
-//!   first status no later than that after its creation, however often leadership moves);
+//!   first status no later than [`MAX_COUNTS_INTERVAL`] after its creation, however often
+//!   leadership moves);
+//! - that such a change waits, so that while many do (a burst of jobs coming up) the counts
+//!   between milestones wait longer ([`COUNT_WRITES_PER_SECOND`]);
 //! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
 //!   watched: the operator may only get the ones it names);
 //! - the pods it created that the pod watch has not shown yet (the Kubernetes controllers'
@@ -22,7 +25,7 @@
 //! A job that is gone is remembered as gone for a while ([`GONE_WINDOW`]): a reconcile that
 //! began before its deletion then cannot count it again, nor leave an entry behind.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,12 +35,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::TrainJob;
 use crate::lifecycle::{self, Phase};
 use crate::metrics::Metrics;
+use crate::observed::StatusHold;
 
 /// How often pod counts alone reach a job's status. A job's pods turn Running and Ready one by
 /// one; a write every few seconds shows that to users and Kueue soon enough (Kueue waits minutes
 /// for pods to be ready), where one write per pod event cost the API server more than the pods
 /// themselves did. Conditions are never held back.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many writes of counts between milestones (see `Decision::milestone`) all jobs together
+/// send per second, about, while many jobs' counts wait: each of n waiting jobs waits n / this
+/// many seconds. In a burst of hundreds of jobs each job's pods come up over a minute or more,
+/// and a write every [`STATUS_INTERVAL`] for each was most of its status writes, each also a
+/// watch event for every client of TrainJobs. Only people read these counts (`kubectl get -o
+/// yaml`; the plugin and dashboard read the pods), Kueue reads the milestones, which are not
+/// held longer, nor are conditions.
+pub const COUNT_WRITES_PER_SECOND: u32 = 5;
+
+/// The longest counts between milestones wait, however many jobs' counts do: a minute late at
+/// worst, in a cluster busy enough to need it.
+pub const MAX_COUNTS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long after this operator finished a job a copy of it that still runs counts as
 /// outdated: far longer than the watch lags, short enough that a status someone else cleared
@@ -80,6 +97,8 @@ struct Remembered {
 #[derive(Default)]
 struct State {
     jobs: HashMap<String, Remembered>,
+    /// Jobs, by uid, whose status waits with a change in pod counts.
+    holding: HashSet<String>,
     /// Jobs gone, by uid, and since when.
     gone: HashMap<String, Instant>,
     /// When `gone` was last cleared of what is past [`GONE_WINDOW`].
@@ -95,6 +114,7 @@ impl State {
             self.swept = Some(Instant::now());
         }
         self.gone.insert(uid.to_string(), Instant::now());
+        self.holding.remove(uid);
         self.jobs.remove(uid).and_then(|r| r.phase)
     }
 }
@@ -163,25 +183,47 @@ impl Memory {
         self.read(job, |r| r.first_seen.clone()).flatten()
     }
 
-    /// How long a status that differs only in pod counts should wait; `None`: write it now.
-    pub fn status_wait(&self, job: &TrainJob) -> Option<Duration> {
-        // Each new leader starts with an empty memory, so under frequent leader changes a hold
-        // timed from first sight could keep a job's first status from ever being written.
-        if job.status.is_none() && older_than(job, STATUS_INTERVAL) {
-            return None;
+    /// How long a status that differs only in pod counts should wait.
+    pub fn status_wait(&self, job: &TrainJob) -> StatusHold {
+        let state = self.lock();
+        let Some(since) = uid(job)
+            .and_then(|uid| state.jobs.get(uid))
+            .and_then(|r| r.last_status.or(r.since))
+        else {
+            return StatusHold::default();
+        };
+        let waiting = u32::try_from(state.holding.len()).unwrap_or(u32::MAX);
+        let counts = (Duration::from_secs(1) * waiting / COUNT_WRITES_PER_SECOND)
+            .clamp(STATUS_INTERVAL, MAX_COUNTS_INTERVAL);
+        let left = |interval: Duration, longest: Duration| {
+            // Each new leader starts with an empty memory, so under frequent leader changes a
+            // hold timed from first sight could keep a job's first status from ever being
+            // written: one without a status waits no longer than `longest` after its creation.
+            if job.status.is_none() && older_than(job, longest) {
+                return None;
+            }
+            interval.checked_sub(since.elapsed()).filter(|d| !d.is_zero())
+        };
+        StatusHold {
+            milestone: left(STATUS_INTERVAL, STATUS_INTERVAL),
+            // In a burst a new job's first counts wait too, to go with its later ones.
+            counts: left(counts, MAX_COUNTS_INTERVAL),
         }
-        self.read(job, |r| {
-            let since = r.last_status.or(r.since)?;
-            STATUS_INTERVAL
-                .checked_sub(since.elapsed())
-                .filter(|d| !d.is_zero())
-        })
-        .flatten()
     }
 
     /// Notes that the job's status was just written.
     pub fn status_written(&self, job: &TrainJob) {
         self.note(job, |r| r.last_status = Some(Instant::now()));
+    }
+
+    /// Notes whether the job's status waits with a change in pod counts (see [`Memory::status_wait`]).
+    pub fn status_holding(&self, job: &TrainJob, holding: bool) {
+        let Some(uid) = uid(job) else { return };
+        let mut state = self.lock();
+        match holding && state.jobs.contains_key(uid) {
+            true => state.holding.insert(uid.to_string()),
+            false => state.holding.remove(uid),
+        };
     }
 
     /// Whether the job's SSH Secret is known to exist.
@@ -330,6 +372,7 @@ impl Memory {
     /// Forgets what a finished job needs no more, keeping what tells a later reconcile of it
     /// that this run finished it ([`Memory::outdated`]) and retired its key.
     pub fn settle(&self, job: &TrainJob) {
+        self.status_holding(job, false);
         let old = self.note(job, |r| {
             let phase = r.phase;
             *r = Remembered {

@@ -201,6 +201,7 @@ async fn pipeline(job: &TrainJob, ctx: &Context) -> Result<Action, Error> {
     let objects = desired::objects(job, &plan, &observed, &decision, keys.as_ref())?;
     let updates = desired::updates(job, &observed, &decision, ctx.settings.keep_ssh_secrets, &now);
     apply::apply(job, ctx, &objects, &updates).await?;
+    ctx.memory.status_holding(job, updates.held.is_some());
     note_deleted(job, ctx, &observed, &decision.delete);
     observe::decision(job, ctx, Some(&plan), &observed, &decision, &now).await;
     let wake = [decision.requeue_after, updates.held].into_iter().flatten().min();

@@ -260,7 +260,7 @@ pub fn updates(
     let new = &decision.status;
     let (mut status, mut held) = (None, None);
     if job.status.as_ref() != Some(new) {
-        match observed.status_hold {
+        match observed.status_hold.wait(decision.milestone) {
             Some(wait) if counts_only(job.status.as_ref(), new) => held = Some(wait),
             _ => status = Some(new.clone()),
         }

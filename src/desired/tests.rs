@@ -8,6 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::fixtures::{job, observed_pod, plan};
 use crate::lifecycle::decide;
+use crate::observed::StatusHold;
 use crate::ssh::KeyAlgorithm;
 
 fn at(s: &str) -> Time {
@@ -91,7 +92,10 @@ fn pod_counts_alone_wait_for_the_hold_and_conditions_never_do() {
         json!({"jobsStatus": [{"name": "node", "active": 1, "ready": 0, "succeeded": 0, "failed": 0, "suspended": 0}]}),
     ));
     let held = Observed {
-        status_hold: Some(Duration::from_secs(3)),
+        status_hold: StatusHold {
+            milestone: Some(Duration::from_secs(3)),
+            counts: Some(Duration::from_secs(20)),
+        },
         ..Observed::default()
     };
     let counts = Decision {
@@ -101,7 +105,17 @@ fn pod_counts_alone_wait_for_the_hold_and_conditions_never_do() {
         ..Decision::default()
     };
     let u = updates(&j, &held, &counts, false, &at(T0));
-    assert_eq!((u.status, u.held), (None, Some(Duration::from_secs(3))));
+    assert_eq!((u.status, u.held), (None, Some(Duration::from_secs(20))));
+    let milestone = Decision {
+        milestone: true,
+        ..counts.clone()
+    };
+    let u = updates(&j, &held, &milestone, false, &at(T0));
+    assert_eq!(
+        (u.status, u.held),
+        (None, Some(Duration::from_secs(3))),
+        "a milestone waits the least"
+    );
     let u = updates(&j, &Observed::default(), &counts, false, &at(T0));
     assert_eq!(u.status.as_ref(), Some(&counts.status), "no hold: written now");
     let suspended = Decision {

@@ -44,3 +44,13 @@ pub(super) fn jobs_status(
         })
         .collect()
 }
+
+/// Whether the counts going from `old` to `new` cross a line that someone waits on: every child
+/// Job ready or done, or no longer so (Kueue's `PodsReady` sums `ready` and `succeeded` over the
+/// replicas), or no child Job active any more (Kueue waits for it after suspending a job).
+pub(super) fn milestone(plan: &Plan, old: &[JobStatus], new: &[JobStatus]) -> bool {
+    let replicas: i32 = plan.jobs.iter().map(|rjob| rjob.replicas).sum();
+    let ready = |s: &[JobStatus]| s.iter().map(|j| j.ready + j.succeeded).sum::<i32>() >= replicas;
+    let idle = |s: &[JobStatus]| s.iter().all(|j| j.active == 0);
+    ready(old) != ready(new) || (!idle(old) && idle(new))
+}

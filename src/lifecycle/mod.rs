@@ -84,6 +84,10 @@ pub struct Decision {
     pub requeue_after: Option<Duration>,
     /// Phase after this decision.
     pub phase: Option<Phase>,
+    /// Whether the status's pod counts cross a line someone waits on, so that a change in them
+    /// alone is written soon even in a busy cluster: every pod ready or done (Kueue's
+    /// `PodsReady`), or no pod active (Kueue waits for it after suspending a job).
+    pub milestone: bool,
 }
 
 /// Why a job cannot go on, found while deciding: both mean a failed job, unless the error is a

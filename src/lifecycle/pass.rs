@@ -414,6 +414,8 @@ impl<'a> Pass<'a> {
     fn finish(mut self, suspended: bool) -> Decision {
         self.status.jobs_status =
             jobs_status::jobs_status(self.plan, &self.pods, self.attempt, suspended, &self.d.delete);
+        let old = self.job.status.as_ref().map_or(&[][..], |s| &s.jobs_status[..]);
+        self.d.milestone = jobs_status::milestone(self.plan, old, &self.status.jobs_status);
         self.d.delete.sort();
         self.d.delete.dedup();
         self.d.status = self.status;

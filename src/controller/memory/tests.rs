@@ -39,14 +39,23 @@ fn active(metrics: &Metrics, phase: &str) -> String {
 fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remembered() {
     let (memory, _) = memory();
     let new = job(None);
-    assert_eq!(memory.status_wait(&new), None, "unknown job: write at once");
+    assert_eq!(
+        memory.status_wait(&new),
+        StatusHold::default(),
+        "unknown job: write at once"
+    );
     memory.saw(&new);
     let first = memory.first_seen(&new).expect("first seen");
     memory.saw(&new);
     assert_eq!(memory.first_seen(&new), Some(first), "the first sight stays");
-    assert!(memory.status_wait(&new).is_some_and(|d| d <= STATUS_INTERVAL));
+    assert!(
+        memory
+            .status_wait(&new)
+            .counts
+            .is_some_and(|d| d <= STATUS_INTERVAL)
+    );
     memory.status_written(&new);
-    assert!(memory.status_wait(&new).is_some());
+    assert!(memory.status_wait(&new).milestone.is_some());
     assert!(!memory.secret_known(&new));
     memory.secret_exists(&new);
     assert!(memory.secret_known(&new));
@@ -157,16 +166,97 @@ fn a_job_without_status_waits_no_longer_than_the_interval_after_its_creation() {
     let mut new = job(None);
     new.metadata.creation_timestamp = Some(lifecycle::now());
     memory.saw(&new);
+    let hold = memory.status_wait(&new);
     assert!(
-        memory.status_wait(&new).is_some(),
+        hold.milestone.is_some() && hold.counts.is_some(),
         "just created: its counts wait"
     );
-    let created = lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(10);
-    new.metadata.creation_timestamp = Some(Time(created));
+    let created = |ago: i64| {
+        Some(Time(
+            lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(ago),
+        ))
+    };
+    new.metadata.creation_timestamp = created(10);
+    let hold = memory.status_wait(&new);
+    assert!(
+        hold.milestone.is_none() && hold.counts.is_some(),
+        "a new leader seeing it for the first time 10 s after its creation: its milestones at once: {hold:?}"
+    );
+    new.metadata.creation_timestamp = created(70);
     assert_eq!(
         memory.status_wait(&new),
-        None,
-        "a new leader seeing it for the first time writes at once"
+        StatusHold::default(),
+        "a new leader seeing it for the first time 70 s after its creation: all at once"
+    );
+}
+
+#[test]
+fn counts_between_milestones_wait_longer_while_many_jobs_counts_wait() {
+    let (memory, _) = memory();
+    let with_uid = |uid: String| {
+        let mut j = job(None);
+        j.metadata.uid = Some(uid);
+        j
+    };
+    let jobs: Vec<TrainJob> = (0..800).map(|i| with_uid(format!("u{i}"))).collect();
+    for j in &jobs {
+        memory.saw(j);
+        memory.status_written(j);
+    }
+    let wait = |memory: &Memory| memory.status_wait(&jobs[0]);
+    let quiet = wait(&memory);
+    assert!(quiet.counts.is_some_and(|d| d <= STATUS_INTERVAL), "{quiet:?}");
+    // Each of n jobs waiting writes once in n / rate seconds: the rate, all together.
+    let spread = |n: u32| Duration::from_secs(u64::from(n / COUNT_WRITES_PER_SECOND));
+    let about = |d: Option<Duration>, want: Duration| {
+        d.is_some_and(|d| d <= want && d + Duration::from_secs(1) > want)
+    };
+    let n = 20 * COUNT_WRITES_PER_SECOND;
+    for j in &jobs[..n as usize] {
+        memory.status_holding(j, true);
+    }
+    let busy = wait(&memory);
+    assert!(
+        about(busy.counts, spread(n)),
+        "{n} jobs waiting at {COUNT_WRITES_PER_SECOND}/s: {busy:?}"
+    );
+    assert!(busy.milestone.is_some_and(|d| d <= STATUS_INTERVAL), "{busy:?}");
+    let mut older = jobs[0].clone();
+    let created = lifecycle::now().0 - k8s_openapi::jiff::SignedDuration::from_secs(10);
+    older.metadata.creation_timestamp = Some(Time(created));
+    let hold = memory.status_wait(&older);
+    assert!(
+        hold.milestone.is_none() && hold.counts.is_some(),
+        "a job without status, 10 s old: its milestone at once, its counts within the longer wait: {hold:?}"
+    );
+    for j in &jobs {
+        memory.status_holding(j, true);
+    }
+    assert!(spread(800) > MAX_COUNTS_INTERVAL);
+    let most = wait(&memory).counts;
+    assert!(
+        about(most, MAX_COUNTS_INTERVAL),
+        "800 jobs waiting: the longest wait: {most:?}"
+    );
+    // Jobs that wrote, finished or went no longer count.
+    for j in jobs[..150].iter().chain(&jobs[350..780]) {
+        memory.status_holding(j, false);
+    }
+    for j in &jobs[150..300] {
+        memory.settle(j);
+    }
+    for j in &jobs[300..350] {
+        memory.forget(j);
+    }
+    memory.retain(|uid| uid != "u799");
+    assert_eq!(memory.lock().holding.len(), 19);
+    assert!(spread(19) < STATUS_INTERVAL);
+    assert!(wait(&memory).counts.is_some_and(|d| d <= STATUS_INTERVAL));
+    memory.status_holding(&with_uid("unknown".into()), true);
+    assert_eq!(
+        memory.lock().holding.len(),
+        19,
+        "a job not remembered is not counted"
     );
 }
 
@@ -176,7 +266,7 @@ fn a_job_an_earlier_run_reconciled_is_not_timed_from_now() {
     let old = job(Some(json!({"jobsStatus": []})));
     memory.saw(&old);
     assert_eq!((memory.first_seen(&old), memory.len()), (None, 0));
-    assert_eq!(memory.status_wait(&old), None);
+    assert_eq!(memory.status_wait(&old), StatusHold::default());
 }
 
 #[test]

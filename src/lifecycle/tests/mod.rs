@@ -171,6 +171,49 @@ fn workers_first_then_the_launcher_once_all_are_ready() {
 }
 
 #[test]
+fn counts_are_a_milestone_when_every_pod_turns_ready_and_when_none_is_active_any_more() {
+    let j = job(json!({"trainer": {"numNodes": 4}}));
+    let p = plan(&j, "mpi-openmpi");
+    let d = decide(&j, &p, &[], &at(T0));
+    let mut pods = created(&j, &p, &d);
+    let j = with_status(j, &d);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(!d.milestone, "pods coming into being wait like any count");
+    let j = with_status(j, &d);
+    for name in ["pi-node-0-0", "pi-node-0-1", "pi-node-0-2", "pi-node-0-3"] {
+        set_phase(&mut pods, name, "Running", true);
+    }
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(!d.milestone, "the workers alone are not every pod");
+    let j = with_status(j, &d);
+    pods.extend(created(&j, &p, &d));
+    set_phase(&mut pods, "pi-launcher-0-0", "Running", true);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(d.milestone, "every pod ready: Kueue's PodsReady");
+    let j = with_status(j, &d);
+    assert!(
+        !decide(&j, &p, &pods, &at(T0)).milestone,
+        "no change, no milestone"
+    );
+    set_phase(&mut pods, "pi-node-0-3", "Running", false);
+    let d = decide(&j, &p, &pods, &at(T0));
+    assert!(d.milestone, "no longer every pod ready");
+
+    let counts = |active: i32| {
+        vec![crate::api::JobStatus {
+            name: "node".into(),
+            active,
+            ..Default::default()
+        }]
+    };
+    assert!(
+        jobs_status::milestone(&p, &counts(1), &counts(0)),
+        "none active any more: Kueue waits for it after suspending"
+    );
+    assert!(!jobs_status::milestone(&p, &counts(0), &counts(1)));
+}
+
+#[test]
 fn a_wide_jobs_pods_are_counted_in_its_event_not_listed() {
     let narrow = job(json!({"trainer": {"numNodes": 4}}));
     let p = plan(&narrow, "mpi-openmpi");
