@@ -138,18 +138,24 @@ impl Mark {
         }
         let by_name = by_name(jobs);
         let mut seen: Vec<Seen> = jobs.iter().map(|_| Seen::default()).collect();
-        for e in self.entries() {
-            let Some((i, name, at)) = job_of(&by_name, &e) else {
+        let entries = self.entries();
+        let is_create = |e: &Entry| {
+            e.verb == "create" && e.object.as_ref().and_then(|o| o.resource.as_deref()) == Some("trainjobs")
+        };
+        for e in entries.iter().filter(|e| is_create(e)) {
+            if let Some((i, _, at)) = job_of(&by_name, e) {
+                seen[i].created = Some(at);
+            }
+        }
+        for e in entries.iter().filter(|e| !is_create(e)) {
+            let Some((i, name, at)) = job_of(&by_name, e) else {
                 continue;
             };
-            let pod = is_pod(&e);
+            let pod = is_pod(e);
             let s = &mut seen[i];
-            let trainjob = e.object.as_ref().and_then(|o| o.resource.as_deref()) == Some("trainjobs");
-            if trainjob && e.verb == "create" {
-                s.created = Some(at);
-                continue;
-            }
-            if e.user.username != user {
+            // Names are matched without their namespace: a request before the job's create
+            // is for a namesake of an earlier scenario (a kept job's Secret deleted late).
+            if e.user.username != user || s.created.is_some_and(|created| at < created) {
                 continue;
             }
             s.request = Some(s.request.map_or(at, |t| t.min(at)));
