@@ -279,7 +279,12 @@ impl Memory {
 
     /// Notes pods of the job just deleted, by uid.
     pub fn deleted(&self, job: &TrainJob, uids: impl IntoIterator<Item = String>) {
-        let now = (Instant::now(), lifecycle::now());
+        // In whole seconds, as the API server keeps times: the `Resumed` transition a resumed
+        // job compares it with comes back from the API server so, and a pod deleted by the
+        // suspension earlier in the second of the resume must not look deleted after it.
+        let second = lifecycle::now().0.as_second();
+        let wall = Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap_or(lifecycle::now().0));
+        let now = (Instant::now(), wall);
         self.note(job, |r| {
             r.deleted.extend(uids.into_iter().map(|uid| (uid, now.clone())))
         });

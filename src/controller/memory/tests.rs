@@ -127,9 +127,16 @@ fn deleted_pods_look_deleting_until_the_watch_shows_them_so() {
         "deleted, not shown yet; even once finished"
     );
     let since = seen[0].metadata.deletion_timestamp.clone().expect("deleting");
+    let second = |t: &Time| t.0.as_second();
     assert!(
-        before.0 <= since.0 && since.0 <= lifecycle::now().0,
+        second(&before) <= second(&since) && since.0 <= lifecycle::now().0,
         "deleting since the delete, not since this look: a resumed job tells its suspension's pods by it"
+    );
+    assert_eq!(
+        since.0.subsec_nanosecond(),
+        0,
+        "in whole seconds, as the API server keeps the resume's time: a suspension's pods deleted \
+         earlier in the second the job resumed are still the suspension's"
     );
     let seen = memory.deleting(&j, vec![with_uid("a", true), with_uid("c", false)]);
     assert_eq!(deleting(&seen), [true, false], "a shown deleting, b gone");
