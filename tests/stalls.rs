@@ -57,7 +57,6 @@ async fn workers_nobody_can_place_wait_with_the_schedulers_reason_until_a_node_c
             .message
             .starts_with("worker pod gpu-node-0-0: cannot be scheduled: 0/")
             && waiting.message.contains("Insufficient nvidia.com/gpu")
-            && waiting.message.contains("(1 more pod alike)")
             && waiting
                 .message
                 .ends_with("(spec.trainer.resourcesPerNode, the runtime's nodeSelector and tolerations)"),
@@ -104,13 +103,15 @@ async fn workers_wait_for_their_volume_claim_until_it_is_bound() {
     })
     .await;
     let jobs = create_job(&c, ns, "pi", "with-data", json!({})).await;
-    let waiting = stalled(&jobs, "pi", "True", "VolumeClaimNotBound", "").await;
+    // Both workers, once the scheduler has tried both: it may try either first.
+    let waiting = stalled(&jobs, "pi", "True", "VolumeClaimNotBound", "(1 more pod alike)").await;
     assert!(
         waiting.message.starts_with(&format!(
             "worker pod pi-node-0-0: waits for its volume claim \"{claim}\" (not found): 0/"
         )) && waiting
             .message
             .contains(&format!("persistentvolumeclaim \"{claim}\" not found"))
+            && waiting.message.contains("(1 more pod alike)")
             && waiting.message.ends_with(
                 "create the PersistentVolumeClaim, or check that its StorageClass can provision it"
             ),
