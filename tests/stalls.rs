@@ -57,6 +57,7 @@ async fn workers_nobody_can_place_wait_with_the_schedulers_reason_until_a_node_c
             .message
             .starts_with("worker pod gpu-node-0-0: cannot be scheduled: 0/")
             && waiting.message.contains("Insufficient nvidia.com/gpu")
+            && waiting.message.contains("(1 more pod alike)")
             && waiting
                 .message
                 .ends_with("(spec.trainer.resourcesPerNode, the runtime's nodeSelector and tolerations)"),
