@@ -282,9 +282,9 @@ impl Memory {
         // In whole seconds, as the API server keeps times: the `Resumed` transition a resumed
         // job compares it with comes back from the API server so, and a pod deleted by the
         // suspension earlier in the second of the resume must not look deleted after it.
-        let second = lifecycle::now().0.as_second();
-        let wall = Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap_or(lifecycle::now().0));
-        let now = (Instant::now(), wall);
+        let wall = lifecycle::now().0;
+        let second = k8s_openapi::jiff::Timestamp::from_second(wall.as_second()).unwrap_or(wall);
+        let now = (Instant::now(), Time(second));
         self.note(job, |r| {
             r.deleted.extend(uids.into_iter().map(|uid| (uid, now.clone())))
         });
