@@ -86,6 +86,7 @@ pub async fn run(
         .inspect_ok(listed.on_list("pods"))
         .touched_objects()
         .try_filter(move |pod| std::future::ready(wakes_job(&of_jobs, pod)));
+    let pod_events = OwnTask::spawn(pod_events);
     let (configmaps, writer) = reflector::store();
     let configmap_events = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .default_backoff()
@@ -191,6 +192,53 @@ pub async fn run(
     tokio::select! {
         _ = reconciles => {}
         _ = drained => {}
+    }
+}
+
+/// A stream driven on a task of its own, yielding what it yields; dropping it ends the task.
+/// The pods' watch brings most of the operator's watch events. On the controller's task, which
+/// also polls every reconcile, decoding, trimming and indexing them took turns with the
+/// reconciles, one core at most for both: in a burst of 500 jobs the operator's CPU rose by a
+/// third and every job came out Complete 20-30 s later once the index encoded pods too.
+struct OwnTask<T> {
+    items: tokio::sync::mpsc::Receiver<T>,
+    task: tokio::task::AbortHandle,
+}
+
+impl<T: Send + 'static> OwnTask<T> {
+    fn spawn(stream: impl futures::Stream<Item = T> + Send + 'static) -> Self {
+        // Room enough to run ahead of a reconcile, little enough (these are pods) to hold no
+        // second cache when the controller falls behind.
+        let (tx, items) = tokio::sync::mpsc::channel(128);
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        OwnTask {
+            items,
+            task: task.abort_handle(),
+        }
+    }
+}
+
+impl<T> futures::Stream for OwnTask<T> {
+    type Item = T;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.get_mut().items.poll_recv(cx)
+    }
+}
+
+impl<T> Drop for OwnTask<T> {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -373,6 +421,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_stream_on_its_own_task_yields_its_items_and_its_task_ends_when_it_is_dropped() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<u32>(4);
+        let source = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+        let mut own = OwnTask::spawn(source);
+        for i in [1, 2] {
+            tx.send(i).await.expect("the task reads");
+        }
+        assert_eq!(own.next().await, Some(1));
+        assert_eq!(own.next().await, Some(2));
+        drop(own);
+        // The task held the source, and with it the receiving end.
+        tokio::time::timeout(Duration::from_secs(30), tx.closed())
+            .await
+            .expect("the task ended with its stream");
+    }
 
     #[test]
     fn only_a_finished_jobs_leaving_pods_wake_nothing() {
