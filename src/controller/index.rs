@@ -157,12 +157,12 @@ impl JobPods {
 }
 
 /// A hash of what decisions read of `pod`: two versions with the same hash are the same to
-/// every decision. Its binding to a node is not
-/// read, unless the pod is a member of a native gang (the gang's condition says when all are
-/// bound): a pod's events are its creation, its binding, its start and its end, and waking the
-/// job for each binding cost a reconcile per pod in a burst that decided nothing. A pod bound
-/// after it was unschedulable differs all the same (its `PodScheduled` condition turns True),
-/// and a node lost under a pod wakes the pod's job by the node's own watch.
+/// every decision. Its binding to a node is not read, unless the pod is a member of a native
+/// gang (the gang's condition says when all are bound): a pod's events are its creation, its
+/// binding, its start and its end, and waking the job for each binding cost a reconcile per pod
+/// in a burst that decided nothing. A pod bound after it was unschedulable differs all the same
+/// (its `PodScheduled` condition turns True), and a node lost under a pod wakes the pod's job by
+/// the node's own watch.
 fn decisions(pod: &Pod) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&normalized(pod)).ok()?.hash(&mut hasher);
