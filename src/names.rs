@@ -38,6 +38,10 @@ pub const COMPLETION_INDEX_LABEL: &str = "batch.kubernetes.io/job-completion-ind
 /// Annotation that keeps Istio from injecting a sidecar (it breaks MPI's SSH and ports).
 pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
 
+/// The annotation in which `kubectl apply` keeps the manifest it applied: as large as the rest
+/// of an object, and read by nothing here.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Whether `s` is an RFC 1123 DNS subdomain: dot-separated labels of lower-case letters, digits
 /// and `-` (not at either end of a label), 253 characters at most.
 pub fn is_dns_subdomain(s: &str) -> bool {

@@ -11,7 +11,7 @@ use super::events::Recorder;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerStatus, Namespace, Node, Pod, PodCondition, PodSpec, PodStatus,
-    ResourceRequirements, Service, Volume,
+    ResourceRequirements, Service, ServiceSpec, Volume,
 };
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -97,7 +97,7 @@ pub async fn run(
     let (services, writer) = reflector::store();
     let service_events = watcher(Api::<Service>::all(client.clone()), managed)
         .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(trim_service)
         .reflect(writer)
         .inspect_ok(listed.on_list("services"))
         .touched_objects();
@@ -128,7 +128,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(|j| j.managed_fields_mut().clear())
+    .modify(trim_job)
     .reflect(jobs_writer)
     .inspect_ok(listed.on_list("trainjobs"))
     .inspect_ok(move |event| match event {
@@ -339,6 +339,31 @@ fn trim_pod(pod: &mut Pod) {
     };
 }
 
+/// What the job cache keeps of a job: all but its managed fields and kubectl's copy of it.
+fn trim_job(job: &mut TrainJob) {
+    job.managed_fields_mut().clear();
+    if let Some(annotations) = job.metadata.annotations.as_mut() {
+        annotations.remove(names::LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// What the Service cache keeps of a Service: its metadata but annotations, and the parts of
+/// its spec a reconcile compares with the desired one (see `desired::service_matches`); the
+/// rest (ports, IP families, status) is the API server's defaulting, one copy per job.
+fn trim_service(service: &mut Service) {
+    service.managed_fields_mut().clear();
+    service.metadata.annotations = None;
+    service.status = None;
+    if let Some(spec) = service.spec.take() {
+        service.spec = Some(ServiceSpec {
+            selector: spec.selector,
+            publish_not_ready_addresses: spec.publish_not_ready_addresses,
+            cluster_ip: spec.cluster_ip,
+            ..Default::default()
+        });
+    }
+}
+
 /// A pod's status as decisions read it: phase, reason and message (eviction), each condition's
 /// type, status, reason and message (scheduling, readiness), and each container's name, image,
 /// readiness, restarts and states (exit codes, waiting reasons).
@@ -546,6 +571,45 @@ mod tests {
         );
         let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
         assert_eq!(last.map(|t| t.exit_code), Some(137));
+    }
+
+    #[test]
+    fn a_cached_job_keeps_its_annotations_but_kubectls_copy_of_it() {
+        let mut job: TrainJob = serde_json::from_value(json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": "pi", "namespace": "ns", "annotations": {
+                names::LAST_APPLIED_ANNOTATION: "{\"spec\": {}}", "team": "vision"}},
+            "spec": {"runtimeRef": {"name": "mpi-openmpi"}},
+        }))
+        .expect("job");
+        trim_job(&mut job);
+        let kept: Vec<&String> = job.annotations().keys().collect();
+        assert_eq!(kept, ["team"]);
+    }
+
+    #[test]
+    fn a_trimmed_service_as_the_api_server_returns_it_still_matches_the_desired_one() {
+        let job = crate::fixtures::job(json!({"trainer": {"numNodes": 2}}));
+        let desired = crate::desired::pods::service(&job, &crate::fixtures::plan(&job, "mpi-openmpi"));
+        let mut served = serde_json::to_value(&desired).expect("encodes");
+        served["metadata"]["annotations"] = json!({"note": "x"});
+        let spec = &mut served["spec"];
+        spec["ports"] = json!([{"name": "ssh", "port": 22, "protocol": "TCP", "targetPort": 22}]);
+        spec["clusterIPs"] = json!(["None"]);
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["sessionAffinity"] = json!("None");
+        spec["type"] = json!("ClusterIP");
+        served["status"] = json!({"loadBalancer": {}});
+        let mut cached: Service = serde_json::from_value(served).expect("service");
+        trim_service(&mut cached);
+        assert!(crate::desired::service_matches(&cached, &desired));
+        let spec = cached.spec.as_ref().expect("spec");
+        assert_eq!((spec.ports.as_ref(), spec.cluster_ips.as_ref()), (None, None));
+        assert_eq!(
+            (cached.metadata.annotations.as_ref(), cached.status.as_ref()),
+            (None, None)
+        );
+        assert!(cached.metadata.owner_references.is_some(), "the owner is checked");
     }
 
     #[test]

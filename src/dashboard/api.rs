@@ -160,7 +160,7 @@ pub async fn get(
     let view = fetch::describe_job(&client, &job).await?;
     let mut annotations = job.annotations().clone();
     // kubectl's copy of the whole manifest says nothing new and would crowd the page.
-    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    annotations.remove(crate::names::LAST_APPLIED_ANNOTATION);
     Ok(Json(Detailed {
         view,
         created: job.metadata.creation_timestamp.clone(),

@@ -125,7 +125,7 @@ fn slim(pod: Pod) -> Pod {
 fn slim_job(mut job: TrainJob) -> TrainJob {
     job.metadata.managed_fields = None;
     if let Some(a) = job.metadata.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        a.remove(crate::names::LAST_APPLIED_ANNOTATION);
     }
     job
 }

@@ -361,8 +361,9 @@ fn live_worker(pod: &Pod) -> bool {
         && matches!(phase, Some("Pending" | "Running"))
 }
 
-/// The fields of the Service this operator sets, compared with what the cache holds.
-fn service_matches(cached: &Service, desired: &Service) -> bool {
+/// The fields of the Service this operator sets, compared with what the cache holds (which
+/// keeps no more of a Service's spec than these: `controller::watches::trim_service`).
+pub(crate) fn service_matches(cached: &Service, desired: &Service) -> bool {
     let (Some(have), Some(want)) = (&cached.spec, &desired.spec) else {
         return false;
     };
