@@ -1,5 +1,5 @@
-//! `make bench`'s dashboard part: the release binary's dashboard (`trainjob-operator dashboard`,
-//! as it runs in a cluster, each request with its person's token) in front of a namespace of
+//! `make bench`'s dashboard part: the dashboard's release binary (`trainjob-dashboard`, as it
+//! runs in a cluster, each request with its person's token) in front of a namespace of
 //! 1000 finished TrainJobs with their objects, and 20 live sessions of the page open on it.
 //!
 //! It measures what a person feels and what the server costs, each against a floor measured in
@@ -302,7 +302,7 @@ fn markdown(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Dashboard\n\n`make bench`, run on {}: the release binary's dashboard (`trainjob-operator dashboard`, each request with the tenant's token, forwarded to the API server) in front of a namespace of {} finished TrainJobs with their objects, and {} live sessions of the page (its feed) open at once. Floors are a plain client making the same API calls in the same run.\n",
+        "## Dashboard\n\n`make bench`, run on {}: the dashboard's release binary (`trainjob-dashboard`, each request with the tenant's token, forwarded to the API server) in front of a namespace of {} finished TrainJobs with their objects, and {} live sessions of the page (its feed) open at once. Floors are a plain client making the same API calls in the same run.\n",
         r.date, r.jobs, r.sessions
     );
     let _ = writeln!(

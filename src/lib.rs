@@ -43,6 +43,7 @@ pub mod reasons;
 pub mod resolve;
 pub mod runtimes;
 pub mod server;
+pub mod shutdown;
 pub mod ssh;
 pub mod validate;
 pub mod view;

@@ -2,9 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use trainjob_operator::api;
 use trainjob_operator::flags::{parse_domain, parse_duration, parse_timeout};
 use trainjob_operator::logging::{self, LogFormat};
-use trainjob_operator::{api, crdgen};
 
 /// Kubernetes operator for MPI TrainJobs (Kubeflow Trainer v2.3 compatible).
 #[derive(Parser)]
@@ -18,24 +18,6 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster from KUBECONFIG or the in-cluster service account.
     Run(Box<RunArgs>),
-    /// Print every CRD as YAML, or write one file per CRD into a directory.
-    Crd {
-        /// Directory to write `<group>_<plural>.yaml` files into, instead of stdout.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
-    },
-    /// Serve the dashboard (the page and its API): every request acts as the user who signed in
-    /// on the page, or of its bearer token (`Authorization: Bearer`, from an authenticating
-    /// proxy), against the cluster of KUBECONFIG or the in-cluster service account, whose own
-    /// credentials are not used.
-    Dashboard {
-        /// Where to listen.
-        #[arg(long, env = "TRAINJOB_DASHBOARD_ADDR", default_value = "0.0.0.0:8080")]
-        addr: std::net::SocketAddr,
-        /// Log format: `text` (coloured only on a terminal) or `json` (one object per line).
-        #[arg(long, env = "TRAINJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-    },
     /// Print the version.
     Version,
 }
@@ -155,37 +137,11 @@ struct RunArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
-        Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Dashboard { addr, log_format } => dashboard(addr, log_format).await,
         Command::Version => {
             println!("trainjob-operator {}", trainjob_operator::VERSION);
             Ok(())
         }
     }
-}
-
-fn print_crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    for crd in api::crds() {
-        let yaml = crdgen::to_yaml(&crd)?;
-        match &out_dir {
-            Some(dir) => {
-                let path = dir.join(crdgen::file_name(&crd));
-                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-            }
-            None => print!("---\n{yaml}"),
-        }
-    }
-    Ok(())
-}
-
-async fn dashboard(addr: std::net::SocketAddr, log_format: LogFormat) -> anyhow::Result<()> {
-    use trainjob_operator::dashboard::{self, Identity};
-    logging::init(log_format);
-    let config = kube::Config::infer().await.context("finding the cluster")?;
-    let listener = dashboard::listen(addr).await?;
-    tracing::info!(%addr, cluster = %config.cluster_url, "serving the dashboard; each request acts as its bearer token's user");
-    dashboard::serve(listener, Identity::bearer(config), shutdown_signal()).await?;
-    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -220,7 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let stop_on_webhook_failure = stop_tx.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        trainjob_operator::shutdown::signal().await;
         tracing::info!("shutting down: finishing in-flight reconciles");
         let _ = stop_tx.send(true);
     });
@@ -365,22 +321,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or_default(),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or_default();
 }

@@ -865,3 +865,37 @@ async fn the_page_in_chromium_follows_creates_and_deletes_each_tenants_jobs() {
     alice.close().await;
     bob.close().await;
 }
+
+/// The dashboard's release binary (`trainjob-dashboard`, built beside the operator's), as
+/// `config/dashboard` runs it: each request acts as its bearer token's user.
+#[tokio::test]
+async fn the_release_binary_answers_each_request_as_its_tokens_user() {
+    let ns = support::TestNs::new("dash-bin").await;
+    grant_edit(
+        &support::client(Identity::Admin).await,
+        &ns.name,
+        Identity::TenantA,
+    )
+    .await;
+    let port = support::free_port();
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-binary.log");
+    let _server = support::process::OperatorProcess::dashboard(bed(), port, log).await;
+    let jobs = format!("http://127.0.0.1:{port}/api/namespaces/{}/trainjobs", ns.name);
+    let status = |who: Identity| {
+        let jobs = jobs.clone();
+        async move {
+            support::sse::get(&jobs, &who.token())
+                .await
+                .map(|(status, _)| status)
+        }
+    };
+    // The binding reaches the authorizer a moment after it is created.
+    eventually("tenant A's list through the binary", DEADLINE, || async {
+        match status(Identity::TenantA).await? {
+            StatusCode::OK => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(status(Identity::TenantB).await, Ok(StatusCode::FORBIDDEN));
+}

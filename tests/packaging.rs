@@ -197,7 +197,7 @@ fn overlapping_leader_election_timings_are_refused_at_start() {
     );
 }
 
-/// `config/dashboard` as kustomize renders it: its own Deployment running `dashboard`, non-root
+/// `config/dashboard` as kustomize renders it: its own Deployment running `trainjob-dashboard`, non-root
 /// with a read-only root filesystem, under a service account no Role or ClusterRole binds.
 #[test]
 fn the_dashboard_runs_apart_non_root_and_without_rights() {
@@ -209,7 +209,7 @@ fn the_dashboard_runs_apart_non_root_and_without_rights() {
     assert_eq!(pod["serviceAccountName"], docs[0]["metadata"]["name"]);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
-    assert_eq!(container["args"][0], "dashboard");
+    assert_eq!(container["command"][0], "/trainjob-dashboard");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
     // Nothing anywhere in config/ binds the dashboard's service account.

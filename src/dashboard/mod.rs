@@ -2,7 +2,7 @@
 //! live feed (`feed`), the identity every request acts as (`identity`, `session` for signing in),
 //! the headers and write checks every response and write goes through (`security`), and the
 //! OpenAPI document that describes the API (`openapi`). It runs as
-//! `trainjob-operator dashboard` in the cluster (each request with the user's bearer token) and
+//! `trainjob-dashboard` in the cluster (each request with the user's bearer token) and
 //! as `kubectl trainjob dashboard` on a workstation (the kubeconfig's user, on loopback).
 
 mod api;

@@ -22,24 +22,39 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| crate::repo_root().join("target/release/trainjob-operator"))
 }
 
+/// The dashboard's release binary, built beside the operator's.
+pub fn dashboard_binary() -> PathBuf {
+    binary().with_file_name("trainjob-dashboard")
+}
+
 impl OperatorProcess {
     /// Starts the operator under its own identity with `args` on top of the defaults (give
     /// `--disable-webhook` or the webhook's address), and waits until it is ready.
     pub async fn start(bed: &Bed, port: u16, args: &[String], log: PathBuf) -> OperatorProcess {
         let mut all = vec!["run".to_string(), format!("--http-addr=127.0.0.1:{port}")];
         all.extend_from_slice(args);
-        Self::spawn(bed, Identity::Operator, &all, port, "/readyz", log).await
+        Self::spawn(binary(), bed, Identity::Operator, &all, port, "/readyz", log).await
     }
 
-    /// Starts the release binary's dashboard (`trainjob-operator dashboard`) on `port`, as it
+    /// Starts the dashboard's release binary (`trainjob-dashboard`) on `port`, as it
     /// runs in a cluster: the bed's API server as its cluster (its kubeconfig's own credentials
     /// are dropped), each request acting as the token it brings. Waits until it serves.
     pub async fn dashboard(bed: &Bed, port: u16, log: PathBuf) -> OperatorProcess {
-        let args = ["dashboard".to_string(), format!("--addr=127.0.0.1:{port}")];
-        Self::spawn(bed, Identity::Admin, &args, port, "/healthz", log).await
+        let args = [format!("--addr=127.0.0.1:{port}")];
+        Self::spawn(
+            dashboard_binary(),
+            bed,
+            Identity::Admin,
+            &args,
+            port,
+            "/healthz",
+            log,
+        )
+        .await
     }
 
     async fn spawn(
+        binary: PathBuf,
         bed: &Bed,
         identity: Identity,
         args: &[String],
@@ -47,7 +62,6 @@ impl OperatorProcess {
         ready: &str,
         log: PathBuf,
     ) -> OperatorProcess {
-        let binary = binary();
         assert!(
             binary.is_file(),
             "{} is missing: `make test` and `make bench` build it (cargo build --release)",
@@ -81,8 +95,8 @@ impl OperatorProcess {
                 // Its reconciles wait for the caches themselves: time the scenario anyway, and
                 // leave the reason to its log.
                 println!(
-                    "  (trainjob-operator {} was not ready after 60 s; see {})",
-                    args[0],
+                    "  ({} was not ready after 60 s; see {})",
+                    binary.display(),
                     log_path.display()
                 );
                 break;
