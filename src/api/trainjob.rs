@@ -123,6 +123,17 @@ pub struct Initializer {
     pub model: Option<StorageInitializer>,
 }
 
+impl TrainJob {
+    /// Drops what no reader here needs and the API server keeps on every copy: the managed
+    /// fields and kubectl's copy of the manifest (as large as the rest of a new job).
+    pub fn drop_bookkeeping(&mut self) {
+        self.metadata.managed_fields = None;
+        if let Some(annotations) = self.metadata.annotations.as_mut() {
+            annotations.remove(crate::names::LAST_APPLIED_ANNOTATION);
+        }
+    }
+}
+
 impl Initializer {
     /// The settings for the step with ancestor label `step` (`dataset-initializer` or
     /// `model-initializer`).

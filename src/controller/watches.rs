@@ -128,7 +128,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(trim_job)
+    .modify(TrainJob::drop_bookkeeping)
     .reflect(jobs_writer)
     .inspect_ok(listed.on_list("trainjobs"))
     .inspect_ok(move |event| match event {
@@ -337,14 +337,6 @@ fn trim_pod(pod: &mut Pod) {
         volumes: (!claims.is_empty()).then_some(claims),
         ..Default::default()
     };
-}
-
-/// What the job cache keeps of a job: all but its managed fields and kubectl's copy of it.
-fn trim_job(job: &mut TrainJob) {
-    job.managed_fields_mut().clear();
-    if let Some(annotations) = job.metadata.annotations.as_mut() {
-        annotations.remove(names::LAST_APPLIED_ANNOTATION);
-    }
 }
 
 /// What the Service cache keeps of a Service: its metadata but annotations, and the parts of
@@ -582,7 +574,7 @@ mod tests {
             "spec": {"runtimeRef": {"name": "mpi-openmpi"}},
         }))
         .expect("job");
-        trim_job(&mut job);
+        job.drop_bookkeeping();
         let kept: Vec<&String> = job.annotations().keys().collect();
         assert_eq!(kept, ["team"]);
     }

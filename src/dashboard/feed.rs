@@ -121,15 +121,6 @@ fn slim(pod: Pod) -> Pod {
     }
 }
 
-/// A job without what no view reads (its managed fields, kubectl's copy of it).
-fn slim_job(mut job: TrainJob) -> TrainJob {
-    job.metadata.managed_fields = None;
-    if let Some(a) = job.metadata.annotations.as_mut() {
-        a.remove(crate::names::LAST_APPLIED_ANNOTATION);
-    }
-    job
-}
-
 /// One change seen by a watch (boxed: a pod is large).
 enum Seen {
     Job(Box<watcher::Event<TrainJob>>),
@@ -220,12 +211,13 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::
                 let mut gone = Vec::new();
                 match *event {
                     watcher::Event::Init => known.relisted_jobs = Some(HashSet::new()),
-                    watcher::Event::InitApply(job) | watcher::Event::Apply(job) => {
+                    watcher::Event::InitApply(mut job) | watcher::Event::Apply(mut job) => {
+                        job.drop_bookkeeping();
                         if let Some(listed) = known.relisted_jobs.as_mut() {
                             listed.insert(job.name_any());
                         }
                         touched.push(job.name_any());
-                        known.jobs.insert(job.name_any(), slim_job(job));
+                        known.jobs.insert(job.name_any(), job);
                     }
                     watcher::Event::InitDone => {
                         let listed = known.relisted_jobs.take().unwrap_or_default();
