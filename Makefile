@@ -45,6 +45,7 @@ bench: bed ## Benchmarks against a plain-client floor, then training scaling on 
 	hack/bench-deps.sh
 	$(CARGO) build --release --locked -p trainjob-operator $(RELEASE_BINS)
 	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench operator
+	TRAINJOB_OPERATOR_BINARY=$(TARGET_DIR)/release/trainjob-operator $(CARGO) bench --locked --bench dashboard
 	$(CARGO) bench --locked --bench training
 
 soak: bed ## A steady stream of jobs for DURATION (default 30m): the operator's memory, CPU and watches over time, into docs/development/benchmarks.md

@@ -10,6 +10,7 @@ use trainjob_testbed::support;
 mod audit;
 mod floor;
 mod watch;
+mod watched;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -166,6 +167,9 @@ struct Options {
     /// Namespaces the jobs are spread over, one per tenant (job `i` in tenant `i % tenants`);
     /// 0 or 1: one.
     tenants: u32,
+    /// People watch: the status server takes every job's progress reports and dashboard
+    /// sessions are open on the namespace (see [`watched`]).
+    watched: bool,
 }
 
 struct Outcome {
@@ -187,9 +191,17 @@ impl Bench {
         }
         let recorder = Recorder::start(&self.admin, &namespaces).await;
         let mark = audit::Mark::now(self.bed.audit_log());
+        let status_port = opts.watched.then(support::free_port);
         let operator = match mode {
             Mode::Floor => None,
-            Mode::Operator => Some(self.start_operator(&namespaces[0], opts).await),
+            Mode::Operator => Some(self.start_operator(&namespaces[0], opts, status_port).await),
+        };
+        let watchers = match (mode, status_port) {
+            (Mode::Operator, Some(port)) => Some(
+                watched::Watchers::start(self.bed, &self.admin, &namespaces[0], port, watched::SESSIONS)
+                    .await,
+            ),
+            _ => None,
         };
         let plain = Floor::new(self.operator_identity.clone(), self.runtime.clone());
         let apiserver0 = self.bed.cpu_seconds(Component::ApiServer);
@@ -282,6 +294,9 @@ impl Bench {
         let submitted = submitted.into_inner();
         let seen = recorder.snapshot();
         let mut run = measure(&submitted, &seen, t0, workers as usize, done);
+        if let Some(watchers) = watchers {
+            run.watched = Some(watchers.finish(&seen).await);
+        }
         if tenants > 1 {
             run.tenants = (0..tenants)
                 .map(|t| {
@@ -357,11 +372,20 @@ impl Bench {
         Some(metric_sum(&text, "apiserver_watch_events_total"))
     }
 
-    /// Starts the operator; with `settle` jobs already in the cluster, waits until it has
-    /// reconciled that many (its start-up pass), so a scenario times only its own jobs.
-    async fn start_operator(&self, ns: &str, opts: Options) -> OperatorProcess {
+    /// Starts the operator, serving the status server on `status_port` when given (with the
+    /// webhook's server, whose certificate it uses; no webhook configuration calls it); with
+    /// `settle` jobs already in the cluster, waits until it has reconciled that many (its
+    /// start-up pass), so a scenario times only its own jobs.
+    async fn start_operator(&self, ns: &str, opts: Options, status_port: Option<u16>) -> OperatorProcess {
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
-        let mut args = vec!["--network-policies".to_string(), "--disable-webhook".into()];
+        let mut args = vec!["--network-policies".to_string()];
+        match status_port {
+            Some(port) => args.extend([
+                format!("--webhook-addr=127.0.0.1:{}", support::free_port()),
+                format!("--status-server-addr=127.0.0.1:{port}"),
+            ]),
+            None => args.push("--disable-webhook".into()),
+        }
         args.extend(opts.concurrency.map(|n| format!("--concurrency={n}")));
         let op = OperatorProcess::start(self.bed, support::free_port(), &args, log).await;
         settle(&op, opts.settle).await;
@@ -512,14 +536,20 @@ struct Planned {
     opts: Options,
 }
 
-/// The scenarios, in the order they run: `lone` jobs one after another, the `bursts`, one job
-/// of each of the `widths`, tenants (TC-SCALE-003/004), the `--concurrency` choices, the `big`
-/// burst whose finished jobs stay, and the steady state over those `finished` jobs.
+/// The scenarios, in the order they run: `lone` jobs one after another, the `bursts`, the
+/// largest of them again `watched`, one job of each of the `widths`, tenants
+/// (TC-SCALE-003/004), the `--concurrency` choices, the `big` burst whose finished jobs stay,
+/// and the steady state over those `finished` jobs.
 fn plan(lone: u32, bursts: &[u32], widths: &[u32], big: u32, finished: u32) -> Vec<Planned> {
     let job = |part, name: String, arrival, jobs, workers, opts| Planned {
         part,
-        // The big burst is a burst in the report; its own part only to run it alone.
-        kind: if part == "big" { "burst" } else { part },
+        // The big and watched bursts are bursts in the report; their own parts only to run
+        // them alone.
+        kind: if matches!(part, "big" | "watched") {
+            "burst"
+        } else {
+            part
+        },
         name,
         arrival,
         jobs,
@@ -537,6 +567,17 @@ fn plan(lone: u32, bursts: &[u32], widths: &[u32], big: u32, finished: u32) -> V
     for &n in bursts {
         let name = format!("burst of {n} jobs × 8 workers");
         plan.push(job("burst", name, Arrival::Burst, n, 8, Options::default()));
+    }
+    if let Some(&n) = bursts.last() {
+        let name = format!(
+            "burst of {n} jobs × 8 workers, watched: progress reports, {} dashboard sessions",
+            watched::SESSIONS
+        );
+        let opts = Options {
+            watched: true,
+            ..Options::default()
+        };
+        plan.push(job("watched", name, Arrival::Burst, n, 8, opts));
     }
     for &w in widths {
         let name = format!("one job × {w} workers");
@@ -605,6 +646,7 @@ fn measure(
     done: impl Fn(&Seen) -> bool,
 ) -> Run {
     let (mut w, mut l, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut succeeded, mut reaction) = (Vec::new(), Vec::new());
     let (mut last_worker, mut last_done) = (Duration::ZERO, Duration::ZERO);
     let mut incomplete = 0;
     for (name, at) in submitted {
@@ -618,6 +660,10 @@ fn measure(
         }
         if let Some(t) = s.launcher {
             l.push(t.saturating_duration_since(*at));
+        }
+        if let Some(t) = s.launcher_succeeded {
+            succeeded.push(t.saturating_duration_since(*at));
+            reaction.extend(s.complete.map(|c| c.saturating_duration_since(t)));
         }
         let finished = if done(s) {
             s.complete.or(s.launcher_succeeded)
@@ -635,7 +681,9 @@ fn measure(
     Run {
         workers_created: Percentiles::of(&w),
         launcher_created: Percentiles::of(&l),
+        launcher_succeeded: Percentiles::of(&succeeded),
         complete: Percentiles::of(&c),
+        succeeded_to_complete: Percentiles::of(&reaction),
         all_workers_created_s: last_worker.as_secs_f64(),
         all_complete_s: last_done.as_secs_f64(),
         incomplete,

@@ -103,8 +103,15 @@ pub struct Run {
     pub tenants: Vec<Percentiles>,
     /// Create → the launcher pod created.
     pub launcher_created: Percentiles,
+    /// Create → the launcher pod Succeeded (kwok's part ends there).
+    #[serde(default)]
+    pub launcher_succeeded: Percentiles,
     /// Create → Complete (the floor: the launcher Succeeded).
     pub complete: Percentiles,
+    /// The launcher Succeeded → the TrainJob Complete: the operator's own reaction (none for
+    /// the floor, whose job is done when its launcher is).
+    #[serde(default)]
+    pub succeeded_to_complete: Percentiles,
     /// First create → the last worker of the whole scenario created, in seconds.
     pub all_workers_created_s: f64,
     /// First create → the last job Complete, in seconds.
@@ -142,6 +149,33 @@ pub struct Run {
     /// The operator's own `trainjob_pods_created_after_seconds` mean during the scenario, ms,
     /// to compare with `workers_created` measured by the bench's watch.
     pub operator_pods_created_mean_ms: Option<f64>,
+    /// What the people watching the scenario met, when they did (the operator's run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched: Option<Watched>,
+}
+
+/// A scenario with people watching it: its jobs' training code reporting progress to the
+/// status server, and sessions of the dashboard's page open on its namespace.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Watched {
+    /// Dashboard sessions open throughout.
+    pub sessions: u32,
+    /// Progress reports posted to the status server, and those it accepted (200).
+    pub reports: u32,
+    pub accepted: u32,
+    /// A report's POST until its answer.
+    pub report_answer: Percentiles,
+    /// Each job's Complete on each session's page, after the bench's own watch saw it.
+    pub complete_shown_after: Percentiles,
+    /// (job, session) pairs whose page had not shown the job Complete a minute after the bench's
+    /// own watch saw every job end.
+    pub complete_not_shown: u32,
+    /// Job views a session received, per job (a view is sent when what the page shows changed).
+    pub views_per_job_and_session: f64,
+    /// The dashboard server's peak resident memory over the scenario, MiB.
+    pub dashboard_peak_rss_mib: f64,
+    /// The dashboard server's CPU time (user + system) over the scenario, seconds.
+    pub dashboard_cpu_s: f64,
 }
 
 /// Where a job's time went until its workers existed, by the API server's clock (its audit
