@@ -843,6 +843,17 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
 }
 
 fn main() {
+    // BENCH_RENDER: the report written again from the last run's JSON, running nothing (after a
+    // change to how it is written).
+    if std::env::var_os("BENCH_RENDER").is_some() {
+        let results = trainjob_testbed::repo_root().join("benches/results");
+        let json = std::fs::read_to_string(results.join("BENCHMARKS.json"))
+            .expect("benches/results/BENCHMARKS.json");
+        let report: Report = serde_json::from_str(&json).expect("a BENCHMARKS.json");
+        write_outputs(&report, &results, true);
+        println!("wrote docs/development/benchmarks.md and its charts again");
+        return;
+    }
     let quick = std::env::var("BENCH_SCALE").is_ok_and(|s| s == "quick");
     println!("== pure core (no server) ==");
     let micro = micro();
