@@ -842,15 +842,18 @@ fn write_outputs(report: &Report, results: &Path, in_repo: bool) {
     std::fs::write(md_path, md).expect("writing docs/development/benchmarks.md");
 }
 
+/// A run's `BENCHMARKS.json`.
+fn read_report(path: &Path) -> Report {
+    let json = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: not a BENCHMARKS.json: {e}", path.display()))
+}
+
 fn main() {
     // BENCH_RENDER: the report written again from the last run's JSON, running nothing (after a
     // change to how it is written).
     if std::env::var_os("BENCH_RENDER").is_some() {
         let results = trainjob_testbed::repo_root().join("benches/results");
-        let json = std::fs::read_to_string(results.join("BENCHMARKS.json"))
-            .expect("benches/results/BENCHMARKS.json");
-        let report: Report = serde_json::from_str(&json).expect("a BENCHMARKS.json");
-        write_outputs(&report, &results, true);
+        write_outputs(&read_report(&results.join("BENCHMARKS.json")), &results, true);
         println!("wrote docs/development/benchmarks.md and its charts again");
         return;
     }
@@ -926,8 +929,7 @@ fn main() {
         }
         // BENCH_BEFORE: an earlier run's BENCHMARKS.json, to compare with.
         if let Some(path) = std::env::var_os("BENCH_BEFORE") {
-            let json = std::fs::read_to_string(&path).expect("reading BENCH_BEFORE");
-            let before: Report = serde_json::from_str(&json).expect("BENCH_BEFORE: a BENCHMARKS.json");
+            let before = read_report(Path::new(&path));
             report.before = Some(Baseline {
                 operator: before.versions.get("operator").cloned().unwrap_or_default(),
                 date: before.date,

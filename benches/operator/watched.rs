@@ -1,11 +1,13 @@
 //! A burst with people watching it: every job's training code reporting its progress to the
 //! status server, and sessions of the dashboard's page open on the namespace, as on a cluster
 //! in use. The bench plays both: once a job's launcher pod exists it mints a token bound to that
-//! pod (as the kubelet does for its projected volume) and posts [`REPORTS`] reports over TLS
-//! checked with the job's CA; each session reads the page's feed through the dashboard's release
-//! binary, with a tenant's token, and notes when it first showed each job Complete.
+//! pod (as the kubelet does for its projected volume) and posts [`REPORTS`] reports over TLS,
+//! trusting the CA the operator puts in every job's hostfile ConfigMap; each session reads the
+//! page's feed through the dashboard's release binary, with a tenant's token, and notes when it
+//! first showed each job Complete.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,7 @@ pub struct Watchers {
     /// Per session: each job's first view shown Complete.
     shown: Arc<Mutex<Vec<HashMap<String, Instant>>>>,
     /// Job views every session received, all together.
-    views: Arc<Mutex<u64>>,
+    views: Arc<AtomicU64>,
     readers: Vec<tokio::task::JoinHandle<()>>,
     /// Every report's answer (its HTTP status) and how long it took.
     answers: Arc<Mutex<Vec<(u16, Duration)>>>,
@@ -66,7 +68,7 @@ impl Watchers {
         let dashboard = OperatorProcess::dashboard(bed, port, log).await;
         let token = Identity::TenantA.token();
         let shown = Arc::new(Mutex::new(vec![HashMap::new(); sessions]));
-        let views = Arc::new(Mutex::new(0));
+        let views = Arc::new(AtomicU64::new(0));
         let mut readers = Vec::new();
         for session in 0..sessions {
             let url = format!("http://127.0.0.1:{port}/api/namespaces/{ns}/feed");
@@ -81,7 +83,7 @@ impl Watchers {
                     if event != "job" {
                         continue;
                     }
-                    *views.lock().expect("views") += 1;
+                    views.fetch_add(1, Ordering::Relaxed);
                     if data["phase"] == "Complete" {
                         let name = data["name"].as_str().unwrap_or_default().to_string();
                         shown.lock().expect("shown")[session]
@@ -154,7 +156,7 @@ impl Watchers {
             report_answer: Percentiles::of(&latencies),
             complete_shown_after: Percentiles::of(&lag),
             complete_not_shown: missed as u32,
-            views_per_job_and_session: *self.views.lock().expect("views") as f64
+            views_per_job_and_session: self.views.load(Ordering::Relaxed) as f64
                 / jobs
                 / self.sessions.max(1) as f64,
             dashboard_peak_rss_mib,
