@@ -16,6 +16,7 @@ pub const VERSION: &str = match option_env!("TRAINJOB_BUILD_VERSION") {
 };
 
 pub mod api;
+pub mod bucket;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode, header};
 use kube::Config;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::browser::{Browser, Driver, sign_in};
 use support::jobs::{EXIT, HOLD, grant_edit, pod_meta, runtime, setup, wait_condition, wait_pods};
@@ -478,29 +478,9 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
     let refused = get(&app, Some(Identity::TenantB), &path).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text);
 
-    let open = |path: String| {
-        let app = app.clone();
-        async move {
-            support::eventually("the tenant's feed", support::DEADLINE, || async {
-                let request = Request::get(&path)
-                    .header(
-                        header::AUTHORIZATION,
-                        format!("Bearer {}", Identity::TenantA.token()),
-                    )
-                    .body(Body::empty())
-                    .expect("request");
-                let response = app.clone().oneshot(request).await.expect("an answer");
-                match response.status() {
-                    StatusCode::OK => Ok(response),
-                    status => Err(status.to_string()),
-                }
-            })
-            .await
-        }
-    };
-    let response = open(path.clone()).await;
+    let response = open_feed(&app, &path).await;
     // A job page's feed: that job only.
-    let one = open(format!("{path}?job=live")).await;
+    let one = open_feed(&app, &format!("{path}?job=live")).await;
     let mut one = support::sse::Events::new(one.into_body().into_data_stream());
     assert_eq!(one.next().await, ("snapshot".to_string(), json!({"items": []})));
     assert_eq!(
@@ -539,6 +519,71 @@ async fn the_live_feed_sends_each_change_of_the_tenants_jobs_and_nothing_to_othe
         .expect("delete");
     feed.until("the job gone", |e, d| e == "gone" && d["name"] == "live")
         .await;
+}
+
+#[tokio::test]
+async fn the_live_feed_paces_a_stream_of_changes_and_ends_on_the_last() {
+    let (ns, c) = setup("dash-pace").await;
+    let ns = ns.name.as_str();
+    grant_edit(&c, ns, Identity::TenantA).await;
+    runtime(&c, ns, "mpi-openmpi", "held", |_| {}).await;
+    let app = dashboard().await;
+    let feed = open_feed(&app, &format!("/api/namespaces/{ns}/feed?job=busy")).await;
+    let mut feed = support::sse::Events::new(feed.into_body().into_data_stream());
+    assert_eq!(feed.next().await.0, "snapshot");
+    let jobs = support::jobs::create_job(&c, ns, "busy", "held", json!({"suspend": true})).await;
+    feed.until("the job", |e, d| e == "job" && d["name"] == "busy")
+        .await;
+    // Training code reporting on every step: each change is a new view of the job.
+    const CHANGES: i64 = 40;
+    let started = std::time::Instant::now();
+    for percent in 1..=CHANGES {
+        let patch = json!({"status": {"trainerStatus": {
+            "progressPercentage": percent, "lastUpdatedTime": "2026-12-06T10:00:00Z",
+        }}});
+        jobs.patch_status("busy", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("a progress change");
+    }
+    let mut views = 0.0;
+    loop {
+        let (event, data) = feed.next().await;
+        assert_eq!(event, "job", "{data}");
+        views += 1.0;
+        if data["progress"]["percent"] == CHANGES {
+            break;
+        }
+    }
+    // A few sends at once, then one a second, each with the latest view: never more views than
+    // the pace allows however fast the changes came (one more for a view of the job's creation
+    // sent just before them), and the last change always among them.
+    let allowed =
+        dashboard::SENDS_AT_ONCE + 1.0 + started.elapsed().as_secs_f64() * dashboard::SENDS_PER_SECOND;
+    assert!(
+        views <= allowed.ceil(),
+        "{views} views of {CHANGES} changes in {:?}: at most {allowed:.1}",
+        started.elapsed()
+    );
+}
+
+/// The tenant's live feed at `path`, once the API server lets the tenant read there (a new
+/// role binding takes a moment).
+async fn open_feed(app: &Router, path: &str) -> http::Response<Body> {
+    eventually("the tenant's feed", DEADLINE, || async {
+        let request = Request::get(path)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", Identity::TenantA.token()),
+            )
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("an answer");
+        match response.status() {
+            StatusCode::OK => Ok(response),
+            status => Err(status.to_string()),
+        }
+    })
+    .await
 }
 
 /// The list's rows as the page shows them: name → (phase, reason text, nodes text).

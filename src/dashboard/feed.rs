@@ -11,13 +11,19 @@
 //! the view of that one job, and only a view that differs from the one last sent is sent.
 //!
 //! A connection keeps only what the view reads, since every open page holds its own copy: pods
-//! without their specs and managed fields, one copy of each distinct frozen runtime (a
+//! without their specs and managed fields, as JSON, one copy of each distinct frozen runtime (a
 //! thousand jobs of one runtime share it), and a hash of each view sent rather than its text.
+//!
+//! Changes are sent at a pace: a few at once, then one send a second with every job that changed
+//! meanwhile, each job's view once. A change after a quiet spell goes out at once; in a burst of
+//! jobs each job's pods change state dozens of times in a minute, and every open page would
+//! otherwise get a view for each (and the server build it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -34,17 +40,25 @@ use serde_json::json;
 use super::api::{Listed, Problem};
 use super::identity::Identity;
 use crate::api::TrainJob;
+use crate::bucket::Bucket;
 use crate::desired::snapshot;
 use crate::names;
 use crate::resolve::Runtime;
 use crate::view::fetch::{self, FetchError};
 use crate::view::{self, Sources};
 
+/// Sends of changed views one connection makes at once, and then per second.
+pub const SENDS_AT_ONCE: f64 = 10.0;
+pub const SENDS_PER_SECOND: f64 = 1.0;
+
 /// What one connection knows of the namespace.
 #[derive(Default)]
 struct Known {
     jobs: BTreeMap<String, TrainJob>,
-    pods: HashMap<String, BTreeMap<String, Pod>>,
+    /// Each job's pods by name, as the JSON of what the view reads of them (see [`slim`]): a
+    /// decoded `Pod` takes about 4.7 KiB however little of it is set, its JSON a fifth of that,
+    /// and a page in a burst follows thousands.
+    pods: HashMap<String, BTreeMap<String, Box<[u8]>>>,
     runtimes: HashMap<String, Arc<Runtime>>,
     /// Each distinct frozen runtime once, by the hash of its ConfigMap's data.
     distinct: HashMap<u64, std::sync::Weak<Runtime>>,
@@ -63,7 +77,11 @@ impl Known {
         let pods: Vec<Pod> = self
             .pods
             .get(name)
-            .map(|p| p.values().cloned().collect())
+            .map(|p| {
+                p.values()
+                    .filter_map(|json| serde_json::from_slice(json).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let view = view::view(
             job,
@@ -162,9 +180,8 @@ pub async fn feed(
     Ok(Sse::new(rx.map(Ok)).keep_alive(KeepAlive::default()))
 }
 
-/// Sends every change until the browser goes away or a watch fails.
-/// First `snapshot`, once every watch has listed, then every change until the browser goes away
-/// or a watch fails.
+/// First `snapshot`, once every watch has listed, then every change (at the pace the module
+/// describes) until the browser goes away or a watch fails.
 async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::Sender<Event>) {
     let mut known = Known::default();
     let (all, managed) = fetch::selectors(only.as_deref());
@@ -197,7 +214,25 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::
     // Which watches have listed once (jobs, pods, runtimes); the snapshot waits for all three.
     let mut listed = [false; 3];
     let mut snapshot_sent = false;
-    while let Some(change) = seen.next().await {
+    // The jobs changed since the last send, and when they go if the pace holds them.
+    let mut dirty = BTreeSet::new();
+    let mut pace = Bucket::full(SENDS_AT_ONCE, SENDS_PER_SECOND, Instant::now());
+    let mut held_until: Option<Instant> = None;
+    loop {
+        let change = match held_until {
+            Some(at) => tokio::select! {
+                change = seen.next() => change,
+                () = tokio::time::sleep_until(at.into()) => {
+                    match send_views(&mut known, &mut dirty, &mut pace, &mut tx).await {
+                        Ok(held) => held_until = held,
+                        Err(_) => return,
+                    }
+                    continue;
+                }
+            },
+            None => seen.next().await,
+        };
+        let Some(change) = change else { return };
         let mut touched = Vec::new();
         match &change {
             Seen::Job(e) if matches!(**e, watcher::Event::InitDone) => listed[0] = true,
@@ -262,9 +297,11 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::
                             listed.insert((job.clone(), pod.name_any()));
                         }
                         let pods = known.pods.entry(job.clone()).or_default();
-                        match present {
-                            true => pods.insert(pod.name_any(), slim(pod)),
-                            false => pods.remove(&pod.name_any()),
+                        let name = pod.name_any();
+                        // A pod decoded from the API server's JSON always encodes again.
+                        match present.then(|| serde_json::to_vec(&slim(pod))) {
+                            Some(Ok(json)) => pods.insert(name, json.into_boxed_slice()),
+                            _ => pods.remove(&name),
                         };
                         touched.push(job);
                     }
@@ -310,16 +347,46 @@ async fn follow(client: Client, ns: String, only: Option<String>, mut tx: mpsc::
             }
             continue;
         }
-        touched.sort();
-        touched.dedup();
-        for job in touched {
-            if let Some(text) = known.changed(&job)
-                && tx.send(Event::default().event("job").data(text)).await.is_err()
-            {
-                return;
+        dirty.extend(touched);
+        if held_until.is_none() {
+            match send_views(&mut known, &mut dirty, &mut pace, &mut tx).await {
+                Ok(held) => held_until = held,
+                Err(_) => return,
             }
         }
     }
+}
+
+/// Sends the changed views of the `dirty` jobs if `pace` lets it now; otherwise when it will.
+/// An error once the browser went away.
+async fn send_views(
+    known: &mut Known,
+    dirty: &mut BTreeSet<String>,
+    pace: &mut Bucket,
+    tx: &mut mpsc::Sender<Event>,
+) -> Result<Option<Instant>, mpsc::SendError> {
+    if dirty.is_empty() {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    if let Err(wait) = pace.ready(now) {
+        return Ok(Some(now + wait));
+    }
+    let views: Vec<String> = std::mem::take(dirty)
+        .iter()
+        .filter_map(|job| known.changed(job))
+        .collect();
+    // Only a send takes from the pace: changes no view shows (a pod's field the page does not
+    // read) would otherwise use it up, and hold back the next change that does show.
+    if views.is_empty() {
+        return Ok(None);
+    }
+    // There is one: `ready` said so at the same `now`.
+    let _ = pace.take(now);
+    for text in views {
+        tx.send(Event::default().event("job").data(text)).await?;
+    }
+    Ok(None)
 }
 
 /// The objects of a watch event, each with whether it now exists.

@@ -21,6 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 pub use api::{FieldProblem, Listed, Problem};
+pub use feed::{SENDS_AT_ONCE, SENDS_PER_SECOND};
 pub use identity::{Identity, IdentityError};
 pub use security::WRITE_HEADER;
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::auth::JobRef;
+use crate::bucket::Bucket;
 
 /// Reports a job may send at once.
 pub const BURST: f64 = 10.0;
@@ -18,7 +19,7 @@ const MAX_JOBS: usize = 10_000;
 /// The buckets.
 #[derive(Default)]
 pub struct Limiter {
-    buckets: Mutex<HashMap<JobRef, (f64, Instant)>>,
+    buckets: Mutex<HashMap<JobRef, Bucket>>,
 }
 
 impl Limiter {
@@ -26,22 +27,13 @@ impl Limiter {
     pub fn take(&self, job: &JobRef, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_JOBS && !buckets.contains_key(job) {
-            buckets.retain(|_, (tokens, at)| refill(*tokens, *at, now) < BURST);
+            buckets.retain(|_, bucket| !bucket.is_full(now));
         }
-        let (tokens, at) = buckets.entry(job.clone()).or_insert((BURST, now));
-        let available = refill(*tokens, *at, now);
-        if available >= 1.0 {
-            *tokens = available - 1.0;
-            *at = now;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - available) / PER_SECOND))
-        }
+        buckets
+            .entry(job.clone())
+            .or_insert_with(|| Bucket::full(BURST, PER_SECOND, now))
+            .take(now)
     }
-}
-
-fn refill(tokens: f64, at: Instant, now: Instant) -> f64 {
-    (tokens + now.saturating_duration_since(at).as_secs_f64() * PER_SECOND).min(BURST)
 }
 
 #[cfg(test)]
