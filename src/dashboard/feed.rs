@@ -47,8 +47,9 @@ use crate::resolve::Runtime;
 use crate::view::fetch::{self, FetchError};
 use crate::view::{self, Sources};
 
-/// Sends of changed views one connection makes at once, and then per second.
+/// Sends of changed views one connection makes at once after a quiet spell.
 pub const SENDS_AT_ONCE: f64 = 10.0;
+/// Sends one connection makes a second once those are spent, each with every job changed since.
 pub const SENDS_PER_SECOND: f64 = 1.0;
 
 /// What one connection knows of the namespace.
