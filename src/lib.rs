@@ -42,6 +42,7 @@ pub mod progress;
 pub mod quota;
 pub mod reasons;
 pub mod resolve;
+pub mod runtime;
 pub mod runtimes;
 pub mod server;
 pub mod shutdown;

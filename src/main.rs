@@ -133,8 +133,11 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    trainjob_operator::runtime::run(operator()).context("starting the async runtime")?
+}
+
+async fn operator() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
         Command::Version => {

@@ -22,8 +22,11 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    trainjob_operator::runtime::run(serve()).context("starting the async runtime")?
+}
+
+async fn serve() -> anyhow::Result<()> {
     let Cli { addr, log_format } = Cli::parse();
     logging::init(log_format);
     let config = kube::Config::infer().await.context("finding the cluster")?;
