@@ -199,7 +199,8 @@ async fn secret_exists(job: &TrainJob, ctx: &Context, ns: &str, name: &str) -> R
         return Ok(false);
     };
     check_owner(job, "Secret", &secret.metadata)?;
-    ctx.memory.secret_exists(job);
+    ctx.memory
+        .secret_exists(job, secret.metadata.uid.as_deref().unwrap_or_default());
     Ok(true)
 }
 

@@ -9,8 +9,9 @@
 //!   leadership moves);
 //! - that such a change waits, so that while many do (a burst of jobs coming up) the counts
 //!   between milestones wait longer ([`COUNT_WRITES_PER_SECOND`]);
-//! - that the job's SSH Secret exists, so a reconcile does not read it again (Secrets are not
-//!   watched: the operator may only get the ones it names);
+//! - that the job's SSH Secret exists, and its uid, so a reconcile does not read it again
+//!   (Secrets are not watched: the operator may only get the ones it names), nor does the
+//!   deletion of a finished job's key;
 //! - the pods it created that the pod watch has not shown yet (the Kubernetes controllers'
 //!   "expectations"), so a reconcile that runs before the watch catches up does not create them
 //!   again: a 409 each, and a second PodsCreated Event;
@@ -75,7 +76,8 @@ struct Remembered {
     /// Monotonic time of the first sight, else of the first status write.
     since: Option<Instant>,
     last_status: Option<Instant>,
-    secret: bool,
+    /// The uid of the job's SSH Secret, once created or read.
+    secret: Option<Box<str>>,
     /// Pods created and not shown by the watch yet, and when the last of them was created.
     awaited: BTreeSet<String>,
     awaited_since: Option<Instant>,
@@ -228,12 +230,20 @@ impl Memory {
 
     /// Whether the job's SSH Secret is known to exist.
     pub fn secret_known(&self, job: &TrainJob) -> bool {
-        self.read(job, |r| r.secret).unwrap_or(false)
+        self.read(job, |r| r.secret.is_some()).unwrap_or(false)
     }
 
-    /// Notes that the job's SSH Secret exists (created, or read).
-    pub fn secret_exists(&self, job: &TrainJob) {
-        self.note(job, |r| r.secret = true);
+    /// The uid of the job's SSH Secret, when known to exist.
+    pub fn secret_uid(&self, job: &TrainJob) -> Option<String> {
+        self.read(job, |r| {
+            r.secret.as_deref().filter(|u| !u.is_empty()).map(String::from)
+        })
+        .flatten()
+    }
+
+    /// Notes that the job's SSH Secret, the object with `uid`, exists (created, or read).
+    pub fn secret_exists(&self, job: &TrainJob, uid: &str) {
+        self.note(job, |r| r.secret = Some(uid.into()));
     }
 
     /// Whether a pod create of the job failed and none succeeded since (see [`Memory::create_result`]).

@@ -134,9 +134,10 @@ pub async fn apply(job: &TrainJob, ctx: &Context, objects: &Objects, updates: &U
             return Ok(());
         };
         // One that exists already is someone else's: the next reconcile reads it and checks.
-        if create(ctx, &ns, secret, "Secret", "creating the SSH Secret").await? {
+        if let Some(created) = create(ctx, &ns, secret, "Secret", "creating the SSH Secret").await? {
             tracing::info!(job = %job.name_any(), namespace = %ns, "created SSH Secret");
-            ctx.memory.secret_exists(job);
+            ctx.memory
+                .secret_exists(job, created.metadata.uid.as_deref().unwrap_or_default());
         }
         Ok(())
     };
@@ -222,14 +223,14 @@ impl<K> Child for K where
 {
 }
 
-/// Creates `object`; `false` when it existed already.
+/// Creates `object`: what the API server made of it, `None` when it existed already.
 async fn create<K>(
     ctx: &Context,
     ns: &str,
     object: &K,
     kind: &'static str,
     action: &str,
-) -> Result<bool, Error>
+) -> Result<Option<K>, Error>
 where
     K: Child,
 {
@@ -238,8 +239,8 @@ where
         .create(&create_params(), object)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if is_status(&e, 409) => Ok(false),
+        Ok(created) => Ok(Some(created)),
+        Err(e) if is_status(&e, 409) => Ok(None),
         Err(e) => Err(write_err(kind, &name, action.into())(e)),
     }
 }
@@ -258,7 +259,7 @@ where
     K: Child,
 {
     if let Write::Create(object) = write
-        && create(ctx, ns, object, kind, action).await?
+        && create(ctx, ns, object, kind, action).await?.is_some()
     {
         return Ok(());
     }
@@ -363,23 +364,30 @@ fn created<T>(
 
 /// Deletes the job's SSH Secret: a key lives no longer than its job, and the launcher kept for
 /// `kubectl logs` has finished with it. Only a Secret this job owns, and only that very object
-/// (a uid precondition), so a Secret someone else put under the name is never touched.
+/// (a uid precondition), so a Secret someone else put under the name is never touched. The uid
+/// is the one this run created or checked, else read now.
 async fn delete_secret(job: &TrainJob, ctx: &Context) -> Result<(), Error> {
     let name = names::ssh_secret(&job.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let secret = api.get_opt(&name).await.map_err(|source| Error::Kube {
-        action: format!("reading Secret {name}"),
-        source,
-    })?;
-    let Some(secret) = secret else {
-        return Ok(());
+    let uid = match ctx.memory.secret_uid(job) {
+        Some(uid) => uid,
+        None => {
+            let secret = api.get_opt(&name).await.map_err(|source| Error::Kube {
+                action: format!("reading Secret {name}"),
+                source,
+            })?;
+            let Some(secret) = secret else {
+                return Ok(());
+            };
+            if !names::controlled_by(&secret.metadata, job.metadata.uid.as_deref().unwrap_or_default()) {
+                return Ok(());
+            }
+            secret.metadata.uid.unwrap_or_default()
+        }
     };
-    if !names::controlled_by(&secret.metadata, job.metadata.uid.as_deref().unwrap_or_default()) {
-        return Ok(());
-    }
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: secret.metadata.uid.clone(),
+            uid: Some(uid),
             ..Default::default()
         }),
         ..Default::default()

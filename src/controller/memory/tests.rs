@@ -57,8 +57,9 @@ fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remem
     memory.status_written(&new);
     assert!(memory.status_wait(&new).milestone.is_some());
     assert!(!memory.secret_known(&new));
-    memory.secret_exists(&new);
+    memory.secret_exists(&new, "s1");
     assert!(memory.secret_known(&new));
+    assert_eq!(memory.secret_uid(&new).as_deref(), Some("s1"));
     assert_eq!(
         memory.unreported(&new, ["x".to_string(), "y".to_string()]),
         ["x", "y"]
@@ -73,7 +74,7 @@ fn a_new_job_counts_from_first_sight_its_pod_counts_wait_and_its_secret_is_remem
     memory.retain(|_| false);
     assert_eq!(memory.len(), 0, "a job gone while the watch was away is dropped");
     memory.saw(&new);
-    memory.secret_exists(&new);
+    memory.secret_exists(&new, "s1");
     assert_eq!(
         (memory.len(), memory.first_seen(&new)),
         (0, None),
@@ -153,7 +154,7 @@ fn a_copy_from_before_the_finishing_write_is_outdated_and_the_finished_one_is_no
     let (memory, _) = memory();
     let running = job(Some(json!({"jobsStatus": []})));
     assert!(!memory.outdated(&running));
-    memory.secret_exists(&running);
+    memory.secret_exists(&running, "s2");
     memory.finished(&running);
     memory.retire_key(&running);
     memory.settle(&running);
