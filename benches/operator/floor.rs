@@ -1,7 +1,7 @@
 //! The floor: the fastest plain client doing the API work of one job with no operator. It
 //! creates exactly the objects the operator creates for the job (built by the operator's own
 //! pure functions), each step's objects at once: the runtime snapshot, SSH Secret, hostfile,
-//! Service and NetworkPolicy together; then every worker together; then, once the bench's watch
+//! Service and NetworkPolicy together; then every worker together; then, once its own watch
 //! shows every worker Ready, the launcher (as the operator starts `mpirun` only then); and once
 //! the launcher succeeded, one collection delete of the workers, which would otherwise run sshd
 //! for ever (as the operator does, and upstream's JobSet). All of a run's requests share

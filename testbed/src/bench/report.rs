@@ -91,7 +91,9 @@ impl Display for Markdown<'_> {
              every worker; then, once its watch shows them Ready, the launcher; then, once the \
              launcher succeeded, one collection delete of the workers, which would run sshd for \
              ever), with 32 requests in flight across all jobs, and a burst's TrainJobs are \
-             created with 32 in flight too. \
+             created with 32 in flight too. Like the operator it decides from a watch of its own \
+             (since 2026-12-06; before, from the bench's measuring watch, which spared it one \
+             watcher's share of the API server's work). \
              Every figure is also given as a ratio to the floor (operator ÷ floor, `×`), so what \
              the tables show is the cost the operator adds over the API server itself, not how \
              fast this machine is. Latencies run from each job's create (for the floor, the moment \
