@@ -7,14 +7,21 @@
 //! for ever (as the operator does, and upstream's JobSet). All of a run's requests share
 //! [`IN_FLIGHT`] slots, as a client with that many requests in flight. No status, no Events, no
 //! Secret deleted: the least any operator must send.
+//!
+//! With [`Floor::keeping_jobs`], a labelled extra: the same client also keeps the TrainJob as
+//! the Kubeflow API asks of any implementation (the status a user and Kueue read, the job's
+//! Events, no key left behind): three status writes (workers created, launcher created,
+//! `Complete`), three Events and the Secret's deletion, the operator's count of each.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +43,8 @@ pub struct Floor {
     client: Client,
     runtime: TrainingRuntimeSpec,
     slots: Arc<Semaphore>,
+    /// Also keeps each TrainJob (see the module documentation).
+    keeps_jobs: bool,
 }
 
 impl Floor {
@@ -45,7 +54,29 @@ impl Floor {
             client,
             runtime,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            keeps_jobs: false,
         }
+    }
+
+    /// The same client, also keeping each TrainJob, which must exist (see the module
+    /// documentation).
+    pub fn keeping_jobs(self) -> Floor {
+        Floor {
+            keeps_jobs: true,
+            ..self
+        }
+    }
+
+    /// Creates `job` as `admin` (the user) in one of the run's slots; returns it as created.
+    pub async fn submit(&self, admin: &Client, job: &TrainJob) -> TrainJob {
+        let _slot = self.slots.acquire().await.expect("slots");
+        Api::<TrainJob>::namespaced(
+            admin.clone(),
+            job.metadata.namespace.as_deref().unwrap_or_default(),
+        )
+        .create(&PostParams::default(), job)
+        .await
+        .expect("floor creating a TrainJob")
     }
 
     /// Creates the objects of `job` (in its namespace), the launcher once `recorder` shows
@@ -89,15 +120,26 @@ impl Floor {
             });
         let count = workers.len();
         join_all(workers.into_iter().map(|pod| self.create(&ns, pod))).await;
+        self.keep(job, count, 0, None, "PodsCreated").await;
         let ready = recorder.until(&name, |s: &Seen| s.workers_ready.len() >= count);
         if tokio::time::timeout_at(deadline.into(), ready).await.is_err() {
             return;
         }
         join_all(launcher.into_iter().map(|pod| self.create(&ns, pod))).await;
+        self.keep(job, count, 1, None, "LauncherCreated").await;
         let succeeded = recorder.until(&name, |s: &Seen| s.launcher_succeeded.is_some());
         if tokio::time::timeout_at(deadline.into(), succeeded).await.is_err() {
             return;
         }
+        if self.keeps_jobs {
+            let secret = names::ssh_secret(&name);
+            let _slot = self.slots.acquire().await.expect("slots");
+            Api::<Secret>::namespaced(self.client.clone(), &ns)
+                .delete(&secret, &DeleteParams::default())
+                .await
+                .expect("floor deleting the Secret");
+        }
+        self.keep(job, count, 1, Some("Complete"), "Completed").await;
         let _slot = self.slots.acquire().await.expect("slots");
         let workers = format!(
             "{}={name},{}={NODE}",
@@ -113,8 +155,84 @@ impl Floor {
             .expect("floor deleting the workers");
     }
 
-    /// Creates `object` in one of the run's slots, without owner references: the TrainJob they
-    /// name does not exist, and the garbage collector would delete the object.
+    /// When keeping jobs: `job`'s status (`workers` and `launchers` active, or succeeded once
+    /// `condition` is `Complete`) applied as the operator applies it, and an Event of `reason`.
+    async fn keep(
+        &self,
+        job: &TrainJob,
+        workers: usize,
+        launchers: usize,
+        condition: Option<&str>,
+        reason: &str,
+    ) {
+        if !self.keeps_jobs {
+            return;
+        }
+        let ns = job.metadata.namespace.clone().unwrap_or_default();
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let now = Time(Timestamp::now());
+        let done = condition.is_some();
+        let counts = |replicated: &str, n: usize| {
+            let (active, succeeded) = if done { (0, n) } else { (n, 0) };
+            serde_json::json!({"name": replicated, "active": active, "ready": active,
+                "succeeded": succeeded, "failed": 0, "suspended": 0})
+        };
+        let conditions: Vec<serde_json::Value> = condition
+            .map(|c| {
+                serde_json::json!({"type": c, "status": "True", "reason": "AllJobsCompleted",
+                "message": "every replicated job completed", "lastTransitionTime": now})
+            })
+            .into_iter()
+            .collect();
+        let status = serde_json::json!({
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "status": {"conditions": conditions,
+                "jobsStatus": [counts("launcher", launchers), counts(NODE, workers)]},
+        });
+        let event = Event {
+            metadata: kube::core::ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                ..Default::default()
+            },
+            involved_object: job.object_ref(&()),
+            reason: Some(reason.into()),
+            message: Some(format!("{reason}: {workers} workers, {launchers} launcher")),
+            type_: Some("Normal".into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(EventSource {
+                component: Some(names::FIELD_MANAGER.into()),
+                host: None,
+            }),
+            reporting_component: Some(names::FIELD_MANAGER.into()),
+            reporting_instance: Some("floor".into()),
+            ..Default::default()
+        };
+        let status_write = async {
+            let _slot = self.slots.acquire().await.expect("slots");
+            Api::<TrainJob>::namespaced(self.client.clone(), &ns)
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(names::FIELD_MANAGER).force(),
+                    &Patch::Apply(&status),
+                )
+                .await
+                .expect("floor writing the status");
+        };
+        let event_write = async {
+            let _slot = self.slots.acquire().await.expect("slots");
+            Api::<Event>::namespaced(self.client.clone(), &ns)
+                .create(&PostParams::default(), &event)
+                .await
+                .expect("floor creating an Event");
+        };
+        futures::join!(status_write, event_write);
+    }
+
+    /// Creates `object` in one of the run's slots. Without owner references unless keeping
+    /// jobs: otherwise the TrainJob they name does not exist, and the garbage collector would
+    /// delete the object.
     async fn create<K>(&self, ns: &str, mut object: K)
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -124,7 +242,9 @@ impl Floor {
             + std::fmt::Debug,
     {
         let _slot = self.slots.acquire().await.expect("slots");
-        object.meta_mut().owner_references = None;
+        if !self.keeps_jobs {
+            object.meta_mut().owner_references = None;
+        }
         Api::<K>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &object)
             .await

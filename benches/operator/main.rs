@@ -36,7 +36,7 @@ use trainjob_testbed::{Bed, Component};
 
 use support::process::{OperatorProcess, metric_sum};
 use trainjob_testbed::bench::model::{
-    Admission, Baseline, Kept, MemorySample, Percentiles, Report, Run, Scenario,
+    Admission, Baseline, Kept, MemorySample, Percentiles, Report, RoundRatios, Run, Scenario,
 };
 use watch::{Recorder, Seen};
 
@@ -131,6 +131,8 @@ fn micro() -> BTreeMap<String, f64> {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Floor,
+    /// The floor that also keeps each TrainJob (see `floor`), a labelled extra.
+    JobFloor,
     Operator,
 }
 
@@ -170,6 +172,10 @@ struct Options {
     /// People watch: the status server takes every job's progress reports and dashboard
     /// sessions are open on the namespace (see [`watched`]).
     watched: bool,
+    /// Also run the floor that keeps each TrainJob (see `floor`).
+    job_floor: bool,
+    /// Rounds of floor and operator, reported by the round of the median ratio (0 or 1: one).
+    rounds: u32,
 }
 
 struct Outcome {
@@ -183,6 +189,7 @@ impl Bench {
     async fn run(&mut self, mode: Mode, arrival: Arrival, jobs: u32, workers: u32, opts: Options) -> Outcome {
         let prefix = match mode {
             Mode::Floor => "floor",
+            Mode::JobFloor => "job-floor",
             Mode::Operator => "operator",
         };
         let mut namespaces = Vec::new();
@@ -193,7 +200,7 @@ impl Bench {
         let mark = audit::Mark::now(self.bed.audit_log());
         let status_port = opts.watched.then(support::free_port);
         let operator = match mode {
-            Mode::Floor => None,
+            Mode::Floor | Mode::JobFloor => None,
             Mode::Operator => Some(self.start_operator(&namespaces[0], opts, status_port).await),
         };
         let watchers = match (mode, status_port) {
@@ -204,13 +211,18 @@ impl Bench {
             _ => None,
         };
         let plain = Floor::new(self.operator_identity.clone(), self.runtime.clone());
+        let plain = match mode {
+            Mode::JobFloor => plain.keeping_jobs(),
+            _ => plain,
+        };
         // The floor decides from a watch of its own, as any client that waits for pods must
         // (the operator has its own): the bench's recorder measures both runs and serves neither.
         let floor_view = match mode {
-            Mode::Floor => Some(Recorder::start(&self.operator_identity, &namespaces).await),
+            Mode::Floor | Mode::JobFloor => Some(Recorder::start(&self.operator_identity, &namespaces).await),
             Mode::Operator => None,
         };
         let apiserver0 = self.bed.cpu_seconds(Component::ApiServer);
+        let bed0 = self.bed_cpu();
         let watch_events0 = self.watch_events().await;
         let (cpu0, metrics0) = match &operator {
             Some(op) => (op.cpu_s(), op.metrics().await),
@@ -218,7 +230,7 @@ impl Bench {
         };
         let done = move |s: &Seen| match mode {
             Mode::Floor => s.launcher_succeeded.is_some(),
-            Mode::Operator => s.complete.is_some(),
+            Mode::JobFloor | Mode::Operator => s.complete.is_some(),
         };
         let t0 = Instant::now();
         let deadline = t0 + self.deadline;
@@ -244,6 +256,11 @@ impl Bench {
                         let view = floor_view.as_ref().expect("the floor's own watch");
                         plain.run_job(&j, view, deadline).await;
                     }
+                    Mode::JobFloor => {
+                        let j = plain.submit(&admin, &j).await;
+                        let view = floor_view.as_ref().expect("the floor's own watch");
+                        plain.run_job(&j, view, deadline).await;
+                    }
                 }
                 (name, at)
             }
@@ -261,7 +278,7 @@ impl Bench {
                 }
                 Arrival::Burst => {
                     let at_once = match mode {
-                        Mode::Floor => names.len(),
+                        Mode::Floor | Mode::JobFloor => names.len(),
                         Mode::Operator => IN_FLIGHT,
                     };
                     let mut stream = futures::stream::iter(names.clone())
@@ -321,6 +338,11 @@ impl Bench {
             .cpu_seconds(Component::ApiServer)
             .zip(apiserver0)
             .map(|(after, before)| after - before);
+        run.bed_cpu_s = self
+            .bed_cpu()
+            .into_iter()
+            .filter_map(|(part, after)| Some((part.clone(), after - bed0.get(&part)?)))
+            .collect();
         run.watch_events_per_job = self
             .watch_events()
             .await
@@ -370,6 +392,19 @@ impl Bench {
             run.incomplete
         );
         Outcome { run, namespaces }
+    }
+
+    /// CPU seconds so far of the bed's parts other than the API server, by binary.
+    fn bed_cpu(&self) -> BTreeMap<String, f64> {
+        [
+            Component::Etcd,
+            Component::Scheduler,
+            Component::ControllerManager,
+            Component::Kwok,
+        ]
+        .into_iter()
+        .filter_map(|part| Some((part.to_string(), self.bed.cpu_seconds(part)?)))
+        .collect()
     }
 
     /// Watch events the API server has sent so far, to every watcher (its own metric).
@@ -487,8 +522,10 @@ impl Bench {
         }
     }
 
-    /// One scenario: the floor, then the operator. Both namespaces are deleted afterwards
-    /// unless `opts.keep` (the operator's finished jobs then stay for the steady state).
+    /// One scenario: the floor, then the operator, in `opts.rounds` rounds; the round whose
+    /// every-job-Complete ratio is the median is reported whole, every round's ratios with it.
+    /// Each run's namespaces are deleted afterwards, unless `opts.keep` (the last operator run's
+    /// finished jobs then stay for the steady state).
     async fn scenario(
         &mut self,
         kind: &str,
@@ -499,36 +536,81 @@ impl Bench {
         opts: Options,
     ) -> Scenario {
         println!("== {name}");
-        let floor = self
-            .run(
-                Mode::Floor,
-                arrival,
-                jobs,
-                workers,
-                Options {
-                    tenants: opts.tenants,
-                    ..Options::default()
-                },
-            )
-            .await;
-        for ns in &floor.namespaces {
-            self.delete_namespace(ns).await;
-        }
-        let operator = self.run(Mode::Operator, arrival, jobs, workers, opts).await;
-        if !opts.keep {
-            for ns in &operator.namespaces {
-                self.delete_namespace(ns).await;
+        let plain = Options {
+            tenants: opts.tenants,
+            ..Options::default()
+        };
+        let rounds = opts.rounds.max(1);
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            if rounds > 1 {
+                println!("  round {} of {rounds}", round + 1);
             }
+            let floor = self
+                .run_once(Mode::Floor, arrival, jobs, workers, plain, true)
+                .await;
+            let job_floor = match opts.job_floor {
+                true => Some(
+                    self.run_once(Mode::JobFloor, arrival, jobs, workers, plain, true)
+                        .await,
+                ),
+                false => None,
+            };
+            let clean = !(opts.keep && round + 1 == rounds);
+            let operator = self
+                .run_once(Mode::Operator, arrival, jobs, workers, opts, clean)
+                .await;
+            runs.push((floor, job_floor, operator));
         }
+        let ratios: Vec<RoundRatios> = runs
+            .iter()
+            .map(|(floor, job_floor, operator)| RoundRatios::of(floor, job_floor.as_ref(), operator))
+            .collect();
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|&a, &b| ratios[a].complete.total_cmp(&ratios[b].complete));
+        let (floor, job_floor, operator) = runs.swap_remove(order[order.len() / 2]);
         Scenario {
             kind: kind.into(),
             name: name.into(),
             jobs,
             workers,
-            floor: floor.run,
-            operator: operator.run,
+            floor,
+            job_floor,
+            operator,
+            rounds: match rounds {
+                1 => Vec::new(),
+                _ => ratios,
+            },
         }
     }
+
+    /// One run of `mode`; its namespaces deleted afterwards when `clean`.
+    async fn run_once(
+        &mut self,
+        mode: Mode,
+        arrival: Arrival,
+        jobs: u32,
+        workers: u32,
+        opts: Options,
+        clean: bool,
+    ) -> Run {
+        let outcome = self.run(mode, arrival, jobs, workers, opts).await;
+        if clean {
+            for ns in &outcome.namespaces {
+                self.delete_namespace(ns).await;
+            }
+        }
+        outcome.run
+    }
+}
+
+/// Rounds of each plain burst (`BENCH_ROUNDS`, default 3): one burst's ratio moves by more than
+/// a day's changes between runs on shared cores, the median of three much less.
+fn burst_rounds() -> u32 {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
 }
 
 /// One scenario to run: its part (the `BENCH_ONLY` name), kind (its report section), name,
@@ -573,7 +655,12 @@ fn plan(lone: u32, bursts: &[u32], widths: &[u32], big: u32, finished: u32) -> V
     )];
     for &n in bursts {
         let name = format!("burst of {n} jobs × 8 workers");
-        plan.push(job("burst", name, Arrival::Burst, n, 8, Options::default()));
+        let opts = Options {
+            job_floor: true,
+            rounds: burst_rounds(),
+            ..Options::default()
+        };
+        plan.push(job("burst", name, Arrival::Burst, n, 8, opts));
     }
     if let Some(&n) = bursts.last() {
         let name = format!(
@@ -653,6 +740,7 @@ fn measure(
     done: impl Fn(&Seen) -> bool,
 ) -> Run {
     let (mut w, mut l, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ready, mut ready_to_launcher) = (Vec::new(), Vec::new());
     let (mut succeeded, mut reaction) = (Vec::new(), Vec::new());
     let (mut last_worker, mut last_done) = (Duration::ZERO, Duration::ZERO);
     let mut incomplete = 0;
@@ -665,8 +753,15 @@ fn measure(
             w.push(t.saturating_duration_since(*at));
             last_worker = last_worker.max(t.saturating_duration_since(t0));
         }
+        let all_ready = (s.workers_ready.len() >= workers)
+            .then(|| s.workers_ready.values().max().copied())
+            .flatten();
+        if let Some(t) = all_ready {
+            ready.push(t.saturating_duration_since(*at));
+        }
         if let Some(t) = s.launcher {
             l.push(t.saturating_duration_since(*at));
+            ready_to_launcher.extend(all_ready.map(|r| t.saturating_duration_since(r)));
         }
         if let Some(t) = s.launcher_succeeded {
             succeeded.push(t.saturating_duration_since(*at));
@@ -687,7 +782,9 @@ fn measure(
     }
     Run {
         workers_created: Percentiles::of(&w),
+        workers_ready: Percentiles::of(&ready),
         launcher_created: Percentiles::of(&l),
+        ready_to_launcher: Percentiles::of(&ready_to_launcher),
         launcher_succeeded: Percentiles::of(&succeeded),
         complete: Percentiles::of(&c),
         succeeded_to_complete: Percentiles::of(&reaction),

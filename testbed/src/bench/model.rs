@@ -88,8 +88,45 @@ pub struct Scenario {
     pub workers: u32,
     /// The plain client creating the same objects with no operator.
     pub floor: Run,
+    /// The same client also keeping each TrainJob (its status, Events and key) as the Kubeflow
+    /// API asks of any implementation: a labelled extra, for the bursts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_floor: Option<Run>,
     /// The operator (release build, its own process).
     pub operator: Run,
+    /// Each round's ratios, in the order they ran, when the scenario ran more than once; the
+    /// runs above are the round of the median every-job-Complete ratio.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundRatios>,
+}
+
+/// One round of a scenario, as ratios of the operator's run to the floor's of that round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RoundRatios {
+    /// Every job Complete.
+    pub complete: f64,
+    /// Every worker created.
+    pub all_workers: f64,
+    /// The API server's CPU.
+    pub apiserver_cpu: Option<f64>,
+    /// Every job Complete, against the floor that also keeps each TrainJob.
+    pub complete_to_job_floor: Option<f64>,
+}
+
+impl RoundRatios {
+    /// The ratios of `operator` to `floor` (and to `job_floor`, when it ran).
+    pub fn of(floor: &Run, job_floor: Option<&Run>, operator: &Run) -> RoundRatios {
+        let ratio = |o: f64, f: f64| if f > 0.0 { o / f } else { f64::NAN };
+        RoundRatios {
+            complete: ratio(operator.all_complete_s, floor.all_complete_s),
+            all_workers: ratio(operator.all_workers_created_s, floor.all_workers_created_s),
+            apiserver_cpu: operator
+                .apiserver_cpu_s
+                .zip(floor.apiserver_cpu_s)
+                .map(|(o, f)| ratio(o, f)),
+            complete_to_job_floor: job_floor.map(|j| ratio(operator.all_complete_s, j.all_complete_s)),
+        }
+    }
 }
 
 /// One run of a scenario. Latencies run from the moment each job was created (the floor: the
@@ -101,8 +138,15 @@ pub struct Run {
     /// The same for each tenant's jobs, when the scenario has several tenants (namespaces).
     #[serde(default)]
     pub tenants: Vec<Percentiles>,
+    /// Create → the job's last worker pod Ready.
+    #[serde(default)]
+    pub workers_ready: Percentiles,
     /// Create → the launcher pod created.
     pub launcher_created: Percentiles,
+    /// The job's last worker Ready → its launcher created: the reaction to a ready gang (the
+    /// floor's from its own watch, the operator's from its watches and queue).
+    #[serde(default)]
+    pub ready_to_launcher: Percentiles,
     /// Create → the launcher pod Succeeded (kwok's part ends there).
     #[serde(default)]
     pub launcher_succeeded: Percentiles,
@@ -137,6 +181,11 @@ pub struct Run {
     /// The API server's CPU time (user + system) during the scenario, seconds.
     #[serde(default)]
     pub apiserver_cpu_s: Option<f64>,
+    /// CPU time of the bed's other parts during the scenario (etcd, kube-scheduler,
+    /// kube-controller-manager, kwok), seconds by binary: on shared cores, where a scenario's
+    /// extra time goes.
+    #[serde(default)]
+    pub bed_cpu_s: BTreeMap<String, f64>,
     /// Watch events the API server sent (to every watcher: the bench's own watch as well),
     /// divided by the scenario's jobs.
     #[serde(default)]

@@ -14,7 +14,7 @@ use plotters::coord::ranged1d::{AsRangedCoord, Ranged};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use super::model::{Baseline, MemorySample, Percentiles, Report, Run, Scenario, Watched};
+use super::model::{Baseline, MemorySample, Percentiles, Report, RoundRatios, Run, Scenario, Watched};
 
 /// Scenario kinds in the order their sections appear; kinds not listed follow, in run order.
 const KINDS: [(&str, &str); 6] = [
@@ -93,7 +93,9 @@ impl Display for Markdown<'_> {
              ever), with 32 requests in flight across all jobs, and a burst's TrainJobs are \
              created with 32 in flight too. Like the operator it decides from a watch of its own \
              (since 2026-12-06; before, from the bench's measuring watch, which spared it one \
-             watcher's share of the API server's work). \
+             watcher's share of the API server's work). The plain bursts run in three rounds \
+             of floor and operator (since 2026-12-06), and are shown by the round of the median \
+             ratio: one round's ratio moves by more than a day's changes. \
              Every figure is also given as a ratio to the floor (operator ÷ floor, `×`), so what \
              the tables show is the cost the operator adds over the API server itself, not how \
              fast this machine is. Latencies run from each job's create (for the floor, the moment \
@@ -301,8 +303,9 @@ fn watched(f: &mut Formatter<'_>, scenarios: &[Scenario]) -> fmt::Result {
 fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
     writeln!(
         f,
-        "Per job, from its create; the last column is the operator's own part of a job's end, \
-         from its launcher's success to its `Complete`:\n"
+        "Per job, from its create; then the operator's own part of a job's end, from its \
+         launcher's success to its `Complete`; and the reaction to a ready gang, from the job's \
+         last worker Ready to its launcher created:\n"
     )?;
     let latency: Vec<Vec<String>> = scenarios
         .iter()
@@ -311,6 +314,7 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
             let mut row = vec![cell(&s.name)];
             for (a, b) in [
                 (&fl.workers_created, &op.workers_created),
+                (&fl.workers_ready, &op.workers_ready),
                 (&fl.launcher_created, &op.launcher_created),
                 (&fl.launcher_succeeded, &op.launcher_succeeded),
                 (&fl.complete, &op.complete),
@@ -318,6 +322,7 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
                 row.extend([p50_p99(a), p50_p99(b), ratio_p50_p99(b, a)]);
             }
             row.push(p50_p99(&op.succeeded_to_complete));
+            row.extend([p50_p99(&fl.ready_to_launcher), p50_p99(&op.ready_to_launcher)]);
             row
         })
         .collect();
@@ -326,6 +331,9 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
         &[
             "Scenario",
             "Workers created: floor",
+            "operator",
+            "×",
+            "Workers Ready: floor",
             "operator",
             "×",
             "Launcher created: floor",
@@ -338,6 +346,8 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
             "operator",
             "×",
             "Succeeded → Complete: operator",
+            "Last worker Ready → launcher: floor",
+            "operator",
         ],
         &latency,
     )?;
@@ -420,6 +430,10 @@ fn scenario_tables(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Resul
         ],
         &cost,
     )?;
+
+    bed_cpu_table(f, scenarios)?;
+    job_floor_table(f, scenarios)?;
+    rounds_table(f, scenarios)?;
 
     let paths: Vec<Vec<String>> = scenarios
         .iter()
@@ -628,6 +642,148 @@ fn requests_table(
 /// digits line up.
 fn table(f: &mut Formatter<'_>, header: &[&str], rows: &[Vec<String>]) -> fmt::Result {
     aligned(f, header, rows, "---:")
+}
+
+/// Every round's ratios of the scenarios that ran more than once, in the order they ran.
+fn rounds_table(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
+    let rows: Vec<Vec<String>> = scenarios
+        .iter()
+        .filter(|s| !s.rounds.is_empty())
+        .map(|s| {
+            let each = |ratio: &dyn Fn(&RoundRatios) -> Option<f64>| {
+                let shown: Vec<String> = s
+                    .rounds
+                    .iter()
+                    .map(|r| ratio(r).map_or("–".into(), |v| format!("{v:.2}×")))
+                    .collect();
+                shown.join(", ")
+            };
+            vec![
+                cell(&s.name),
+                each(&|r| Some(r.complete)),
+                each(&|r| r.complete_to_job_floor),
+                each(&|r| Some(r.all_workers)),
+                each(&|r| r.apiserver_cpu),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "Rounds: these scenarios ran several times (each round its floors, then the operator); the tables \
+         above show the round whose every-job-Complete ratio is the median, and here is every \
+         round's, in the order they ran:\n"
+    )?;
+    table(
+        f,
+        &[
+            "Scenario",
+            "Every job Complete ×",
+            "× the floor keeping the TrainJob",
+            "Every worker created ×",
+            "API server CPU ×",
+        ],
+        &rows,
+    )
+}
+
+/// The bursts against the floor that also keeps each TrainJob, next to the plain floor: how
+/// much of the operator's distance to the floor is the TrainJob's own API work.
+fn job_floor_table(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
+    let rows: Vec<Vec<String>> = scenarios
+        .iter()
+        .filter_map(|s| {
+            let (fl, jf, op) = (&s.floor, s.job_floor.as_ref()?, &s.operator);
+            let cpu = |r: &Run| opt(r.apiserver_cpu_s, |v| format!("{v:.1}"));
+            Some(vec![
+                cell(&s.name),
+                secs(fl.all_complete_s),
+                secs(jf.all_complete_s),
+                secs(op.all_complete_s),
+                ratio(op.all_complete_s, jf.all_complete_s),
+                cpu(fl),
+                cpu(jf),
+                cpu(op),
+                match (op.apiserver_cpu_s, jf.apiserver_cpu_s) {
+                    (Some(o), Some(j)) => ratio(o, j),
+                    _ => "–".into(),
+                },
+                format!("{:.1}", jf.writes_per_job),
+                format!("{:.1}", op.writes_per_job),
+                opt(jf.watch_events_per_job, |v| format!("{v:.0}")),
+                opt(op.watch_events_per_job, |v| format!("{v:.0}")),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "Against a floor that also keeps each TrainJob (a labelled extra, not the targets' \
+         floor): the same plain client creates the TrainJob (within its requests in flight), \
+         writes its status three times (workers created, launcher created, `Complete`), creates \
+         three Events and deletes the Secret, as the Kubeflow API asks of any implementation \
+         and the operator does; its job is done at `Complete`:\n"
+    )?;
+    table(
+        f,
+        &[
+            "Scenario",
+            "Every job Complete (s): floor",
+            "floor keeping the TrainJob",
+            "operator",
+            "× the latter",
+            "API server CPU (s): floor",
+            "floor keeping the TrainJob",
+            "operator",
+            "× the latter",
+            "Writes per job: floor keeping the TrainJob",
+            "operator",
+            "Watch events per job: floor keeping the TrainJob",
+            "operator",
+        ],
+        &rows,
+    )
+}
+
+/// Where the CPU of each scenario's shared cores went: each part of the bed, floor → operator
+/// run. Only for runs that measured it.
+fn bed_cpu_table(f: &mut Formatter<'_>, scenarios: &[&Scenario]) -> fmt::Result {
+    let parts: Vec<String> = scenarios
+        .iter()
+        .flat_map(|s| s.operator.bed_cpu_s.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "CPU of the bed's other parts (s), floor → operator run: on shared cores, the extra work \
+         of one part slows the others:\n"
+    )?;
+    let rows: Vec<Vec<String>> = scenarios
+        .iter()
+        .filter(|s| !s.operator.bed_cpu_s.is_empty())
+        .map(|s| {
+            let mut row = vec![cell(&s.name)];
+            row.extend(parts.iter().map(|part| {
+                match (s.floor.bed_cpu_s.get(part), s.operator.bed_cpu_s.get(part)) {
+                    (Some(fl), Some(op)) => format!("{fl:.1} → {op:.1}"),
+                    _ => "–".into(),
+                }
+            }));
+            row
+        })
+        .collect();
+    let header: Vec<&str> = std::iter::once("Scenario")
+        .chain(parts.iter().map(String::as_str))
+        .collect();
+    table(f, &header, &rows)
 }
 
 /// A Markdown table of text, all left-aligned.
@@ -1117,7 +1273,9 @@ mod tests {
             let writes: BTreeMap<String, u64> = writes.iter().map(|(k, n)| (k.to_string(), *n)).collect();
             Run {
                 workers_created: pct(100.0 * scale, 200.0 * scale),
+                workers_ready: pct(40.0 * scale, 70.0 * scale),
                 launcher_created: pct(50.0 * scale, 80.0 * scale),
+                ready_to_launcher: pct(10.0 * scale, 10.0 * scale),
                 launcher_succeeded: pct(900.0 * scale, 1400.0 * scale),
                 complete: pct(1000.0 * scale, 1500.0 * scale),
                 succeeded_to_complete: if operator {
@@ -1148,6 +1306,7 @@ mod tests {
                 peak_rss_mib: operator.then_some(42.5),
                 cpu_s: operator.then_some(1.25),
                 apiserver_cpu_s: Some(if operator { 3.0 } else { 2.0 }),
+                bed_cpu_s: BTreeMap::from([("etcd".to_string(), 4.0 * scale)]),
                 watch_events_per_job: Some(if operator { 60.0 } else { 30.0 }),
                 reconciles_per_job: operator.then_some(4.5),
                 reconcile_errors: operator.then_some(0),
@@ -1172,7 +1331,9 @@ mod tests {
                 jobs,
                 workers,
                 floor,
+                job_floor: None,
                 operator,
+                rounds: Vec::new(),
             }
         }
 
@@ -1185,7 +1346,28 @@ mod tests {
             operator_settings: BTreeMap::from([("--concurrency".into(), "16".into())]),
             scenarios: vec![
                 scenario("lone", "one job × 8 workers", 1, 8, 1.5),
-                scenario("burst", "burst of 100 jobs × 8 workers", 100, 8, 2.0),
+                Scenario {
+                    job_floor: Some(Run {
+                        all_complete_s: 8.0,
+                        writes_per_job: 12.0,
+                        ..run(1.5, &[], false)
+                    }),
+                    rounds: vec![
+                        RoundRatios {
+                            complete: 1.25,
+                            all_workers: 1.5,
+                            apiserver_cpu: Some(1.25),
+                            complete_to_job_floor: None,
+                        },
+                        RoundRatios {
+                            complete: 2.0,
+                            all_workers: 2.0,
+                            apiserver_cpu: Some(1.5),
+                            complete_to_job_floor: Some(1.0),
+                        },
+                    ],
+                    ..scenario("burst", "burst of 100 jobs × 8 workers", 100, 8, 2.0)
+                },
                 Scenario {
                     operator: Run {
                         watched: Some(Watched {
@@ -1250,9 +1432,15 @@ mod tests {
             "## Lone job",
             "## Bursts",
             "## Width",
-            // Workers created, launcher created, launcher Succeeded, Complete: floor, operator,
-            // ratio (p50 / p99); then the operator's own part of the end.
-            "| burst of 100 jobs × 8 workers | 100 / 200 | 200 / 400 | 2.00× / 2.00× | 50 / 80 | 100 / 160 | 2.00× / 2.00× | 900 / 1400 | 1800 / 2800 | 2.00× / 2.00× | 1000 / 1500 | 2000 / 3000 | 2.00× / 2.00× | 25 / 60 |",
+            // Workers created, workers Ready, launcher created, launcher Succeeded, Complete:
+            // floor, operator, ratio (p50 / p99); then the operator's own part of the end, and
+            // the last worker Ready → launcher, floor and operator.
+            "| burst of 100 jobs × 8 workers | 100 / 200 | 200 / 400 | 2.00× / 2.00× | 40 / 70 | 80 / 140 | 2.00× / 2.00× | 50 / 80 | 100 / 160 | 2.00× / 2.00× | 900 / 1400 | 1800 / 2800 | 2.00× / 2.00× | 1000 / 1500 | 2000 / 3000 | 2.00× / 2.00× | 25 / 60 | 10 / 10 | 20 / 20 |",
+            // Where the CPU went: etcd 4 s under the floor, 8 s under the operator (scale 2).
+            "| burst of 100 jobs × 8 workers | 4.0 → 8.0 |",
+            // Every job Complete 0 / 8 / 0 s; API server CPU 2 / 2 / 3 s, writes 12 / 12 per job.
+            "| burst of 100 jobs × 8 workers | 0.00 | 8.00 | 0.00 | 0.00× | 2.0 | 2.0 | 3.0 | 1.50× | 12.0 | 12.0 | 30 | 60 |",
+            "| burst of 100 jobs × 8 workers | 1.25×, 2.00× | –, 1.00× | 1.50×, 2.00× | 1.25×, 1.50× |",
             "## Watched",
             "| burst of 100 jobs × 8 workers, watched | 299 / 300 | 12 / 80 | 4.0 / 250 / 250 | 0 | 6.5 | 88.2 | 3.5 |",
             "| one job × 2 workers | 100 / 200 | 125 / 250 | 1.25× / 1.25× |",
