@@ -19,6 +19,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -26,7 +27,7 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
-use trainjob_operator::api::{NODE, TrainJob, TrainingRuntimeSpec};
+use trainjob_operator::api::{JobStatus, LAUNCHER, NODE, TrainJob, TrainJobStatus, TrainingRuntimeSpec};
 use trainjob_operator::desired::{hostfile, netpol, pods};
 use trainjob_operator::names;
 use trainjob_operator::plan::Cluster;
@@ -116,7 +117,7 @@ impl Floor {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(names::JOB_ROLE_LABEL))
-                    .is_some_and(|r| r == "launcher")
+                    .is_some_and(|r| r == LAUNCHER)
             });
         let count = workers.len();
         join_all(workers.into_iter().map(|pod| self.create(&ns, pod))).await;
@@ -173,21 +174,33 @@ impl Floor {
         let now = Time(Timestamp::now());
         let done = condition.is_some();
         let counts = |replicated: &str, n: usize| {
+            let n = i32::try_from(n).unwrap_or(i32::MAX);
             let (active, succeeded) = if done { (0, n) } else { (n, 0) };
-            serde_json::json!({"name": replicated, "active": active, "ready": active,
-                "succeeded": succeeded, "failed": 0, "suspended": 0})
+            JobStatus {
+                name: replicated.into(),
+                active,
+                ready: active,
+                succeeded,
+                ..JobStatus::default()
+            }
         };
-        let conditions: Vec<serde_json::Value> = condition
-            .map(|c| {
-                serde_json::json!({"type": c, "status": "True", "reason": "AllJobsCompleted",
-                "message": "every replicated job completed", "lastTransitionTime": now})
-            })
-            .into_iter()
-            .collect();
+        let status = TrainJobStatus {
+            conditions: condition
+                .map(|c| Condition {
+                    type_: c.into(),
+                    status: "True".into(),
+                    reason: "AllJobsCompleted".into(),
+                    message: "every replicated job completed".into(),
+                    last_transition_time: now.clone(),
+                    observed_generation: None,
+                })
+                .into_iter()
+                .collect(),
+            jobs_status: vec![counts(LAUNCHER, launchers), counts(NODE, workers)],
+            ..TrainJobStatus::default()
+        };
         let status = serde_json::json!({
-            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-            "status": {"conditions": conditions,
-                "jobsStatus": [counts("launcher", launchers), counts(NODE, workers)]},
+            "apiVersion": TrainJob::api_version(&()), "kind": TrainJob::kind(&()), "status": status,
         });
         let event = Event {
             metadata: kube::core::ObjectMeta {

@@ -250,14 +250,15 @@ impl Bench {
                             .await
                             .expect("creating a TrainJob");
                     }
-                    Mode::Floor => {
-                        let mut j = j;
-                        j.metadata.uid = Some(format!("floor-{name}"));
-                        let view = floor_view.as_ref().expect("the floor's own watch");
-                        plain.run_job(&j, view, deadline).await;
-                    }
-                    Mode::JobFloor => {
-                        let j = plain.submit(&admin, &j).await;
+                    Mode::Floor | Mode::JobFloor => {
+                        let j = match mode {
+                            Mode::JobFloor => plain.submit(&admin, &j).await,
+                            _ => {
+                                let mut j = j;
+                                j.metadata.uid = Some(format!("floor-{name}"));
+                                j
+                            }
+                        };
                         let view = floor_view.as_ref().expect("the floor's own watch");
                         plain.run_job(&j, view, deadline).await;
                     }
